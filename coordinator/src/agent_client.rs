@@ -1,0 +1,230 @@
+//! Talking to one agent: a small trait (so a scripted fake can drive the coordinator in unit
+//! tests) and its gRPC implementation over mTLS.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::Duration;
+
+use quorate_proto::model::{RestoreId, StepRequest};
+use quorate_proto::pb;
+use quorate_proto::tls::TlsFiles;
+use tokio::io::AsyncReadExt;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+
+use crate::snapshot::CheckedSnapshot;
+
+/// The outcome of one step on one member.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Outcome {
+    pub message: String,
+    pub replayed: bool,
+    pub details: BTreeMap<String, String>,
+}
+
+/// Why a call to an agent failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CallError {
+    /// No answer: the member's state is unknown and must be asked again before any decision.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("unreachable: {0}")]
+    Unreachable(String),
+    /// The agent answered and refused, or the step failed there.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl CallError {
+    /// Retryable errors may be retried within the phase deadline; the rest are fatal.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, CallError::Timeout(_) | CallError::Unreachable(_))
+    }
+}
+
+impl From<tonic::Status> for CallError {
+    fn from(s: tonic::Status) -> Self {
+        match s.code() {
+            tonic::Code::Unavailable => CallError::Unreachable(describe_status(&s)),
+            tonic::Code::DeadlineExceeded => CallError::Failed(format!("deadline exceeded: {}", s.message())),
+            _ => CallError::Failed(describe_status(&s)),
+        }
+    }
+}
+
+fn describe_status(s: &tonic::Status) -> String {
+    let mut text = s.message().to_owned();
+    // Transport errors hide the useful part (e.g. a TLS refusal) in the source chain.
+    let mut source = std::error::Error::source(s);
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
+}
+
+/// One agent, as the coordinator sees it. Every call carries its own deadline.
+pub trait AgentClient: Send + Sync {
+    fn describe(
+        &self,
+        deadline: Duration,
+    ) -> impl Future<Output = Result<pb::DescribeResponse, CallError>> + Send;
+    fn push_snapshot(
+        &self,
+        restore_id: RestoreId,
+        snapshot: &CheckedSnapshot,
+        deadline: Duration,
+    ) -> impl Future<Output = Result<pb::SnapshotReceipt, CallError>> + Send;
+    fn run(
+        &self,
+        request: StepRequest,
+        deadline: Duration,
+    ) -> impl Future<Output = Result<Outcome, CallError>> + Send;
+    fn revert(
+        &self,
+        request: StepRequest,
+        deadline: Duration,
+    ) -> impl Future<Output = Result<Outcome, CallError>> + Send;
+}
+
+/// The real agent over mTLS gRPC.
+#[derive(Debug, Clone)]
+pub struct GrpcAgent {
+    member: String,
+    client: pb::agent_client::AgentClient<Channel>,
+}
+
+impl GrpcAgent {
+    /// A lazily connecting channel to `url`, checking the agent's certificate for `server_name`.
+    pub fn new(member: &str, url: &str, server_name: &str, tls: &TlsFiles) -> anyhow::Result<Self> {
+        let identity = tls.read_identity()?;
+        let config = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(tls.read_ca()?))
+            .identity(Identity::from_pem(identity.cert, identity.key))
+            .domain_name(server_name);
+        let channel = Channel::from_shared(url.to_owned())
+            .map_err(|e| anyhow::anyhow!("member {member}: agent URL {url}: {e}"))?
+            .tls_config(config)?
+            .connect_timeout(Duration::from_secs(5))
+            .connect_lazy();
+        Ok(Self {
+            member: member.to_owned(),
+            client: pb::agent_client::AgentClient::new(channel)
+                .max_decoding_message_size(16 << 20),
+        })
+    }
+
+    async fn step_stream(
+        &self,
+        request: StepRequest,
+        deadline: Duration,
+        revert: bool,
+    ) -> Result<Outcome, CallError> {
+        let step = request.step;
+        let work = async {
+            let mut client = self.client.clone();
+            let mut req = tonic::Request::new(pb::StepRequest::from(request));
+            req.set_timeout(deadline);
+            let mut stream = if revert {
+                client.revert(req).await?.into_inner()
+            } else {
+                client.run(req).await?.into_inner()
+            };
+            while let Some(event) = stream.message().await? {
+                match event.event {
+                    Some(pb::step_event::Event::Progress(p)) => {
+                        tracing::info!(member = %self.member, %step, revert, "{}", p.message);
+                    }
+                    Some(pb::step_event::Event::Outcome(o)) => {
+                        return if o.ok {
+                            Ok(Outcome {
+                                message: o.message,
+                                replayed: o.replayed,
+                                details: o.details.into_iter().collect(),
+                            })
+                        } else {
+                            Err(CallError::Failed(o.message))
+                        };
+                    }
+                    None => {}
+                }
+            }
+            Err(CallError::Unreachable(
+                "the agent closed the step stream without an outcome".into(),
+            ))
+        };
+        tokio::time::timeout(deadline, work)
+            .await
+            .unwrap_or(Err(CallError::Timeout(deadline)))
+    }
+}
+
+impl AgentClient for GrpcAgent {
+    async fn describe(&self, deadline: Duration) -> Result<pb::DescribeResponse, CallError> {
+        let mut client = self.client.clone();
+        let mut req = tonic::Request::new(pb::DescribeRequest {});
+        req.set_timeout(deadline);
+        match tokio::time::timeout(deadline, client.describe(req)).await {
+            Ok(r) => Ok(r?.into_inner()),
+            Err(_) => Err(CallError::Timeout(deadline)),
+        }
+    }
+
+    async fn push_snapshot(
+        &self,
+        restore_id: RestoreId,
+        snapshot: &CheckedSnapshot,
+        deadline: Duration,
+    ) -> Result<pb::SnapshotReceipt, CallError> {
+        let header = pb::SnapshotHeader {
+            restore_id: restore_id.to_string(),
+            sha256: snapshot.sha256.clone(),
+            size: snapshot.size,
+        };
+        let mut file = tokio::fs::File::open(&snapshot.path)
+            .await
+            .map_err(|e| CallError::Failed(format!("reading {}: {e}", snapshot.path.display())))?;
+        let (tx, rx) = tokio::sync::mpsc::channel::<pb::SnapshotChunk>(4);
+        // The file streams through a small channel: never held whole in memory.
+        let reader = tokio::spawn(async move {
+            let mut header = Some(header);
+            loop {
+                let mut buf = vec![0u8; 1 << 20];
+                let n = file.read(&mut buf).await?;
+                if n == 0 && header.is_none() {
+                    return Ok::<(), std::io::Error>(());
+                }
+                buf.truncate(n);
+                let chunk = pb::SnapshotChunk {
+                    header: header.take(),
+                    data: buf,
+                };
+                if tx.send(chunk).await.is_err() || n == 0 {
+                    return Ok(());
+                }
+            }
+        });
+        let mut client = self.client.clone();
+        let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+        req.set_timeout(deadline);
+        let result = match tokio::time::timeout(deadline, client.push_snapshot(req)).await {
+            Ok(r) => r.map(tonic::Response::into_inner).map_err(CallError::from),
+            Err(_) => Err(CallError::Timeout(deadline)),
+        };
+        match reader.await {
+            Ok(Err(e)) => Err(CallError::Failed(format!(
+                "reading {}: {e}",
+                snapshot.path.display()
+            ))),
+            _ => result,
+        }
+    }
+
+    async fn run(&self, request: StepRequest, deadline: Duration) -> Result<Outcome, CallError> {
+        self.step_stream(request, deadline, false).await
+    }
+
+    async fn revert(&self, request: StepRequest, deadline: Duration) -> Result<Outcome, CallError> {
+        self.step_stream(request, deadline, true).await
+    }
+}

@@ -1,0 +1,192 @@
+//! Certificate minting for clusters that have none, and for the lab (`quorate certs`).
+//!
+//! ECDSA P-256 keys, written PEM with private keys at mode 0600.
+
+use std::fmt;
+use std::fs;
+use std::io::Write;
+use std::net::IpAddr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    #[error("minting a certificate for {name}: {source}")]
+    Mint { name: String, source: rcgen::Error },
+    #[error("writing {path}: {source}")]
+    Write {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// What a leaf certificate is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Usage {
+    Server,
+    Client,
+    ServerAndClient,
+}
+
+/// A certificate and its key, PEM. `Debug` never shows the key.
+#[derive(Clone)]
+pub struct Pem {
+    pub cert: String,
+    pub key: String,
+}
+
+impl fmt::Debug for Pem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pem")
+            .field("cert_len", &self.cert.len())
+            .field("key", &"<redacted>")
+            .finish()
+    }
+}
+
+impl Pem {
+    /// Writes `<dir>/<stem>.crt` and `<dir>/<stem>.key` (0600).
+    pub fn write(&self, dir: &Path, stem: &str) -> Result<(), CertError> {
+        write_file(&dir.join(format!("{stem}.crt")), self.cert.as_bytes(), 0o644)?;
+        write_file(&dir.join(format!("{stem}.key")), self.key.as_bytes(), 0o600)
+    }
+}
+
+/// A certificate authority that can issue leaves.
+pub struct Ca {
+    issuer: CertifiedIssuer<'static, KeyPair>,
+}
+
+impl fmt::Debug for Ca {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ca").field("key", &"<redacted>").finish()
+    }
+}
+
+impl Ca {
+    pub fn new(common_name: &str) -> Result<Self, CertError> {
+        let mint = |source| CertError::Mint {
+            name: common_name.to_owned(),
+            source,
+        };
+        let key = KeyPair::generate().map_err(mint)?;
+        let mut params = CertificateParams::new(Vec::<String>::new()).map_err(mint)?;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name = DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let issuer = CertifiedIssuer::self_signed(params, key).map_err(mint)?;
+        Ok(Self { issuer })
+    }
+
+    /// The CA itself as PEM (certificate and key).
+    pub fn pem(&self) -> Pem {
+        Pem {
+            cert: self.issuer.pem(),
+            key: self.issuer.key().serialize_pem(),
+        }
+    }
+
+    pub fn cert_pem(&self) -> String {
+        self.issuer.pem()
+    }
+
+    /// Issues a leaf for `common_name`, valid for the DNS names and IPs given.
+    pub fn issue(
+        &self,
+        common_name: &str,
+        dns: &[&str],
+        ips: &[IpAddr],
+        usage: Usage,
+    ) -> Result<Pem, CertError> {
+        let mint = |source| CertError::Mint {
+            name: common_name.to_owned(),
+            source,
+        };
+        let key = KeyPair::generate().map_err(mint)?;
+        let names: Vec<String> = dns.iter().map(|s| (*s).to_owned()).collect();
+        let mut params = CertificateParams::new(names).map_err(mint)?;
+        params.subject_alt_names.extend(ips.iter().copied().map(SanType::IpAddress));
+        params.distinguished_name = DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = match usage {
+            Usage::Server => vec![ExtendedKeyUsagePurpose::ServerAuth],
+            Usage::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
+            Usage::ServerAndClient => vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+        };
+        let cert = params.signed_by(&key, &self.issuer).map_err(mint)?;
+        Ok(Pem {
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+        })
+    }
+}
+
+fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), CertError> {
+    let err = |source| CertError::Write {
+        path: path.to_owned(),
+        source,
+    };
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent).map_err(err)?;
+    }
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(path)
+        .map_err(err)?;
+    file.write_all(bytes).map_err(err)?;
+    file.sync_all().map_err(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issued_leaf_verifies_against_its_ca_and_names() {
+        let ca = Ca::new("test-ca").expect("ca");
+        let leaf = ca
+            .issue("agent", &["cp-1"], &["127.0.0.11".parse().expect("ip")], Usage::Server)
+            .expect("leaf");
+        let dir = tempfile::tempdir().expect("tempdir");
+        ca.pem().write(dir.path(), "ca").expect("write ca");
+        leaf.write(dir.path(), "agent").expect("write leaf");
+        let mode = fs::metadata(dir.path().join("agent.key"))
+            .expect("key")
+            .permissions();
+        assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777, 0o600);
+        assert!(format!("{leaf:?}").contains("redacted"));
+        assert!(!format!("{leaf:?}").contains("PRIVATE"));
+        // The leaf is accepted by a rustls server config built from these files.
+        quorate_proto::tls::server_config(
+            &dir.path().join("agent.crt"),
+            &dir.path().join("agent.key"),
+            Some(&dir.path().join("ca.crt")),
+            &["coordinator".to_owned()],
+        )
+        .expect("server config from minted files");
+    }
+}

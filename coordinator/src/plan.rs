@@ -1,0 +1,239 @@
+//! Preflight: what every agent reports, checked against the inventory and the snapshot, before
+//! anything is touched. Every problem is reported at once, each naming its member and what to do.
+
+use std::fmt::Write as _;
+
+use quorate_proto::model::RestoreId;
+use quorate_proto::pb;
+use serde::Serialize;
+
+use crate::inventory::{Inventory, Member};
+use crate::snapshot::CheckedSnapshot;
+
+/// Room a restored member needs beyond twice the snapshot: etcd preallocates a 64 MB WAL.
+const WAL_PREALLOCATION: u64 = 64 << 20;
+
+/// One member as planned.
+#[derive(Debug, Clone, Serialize)]
+pub struct MemberPlan {
+    pub name: String,
+    pub agent: String,
+    pub peer_urls: Vec<String>,
+    pub client_urls: Vec<String>,
+    pub metrics_url: String,
+    pub hostname: String,
+    pub data_dir: String,
+    pub data_dir_bytes: u64,
+    pub free_bytes: u64,
+    pub etcd_version: String,
+    pub etcd_runtime: String,
+    pub apiserver_runtime: String,
+    pub restore_tool: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub restore_id: RestoreId,
+    pub cluster_token: String,
+    pub snapshot: CheckedSnapshot,
+    pub initial_cluster: String,
+    pub members: Vec<MemberPlan>,
+    /// Started together first: ⌊n/2⌋+1 members, so they elect a leader at once.
+    pub quorum_first: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+/// Everything preflight found wrong.
+#[derive(Debug, thiserror::Error)]
+#[error("preflight refused the restore; nothing was changed:\n{}", .problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+pub struct PreflightError {
+    pub problems: Vec<String>,
+}
+
+fn tool_name(tool: Option<&pb::RestoreTool>) -> Option<String> {
+    let tool = tool?;
+    match pb::RestoreToolKind::try_from(tool.kind) {
+        Ok(pb::RestoreToolKind::Etcdutl) => Some(format!("etcdutl {}", tool.version)),
+        Ok(pb::RestoreToolKind::Etcdctl) => Some(format!("etcdctl {} (ETCDCTL_API=3)", tool.version)),
+        _ => None,
+    }
+}
+
+fn major_minor(version: &str) -> &str {
+    version.rsplit_once('.').map_or(version, |(mm, _)| mm)
+}
+
+/// Checks what the agents reported (`described[i]` is inventory member i) and builds the plan.
+pub fn build(
+    inventory: &Inventory,
+    described: &[Result<pb::DescribeResponse, String>],
+    snapshot: CheckedSnapshot,
+) -> Result<Plan, PreflightError> {
+    let mut problems = Vec::new();
+    let mut warnings = Vec::new();
+    let n = inventory.members.len();
+    if n % 2 == 0 {
+        warnings.push(format!(
+            "{n} members: an even count tolerates no more failures than {} members; consider an odd count",
+            n - 1
+        ));
+    }
+    let needed = 2 * snapshot.size + WAL_PREALLOCATION;
+    let mut members = Vec::new();
+    let mut versions = Vec::new();
+    for (m, d) in inventory.members.iter().zip(described) {
+        let d = match d {
+            Ok(d) => d,
+            Err(e) => {
+                problems.push(format!(
+                    "member {}: agent at {} did not answer Describe: {e}; check that quorate-agent runs there and trusts this coordinator's certificate",
+                    m.name, m.agent
+                ));
+                continue;
+            }
+        };
+        check_member(m, d, needed, &mut problems);
+        versions.push((m.name.clone(), d.etcd_version.clone()));
+        members.push(MemberPlan {
+            name: m.name.clone(),
+            agent: m.agent.clone(),
+            peer_urls: m.peer_urls.clone(),
+            client_urls: m.client_urls.clone(),
+            metrics_url: d.metrics_url.clone(),
+            hostname: d.hostname.clone(),
+            data_dir: d.data_dir.clone(),
+            data_dir_bytes: d.data_dir_bytes,
+            free_bytes: d.free_bytes,
+            etcd_version: d.etcd_version.clone(),
+            etcd_runtime: d.etcd_runtime.clone(),
+            apiserver_runtime: d.apiserver_runtime.clone(),
+            restore_tool: tool_name(d.restore_tool.as_ref()).unwrap_or_else(|| "none".into()),
+        });
+    }
+    if let Some((first_name, first)) = versions.first() {
+        for (name, v) in &versions[1..] {
+            if major_minor(v) != major_minor(first) {
+                problems.push(format!(
+                    "members run different etcd versions ({first_name}: {first}, {name}: {v}); restore needs one version on every member"
+                ));
+            }
+        }
+    }
+    if !problems.is_empty() {
+        return Err(PreflightError { problems });
+    }
+    let restore_id = RestoreId::new();
+    let initial_cluster = inventory
+        .members
+        .iter()
+        .flat_map(|m| m.peer_urls.iter().map(move |u| format!("{}={u}", m.name)))
+        .collect::<Vec<_>>()
+        .join(",");
+    Ok(Plan {
+        cluster_token: restore_id.cluster_token(),
+        restore_id,
+        snapshot,
+        initial_cluster,
+        quorum_first: inventory.members[..n / 2 + 1]
+            .iter()
+            .map(|m| m.name.clone())
+            .collect(),
+        members,
+        warnings,
+    })
+}
+
+fn check_member(m: &Member, d: &pb::DescribeResponse, needed: u64, problems: &mut Vec<String>) {
+    if d.member_name != m.name {
+        problems.push(format!(
+            "member {}: its agent reports etcd member name {:?} (from its etcd manifest); fix the inventory or the agent's config",
+            m.name, d.member_name
+        ));
+    }
+    let mut reported = d.peer_urls.clone();
+    let mut planned = m.peer_urls.clone();
+    reported.sort();
+    planned.sort();
+    if reported != planned {
+        problems.push(format!(
+            "member {}: inventory peer URLs {planned:?} differ from the {reported:?} its agent reports",
+            m.name
+        ));
+    }
+    if tool_name(d.restore_tool.as_ref()).is_none() {
+        problems.push(format!(
+            "member {}: no restore tool found (etcdutl for etcd 3.5+, etcdctl for 3.4); install it or set etcd.etcdutl / etcd.etcdctl in the agent's config",
+            m.name
+        ));
+    }
+    if d.free_bytes < needed {
+        problems.push(format!(
+            "member {}: {} MB free beside {}, {} MB needed (twice the snapshot plus etcd's 64 MB WAL); free some space",
+            m.name,
+            d.free_bytes >> 20,
+            d.data_dir,
+            needed >> 20
+        ));
+    }
+    if !d.active_restore_id.is_empty() {
+        problems.push(format!(
+            "member {}: holds unfinished restore {} (last step {} {}); finish it with `quorate resume {}` or undo it with `quorate rollback {}`",
+            m.name, d.active_restore_id, d.active_step, d.active_step_state, d.active_restore_id, d.active_restore_id
+        ));
+    }
+}
+
+impl Plan {
+    /// The plan as an operator reads it.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "restore {}", self.restore_id);
+        let _ = writeln!(
+            out,
+            "snapshot {} ({:.1} MB, sha256 {})",
+            self.snapshot.path.display(),
+            self.snapshot.size as f64 / 1e6,
+            self.snapshot.sha256
+        );
+        let _ = writeln!(out, "new cluster token {}", self.cluster_token);
+        let _ = writeln!(out, "members:");
+        for m in &self.members {
+            let _ = writeln!(
+                out,
+                "  {:<8} agent {}  peer {}  data dir {} ({:.1} MB, {:.1} GB free)  etcd {} via {}  restore with {}  apiserver: {}",
+                m.name,
+                m.agent,
+                m.peer_urls.join(","),
+                m.data_dir,
+                m.data_dir_bytes as f64 / 1e6,
+                m.free_bytes as f64 / 1e9,
+                m.etcd_version,
+                m.etcd_runtime,
+                m.restore_tool,
+                m.apiserver_runtime
+            );
+        }
+        let _ = writeln!(out, "phases (each ends on every member before the next starts):");
+        for (i, line) in [
+            "preflight  done: inventory, agents, disk, restore tool, snapshot sha256".to_owned(),
+            "stage      claim each member for this restore; stream the snapshot to every agent; sha256 checked on arrival".to_owned(),
+            "fence      stop every kube-apiserver and wait until it is down".to_owned(),
+            "halt       stop etcd everywhere; wait until the processes are gone and ports closed".to_owned(),
+            "preserve   move each data dir aside to <data-dir>.quorate-<id>".to_owned(),
+            "restore    restore the snapshot with each member's name and peer URL under the new token".to_owned(),
+            format!("quorum     start {} together, wait for a leader; then the rest", self.quorum_first.join(", ")),
+            "verify     member list, health, identical HashKV at one revision, revision of the snapshot".to_owned(),
+            "unfence    start the kube-apiservers and wait for /readyz".to_owned(),
+            "finish     report; preserved dirs are kept".to_owned(),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let _ = writeln!(out, "  {i}. {line}");
+        }
+        for w in &self.warnings {
+            let _ = writeln!(out, "warning: {w}");
+        }
+        out
+    }
+}

@@ -1,0 +1,363 @@
+//! The lockstep restore: each phase ends on every member before the next starts.
+
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use quorate_proto::model::{ClusterFacts, RestoreId, Step, StepRequest};
+use quorate_proto::tls::TlsFiles;
+use serde::{Deserialize, Serialize};
+
+use crate::agent_client::{AgentClient, CallError, Outcome};
+use crate::inventory::Inventory;
+use crate::journal::Journal;
+use crate::plan::Plan;
+use crate::verify::{self, Expect, MemberView, Verified};
+
+/// The phases after preflight, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    Stage,
+    Fence,
+    Halt,
+    Preserve,
+    Restore,
+    Quorum,
+    Verify,
+    Unfence,
+    Finish,
+}
+
+impl Phase {
+    pub const ALL: [Phase; 9] = [
+        Phase::Stage,
+        Phase::Fence,
+        Phase::Halt,
+        Phase::Preserve,
+        Phase::Restore,
+        Phase::Quorum,
+        Phase::Verify,
+        Phase::Unfence,
+        Phase::Finish,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Stage => "stage",
+            Phase::Fence => "fence",
+            Phase::Halt => "halt",
+            Phase::Preserve => "preserve",
+            Phase::Restore => "restore",
+            Phase::Quorum => "quorum",
+            Phase::Verify => "verify",
+            Phase::Unfence => "unfence",
+            Phase::Finish => "finish",
+        }
+    }
+}
+
+/// Per-phase deadlines.
+#[derive(Debug, Clone)]
+pub struct Deadlines {
+    pub call: Duration,
+    pub stop: Duration,
+    pub start: Duration,
+    pub quorum: Duration,
+    /// Bytes per second assumed when scaling the stage and restore deadlines by snapshot size.
+    pub min_throughput: u64,
+}
+
+impl Default for Deadlines {
+    fn default() -> Self {
+        Self {
+            call: Duration::from_secs(30),
+            stop: Duration::from_secs(90),
+            start: Duration::from_secs(120),
+            quorum: Duration::from_secs(120),
+            min_throughput: 20 << 20,
+        }
+    }
+}
+
+impl Deadlines {
+    fn for_size(&self, base: Duration, bytes: u64) -> Duration {
+        base + Duration::from_secs(bytes / self.min_throughput.max(1))
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PhaseTiming {
+    pub phase: Phase,
+    pub seconds: f64,
+}
+
+/// What the restore did; written as `report.json` in the restore's state dir.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub restore_id: RestoreId,
+    pub cluster_token: String,
+    pub snapshot_sha256: String,
+    pub snapshot_revision: Option<i64>,
+    pub before: Vec<MemberView>,
+    pub after: Verified,
+    pub phases: Vec<PhaseTiming>,
+    pub total_seconds: f64,
+    pub preserved_dirs: Vec<(String, String)>,
+}
+
+/// A restore that stopped in a phase.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "restore {restore_id} failed in phase {phase}:\n{}\nThe members were left as they stand (nothing was rolled back; original data dirs are kept at <data-dir>.quorate-{restore_id}). Journal: {journal}",
+    .failures.iter().map(|(m, e)| format!("  - member {m}: {e}")).collect::<Vec<_>>().join("\n")
+)]
+pub struct RestoreError {
+    pub restore_id: RestoreId,
+    pub phase: &'static str,
+    pub failures: Vec<(String, String)>,
+    pub journal: String,
+}
+
+/// Something to tell the operator as the restore goes.
+pub trait Observer: Sync {
+    fn phase_started(&self, phase: Phase, index: usize);
+    fn phase_done(&self, phase: Phase, elapsed: Duration);
+    fn note(&self, text: &str);
+}
+
+pub struct Restore<'a, C: AgentClient> {
+    pub inventory: &'a Inventory,
+    pub plan: &'a Plan,
+    /// One client per inventory member, same order.
+    pub agents: &'a [C],
+    pub deadlines: Deadlines,
+    pub observer: &'a dyn Observer,
+}
+
+impl<C: AgentClient> Restore<'_, C> {
+    fn request(&self, i: usize, step: Step) -> StepRequest {
+        let m = &self.inventory.members[i];
+        StepRequest {
+            restore_id: self.plan.restore_id,
+            step,
+            facts: ClusterFacts {
+                member_name: m.name.clone(),
+                peer_urls: m.peer_urls.clone(),
+                initial_cluster: self.plan.initial_cluster.clone(),
+                cluster_token: self.plan.cluster_token.clone(),
+                snapshot_sha256: self.plan.snapshot.sha256.clone(),
+                bump_revision: 0,
+                mark_compacted: false,
+            },
+        }
+    }
+
+    /// Runs `step` on the members `which`, in parallel; retries retryable errors until `deadline`.
+    async fn step_on(&self, which: &[usize], step: Step, deadline: Duration) -> Result<Vec<Outcome>, Vec<(String, String)>> {
+        let started = Instant::now();
+        let calls = which.iter().map(|&i| async move {
+            let mut backoff = Duration::from_millis(250);
+            loop {
+                let left = deadline.saturating_sub(started.elapsed());
+                match self.agents[i].run(self.request(i, step), left).await {
+                    Ok(o) => return Ok(o),
+                    Err(e) if e.is_retryable() && started.elapsed() + backoff < deadline => {
+                        tracing::warn!(member = %self.inventory.members[i].name, %step, "retrying: {e}");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
+                    Err(e) => return Err((self.inventory.members[i].name.clone(), step_error(step, &e))),
+                }
+            }
+        });
+        let results = join_all(calls).await;
+        let failures: Vec<_> = results.iter().filter_map(|r| r.as_ref().err().cloned()).collect();
+        if failures.is_empty() {
+            Ok(results.into_iter().filter_map(Result::ok).collect())
+        } else {
+            Err(failures)
+        }
+    }
+
+    fn all(&self) -> Vec<usize> {
+        (0..self.inventory.members.len()).collect()
+    }
+
+    async fn stage(&self) -> Result<Option<i64>, Vec<(String, String)>> {
+        self.step_on(&self.all(), Step::Claim, self.deadlines.call).await?;
+        let deadline = self.deadlines.for_size(self.deadlines.call, self.plan.snapshot.size);
+        let pushes = self.all().into_iter().map(|i| async move {
+            self.agents[i]
+                .push_snapshot(self.plan.restore_id, &self.plan.snapshot, deadline)
+                .await
+                .map_err(|e| (self.inventory.members[i].name.clone(), format!("staging the snapshot: {e}")))
+        });
+        let receipts = join_all(pushes).await;
+        let failures: Vec<_> = receipts.iter().filter_map(|r| r.as_ref().err().cloned()).collect();
+        if !failures.is_empty() {
+            return Err(failures);
+        }
+        let revisions: Vec<i64> = receipts.into_iter().filter_map(|r| r.ok().map(|r| r.revision)).collect();
+        Ok(revisions.first().copied().filter(|r| *r > 0))
+    }
+
+    async fn wait_healthy(&self, which: &[usize], deadline: Duration) -> Result<(), Vec<(String, String)>> {
+        let started = Instant::now();
+        loop {
+            let checks = which.iter().map(|&i| async move {
+                let url = &self.plan.members[i].metrics_url;
+                if url.is_empty() {
+                    let client_url = &self.inventory.members[i].client_urls[0];
+                    verify::view(&self.inventory.members[i].name, client_url, self.inventory.etcd_tls.as_ref())
+                        .await
+                        .is_ok_and(|v| v.leader != 0)
+                } else {
+                    verify::metrics_healthy(url).await
+                }
+            });
+            let healthy = join_all(checks).await;
+            if healthy.iter().all(|h| *h) {
+                return Ok(());
+            }
+            if started.elapsed() >= deadline {
+                return Err(which
+                    .iter()
+                    .zip(healthy)
+                    .filter(|(_, h)| !h)
+                    .map(|(&i, _)| {
+                        (
+                            self.inventory.members[i].name.clone(),
+                            format!("etcd not healthy (no leader or not serving) after {deadline:?}; see its etcd log on that host"),
+                        )
+                    })
+                    .collect());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn quorum(&self) -> Result<(), Vec<(String, String)>> {
+        let first: Vec<usize> = (0..self.plan.quorum_first.len()).collect();
+        let rest: Vec<usize> = (first.len()..self.inventory.members.len()).collect();
+        self.step_on(&first, Step::Start, self.deadlines.start).await?;
+        self.wait_healthy(&first, self.deadlines.quorum).await?;
+        self.observer.note(&format!("quorum of {} has a leader", first.len()));
+        if !rest.is_empty() {
+            self.step_on(&rest, Step::Start, self.deadlines.start).await?;
+        }
+        self.wait_healthy(&self.all(), self.deadlines.quorum).await
+    }
+
+    async fn verify(&self, snapshot_revision: Option<i64>) -> Result<Verified, Vec<(String, String)>> {
+        let expected: Vec<Expect<'_>> = self
+            .inventory
+            .members
+            .iter()
+            .map(|m| Expect {
+                name: &m.name,
+                peer_urls: &m.peer_urls,
+                client_url: &m.client_urls[0],
+            })
+            .collect();
+        let started = Instant::now();
+        // Members that just joined may take a moment to apply the last entries.
+        loop {
+            match verify::verify(&expected, self.inventory.etcd_tls.as_ref(), snapshot_revision).await {
+                Ok(v) => return Ok(v),
+                Err(e) if started.elapsed() < self.deadlines.call => {
+                    tracing::debug!("verify not yet: {e}");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(e) => return Err(vec![("cluster".into(), e)]),
+            }
+        }
+    }
+
+    /// Reads each member's current identity (best effort: the cluster may be down already).
+    pub async fn observe_before(&self) -> Vec<MemberView> {
+        let views = self.inventory.members.iter().map(|m| async move {
+            let tls: Option<&TlsFiles> = self.inventory.etcd_tls.as_ref();
+            tokio::time::timeout(Duration::from_secs(3), verify::view(&m.name, &m.client_urls[0], tls))
+                .await
+                .ok()
+                .and_then(Result::ok)
+        });
+        join_all(views).await.into_iter().flatten().collect()
+    }
+
+    /// Runs phases 1–9. Stops at the first failing phase, leaving members as they stand.
+    pub async fn run(&self, journal: &mut Journal) -> Result<Report, RestoreError> {
+        let total = Instant::now();
+        let before = self.observe_before().await;
+        let mut phases = Vec::new();
+        let mut snapshot_revision = None;
+        let mut verified = None;
+        let journal_path = journal.dir().join("journal.jsonl").display().to_string();
+        for (index, phase) in Phase::ALL.into_iter().enumerate() {
+            self.observer.phase_started(phase, index + 1);
+            let fail = |failures: Vec<(String, String)>| RestoreError {
+                restore_id: self.plan.restore_id,
+                phase: phase.name(),
+                failures,
+                journal: journal_path.clone(),
+            };
+            journal
+                .record(phase.name(), "begin", "")
+                .map_err(|e| fail(vec![("coordinator".into(), format!("writing the journal: {e}"))]))?;
+            let started = Instant::now();
+            let size = self.plan.snapshot.size;
+            let result = match phase {
+                Phase::Stage => self.stage().await.map(|r| snapshot_revision = r),
+                Phase::Fence => self.step_on(&self.all(), Step::Fence, self.deadlines.stop).await.map(drop),
+                Phase::Halt => self.step_on(&self.all(), Step::Halt, self.deadlines.stop).await.map(drop),
+                Phase::Preserve => self.step_on(&self.all(), Step::Preserve, self.deadlines.call).await.map(drop),
+                Phase::Restore => {
+                    let d = self.deadlines.for_size(self.deadlines.start, size);
+                    self.step_on(&self.all(), Step::Restore, d).await.map(drop)
+                }
+                Phase::Quorum => self.quorum().await,
+                Phase::Verify => self.verify(snapshot_revision).await.map(|v| verified = Some(v)),
+                Phase::Unfence => self.step_on(&self.all(), Step::Unfence, self.deadlines.start).await.map(drop),
+                Phase::Finish => self.step_on(&self.all(), Step::Finish, self.deadlines.call).await.map(drop),
+            };
+            if let Err(failures) = result {
+                let detail = failures.iter().map(|(m, e)| format!("{m}: {e}")).collect::<Vec<_>>().join("; ");
+                let _ = journal.record(phase.name(), "failed", &detail);
+                return Err(fail(failures));
+            }
+            journal
+                .record(phase.name(), "done", "")
+                .map_err(|e| fail(vec![("coordinator".into(), format!("writing the journal: {e}"))]))?;
+            self.observer.phase_done(phase, started.elapsed());
+            phases.push(PhaseTiming {
+                phase,
+                seconds: started.elapsed().as_secs_f64(),
+            });
+        }
+        Ok(Report {
+            restore_id: self.plan.restore_id,
+            cluster_token: self.plan.cluster_token.clone(),
+            snapshot_sha256: self.plan.snapshot.sha256.clone(),
+            snapshot_revision,
+            before,
+            after: verified.expect("the verify phase ran"),
+            phases,
+            total_seconds: total.elapsed().as_secs_f64(),
+            preserved_dirs: self
+                .plan
+                .members
+                .iter()
+                .map(|m| (m.name.clone(), format!("{}.quorate-{}", m.data_dir, self.plan.restore_id)))
+                .collect(),
+        })
+    }
+}
+
+fn step_error(step: Step, e: &CallError) -> String {
+    match e {
+        CallError::Timeout(d) => format!(
+            "step {step}: no answer within {d:?}; its state is unknown: check the agent, then `quorate status`"
+        ),
+        other => format!("step {step}: {other}"),
+    }
+}

@@ -1,0 +1,16 @@
+//! The quorate agent contract.
+//!
+//! - [`pb`]: the generated gRPC types and tonic client/server for `quorate.agent.v1`.
+//! - [`tls`]: the rustls configurations both sides use (mTLS only; there is no plaintext mode).
+//! - [`probe`]: a small HTTP(S) GET used for `/health` and `/readyz` probes.
+#![forbid(unsafe_code)]
+
+pub mod model;
+pub mod probe;
+pub mod tls;
+
+/// Generated code for `quorate/agent/v1/agent.proto`.
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod pb {
+    tonic::include_proto!("quorate.agent.v1");
+}

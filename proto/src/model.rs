@@ -1,0 +1,322 @@
+//! Domain types, checked at the boundary: a message that fails these checks becomes
+//! `Status::invalid_argument`, never a panic.
+
+use std::fmt;
+
+use uuid::Uuid;
+
+use crate::pb;
+
+/// The id of one restore attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct RestoreId(pub Uuid);
+
+impl RestoreId {
+    pub fn new() -> Self {
+        Self(Uuid::new_v4())
+    }
+
+    /// The cluster token a restore attempt uses: fresh per attempt, so member and cluster IDs are new.
+    pub fn cluster_token(&self) -> String {
+        format!("quorate-{}", self.0)
+    }
+}
+
+impl Default for RestoreId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for RestoreId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::str::FromStr for RestoreId {
+    type Err = ModelError;
+    fn from_str(s: &str) -> Result<Self, ModelError> {
+        Uuid::parse_str(s)
+            .map(Self)
+            .map_err(|_| ModelError(format!("restore id {s:?} is not a UUID")))
+    }
+}
+
+/// A message that does not satisfy the contract.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ModelError(pub String);
+
+impl From<ModelError> for tonic::Status {
+    fn from(e: ModelError) -> Self {
+        tonic::Status::invalid_argument(e.0)
+    }
+}
+
+/// One step on one member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Step {
+    Claim,
+    Fence,
+    Halt,
+    Preserve,
+    Restore,
+    Start,
+    Unfence,
+    Finish,
+}
+
+impl Step {
+    pub const ALL: [Step; 8] = [
+        Step::Claim,
+        Step::Fence,
+        Step::Halt,
+        Step::Preserve,
+        Step::Restore,
+        Step::Start,
+        Step::Unfence,
+        Step::Finish,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Step::Claim => "claim",
+            Step::Fence => "fence",
+            Step::Halt => "halt",
+            Step::Preserve => "preserve",
+            Step::Restore => "restore",
+            Step::Start => "start",
+            Step::Unfence => "unfence",
+            Step::Finish => "finish",
+        }
+    }
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl TryFrom<i32> for Step {
+    type Error = ModelError;
+    fn try_from(v: i32) -> Result<Self, ModelError> {
+        match pb::Step::try_from(v) {
+            Ok(pb::Step::Claim) => Ok(Step::Claim),
+            Ok(pb::Step::Fence) => Ok(Step::Fence),
+            Ok(pb::Step::Halt) => Ok(Step::Halt),
+            Ok(pb::Step::Preserve) => Ok(Step::Preserve),
+            Ok(pb::Step::Restore) => Ok(Step::Restore),
+            Ok(pb::Step::Start) => Ok(Step::Start),
+            Ok(pb::Step::Unfence) => Ok(Step::Unfence),
+            Ok(pb::Step::Finish) => Ok(Step::Finish),
+            Ok(pb::Step::Unspecified) | Err(_) => Err(ModelError(format!("unknown step {v}"))),
+        }
+    }
+}
+
+impl From<Step> for pb::Step {
+    fn from(s: Step) -> Self {
+        match s {
+            Step::Claim => pb::Step::Claim,
+            Step::Fence => pb::Step::Fence,
+            Step::Halt => pb::Step::Halt,
+            Step::Preserve => pb::Step::Preserve,
+            Step::Restore => pb::Step::Restore,
+            Step::Start => pb::Step::Start,
+            Step::Unfence => pb::Step::Unfence,
+            Step::Finish => pb::Step::Finish,
+        }
+    }
+}
+
+/// What a member needs to know to restore itself.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ClusterFacts {
+    pub member_name: String,
+    pub peer_urls: Vec<String>,
+    pub initial_cluster: String,
+    pub cluster_token: String,
+    /// Lowercase hex sha256 of the snapshot file.
+    pub snapshot_sha256: String,
+    pub bump_revision: u64,
+    pub mark_compacted: bool,
+}
+
+fn check_name(name: &str) -> Result<(), ModelError> {
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ModelError(format!(
+            "member name {name:?} is not a valid etcd member name (letters, digits, - . _)"
+        )))
+    }
+}
+
+fn check_url(url: &str) -> Result<(), ModelError> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .ok_or_else(|| ModelError(format!("peer URL {url:?} is not http(s)://host:port")))?;
+    let ok = rest.rsplit_once(':').is_some_and(|(host, port)| {
+        !host.is_empty() && port.parse::<u16>().is_ok()
+    }) && !rest.contains(['/', ',', '=', ' ']);
+    if ok {
+        Ok(())
+    } else {
+        Err(ModelError(format!("peer URL {url:?} is not http(s)://host:port")))
+    }
+}
+
+pub fn check_sha256(hex: &str) -> Result<(), ModelError> {
+    if hex.len() == 64 && hex.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()) {
+        Ok(())
+    } else {
+        Err(ModelError(format!("{hex:?} is not a lowercase hex sha256")))
+    }
+}
+
+impl TryFrom<pb::ClusterFacts> for ClusterFacts {
+    type Error = ModelError;
+    fn try_from(p: pb::ClusterFacts) -> Result<Self, ModelError> {
+        check_name(&p.member_name)?;
+        if p.peer_urls.is_empty() {
+            return Err(ModelError("no peer URLs".into()));
+        }
+        for url in &p.peer_urls {
+            check_url(url)?;
+        }
+        let mut own_listed = false;
+        for entry in p.initial_cluster.split(',') {
+            let (name, url) = entry
+                .split_once('=')
+                .ok_or_else(|| ModelError(format!("initial cluster entry {entry:?} is not name=url")))?;
+            check_name(name)?;
+            check_url(url)?;
+            own_listed |= name == p.member_name && p.peer_urls.iter().any(|u| u == url);
+        }
+        if !own_listed {
+            return Err(ModelError(format!(
+                "initial cluster does not list {} with its peer URL",
+                p.member_name
+            )));
+        }
+        if !p.cluster_token.starts_with("quorate-") || p.cluster_token.len() > 64 {
+            return Err(ModelError(format!("cluster token {:?} is not a quorate token", p.cluster_token)));
+        }
+        check_sha256(&p.snapshot_sha256)?;
+        Ok(Self {
+            member_name: p.member_name,
+            peer_urls: p.peer_urls,
+            initial_cluster: p.initial_cluster,
+            cluster_token: p.cluster_token,
+            snapshot_sha256: p.snapshot_sha256,
+            bump_revision: p.bump_revision,
+            mark_compacted: p.mark_compacted,
+        })
+    }
+}
+
+impl From<ClusterFacts> for pb::ClusterFacts {
+    fn from(f: ClusterFacts) -> Self {
+        Self {
+            member_name: f.member_name,
+            peer_urls: f.peer_urls,
+            initial_cluster: f.initial_cluster,
+            cluster_token: f.cluster_token,
+            snapshot_sha256: f.snapshot_sha256,
+            bump_revision: f.bump_revision,
+            mark_compacted: f.mark_compacted,
+        }
+    }
+}
+
+/// A checked step request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepRequest {
+    pub restore_id: RestoreId,
+    pub step: Step,
+    pub facts: ClusterFacts,
+}
+
+impl TryFrom<pb::StepRequest> for StepRequest {
+    type Error = ModelError;
+    fn try_from(p: pb::StepRequest) -> Result<Self, ModelError> {
+        Ok(Self {
+            restore_id: p.restore_id.parse()?,
+            step: Step::try_from(p.step)?,
+            facts: p
+                .facts
+                .ok_or_else(|| ModelError("step request without cluster facts".into()))?
+                .try_into()?,
+        })
+    }
+}
+
+impl From<StepRequest> for pb::StepRequest {
+    fn from(r: StepRequest) -> Self {
+        Self {
+            restore_id: r.restore_id.to_string(),
+            step: pb::Step::from(r.step) as i32,
+            facts: Some(r.facts.into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts() -> pb::ClusterFacts {
+        pb::ClusterFacts {
+            member_name: "cp-1".into(),
+            peer_urls: vec!["https://127.0.0.11:2380".into()],
+            initial_cluster: "cp-1=https://127.0.0.11:2380,cp-2=https://127.0.0.12:2380".into(),
+            cluster_token: "quorate-x".into(),
+            snapshot_sha256: "a".repeat(64),
+            bump_revision: 0,
+            mark_compacted: false,
+        }
+    }
+
+    #[test]
+    fn valid_facts_pass_and_round_trip() {
+        let f = ClusterFacts::try_from(facts()).expect("valid");
+        assert_eq!(pb::ClusterFacts::from(f), facts());
+    }
+
+    #[test]
+    fn bad_facts_are_invalid_argument_not_panics() {
+        let cases: Vec<(&str, Box<dyn Fn(&mut pb::ClusterFacts)>)> = vec![
+            ("name", Box::new(|f| f.member_name = "cp 1;rm".into())),
+            ("peer url", Box::new(|f| f.peer_urls = vec!["ftp://x".into()])),
+            ("no peer", Box::new(|f| f.peer_urls.clear())),
+            ("cluster", Box::new(|f| f.initial_cluster = "cp-2=https://127.0.0.12:2380".into())),
+            ("cluster syntax", Box::new(|f| f.initial_cluster = "garbage".into())),
+            ("token", Box::new(|f| f.cluster_token = "etcd-cluster".into())),
+            ("sha", Box::new(|f| f.snapshot_sha256 = "xyz".into())),
+        ];
+        for (what, mutate) in cases {
+            let mut f = facts();
+            mutate(&mut f);
+            let err = ClusterFacts::try_from(f).expect_err(what);
+            assert_eq!(tonic::Status::from(err).code(), tonic::Code::InvalidArgument, "{what}");
+        }
+        let req = pb::StepRequest {
+            restore_id: "not-a-uuid".into(),
+            step: 99,
+            facts: None,
+        };
+        assert!(StepRequest::try_from(req).is_err());
+        assert!(Step::try_from(0).is_err());
+        assert!(Step::try_from(99).is_err());
+    }
+}

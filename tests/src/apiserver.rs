@@ -1,0 +1,508 @@
+//! A kube-apiserver stand-in: what a restore needs to see of an apiserver, and no more.
+//!
+//! - `/readyz` over HTTPS answers 200 only when a linearizable read from etcd succeeds within
+//!   1 s, so it tells whether the etcd cluster has a quorum and a leader; otherwise 503 with the
+//!   reason. `/livez` answers 200 whenever the process serves.
+//! - Every second it renews a Lease under `/registry/leases/kube-system/`, writing to etcd the
+//!   way a live apiserver does.
+//!
+//! Etcd being down never keeps it from starting: the client connects in the background and
+//! `/readyz` says 503 meanwhile.
+
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+
+/// The key `/readyz` reads; it need not exist.
+const HEALTH_KEY: &str = "/registry/health";
+const LEASE_PREFIX: &str = "/registry/leases/kube-system/";
+const READY_TIMEOUT: Duration = Duration::from_secs(1);
+const HEARTBEAT: Duration = Duration::from_secs(1);
+const ETCD_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+const ETCD_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+const ETCD_RETRY: Duration = Duration::from_secs(1);
+/// The longest a client may take for its whole exchange (handshake, request, response).
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(5);
+const MAX_REQUEST_HEAD: usize = 8 * 1024;
+
+/// The apiserver stand-in's flags, named like the real kube-apiserver's.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ApiserverArgs {
+    /// The address to serve on.
+    #[arg(long)]
+    pub advertise_address: IpAddr,
+    #[arg(long, default_value_t = 6443)]
+    pub secure_port: u16,
+    /// Comma-separated etcd client URLs (https://...).
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub etcd_servers: Vec<String>,
+    #[arg(long)]
+    pub etcd_cafile: PathBuf,
+    #[arg(long)]
+    pub etcd_certfile: PathBuf,
+    #[arg(long)]
+    pub etcd_keyfile: PathBuf,
+    #[arg(long)]
+    pub tls_cert_file: PathBuf,
+    #[arg(long)]
+    pub tls_private_key_file: PathBuf,
+    /// The node this apiserver runs on (names its Lease; not a real kube-apiserver flag).
+    #[arg(long)]
+    pub node_name: String,
+}
+
+/// Serves until SIGTERM or SIGINT.
+pub async fn run(args: ApiserverArgs) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    run_until(args, async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        }
+    })
+    .await
+}
+
+/// Serves until `shutdown` completes. Fails only on configuration errors (unreadable
+/// certificates, an address it cannot bind), never because etcd is unavailable.
+pub async fn run_until(
+    args: ApiserverArgs,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    quorate_proto::tls::install_default_provider();
+    let options = etcd_options(&args)?;
+    let mut config = quorate_proto::tls::server_config(
+        &args.tls_cert_file,
+        &args.tls_private_key_file,
+        None,
+        &[],
+    )
+    .context("building the serving TLS configuration")?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptor = TlsAcceptor::from(Arc::new(config));
+    let addr = SocketAddr::new(args.advertise_address, args.secure_port);
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
+    tracing::info!(%addr, node = %args.node_name, etcd = ?args.etcd_servers, "kube-apiserver stand-in serving");
+
+    let etcd = Etcd::default();
+    // Dropping the sets aborts the background tasks and open connections.
+    let mut background = JoinSet::new();
+    background.spawn(etcd.clone().connect(args.etcd_servers.clone(), options));
+    background.spawn(heartbeat(etcd.clone(), args.node_name.clone()));
+    let mut connections = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, peer)) => {
+                    connections.spawn(serve_connection(acceptor.clone(), tcp, peer, etcd.clone()));
+                }
+                Err(e) => {
+                    tracing::warn!("accept on {addr}: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    tracing::info!("kube-apiserver stand-in stopped");
+    Ok(())
+}
+
+fn etcd_options(args: &ApiserverArgs) -> anyhow::Result<ConnectOptions> {
+    let read = |path: &PathBuf, what: &str| {
+        std::fs::read(path).with_context(|| format!("reading the etcd {what} {}", path.display()))
+    };
+    let ca = read(&args.etcd_cafile, "CA certificate")?;
+    let cert = read(&args.etcd_certfile, "client certificate")?;
+    let key = read(&args.etcd_keyfile, "client key")?;
+    let tls = TlsOptions::new()
+        .ca_certificate(Certificate::from_pem(ca))
+        .identity(Identity::from_pem(cert, key));
+    Ok(ConnectOptions::new()
+        .with_tls(tls)
+        .with_connect_timeout(ETCD_CONNECT_TIMEOUT)
+        .with_timeout(ETCD_REQUEST_TIMEOUT))
+}
+
+/// The etcd client, once connected; until then, why it is not.
+#[derive(Clone)]
+struct Etcd {
+    state: Arc<Mutex<Result<Client, String>>>,
+}
+
+impl Default for Etcd {
+    fn default() -> Self {
+        Self {
+            state: Arc::new(Mutex::new(Err("not connected yet".to_owned()))),
+        }
+    }
+}
+
+impl Etcd {
+    fn client(&self) -> Result<Client, String> {
+        self.state.lock().expect("etcd state lock poisoned").clone()
+    }
+
+    fn set(&self, state: Result<Client, String>) {
+        *self.state.lock().expect("etcd state lock poisoned") = state;
+    }
+
+    /// Connects, retrying every second until it works; the client then reconnects by itself.
+    async fn connect(self, endpoints: Vec<String>, options: ConnectOptions) {
+        for attempt in 1u64.. {
+            let connecting = Client::connect(&endpoints, Some(options.clone()));
+            let why = match tokio::time::timeout(ETCD_CONNECT_TIMEOUT * 3, connecting).await {
+                Ok(Ok(client)) => {
+                    tracing::info!(?endpoints, "etcd client ready");
+                    self.set(Ok(client));
+                    return;
+                }
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "connection timed out".to_owned(),
+            };
+            if attempt == 1 || attempt % 30 == 0 {
+                tracing::warn!(?endpoints, attempt, "cannot connect to etcd yet: {why}");
+            }
+            self.set(Err(format!("cannot connect to etcd: {why}")));
+            tokio::time::sleep(ETCD_RETRY).await;
+        }
+    }
+
+    /// `Ok` when a linearizable read succeeds within [`READY_TIMEOUT`].
+    async fn check_read(&self) -> Result<(), String> {
+        let mut client = self.client()?;
+        match tokio::time::timeout(READY_TIMEOUT, client.get(HEALTH_KEY, None)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(format!("linearizable read of {HEALTH_KEY} failed: {e}")),
+            Err(_) => Err(format!(
+                "linearizable read of {HEALTH_KEY}: no answer within {READY_TIMEOUT:?}"
+            )),
+        }
+    }
+}
+
+async fn serve_connection(acceptor: TlsAcceptor, tcp: TcpStream, peer: SocketAddr, etcd: Etcd) {
+    let exchange = async {
+        let mut tls = acceptor.accept(tcp).await.context("TLS handshake")?;
+        let head = read_head(&mut tls).await?;
+        let (status, body) = match request_path(&head) {
+            Some(path) => respond(route(path), &etcd).await,
+            None => (400, "bad request\n".to_owned()),
+        };
+        tracing::debug!(%peer, status, request = head.lines().next().unwrap_or(""), "served");
+        tls.write_all(response(status, &body).as_bytes()).await?;
+        tls.shutdown().await?;
+        anyhow::Ok(())
+    };
+    match tokio::time::timeout(CONNECTION_TIMEOUT, exchange).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::debug!(%peer, "connection: {e:#}"),
+        Err(_) => tracing::debug!(%peer, "connection: timed out"),
+    }
+}
+
+/// Reads up to the blank line that ends a request head.
+async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> anyhow::Result<String> {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        anyhow::ensure!(head.len() <= MAX_REQUEST_HEAD, "request head too large");
+        let n = stream.read(&mut buf).await.context("reading the request")?;
+        anyhow::ensure!(
+            n > 0,
+            "connection closed before the end of the request head"
+        );
+        head.extend_from_slice(&buf[..n]);
+    }
+    Ok(String::from_utf8_lossy(&head).into_owned())
+}
+
+/// The path of a request line (`GET /readyz?verbose HTTP/1.1` gives `/readyz`).
+fn request_path(head: &str) -> Option<&str> {
+    let mut parts = head.lines().next()?.split_whitespace();
+    let (_method, target, version) = (parts.next()?, parts.next()?, parts.next()?);
+    if !version.starts_with("HTTP/1.") {
+        return None;
+    }
+    target.split('?').next()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    Readyz,
+    Livez,
+    NotFound,
+}
+
+fn route(path: &str) -> Route {
+    match path {
+        "/readyz" => Route::Readyz,
+        "/livez" => Route::Livez,
+        _ => Route::NotFound,
+    }
+}
+
+async fn respond(route: Route, etcd: &Etcd) -> (u16, String) {
+    match route {
+        Route::Livez => (200, "ok".to_owned()),
+        Route::Readyz => match etcd.check_read().await {
+            Ok(()) => (200, "ok".to_owned()),
+            Err(why) => (503, format!("etcd: {why}\nreadyz check failed\n")),
+        },
+        Route::NotFound => (404, "not found\n".to_owned()),
+    }
+}
+
+fn response(status: u16, body: &str) -> String {
+    let reason = match status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        503 => "Service Unavailable",
+        _ => "",
+    };
+    format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// Renews this apiserver's Lease every second, forever; failures are logged once per outage.
+async fn heartbeat(etcd: Etcd, node: String) {
+    let key = format!("{LEASE_PREFIX}apiserver-{node}");
+    let mut tick = tokio::time::interval(HEARTBEAT);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seq: u64 = 0;
+    let mut failing = false;
+    loop {
+        tick.tick().await;
+        let Ok(mut client) = etcd.client() else {
+            continue;
+        };
+        seq += 1;
+        let value = lease(&node, seq, SystemTime::now()).to_string();
+        let put = tokio::time::timeout(ETCD_REQUEST_TIMEOUT, client.put(key.as_str(), value, None));
+        let failure = match put.await {
+            Ok(Ok(_)) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(_) => Some(format!("no answer within {ETCD_REQUEST_TIMEOUT:?}")),
+        };
+        match failure {
+            None if failing => {
+                tracing::info!(%key, seq, "lease renewed again");
+                failing = false;
+            }
+            None => tracing::trace!(%key, seq, "lease renewed"),
+            Some(why) if !failing => {
+                tracing::warn!(%key, seq, "cannot renew the lease, will keep trying: {why}");
+                failing = true;
+            }
+            Some(why) => tracing::debug!(%key, seq, "cannot renew the lease: {why}"),
+        }
+    }
+}
+
+/// A coordination.k8s.io/v1 Lease as the apiserver stores it (JSON rather than protobuf).
+fn lease(node: &str, seq: u64, now: SystemTime) -> serde_json::Value {
+    serde_json::json!({
+        "kind": "Lease",
+        "apiVersion": "coordination.k8s.io/v1",
+        "metadata": {
+            "name": format!("apiserver-{node}"),
+            "namespace": "kube-system",
+            "labels": { "apiserver.kubernetes.io/identity": "kube-apiserver" },
+        },
+        "spec": {
+            "holderIdentity": format!("kube-apiserver-{node}"),
+            "leaseDurationSeconds": 3600,
+            "renewTime": rfc3339_micros(now),
+            "seq": seq,
+        },
+    })
+}
+
+/// `2006-01-02T15:04:05.000000Z`, the form of a Kubernetes MicroTime.
+fn rfc3339_micros(time: SystemTime) -> String {
+    let since_epoch = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since_epoch.as_secs();
+    let (year, month, day) = civil_from_days(secs / 86_400);
+    let rem = secs % 86_400;
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        since_epoch.subsec_micros()
+    )
+}
+
+/// Year, month, day of a count of days since 1970-01-01 (Howard Hinnant's `civil_from_days`).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, SanType};
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ApiserverArgs,
+    }
+
+    #[test]
+    fn flags_read_like_kube_apiserver() {
+        let cli = Cli::try_parse_from([
+            "kube-apiserver",
+            "--advertise-address=127.0.1.1",
+            "--etcd-servers=https://127.0.1.1:2379,https://127.0.1.2:2379",
+            "--etcd-cafile=/pki/etcd/ca.crt",
+            "--etcd-certfile=/pki/apiserver-etcd-client.crt",
+            "--etcd-keyfile=/pki/apiserver-etcd-client.key",
+            "--tls-cert-file=/pki/apiserver.crt",
+            "--tls-private-key-file=/pki/apiserver.key",
+            "--node-name=cp-1",
+        ])
+        .expect("flags parse");
+        assert_eq!(cli.args.secure_port, 6443);
+        assert_eq!(cli.args.etcd_servers.len(), 2);
+        assert_eq!(cli.args.node_name, "cp-1");
+    }
+
+    #[test]
+    fn routes_requests_and_formats_responses() {
+        assert_eq!(
+            request_path("GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n"),
+            Some("/readyz")
+        );
+        assert_eq!(
+            request_path("GET /readyz?verbose HTTP/1.1\r\n\r\n"),
+            Some("/readyz")
+        );
+        assert_eq!(request_path("garbage\r\n\r\n"), None);
+        assert_eq!(route("/readyz"), Route::Readyz);
+        assert_eq!(route("/livez"), Route::Livez);
+        assert_eq!(route("/api/v1/pods"), Route::NotFound);
+        assert_eq!(
+            response(200, "ok"),
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\n\
+             Content-Length: 2\r\nConnection: close\r\n\r\nok"
+        );
+    }
+
+    #[test]
+    fn lease_carries_the_node_the_sequence_and_a_utc_renew_time() {
+        assert_eq!(rfc3339_micros(UNIX_EPOCH), "1970-01-01T00:00:00.000000Z");
+        let leap_day = UNIX_EPOCH + Duration::from_micros(951_782_400_000_001);
+        assert_eq!(rfc3339_micros(leap_day), "2000-02-29T00:00:00.000001Z");
+        let later = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert_eq!(rfc3339_micros(later), "2023-11-14T22:13:20.000000Z");
+
+        let value = lease("cp-1", 7, later);
+        assert_eq!(value["metadata"]["name"], "apiserver-cp-1");
+        assert_eq!(value["spec"]["holderIdentity"], "kube-apiserver-cp-1");
+        assert_eq!(value["spec"]["seq"], 7);
+        assert_eq!(value["spec"]["renewTime"], "2023-11-14T22:13:20.000000Z");
+    }
+
+    /// A CA, a serving certificate for 127.0.0.1 and a client certificate, written to `dir`.
+    fn write_certs(dir: &std::path::Path) {
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_key = KeyPair::generate().expect("ca key");
+        let ca = CertifiedIssuer::self_signed(ca_params, ca_key).expect("ca");
+        std::fs::write(dir.join("ca.crt"), ca.pem()).expect("write ca");
+        for (stem, ip) in [("server", true), ("client", false)] {
+            let mut params = CertificateParams::new(vec![format!("{stem}.test")]).expect("params");
+            if ip {
+                let localhost = IpAddr::from([127, 0, 0, 1]);
+                params.subject_alt_names.push(SanType::IpAddress(localhost));
+            }
+            let key = KeyPair::generate().expect("key");
+            let cert = params.signed_by(&key, &ca).expect("sign");
+            std::fs::write(dir.join(format!("{stem}.crt")), cert.pem()).expect("write cert");
+            std::fs::write(dir.join(format!("{stem}.key")), key.serialize_pem())
+                .expect("write key");
+        }
+    }
+
+    fn free_port() -> u16 {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("local addr").port()
+    }
+
+    #[tokio::test]
+    async fn serves_over_tls_and_is_not_ready_while_etcd_is_down() {
+        quorate_proto::tls::install_default_provider();
+        let dir = tempfile::tempdir().expect("tempdir");
+        write_certs(dir.path());
+        let path = |f: &str| dir.path().join(f);
+        let port = free_port();
+        let args = ApiserverArgs {
+            advertise_address: IpAddr::from([127, 0, 0, 1]),
+            secure_port: port,
+            etcd_servers: vec![format!("https://127.0.0.1:{}", free_port())],
+            etcd_cafile: path("ca.crt"),
+            etcd_certfile: path("client.crt"),
+            etcd_keyfile: path("client.key"),
+            tls_cert_file: path("server.crt"),
+            tls_private_key_file: path("server.key"),
+            node_name: "cp-1".to_owned(),
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(run_until(args, async {
+            let _ = stopped.await;
+        }));
+
+        let tls = Arc::new(quorate_proto::tls::client_config(&path("ca.crt"), None).expect("tls"));
+        let get = |p: &str| {
+            let url = format!("https://127.0.0.1:{port}{p}");
+            let tls = Some(tls.clone());
+            async move { quorate_proto::probe::get(&url, tls, Duration::from_secs(3)).await }
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let livez = loop {
+            match get("/livez").await {
+                Ok(r) => break r,
+                Err(e) => assert!(std::time::Instant::now() < deadline, "no /livez: {e:#}"),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!((livez.status, livez.body.as_str()), (200, "ok"));
+        let readyz = get("/readyz").await.expect("/readyz answers");
+        assert_eq!(readyz.status, 503, "{}", readyz.body);
+        assert!(readyz.body.contains("etcd"), "{}", readyz.body);
+        assert_eq!(get("/version").await.expect("/version answers").status, 404);
+
+        stop.send(()).expect("server listening");
+        server.await.expect("server task").expect("server result");
+    }
+}

