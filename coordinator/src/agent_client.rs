@@ -45,7 +45,9 @@ impl From<tonic::Status> for CallError {
     fn from(s: tonic::Status) -> Self {
         match s.code() {
             tonic::Code::Unavailable => CallError::Unreachable(describe_status(&s)),
-            tonic::Code::DeadlineExceeded => CallError::Failed(format!("deadline exceeded: {}", s.message())),
+            tonic::Code::DeadlineExceeded => {
+                CallError::Failed(format!("deadline exceeded: {}", s.message()))
+            }
             _ => CallError::Failed(describe_status(&s)),
         }
     }
@@ -109,8 +111,7 @@ impl GrpcAgent {
             .connect_lazy();
         Ok(Self {
             member: member.to_owned(),
-            client: pb::agent_client::AgentClient::new(channel)
-                .max_decoding_message_size(16 << 20),
+            client: pb::agent_client::AgentClient::new(channel).max_decoding_message_size(16 << 20),
         })
     }
 

@@ -52,7 +52,11 @@ impl fmt::Debug for Pem {
 impl Pem {
     /// Writes `<dir>/<stem>.crt` and `<dir>/<stem>.key` (0600).
     pub fn write(&self, dir: &Path, stem: &str) -> Result<(), CertError> {
-        write_file(&dir.join(format!("{stem}.crt")), self.cert.as_bytes(), 0o644)?;
+        write_file(
+            &dir.join(format!("{stem}.crt")),
+            self.cert.as_bytes(),
+            0o644,
+        )?;
         write_file(&dir.join(format!("{stem}.key")), self.key.as_bytes(), 0o600)
     }
 }
@@ -117,7 +121,9 @@ impl Ca {
         let key = KeyPair::generate().map_err(mint)?;
         let names: Vec<String> = dns.iter().map(|s| (*s).to_owned()).collect();
         let mut params = CertificateParams::new(names).map_err(mint)?;
-        params.subject_alt_names.extend(ips.iter().copied().map(SanType::IpAddress));
+        params
+            .subject_alt_names
+            .extend(ips.iter().copied().map(SanType::IpAddress));
         params.distinguished_name = DistinguishedName::new();
         params
             .distinguished_name
@@ -169,7 +175,12 @@ mod tests {
     fn issued_leaf_verifies_against_its_ca_and_names() {
         let ca = Ca::new("test-ca").expect("ca");
         let leaf = ca
-            .issue("agent", &["cp-1"], &["127.0.0.11".parse().expect("ip")], Usage::Server)
+            .issue(
+                "agent",
+                &["cp-1"],
+                &["127.0.0.11".parse().expect("ip")],
+                Usage::Server,
+            )
             .expect("leaf");
         let dir = tempfile::tempdir().expect("tempdir");
         ca.pem().write(dir.path(), "ca").expect("write ca");
@@ -177,7 +188,10 @@ mod tests {
         let mode = fs::metadata(dir.path().join("agent.key"))
             .expect("key")
             .permissions();
-        assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777, 0o600);
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o600
+        );
         assert!(format!("{leaf:?}").contains("redacted"));
         assert!(!format!("{leaf:?}").contains("PRIVATE"));
         // The leaf is accepted by a rustls server config built from these files.

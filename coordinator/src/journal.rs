@@ -70,7 +70,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = dir.join(format!(
         ".{}.tmp",
-        path.file_name().map_or("file".into(), |n| n.to_string_lossy())
+        path.file_name()
+            .map_or("file".into(), |n| n.to_string_lossy())
     ));
     let mut f = File::create(&tmp)?;
     f.write_all(bytes)?;

@@ -54,7 +54,9 @@ fn tool_name(tool: Option<&pb::RestoreTool>) -> Option<String> {
     let tool = tool?;
     match pb::RestoreToolKind::try_from(tool.kind) {
         Ok(pb::RestoreToolKind::Etcdutl) => Some(format!("etcdutl {}", tool.version)),
-        Ok(pb::RestoreToolKind::Etcdctl) => Some(format!("etcdctl {} (ETCDCTL_API=3)", tool.version)),
+        Ok(pb::RestoreToolKind::Etcdctl) => {
+            Some(format!("etcdctl {} (ETCDCTL_API=3)", tool.version))
+        }
         _ => None,
     }
 }
@@ -72,7 +74,7 @@ pub fn build(
     let mut problems = Vec::new();
     let mut warnings = Vec::new();
     let n = inventory.members.len();
-    if n % 2 == 0 {
+    if n.is_multiple_of(2) {
         warnings.push(format!(
             "{n} members: an even count tolerates no more failures than {} members; consider an odd count",
             n - 1
@@ -213,7 +215,10 @@ impl Plan {
                 m.apiserver_runtime
             );
         }
-        let _ = writeln!(out, "phases (each ends on every member before the next starts):");
+        let _ = writeln!(
+            out,
+            "phases (each ends on every member before the next starts):"
+        );
         for (i, line) in [
             "preflight  done: inventory, agents, disk, restore tool, snapshot sha256".to_owned(),
             "stage      claim each member for this restore; stream the snapshot to every agent; sha256 checked on arrival".to_owned(),

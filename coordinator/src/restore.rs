@@ -153,7 +153,12 @@ impl<C: AgentClient> Restore<'_, C> {
     }
 
     /// Runs `step` on the members `which`, in parallel; retries retryable errors until `deadline`.
-    async fn step_on(&self, which: &[usize], step: Step, deadline: Duration) -> Result<Vec<Outcome>, Vec<(String, String)>> {
+    async fn step_on(
+        &self,
+        which: &[usize],
+        step: Step,
+        deadline: Duration,
+    ) -> Result<Vec<Outcome>, Vec<(String, String)>> {
         let started = Instant::now();
         let calls = which.iter().map(|&i| async move {
             let mut backoff = Duration::from_millis(250);
@@ -171,7 +176,10 @@ impl<C: AgentClient> Restore<'_, C> {
             }
         });
         let results = join_all(calls).await;
-        let failures: Vec<_> = results.iter().filter_map(|r| r.as_ref().err().cloned()).collect();
+        let failures: Vec<_> = results
+            .iter()
+            .filter_map(|r| r.as_ref().err().cloned())
+            .collect();
         if failures.is_empty() {
             Ok(results.into_iter().filter_map(Result::ok).collect())
         } else {
@@ -184,33 +192,55 @@ impl<C: AgentClient> Restore<'_, C> {
     }
 
     async fn stage(&self) -> Result<Option<i64>, Vec<(String, String)>> {
-        self.step_on(&self.all(), Step::Claim, self.deadlines.call).await?;
-        let deadline = self.deadlines.for_size(self.deadlines.call, self.plan.snapshot.size);
+        self.step_on(&self.all(), Step::Claim, self.deadlines.call)
+            .await?;
+        let deadline = self
+            .deadlines
+            .for_size(self.deadlines.call, self.plan.snapshot.size);
         let pushes = self.all().into_iter().map(|i| async move {
             self.agents[i]
                 .push_snapshot(self.plan.restore_id, &self.plan.snapshot, deadline)
                 .await
-                .map_err(|e| (self.inventory.members[i].name.clone(), format!("staging the snapshot: {e}")))
+                .map_err(|e| {
+                    (
+                        self.inventory.members[i].name.clone(),
+                        format!("staging the snapshot: {e}"),
+                    )
+                })
         });
         let receipts = join_all(pushes).await;
-        let failures: Vec<_> = receipts.iter().filter_map(|r| r.as_ref().err().cloned()).collect();
+        let failures: Vec<_> = receipts
+            .iter()
+            .filter_map(|r| r.as_ref().err().cloned())
+            .collect();
         if !failures.is_empty() {
             return Err(failures);
         }
-        let revisions: Vec<i64> = receipts.into_iter().filter_map(|r| r.ok().map(|r| r.revision)).collect();
+        let revisions: Vec<i64> = receipts
+            .into_iter()
+            .filter_map(|r| r.ok().map(|r| r.revision))
+            .collect();
         Ok(revisions.first().copied().filter(|r| *r > 0))
     }
 
-    async fn wait_healthy(&self, which: &[usize], deadline: Duration) -> Result<(), Vec<(String, String)>> {
+    async fn wait_healthy(
+        &self,
+        which: &[usize],
+        deadline: Duration,
+    ) -> Result<(), Vec<(String, String)>> {
         let started = Instant::now();
         loop {
             let checks = which.iter().map(|&i| async move {
                 let url = &self.plan.members[i].metrics_url;
                 if url.is_empty() {
                     let client_url = &self.inventory.members[i].client_urls[0];
-                    verify::view(&self.inventory.members[i].name, client_url, self.inventory.etcd_tls.as_ref())
-                        .await
-                        .is_ok_and(|v| v.leader != 0)
+                    verify::view(
+                        &self.inventory.members[i].name,
+                        client_url,
+                        self.inventory.etcd_tls.as_ref(),
+                    )
+                    .await
+                    .is_ok_and(|v| v.leader != 0)
                 } else {
                     verify::metrics_healthy(url).await
                 }
@@ -239,16 +269,22 @@ impl<C: AgentClient> Restore<'_, C> {
     async fn quorum(&self) -> Result<(), Vec<(String, String)>> {
         let first: Vec<usize> = (0..self.plan.quorum_first.len()).collect();
         let rest: Vec<usize> = (first.len()..self.inventory.members.len()).collect();
-        self.step_on(&first, Step::Start, self.deadlines.start).await?;
+        self.step_on(&first, Step::Start, self.deadlines.start)
+            .await?;
         self.wait_healthy(&first, self.deadlines.quorum).await?;
-        self.observer.note(&format!("quorum of {} has a leader", first.len()));
+        self.observer
+            .note(&format!("quorum of {} has a leader", first.len()));
         if !rest.is_empty() {
-            self.step_on(&rest, Step::Start, self.deadlines.start).await?;
+            self.step_on(&rest, Step::Start, self.deadlines.start)
+                .await?;
         }
         self.wait_healthy(&self.all(), self.deadlines.quorum).await
     }
 
-    async fn verify(&self, snapshot_revision: Option<i64>) -> Result<Verified, Vec<(String, String)>> {
+    async fn verify(
+        &self,
+        snapshot_revision: Option<i64>,
+    ) -> Result<Verified, Vec<(String, String)>> {
         let expected: Vec<Expect<'_>> = self
             .inventory
             .members
@@ -262,7 +298,13 @@ impl<C: AgentClient> Restore<'_, C> {
         let started = Instant::now();
         // Members that just joined may take a moment to apply the last entries.
         loop {
-            match verify::verify(&expected, self.inventory.etcd_tls.as_ref(), snapshot_revision).await {
+            match verify::verify(
+                &expected,
+                self.inventory.etcd_tls.as_ref(),
+                snapshot_revision,
+            )
+            .await
+            {
                 Ok(v) => return Ok(v),
                 Err(e) if started.elapsed() < self.deadlines.call => {
                     tracing::debug!("verify not yet: {e}");
@@ -277,10 +319,13 @@ impl<C: AgentClient> Restore<'_, C> {
     pub async fn observe_before(&self) -> Vec<MemberView> {
         let views = self.inventory.members.iter().map(|m| async move {
             let tls: Option<&TlsFiles> = self.inventory.etcd_tls.as_ref();
-            tokio::time::timeout(Duration::from_secs(3), verify::view(&m.name, &m.client_urls[0], tls))
-                .await
-                .ok()
-                .and_then(Result::ok)
+            tokio::time::timeout(
+                Duration::from_secs(3),
+                verify::view(&m.name, &m.client_urls[0], tls),
+            )
+            .await
+            .ok()
+            .and_then(Result::ok)
         });
         join_all(views).await.into_iter().flatten().collect()
     }
@@ -301,33 +346,61 @@ impl<C: AgentClient> Restore<'_, C> {
                 failures,
                 journal: journal_path.clone(),
             };
-            journal
-                .record(phase.name(), "begin", "")
-                .map_err(|e| fail(vec![("coordinator".into(), format!("writing the journal: {e}"))]))?;
+            journal.record(phase.name(), "begin", "").map_err(|e| {
+                fail(vec![(
+                    "coordinator".into(),
+                    format!("writing the journal: {e}"),
+                )])
+            })?;
             let started = Instant::now();
             let size = self.plan.snapshot.size;
             let result = match phase {
                 Phase::Stage => self.stage().await.map(|r| snapshot_revision = r),
-                Phase::Fence => self.step_on(&self.all(), Step::Fence, self.deadlines.stop).await.map(drop),
-                Phase::Halt => self.step_on(&self.all(), Step::Halt, self.deadlines.stop).await.map(drop),
-                Phase::Preserve => self.step_on(&self.all(), Step::Preserve, self.deadlines.call).await.map(drop),
+                Phase::Fence => self
+                    .step_on(&self.all(), Step::Fence, self.deadlines.stop)
+                    .await
+                    .map(drop),
+                Phase::Halt => self
+                    .step_on(&self.all(), Step::Halt, self.deadlines.stop)
+                    .await
+                    .map(drop),
+                Phase::Preserve => self
+                    .step_on(&self.all(), Step::Preserve, self.deadlines.call)
+                    .await
+                    .map(drop),
                 Phase::Restore => {
                     let d = self.deadlines.for_size(self.deadlines.start, size);
                     self.step_on(&self.all(), Step::Restore, d).await.map(drop)
                 }
                 Phase::Quorum => self.quorum().await,
-                Phase::Verify => self.verify(snapshot_revision).await.map(|v| verified = Some(v)),
-                Phase::Unfence => self.step_on(&self.all(), Step::Unfence, self.deadlines.start).await.map(drop),
-                Phase::Finish => self.step_on(&self.all(), Step::Finish, self.deadlines.call).await.map(drop),
+                Phase::Verify => self
+                    .verify(snapshot_revision)
+                    .await
+                    .map(|v| verified = Some(v)),
+                Phase::Unfence => self
+                    .step_on(&self.all(), Step::Unfence, self.deadlines.start)
+                    .await
+                    .map(drop),
+                Phase::Finish => self
+                    .step_on(&self.all(), Step::Finish, self.deadlines.call)
+                    .await
+                    .map(drop),
             };
             if let Err(failures) = result {
-                let detail = failures.iter().map(|(m, e)| format!("{m}: {e}")).collect::<Vec<_>>().join("; ");
+                let detail = failures
+                    .iter()
+                    .map(|(m, e)| format!("{m}: {e}"))
+                    .collect::<Vec<_>>()
+                    .join("; ");
                 let _ = journal.record(phase.name(), "failed", &detail);
                 return Err(fail(failures));
             }
-            journal
-                .record(phase.name(), "done", "")
-                .map_err(|e| fail(vec![("coordinator".into(), format!("writing the journal: {e}"))]))?;
+            journal.record(phase.name(), "done", "").map_err(|e| {
+                fail(vec![(
+                    "coordinator".into(),
+                    format!("writing the journal: {e}"),
+                )])
+            })?;
             self.observer.phase_done(phase, started.elapsed());
             phases.push(PhaseTiming {
                 phase,
@@ -347,7 +420,12 @@ impl<C: AgentClient> Restore<'_, C> {
                 .plan
                 .members
                 .iter()
-                .map(|m| (m.name.clone(), format!("{}.quorate-{}", m.data_dir, self.plan.restore_id)))
+                .map(|m| {
+                    (
+                        m.name.clone(),
+                        format!("{}.quorate-{}", m.data_dir, self.plan.restore_id),
+                    )
+                })
                 .collect(),
         })
     }

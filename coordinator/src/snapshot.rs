@@ -16,7 +16,10 @@ const PAGE: u64 = 512;
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
     #[error("snapshot {path}: cannot read it: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("snapshot {path} is empty")]
     Empty { path: PathBuf },
     #[error(
@@ -122,11 +125,17 @@ mod tests {
     #[test]
     fn empty_truncated_and_flipped_snapshots_are_refused_distinctly() {
         let empty = write(&[]);
-        assert!(matches!(check(empty.path()), Err(SnapshotError::Empty { .. })));
+        assert!(matches!(
+            check(empty.path()),
+            Err(SnapshotError::Empty { .. })
+        ));
 
         let bytes = snapshot_bytes(8);
         let truncated = write(&bytes[..bytes.len() - 100]);
-        assert!(matches!(check(truncated.path()), Err(SnapshotError::NoTrailer { .. })));
+        assert!(matches!(
+            check(truncated.path()),
+            Err(SnapshotError::NoTrailer { .. })
+        ));
 
         let mut flipped = bytes.clone();
         flipped[1000] ^= 0x01;

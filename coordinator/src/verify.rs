@@ -104,7 +104,10 @@ pub async fn verify(
             ));
         }
         if v.leader == 0 || v.leader != first.leader {
-            return Err(format!("member {} reports leader {:x}, {} reports {:x}", v.name, v.leader, first.name, first.leader));
+            return Err(format!(
+                "member {} reports leader {:x}, {} reports {:x}",
+                v.name, v.leader, first.name, first.leader
+            ));
         }
     }
     let list = clients[0]
@@ -134,13 +137,13 @@ pub async fn verify(
         return Err(format!("member list {got:?} is not the planned {want:?}"));
     }
     let revision = views.iter().map(|v| v.revision).min().unwrap_or(0);
-    if let Some(snap) = snapshot_revision {
-        if let Some(v) = views.iter().find(|v| v.revision != snap) {
-            return Err(format!(
-                "member {} is at revision {}, the snapshot at {snap}: something wrote to the restored cluster",
-                v.name, v.revision
-            ));
-        }
+    if let Some(snap) = snapshot_revision
+        && let Some(v) = views.iter().find(|v| v.revision != snap)
+    {
+        return Err(format!(
+            "member {} is at revision {}, the snapshot at {snap}: something wrote to the restored cluster",
+            v.name, v.revision
+        ));
     }
     let mut hash = None;
     let mut keys = None;
@@ -153,7 +156,12 @@ pub async fn verify(
         let count = client
             .get(
                 vec![0u8],
-                Some(GetOptions::new().with_range(vec![0u8]).with_count_only().with_revision(revision)),
+                Some(
+                    GetOptions::new()
+                        .with_range(vec![0u8])
+                        .with_count_only()
+                        .with_revision(revision),
+                ),
             )
             .await
             .map_err(|e| format!("member {}: key count: {e}", v.name))?

@@ -8,7 +8,9 @@ use uuid::Uuid;
 use crate::pb;
 
 /// The id of one restore attempt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(transparent)]
 pub struct RestoreId(pub Uuid);
 
@@ -56,7 +58,9 @@ impl From<ModelError> for tonic::Status {
 }
 
 /// One step on one member.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Step {
     Claim,
@@ -166,18 +170,25 @@ fn check_url(url: &str) -> Result<(), ModelError> {
         .strip_prefix("https://")
         .or_else(|| url.strip_prefix("http://"))
         .ok_or_else(|| ModelError(format!("peer URL {url:?} is not http(s)://host:port")))?;
-    let ok = rest.rsplit_once(':').is_some_and(|(host, port)| {
-        !host.is_empty() && port.parse::<u16>().is_ok()
-    }) && !rest.contains(['/', ',', '=', ' ']);
+    let ok = rest
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+        && !rest.contains(['/', ',', '=', ' ']);
     if ok {
         Ok(())
     } else {
-        Err(ModelError(format!("peer URL {url:?} is not http(s)://host:port")))
+        Err(ModelError(format!(
+            "peer URL {url:?} is not http(s)://host:port"
+        )))
     }
 }
 
 pub fn check_sha256(hex: &str) -> Result<(), ModelError> {
-    if hex.len() == 64 && hex.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()) {
+    if hex.len() == 64
+        && hex
+            .chars()
+            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+    {
         Ok(())
     } else {
         Err(ModelError(format!("{hex:?} is not a lowercase hex sha256")))
@@ -196,9 +207,9 @@ impl TryFrom<pb::ClusterFacts> for ClusterFacts {
         }
         let mut own_listed = false;
         for entry in p.initial_cluster.split(',') {
-            let (name, url) = entry
-                .split_once('=')
-                .ok_or_else(|| ModelError(format!("initial cluster entry {entry:?} is not name=url")))?;
+            let (name, url) = entry.split_once('=').ok_or_else(|| {
+                ModelError(format!("initial cluster entry {entry:?} is not name=url"))
+            })?;
             check_name(name)?;
             check_url(url)?;
             own_listed |= name == p.member_name && p.peer_urls.iter().any(|u| u == url);
@@ -210,7 +221,10 @@ impl TryFrom<pb::ClusterFacts> for ClusterFacts {
             )));
         }
         if !p.cluster_token.starts_with("quorate-") || p.cluster_token.len() > 64 {
-            return Err(ModelError(format!("cluster token {:?} is not a quorate token", p.cluster_token)));
+            return Err(ModelError(format!(
+                "cluster token {:?} is not a quorate token",
+                p.cluster_token
+            )));
         }
         check_sha256(&p.snapshot_sha256)?;
         Ok(Self {
@@ -295,20 +309,37 @@ mod tests {
 
     #[test]
     fn bad_facts_are_invalid_argument_not_panics() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut pb::ClusterFacts)>)> = vec![
+        type Mutation = Box<dyn Fn(&mut pb::ClusterFacts)>;
+        let cases: Vec<(&str, Mutation)> = vec![
             ("name", Box::new(|f| f.member_name = "cp 1;rm".into())),
-            ("peer url", Box::new(|f| f.peer_urls = vec!["ftp://x".into()])),
+            (
+                "peer url",
+                Box::new(|f| f.peer_urls = vec!["ftp://x".into()]),
+            ),
             ("no peer", Box::new(|f| f.peer_urls.clear())),
-            ("cluster", Box::new(|f| f.initial_cluster = "cp-2=https://127.0.0.12:2380".into())),
-            ("cluster syntax", Box::new(|f| f.initial_cluster = "garbage".into())),
-            ("token", Box::new(|f| f.cluster_token = "etcd-cluster".into())),
+            (
+                "cluster",
+                Box::new(|f| f.initial_cluster = "cp-2=https://127.0.0.12:2380".into()),
+            ),
+            (
+                "cluster syntax",
+                Box::new(|f| f.initial_cluster = "garbage".into()),
+            ),
+            (
+                "token",
+                Box::new(|f| f.cluster_token = "etcd-cluster".into()),
+            ),
             ("sha", Box::new(|f| f.snapshot_sha256 = "xyz".into())),
         ];
         for (what, mutate) in cases {
             let mut f = facts();
             mutate(&mut f);
             let err = ClusterFacts::try_from(f).expect_err(what);
-            assert_eq!(tonic::Status::from(err).code(), tonic::Code::InvalidArgument, "{what}");
+            assert_eq!(
+                tonic::Status::from(err).code(),
+                tonic::Code::InvalidArgument,
+                "{what}"
+            );
         }
         let req = pb::StepRequest {
             restore_id: "not-a-uuid".into(),

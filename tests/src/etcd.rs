@@ -8,7 +8,10 @@ use etcd_client::{Certificate, Client, ConnectOptions, GetOptions, Identity, Tls
 use quorate_proto::tls::TlsFiles;
 
 /// Connect and request timeouts short enough that a member without a leader never blocks a test.
-pub fn connect_options(tls: &TlsFiles, request_timeout: Duration) -> anyhow::Result<ConnectOptions> {
+pub fn connect_options(
+    tls: &TlsFiles,
+    request_timeout: Duration,
+) -> anyhow::Result<ConnectOptions> {
     let identity = tls.read_identity()?;
     let options = TlsOptions::new()
         .ca_certificate(Certificate::from_pem(tls.read_ca()?))
@@ -56,7 +59,10 @@ pub async fn dump(client: &mut Client) -> anyhow::Result<Dump> {
         }
         let resp = client.get(start.clone(), Some(options)).await?;
         if revision == 0 {
-            revision = resp.header().context("etcd response without header")?.revision();
+            revision = resp
+                .header()
+                .context("etcd response without header")?
+                .revision();
         }
         for kv in resp.kvs() {
             kvs.insert(kv.key().to_vec(), kv.value().to_vec());

@@ -122,10 +122,12 @@ impl Lab {
     /// Opens a lab from `DIR/lab.json`.
     pub fn open(dir: &Path) -> anyhow::Result<Self> {
         let path = dir.join(STATE_FILE);
-        let text = fs::read_to_string(&path)
-            .with_context(|| format!("no lab in {}: {} unreadable", dir.display(), path.display()))?;
+        let text = fs::read_to_string(&path).with_context(|| {
+            format!("no lab in {}: {} unreadable", dir.display(), path.display())
+        })?;
         Ok(Self {
-            state: serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?,
+            state: serde_json::from_str(&text)
+                .with_context(|| format!("parsing {}", path.display()))?,
             children: Vec::new(),
         })
     }
@@ -186,7 +188,12 @@ impl Lab {
     fn env_file(&self) -> String {
         let endpoints: Vec<String> = self.state.hosts.iter().map(Host::client_url).collect();
         let tls = self.etcd_tls();
-        let tools_dir = self.state.tools.etcd.parent().expect("etcd has a parent dir");
+        let tools_dir = self
+            .state
+            .tools
+            .etcd
+            .parent()
+            .expect("etcd has a parent dir");
         format!(
             "# source this file to drive the lab with plain etcdctl\n\
              export ETCDCTL_API=3\n\
@@ -213,7 +220,8 @@ impl Lab {
 
     /// The apiserver stand-in's `/readyz` status, or `None` when it does not answer.
     pub async fn apiserver_readyz(&self, host: &Host) -> Option<u16> {
-        let config = quorate_proto::tls::client_config(&host.pki_dir().join("ca.crt"), None).ok()?;
+        let config =
+            quorate_proto::tls::client_config(&host.pki_dir().join("ca.crt"), None).ok()?;
         let url = format!("{}/readyz", host.apiserver_url());
         quorate_proto::probe::get(&url, Some(Arc::new(config)), Duration::from_secs(3))
             .await
@@ -354,19 +362,27 @@ fn prepare_dir(dir: &Path) -> anyhow::Result<()> {
             .zip(&old.state.kubelets)
             .any(|(h, pid)| procs::is_ours(*pid, &h.root.display().to_string()));
         if running {
-            bail!("a lab is already running in {}: run `lab down --dir {}` first", dir.display(), dir.display());
+            bail!(
+                "a lab is already running in {}: run `lab down --dir {}` first",
+                dir.display(),
+                dir.display()
+            );
         }
         for entry in ["hosts", "pki", "coordinator"] {
             let path = dir.join(entry);
             if path.exists() {
-                fs::remove_dir_all(&path).with_context(|| format!("clearing {}", path.display()))?;
+                fs::remove_dir_all(&path)
+                    .with_context(|| format!("clearing {}", path.display()))?;
             }
         }
         for file in [STATE_FILE, "inventory.toml", "lab.env"] {
             let _ = fs::remove_file(dir.join(file));
         }
     } else if dir.join("hosts").exists() {
-        bail!("{} holds hosts/ but no lab.json: not touching it; pick an empty --dir", dir.display());
+        bail!(
+            "{} holds hosts/ but no lab.json: not touching it; pick an empty --dir",
+            dir.display()
+        );
     }
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))
 }
@@ -377,7 +393,9 @@ pub fn write_atomic(path: &Path, text: &str) -> anyhow::Result<()> {
     let dir = path.parent().context("path without parent")?;
     let tmp = dir.join(format!(
         ".{}.tmp",
-        path.file_name().context("path without file name")?.to_string_lossy()
+        path.file_name()
+            .context("path without file name")?
+            .to_string_lossy()
     ));
     let mut f = fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
     f.write_all(text.as_bytes())?;

@@ -76,7 +76,13 @@ impl Host {
         format!("https://{}:{AGENT_PORT}", self.ip)
     }
     pub fn ports(&self) -> [u16; 5] {
-        [CLIENT_PORT, PEER_PORT, METRICS_PORT, APISERVER_PORT, AGENT_PORT]
+        [
+            CLIENT_PORT,
+            PEER_PORT,
+            METRICS_PORT,
+            APISERVER_PORT,
+            AGENT_PORT,
+        ]
     }
 
     /// The real etcd command line, as kubeadm writes it (paths under this host's root).

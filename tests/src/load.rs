@@ -5,7 +5,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 /// The namespaces every cluster has; `snapshot verify --test-restore` looks for the first two.
-pub const SYSTEM_NAMESPACES: [&str; 4] = ["default", "kube-system", "kube-public", "kube-node-lease"];
+pub const SYSTEM_NAMESPACES: [&str; 4] =
+    ["default", "kube-system", "kube-public", "kube-node-lease"];
 
 /// What a load wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,7 +30,10 @@ pub fn generate(count: usize, seed: u64) -> Vec<(String, Vec<u8>)> {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut out = Vec::with_capacity(count);
     for ns in SYSTEM_NAMESPACES.iter().take(count) {
-        out.push((format!("/registry/namespaces/{ns}"), value(&mut rng, "Namespace", ns, 300)));
+        out.push((
+            format!("/registry/namespaces/{ns}"),
+            value(&mut rng, "Namespace", ns, 300),
+        ));
     }
     let total_weight: u32 = KINDS.iter().map(|k| k.1).sum();
     let mut i = 0usize;
@@ -113,9 +117,19 @@ mod tests {
         assert!(keys.contains("/registry/namespaces/default"));
         assert!(keys.contains("/registry/namespaces/kube-system"));
         assert!(a.iter().all(|(k, _)| k.starts_with("/registry/")));
-        let pods: Vec<_> = a.iter().filter(|(k, _)| k.starts_with("/registry/pods/")).collect();
-        assert!(pods.len() > 1500 && pods.len() < 2500, "about 40% pods: {}", pods.len());
+        let pods: Vec<_> = a
+            .iter()
+            .filter(|(k, _)| k.starts_with("/registry/pods/"))
+            .collect();
+        assert!(
+            pods.len() > 1500 && pods.len() < 2500,
+            "about 40% pods: {}",
+            pods.len()
+        );
         let avg = pods.iter().map(|(_, v)| v.len()).sum::<usize>() / pods.len();
-        assert!((2000..=6000).contains(&avg), "pod values are a few KB: {avg}");
+        assert!(
+            (2000..=6000).contains(&avg),
+            "pod values are a few KB: {avg}"
+        );
     }
 }

@@ -15,7 +15,10 @@ pub fn is_ours(pid: u32, marker: &str) -> bool {
     };
     if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         // The state follows the parenthesised command name.
-        if stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')) {
+        if stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+        {
             return false;
         }
     }
@@ -31,7 +34,11 @@ pub fn signal(pid: u32, sig: Signal) {
 pub fn wait_gone(pids: &[u32], marker: &str, patience: Duration) -> Vec<u32> {
     let deadline = Instant::now() + patience;
     loop {
-        let alive: Vec<u32> = pids.iter().copied().filter(|p| is_ours(*p, marker)).collect();
+        let alive: Vec<u32> = pids
+            .iter()
+            .copied()
+            .filter(|p| is_ours(*p, marker))
+            .collect();
         if alive.is_empty() || Instant::now() >= deadline {
             return alive;
         }

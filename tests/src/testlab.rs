@@ -25,7 +25,10 @@ where
         if let Some(v) = check().await {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {PATIENCE:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {PATIENCE:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -77,7 +80,8 @@ pub fn take_net_slot() -> (u8, Flock<File>) {
     let start = std::process::id() % 250;
     for k in 0..250u32 {
         let net = u8::try_from((start + k) % 250 + 1).expect("slot fits in u8");
-        let file = File::create(dir.join(format!("{net}.lock"))).expect("creating a slot lock file");
+        let file =
+            File::create(dir.join(format!("{net}.lock"))).expect("creating a slot lock file");
         if let Ok(lock) = Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             return (net, lock);
         }

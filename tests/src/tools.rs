@@ -67,11 +67,18 @@ impl EtcdTools {
         let dir = std::env::var_os(var).map_or(default, PathBuf::from);
         let etcd = dir.join("etcd");
         let hint = match version {
-            EtcdVersion::V35 => "run tests/setup.sh (fetches etcd 3.5 into tools/) or set QUORATE_ETCD_DIR",
-            EtcdVersion::V34 => "as root: apt-get install etcd-server etcd-client, or set QUORATE_ETCD34_DIR",
+            EtcdVersion::V35 => {
+                "run tests/setup.sh (fetches etcd 3.5 into tools/) or set QUORATE_ETCD_DIR"
+            }
+            EtcdVersion::V34 => {
+                "as root: apt-get install etcd-server etcd-client, or set QUORATE_ETCD34_DIR"
+            }
         };
         if !etcd.is_file() {
-            bail!("etcd {version} not found at {} ({var}): {hint}", etcd.display());
+            bail!(
+                "etcd {version} not found at {} ({var}): {hint}",
+                etcd.display()
+            );
         }
         let full_version = reported_version(&etcd)?;
         if !full_version.starts_with(&format!("{version}.")) {

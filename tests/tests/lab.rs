@@ -12,9 +12,21 @@ use quorate_lab::tools::EtcdVersion;
 async fn assert_cluster(lab: &Lab) {
     let hosts = lab.hosts();
     for host in hosts {
-        let mut client = member_client(&host.client_url(), &lab.etcd_tls()).await.expect("client");
-        let members = client.member_list().await.expect("member list").members().to_vec();
-        assert_eq!(members.len(), hosts.len(), "{} sees every member", host.name);
+        let mut client = member_client(&host.client_url(), &lab.etcd_tls())
+            .await
+            .expect("client");
+        let members = client
+            .member_list()
+            .await
+            .expect("member list")
+            .members()
+            .to_vec();
+        assert_eq!(
+            members.len(),
+            hosts.len(),
+            "{} sees every member",
+            host.name
+        );
         for h in hosts {
             let m = members
                 .iter()
@@ -23,10 +35,18 @@ async fn assert_cluster(lab: &Lab) {
             assert_eq!(m.peer_urls(), [h.peer_url()], "{}'s peer URL", h.name);
             assert_eq!(m.client_urls(), [h.client_url()], "{}'s client URL", h.name);
         }
-        let status = client.status().await.expect("status through a client certificate");
+        let status = client
+            .status()
+            .await
+            .expect("status through a client certificate");
         assert_ne!(status.leader(), 0, "{} knows a leader", host.name);
         assert!(Lab::member_healthy(host).await, "{} /health", host.name);
-        assert_eq!(lab.apiserver_readyz(host).await, Some(200), "{} apiserver ready", host.name);
+        assert_eq!(
+            lab.apiserver_readyz(host).await,
+            Some(200),
+            "{} apiserver ready",
+            host.name
+        );
     }
 }
 
@@ -44,7 +64,10 @@ async fn refuses_client_without_certificate(lab: &Lab) {
         client.get("/registry/namespaces/default", None).await
     }
     .await;
-    assert!(result.is_err(), "a client without a certificate must be refused: {result:?}");
+    assert!(
+        result.is_err(),
+        "a client without a certificate must be refused: {result:?}"
+    );
 }
 
 /// Runs plain etcdctl with the lab's lab.env, as an operator would.
@@ -68,11 +91,13 @@ async fn three_members_with_tls_then_down_leaves_nothing() {
     refuses_client_without_certificate(&lab).await;
 
     let out = etcdctl_with_lab_env(&lab, "endpoint health");
-    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "etcdctl with lab.env: {text}");
     assert_eq!(text.matches("is healthy").count(), 3, "{text}");
 
-    let inventory = quorate::inventory::Inventory::load(&lab.dir().join("inventory.toml")).expect("inventory");
+    let inventory =
+        quorate::inventory::Inventory::load(&lab.dir().join("inventory.toml")).expect("inventory");
     assert_eq!(inventory.members.len(), 3);
     assert_eq!(inventory.members[1].peer_urls, [lab.hosts()[1].peer_url()]);
 
@@ -81,17 +106,34 @@ async fn three_members_with_tls_then_down_leaves_nothing() {
         .iter()
         .flat_map(|h| {
             ["etcd", "kube-apiserver"].map(|p| {
-                (procs::read_pid(&h.pod_pid_file(p)).expect("pod pid file"), h.root.display().to_string())
+                (
+                    procs::read_pid(&h.pod_pid_file(p)).expect("pod pid file"),
+                    h.root.display().to_string(),
+                )
             })
         })
         .collect();
     let kubelets = lab.state.kubelets.clone();
     lab.down().expect("lab down");
     for host in lab.hosts() {
-        assert!(ports_closed(host, &host.ports()), "{} has a port open after down", host.name);
+        assert!(
+            ports_closed(host, &host.ports()),
+            "{} has a port open after down",
+            host.name
+        );
     }
-    for (pid, marker) in pods.iter().chain(kubelets.iter().zip(lab.hosts()).map(|(p, h)| (*p, h.root.display().to_string())).collect::<Vec<_>>().iter()) {
-        assert!(!procs::is_ours(*pid, marker), "pid {pid} still runs after lab down");
+    for (pid, marker) in pods.iter().chain(
+        kubelets
+            .iter()
+            .zip(lab.hosts())
+            .map(|(p, h)| (*p, h.root.display().to_string()))
+            .collect::<Vec<_>>()
+            .iter(),
+    ) {
+        assert!(
+            !procs::is_ours(*pid, marker),
+            "pid {pid} still runs after lab down"
+        );
     }
 }
 
@@ -115,27 +157,43 @@ async fn three_members_on_etcd_34() {
 async fn removing_a_manifest_stops_exactly_that_member_and_putting_it_back_restores_it() {
     let lab = testlab::up(3, EtcdVersion::V35).await;
     let (h1, h2, h3) = (&lab.hosts()[0], &lab.hosts()[1], &lab.hosts()[2]);
-    let mut c1 = member_client(&h1.client_url(), &lab.etcd_tls()).await.expect("client");
+    let mut c1 = member_client(&h1.client_url(), &lab.etcd_tls())
+        .await
+        .expect("client");
 
-    lab.remove_manifest(h2, "etcd").expect("remove cp-2's etcd manifest");
+    lab.remove_manifest(h2, "etcd")
+        .expect("remove cp-2's etcd manifest");
     eventually("cp-2's etcd ports to close", || async {
         ports_closed(h2, &[2379, 2380, 2381]).then_some(())
     })
     .await;
     assert!(procs::port_open(h3.ip, 2379), "cp-3 keeps running");
     // The other two keep quorum: a write succeeds while cp-2 is down.
-    c1.put("/registry/configmaps/default/written-while-down", "v1", None)
-        .await
-        .expect("write with cp-2 down");
+    c1.put(
+        "/registry/configmaps/default/written-while-down",
+        "v1",
+        None,
+    )
+    .await
+    .expect("write with cp-2 down");
     assert!(Lab::member_healthy(h3).await, "cp-3 stays healthy");
 
-    lab.restore_manifest(h2, "etcd").expect("put cp-2's manifest back");
-    eventually("cp-2 healthy again", || async { Lab::member_healthy(h2).await.then_some(()) }).await;
-    let mut c2 = member_client(&h2.client_url(), &lab.etcd_tls()).await.expect("client");
+    lab.restore_manifest(h2, "etcd")
+        .expect("put cp-2's manifest back");
+    eventually("cp-2 healthy again", || async {
+        Lab::member_healthy(h2).await.then_some(())
+    })
+    .await;
+    let mut c2 = member_client(&h2.client_url(), &lab.etcd_tls())
+        .await
+        .expect("client");
     let got = eventually("cp-2 to catch up", || {
         let mut c2 = c2.clone();
         async move {
-            let r = c2.get("/registry/configmaps/default/written-while-down", None).await.ok()?;
+            let r = c2
+                .get("/registry/configmaps/default/written-while-down", None)
+                .await
+                .ok()?;
             r.kvs().first().map(|kv| kv.value().to_vec())
         }
     })
@@ -146,7 +204,9 @@ async fn removing_a_manifest_stops_exactly_that_member_and_putting_it_back_resto
 }
 
 async fn heartbeat(lab: &Lab, host: &Host, reader: &Host) -> Option<i64> {
-    let mut c = member_client(&reader.client_url(), &lab.etcd_tls()).await.ok()?;
+    let mut c = member_client(&reader.client_url(), &lab.etcd_tls())
+        .await
+        .ok()?;
     let key = format!("/registry/leases/kube-system/apiserver-{}", host.name);
     let r = c.get(key, None).await.ok()?;
     r.kvs().first().map(|kv| kv.mod_revision())
@@ -179,17 +239,24 @@ async fn apiserver_readiness_follows_quorum_and_heartbeat_only_while_running() {
     .await;
 
     // Apiserver stopped: its heartbeat stays still while another's goes on.
-    lab.remove_manifest(h1, "kube-apiserver").expect("stop cp-1's apiserver");
+    lab.remove_manifest(h1, "kube-apiserver")
+        .expect("stop cp-1's apiserver");
     eventually("cp-1's apiserver port to close", || async {
         ports_closed(h1, &[6443]).then_some(())
     })
     .await;
-    let frozen = heartbeat(&lab, h1, h2).await.expect("cp-1's last heartbeat");
+    let frozen = heartbeat(&lab, h1, h2)
+        .await
+        .expect("cp-1's last heartbeat");
     let other = heartbeat(&lab, h2, h2).await.expect("cp-2's heartbeat");
     eventually("cp-2's heartbeat to advance", || async {
         heartbeat(&lab, h2, h2).await.filter(|r| *r > other)
     })
     .await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(heartbeat(&lab, h1, h2).await, Some(frozen), "a stopped apiserver wrote a heartbeat");
+    assert_eq!(
+        heartbeat(&lab, h1, h2).await,
+        Some(frozen),
+        "a stopped apiserver wrote a heartbeat"
+    );
 }

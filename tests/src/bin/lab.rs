@@ -81,7 +81,9 @@ enum Cmd {
 
 fn humantime_duration(s: &str) -> Result<Duration, String> {
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num.parse().map_err(|_| format!("{s}: expected e.g. 60s or 2m"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s}: expected e.g. 60s or 2m"))?;
     match unit {
         "s" | "" => Ok(Duration::from_secs(n)),
         "m" => Ok(Duration::from_secs(n * 60)),
@@ -94,8 +96,7 @@ async fn main() -> anyhow::Result<()> {
     quorate_proto::tls::install_default_provider();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -134,21 +135,33 @@ async fn main() -> anyhow::Result<()> {
                     host.root.display()
                 );
             }
-            println!("  inventory: {}", lab.dir().join("inventory.toml").display());
-            println!("  etcdctl:   source {}", lab.dir().join("lab.env").display());
+            println!(
+                "  inventory: {}",
+                lab.dir().join("inventory.toml").display()
+            );
+            println!(
+                "  etcdctl:   source {}",
+                lab.dir().join("lab.env").display()
+            );
             println!("  stop:      lab down --dir {}", lab.dir().display());
         }
         Cmd::Down { dir } => {
             let mut lab = Lab::open(&dir)?;
             lab.down()?;
-            println!("lab down: nothing of the lab in {} is running", dir.display());
+            println!(
+                "lab down: nothing of the lab in {} is running",
+                dir.display()
+            );
         }
         Cmd::Load { dir, keys, seed } => {
             let lab = Lab::open(&dir)?;
             let endpoints: Vec<String> = lab.hosts().iter().map(|h| h.client_url()).collect();
             let client = etcd_client::Client::connect(
                 &endpoints,
-                Some(etcd::connect_options(&lab.etcd_tls(), Duration::from_secs(30))?),
+                Some(etcd::connect_options(
+                    &lab.etcd_tls(),
+                    Duration::from_secs(30),
+                )?),
             )
             .await?;
             let started = Instant::now();
