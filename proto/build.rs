@@ -1,6 +1,8 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     if std::env::var_os("PROTOC").is_none() {
-        return Err("PROTOC is not set: run tests/setup.sh, which puts protoc in tools/protoc".into());
+        return Err(
+            "PROTOC is not set: run tests/setup.sh, which puts protoc in tools/protoc".into(),
+        );
     }
     tonic_prost_build::configure()
         .build_server(true)
