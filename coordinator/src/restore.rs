@@ -1,5 +1,6 @@
 //! The lockstep restore: each phase ends on every member before the next starts.
 
+use std::future::Future;
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
@@ -125,16 +126,83 @@ pub trait Observer: Sync {
     fn note(&self, text: &str);
 }
 
-pub struct Restore<'a, C: AgentClient> {
+/// How the coordinator sees etcd itself: health while members start, and the final verification.
+/// Behind a trait so the phase logic can be unit-tested without etcd.
+pub trait ClusterProbe: Sync {
+    /// Member `i` (inventory order) is healthy: it has a leader and serves.
+    fn healthy(&self, i: usize) -> impl Future<Output = bool> + Send;
+    fn verify(
+        &self,
+        snapshot_revision: Option<i64>,
+    ) -> impl Future<Output = Result<Verified, String>> + Send;
+    /// Each member's identity before the restore (best effort: the cluster may be down already).
+    fn observe(&self) -> impl Future<Output = Vec<MemberView>> + Send;
+}
+
+/// The real probe: metrics `/health` (answers even without a leader) and etcd-client.
+pub struct EtcdProbe<'a> {
+    pub inventory: &'a Inventory,
+    pub plan: &'a Plan,
+}
+
+impl ClusterProbe for EtcdProbe<'_> {
+    async fn healthy(&self, i: usize) -> bool {
+        let url = &self.plan.members[i].metrics_url;
+        if url.is_empty() {
+            let m = &self.inventory.members[i];
+            verify::view(&m.name, &m.client_urls[0], self.inventory.etcd_tls.as_ref())
+                .await
+                .is_ok_and(|v| v.leader != 0)
+        } else {
+            verify::metrics_healthy(url).await
+        }
+    }
+
+    async fn verify(&self, snapshot_revision: Option<i64>) -> Result<Verified, String> {
+        let expected: Vec<Expect<'_>> = self
+            .inventory
+            .members
+            .iter()
+            .map(|m| Expect {
+                name: &m.name,
+                peer_urls: &m.peer_urls,
+                client_url: &m.client_urls[0],
+            })
+            .collect();
+        verify::verify(
+            &expected,
+            self.inventory.etcd_tls.as_ref(),
+            snapshot_revision,
+        )
+        .await
+    }
+
+    async fn observe(&self) -> Vec<MemberView> {
+        let views = self.inventory.members.iter().map(|m| async move {
+            let tls: Option<&TlsFiles> = self.inventory.etcd_tls.as_ref();
+            tokio::time::timeout(
+                Duration::from_secs(3),
+                verify::view(&m.name, &m.client_urls[0], tls),
+            )
+            .await
+            .ok()
+            .and_then(Result::ok)
+        });
+        join_all(views).await.into_iter().flatten().collect()
+    }
+}
+
+pub struct Restore<'a, C: AgentClient, P: ClusterProbe> {
     pub inventory: &'a Inventory,
     pub plan: &'a Plan,
     /// One client per inventory member, same order.
     pub agents: &'a [C],
+    pub probe: &'a P,
     pub deadlines: Deadlines,
     pub observer: &'a dyn Observer,
 }
 
-impl<C: AgentClient> Restore<'_, C> {
+impl<C: AgentClient, P: ClusterProbe> Restore<'_, C, P> {
     fn request(&self, i: usize, step: Step) -> StepRequest {
         let m = &self.inventory.members[i];
         StepRequest {
@@ -230,22 +298,7 @@ impl<C: AgentClient> Restore<'_, C> {
     ) -> Result<(), Vec<(String, String)>> {
         let started = Instant::now();
         loop {
-            let checks = which.iter().map(|&i| async move {
-                let url = &self.plan.members[i].metrics_url;
-                if url.is_empty() {
-                    let client_url = &self.inventory.members[i].client_urls[0];
-                    verify::view(
-                        &self.inventory.members[i].name,
-                        client_url,
-                        self.inventory.etcd_tls.as_ref(),
-                    )
-                    .await
-                    .is_ok_and(|v| v.leader != 0)
-                } else {
-                    verify::metrics_healthy(url).await
-                }
-            });
-            let healthy = join_all(checks).await;
+            let healthy = join_all(which.iter().map(|&i| self.probe.healthy(i))).await;
             if healthy.iter().all(|h| *h) {
                 return Ok(());
             }
@@ -285,26 +338,10 @@ impl<C: AgentClient> Restore<'_, C> {
         &self,
         snapshot_revision: Option<i64>,
     ) -> Result<Verified, Vec<(String, String)>> {
-        let expected: Vec<Expect<'_>> = self
-            .inventory
-            .members
-            .iter()
-            .map(|m| Expect {
-                name: &m.name,
-                peer_urls: &m.peer_urls,
-                client_url: &m.client_urls[0],
-            })
-            .collect();
         let started = Instant::now();
         // Members that just joined may take a moment to apply the last entries.
         loop {
-            match verify::verify(
-                &expected,
-                self.inventory.etcd_tls.as_ref(),
-                snapshot_revision,
-            )
-            .await
-            {
+            match self.probe.verify(snapshot_revision).await {
                 Ok(v) => return Ok(v),
                 Err(e) if started.elapsed() < self.deadlines.call => {
                     tracing::debug!("verify not yet: {e}");
@@ -315,25 +352,10 @@ impl<C: AgentClient> Restore<'_, C> {
         }
     }
 
-    /// Reads each member's current identity (best effort: the cluster may be down already).
-    pub async fn observe_before(&self) -> Vec<MemberView> {
-        let views = self.inventory.members.iter().map(|m| async move {
-            let tls: Option<&TlsFiles> = self.inventory.etcd_tls.as_ref();
-            tokio::time::timeout(
-                Duration::from_secs(3),
-                verify::view(&m.name, &m.client_urls[0], tls),
-            )
-            .await
-            .ok()
-            .and_then(Result::ok)
-        });
-        join_all(views).await.into_iter().flatten().collect()
-    }
-
     /// Runs phases 1–9. Stops at the first failing phase, leaving members as they stand.
     pub async fn run(&self, journal: &mut Journal) -> Result<Report, RestoreError> {
         let total = Instant::now();
-        let before = self.observe_before().await;
+        let before = self.probe.observe().await;
         let mut phases = Vec::new();
         let mut snapshot_revision = None;
         let mut verified = None;
@@ -439,3 +461,7 @@ fn step_error(step: Step, e: &CallError) -> String {
         other => format!("step {step}: {other}"),
     }
 }
+
+#[cfg(test)]
+#[path = "restore_tests.rs"]
+mod tests;

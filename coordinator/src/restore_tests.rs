@@ -1,0 +1,348 @@
+//! The phase logic against a scripted fake agent and a fake cluster probe: no etcd, no network.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use quorate_proto::model::{RestoreId, Step, StepRequest};
+use quorate_proto::pb;
+use quorate_proto::tls::TlsFiles;
+
+use super::*;
+use crate::agent_client::{AgentClient, CallError, Outcome};
+use crate::inventory::{ClusterSection, Inventory, Member};
+use crate::plan;
+use crate::snapshot::CheckedSnapshot;
+
+/// What happened, in order, across all members.
+#[derive(Default)]
+struct World {
+    log: Mutex<Vec<(String, Step)>>,
+    started: Mutex<Vec<usize>>,
+    /// (member, step) → how the step behaves.
+    script: BTreeMap<(usize, Step), Behaviour>,
+    calls: Mutex<BTreeMap<(usize, Step), u32>>,
+}
+
+#[derive(Clone, Copy)]
+enum Behaviour {
+    Fail,
+    Hang,
+    /// Unreachable for the first N calls, then fine.
+    FlakyTimes(u32),
+}
+
+struct FakeAgent<'w> {
+    index: usize,
+    name: String,
+    world: &'w World,
+}
+
+impl AgentClient for FakeAgent<'_> {
+    async fn describe(&self, _: Duration) -> Result<pb::DescribeResponse, CallError> {
+        unreachable!("preflight is not part of these tests")
+    }
+
+    async fn push_snapshot(
+        &self,
+        _: RestoreId,
+        _: &CheckedSnapshot,
+        _: Duration,
+    ) -> Result<pb::SnapshotReceipt, CallError> {
+        Ok(pb::SnapshotReceipt {
+            revision: 42,
+            ..Default::default()
+        })
+    }
+
+    async fn run(&self, request: StepRequest, deadline: Duration) -> Result<Outcome, CallError> {
+        assert_eq!(
+            request.facts.member_name, self.name,
+            "each member gets its own facts"
+        );
+        let step = request.step;
+        let n = {
+            let mut calls = self.world.calls.lock().expect("lock");
+            let n = calls.entry((self.index, step)).or_default();
+            *n += 1;
+            *n
+        };
+        match self.world.script.get(&(self.index, step)) {
+            Some(Behaviour::Fail) => return Err(CallError::Failed(format!("{step} broke"))),
+            Some(Behaviour::Hang) => {
+                tokio::time::sleep(deadline).await;
+                return Err(CallError::Timeout(deadline));
+            }
+            Some(Behaviour::FlakyTimes(k)) if n <= *k => {
+                return Err(CallError::Unreachable("connection refused".into()));
+            }
+            _ => {}
+        }
+        // Steps take a moment, so that a phase that did not wait for all members would show.
+        tokio::time::sleep(Duration::from_millis(5 * (self.index as u64 + 1))).await;
+        self.world
+            .log
+            .lock()
+            .expect("lock")
+            .push((self.name.clone(), step));
+        if step == Step::Start {
+            self.world.started.lock().expect("lock").push(self.index);
+        }
+        Ok(Outcome {
+            message: "ok".into(),
+            replayed: false,
+            details: BTreeMap::new(),
+        })
+    }
+
+    async fn revert(&self, _: StepRequest, _: Duration) -> Result<Outcome, CallError> {
+        unreachable!("no rollback in these tests")
+    }
+}
+
+struct FakeProbe<'w>(&'w World);
+
+impl ClusterProbe for FakeProbe<'_> {
+    async fn healthy(&self, i: usize) -> bool {
+        let started = self.0.started.lock().expect("lock");
+        // A started member has a leader only once a majority has started.
+        started.contains(&i)
+            && started.len() * 2
+                > self
+                    .0
+                    .log
+                    .lock()
+                    .expect("lock")
+                    .iter()
+                    .filter(|(_, s)| *s == Step::Claim)
+                    .count()
+    }
+    async fn verify(&self, snapshot_revision: Option<i64>) -> Result<Verified, String> {
+        Ok(Verified {
+            cluster_id: 7,
+            members: vec![],
+            revision: snapshot_revision.unwrap_or(0),
+            hash: 1,
+            keys: 3,
+        })
+    }
+    async fn observe(&self) -> Vec<MemberView> {
+        vec![]
+    }
+}
+
+struct Quiet;
+impl Observer for Quiet {
+    fn phase_started(&self, _: Phase, _: usize) {}
+    fn phase_done(&self, _: Phase, _: Duration) {}
+    fn note(&self, _: &str) {}
+}
+
+fn inventory(n: usize) -> Inventory {
+    let tls = TlsFiles {
+        ca: PathBuf::from("/x/ca.crt"),
+        cert: PathBuf::from("/x/c.crt"),
+        key: PathBuf::from("/x/c.key"),
+    };
+    Inventory {
+        cluster: ClusterSection { name: "t".into() },
+        agent_tls: tls,
+        etcd_tls: None,
+        members: (1..=n)
+            .map(|i| Member {
+                name: format!("cp-{i}"),
+                agent: format!("https://127.0.0.{}:7443", 10 + i),
+                agent_server_name: None,
+                peer_urls: vec![format!("https://127.0.0.{}:2380", 10 + i)],
+                client_urls: vec![format!("https://127.0.0.{}:2379", 10 + i)],
+            })
+            .collect(),
+    }
+}
+
+fn plan_for(inv: &Inventory) -> plan::Plan {
+    let described: Vec<Result<pb::DescribeResponse, String>> = inv
+        .members
+        .iter()
+        .map(|m| {
+            Ok(pb::DescribeResponse {
+                member_name: m.name.clone(),
+                peer_urls: m.peer_urls.clone(),
+                free_bytes: 10 << 30,
+                etcd_version: "3.5.1".into(),
+                restore_tool: Some(pb::RestoreTool {
+                    kind: pb::RestoreToolKind::Etcdutl as i32,
+                    version: "3.5.1".into(),
+                    supports_bump_revision: false,
+                }),
+                ..Default::default()
+            })
+        })
+        .collect();
+    let snapshot = CheckedSnapshot {
+        path: PathBuf::from("/x/snap.db"),
+        size: 1 << 20,
+        sha256: "a".repeat(64),
+    };
+    plan::build(inv, &described, snapshot).expect("plan")
+}
+
+async fn run(
+    n: usize,
+    world: &World,
+    deadlines: Deadlines,
+) -> (Result<Report, RestoreError>, tempfile::TempDir) {
+    let inv = inventory(n);
+    let plan = plan_for(&inv);
+    let agents: Vec<FakeAgent<'_>> = inv
+        .members
+        .iter()
+        .enumerate()
+        .map(|(index, m)| FakeAgent {
+            index,
+            name: m.name.clone(),
+            world,
+        })
+        .collect();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut journal = crate::journal::Journal::create(dir.path(), &plan).expect("journal");
+    let probe = FakeProbe(world);
+    let restore = Restore {
+        inventory: &inv,
+        plan: &plan,
+        agents: &agents,
+        probe: &probe,
+        deadlines,
+        observer: &Quiet,
+    };
+    (restore.run(&mut journal).await, dir)
+}
+
+fn fast() -> Deadlines {
+    Deadlines {
+        call: Duration::from_millis(400),
+        stop: Duration::from_millis(400),
+        start: Duration::from_millis(400),
+        quorum: Duration::from_millis(400),
+        min_throughput: 1 << 30,
+    }
+}
+
+#[tokio::test]
+async fn phases_run_in_lockstep_and_in_order() {
+    let world = World::default();
+    let (result, dir) = run(5, &world, fast()).await;
+    let report = result.expect("restore");
+    let steps: Vec<Step> = world
+        .log
+        .lock()
+        .expect("lock")
+        .iter()
+        .map(|(_, s)| *s)
+        .collect();
+    // Lockstep: a step starts on any member only after the previous step ended on every member.
+    let mut sorted = steps.clone();
+    sorted.sort();
+    assert_eq!(steps, sorted, "steps interleaved across phases: {steps:?}");
+    for step in Step::ALL {
+        assert_eq!(
+            steps.iter().filter(|s| **s == step).count(),
+            5,
+            "{step} ran once on each member"
+        );
+    }
+    assert_eq!(report.snapshot_revision, Some(42));
+    let journal = std::fs::read_to_string(
+        dir.path()
+            .join(report.restore_id.to_string())
+            .join("journal.jsonl"),
+    )
+    .expect("journal");
+    assert_eq!(
+        journal.lines().filter(|l| l.contains("\"done\"")).count(),
+        9,
+        "every phase journaled as done"
+    );
+}
+
+#[tokio::test]
+async fn a_majority_starts_first_and_the_rest_only_after_it_is_healthy() {
+    let world = World::default();
+    run(5, &world, fast()).await.0.expect("restore");
+    let started = world.started.lock().expect("lock").clone();
+    let (first, rest) = started.split_at(3);
+    let mut first = first.to_vec();
+    first.sort();
+    assert_eq!(
+        first,
+        [0, 1, 2],
+        "⌊5/2⌋+1 = 3 members start first: {started:?}"
+    );
+    let mut rest = rest.to_vec();
+    rest.sort();
+    assert_eq!(rest, [3, 4]);
+}
+
+#[tokio::test]
+async fn a_failing_member_stops_the_restore_in_that_phase_naming_it() {
+    let mut world = World::default();
+    world.script.insert((1, Step::Halt), Behaviour::Fail);
+    let (result, _dir) = run(3, &world, fast()).await;
+    let err = result.expect_err("halt fails on cp-2");
+    assert_eq!(err.phase, "halt");
+    assert_eq!(err.failures.len(), 1);
+    assert_eq!(err.failures[0].0, "cp-2");
+    assert!(err.to_string().contains("halt broke"), "{err}");
+    let steps: Vec<Step> = world
+        .log
+        .lock()
+        .expect("lock")
+        .iter()
+        .map(|(_, s)| *s)
+        .collect();
+    assert!(
+        !steps.contains(&Step::Preserve),
+        "no later phase ran: {steps:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_member_that_does_not_answer_is_reported_unknown_at_the_deadline() {
+    let mut world = World::default();
+    world.script.insert((2, Step::Fence), Behaviour::Hang);
+    let started = std::time::Instant::now();
+    let (result, _dir) = run(3, &world, fast()).await;
+    let err = result.expect_err("fence hangs on cp-3");
+    assert_eq!(err.phase, "fence");
+    assert_eq!(err.failures[0].0, "cp-3");
+    assert!(
+        err.failures[0].1.contains("state is unknown"),
+        "{}",
+        err.failures[0].1
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the deadline held"
+    );
+}
+
+#[tokio::test]
+async fn retryable_errors_are_retried_within_the_phase() {
+    let mut world = World::default();
+    world
+        .script
+        .insert((0, Step::Preserve), Behaviour::FlakyTimes(1));
+    run(
+        3,
+        &world,
+        Deadlines {
+            call: Duration::from_secs(3),
+            ..fast()
+        },
+    )
+    .await
+    .0
+    .expect("restore despite one dropped call");
+    assert_eq!(world.calls.lock().expect("lock")[&(0, Step::Preserve)], 2);
+}
