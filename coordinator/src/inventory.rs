@@ -113,3 +113,81 @@ impl Inventory {
         toml::to_string_pretty(self).expect("an inventory always serialises to TOML")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[cluster]
+name = "lab"
+[agent_tls]
+ca = "/a/ca.crt"
+cert = "/a/c.crt"
+key = "/a/c.key"
+[[member]]
+name = "cp-1"
+agent = "https://127.0.0.11:7443"
+peer_urls = ["https://127.0.0.11:2380"]
+client_urls = ["https://127.0.0.11:2379"]
+[[member]]
+name = "cp-2"
+agent = "https://127.0.0.12:7443"
+peer_urls = ["https://127.0.0.12:2380"]
+client_urls = ["https://127.0.0.12:2379"]
+"#;
+
+    fn load(text: &str) -> Result<Inventory, InventoryError> {
+        let f = tempfile::NamedTempFile::new().expect("tempfile");
+        std::fs::write(f.path(), text).expect("write");
+        Inventory::load(f.path())
+    }
+
+    #[test]
+    fn a_good_inventory_round_trips() {
+        let inv = load(GOOD).expect("good");
+        assert_eq!(inv.members.len(), 2);
+        assert_eq!(load(&inv.to_toml()).expect("round trip"), inv);
+    }
+
+    #[test]
+    fn typos_duplicates_and_plaintext_agents_are_refused_with_what_is_wrong() {
+        let typo = GOOD.replace(
+            "peer_urls = [\"https://127.0.0.12:2380\"]",
+            "peer_url = [\"https://127.0.0.12:2380\"]",
+        );
+        assert!(
+            load(&typo)
+                .expect_err("typo")
+                .to_string()
+                .contains("peer_url")
+        );
+        let dup_name = GOOD.replace("name = \"cp-2\"", "name = \"cp-1\"");
+        assert!(
+            load(&dup_name)
+                .expect_err("dup")
+                .to_string()
+                .contains("cp-1 appears twice")
+        );
+        let dup_peer = GOOD.replace("https://127.0.0.12:2380", "https://127.0.0.11:2380");
+        assert!(
+            load(&dup_peer)
+                .expect_err("dup peer")
+                .to_string()
+                .contains("https://127.0.0.11:2380 appears twice")
+        );
+        let plain = GOOD.replace("https://127.0.0.12:7443", "http://127.0.0.12:7443");
+        assert!(
+            load(&plain)
+                .expect_err("plaintext")
+                .to_string()
+                .contains("mTLS only")
+        );
+        assert!(
+            load("")
+                .expect_err("empty")
+                .to_string()
+                .contains("missing field")
+        );
+    }
+}

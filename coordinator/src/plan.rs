@@ -242,3 +242,178 @@ impl Plan {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use quorate_proto::tls::TlsFiles;
+
+    use super::*;
+    use crate::inventory::ClusterSection;
+
+    fn inventory(n: usize) -> Inventory {
+        Inventory {
+            cluster: ClusterSection { name: "t".into() },
+            agent_tls: TlsFiles {
+                ca: PathBuf::from("/x/ca.crt"),
+                cert: PathBuf::from("/x/c.crt"),
+                key: PathBuf::from("/x/c.key"),
+            },
+            etcd_tls: None,
+            members: (1..=n)
+                .map(|i| Member {
+                    name: format!("cp-{i}"),
+                    agent: format!("https://127.0.0.{}:7443", 10 + i),
+                    agent_server_name: None,
+                    peer_urls: vec![format!("https://127.0.0.{}:2380", 10 + i)],
+                    client_urls: vec![format!("https://127.0.0.{}:2379", 10 + i)],
+                })
+                .collect(),
+        }
+    }
+
+    fn healthy(m: &Member) -> pb::DescribeResponse {
+        pb::DescribeResponse {
+            member_name: m.name.clone(),
+            peer_urls: m.peer_urls.clone(),
+            free_bytes: 10 << 30,
+            data_dir: "/var/lib/etcd".into(),
+            etcd_version: "3.5.1".into(),
+            restore_tool: Some(pb::RestoreTool {
+                kind: pb::RestoreToolKind::Etcdutl as i32,
+                version: "3.5.1".into(),
+                supports_bump_revision: false,
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn snapshot() -> CheckedSnapshot {
+        CheckedSnapshot {
+            path: PathBuf::from("/x/snap.db"),
+            size: 100 << 20,
+            sha256: "a".repeat(64),
+        }
+    }
+
+    fn problems(inv: &Inventory, edit: impl Fn(usize, &mut pb::DescribeResponse)) -> Vec<String> {
+        let described: Vec<_> = inv
+            .members
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let mut d = healthy(m);
+                edit(i, &mut d);
+                Ok(d)
+            })
+            .collect();
+        build(inv, &described, snapshot()).map_or_else(|e| e.problems, |_| Vec::new())
+    }
+
+    #[test]
+    fn a_healthy_cluster_plans_a_fresh_token_and_a_majority_first() {
+        let inv = inventory(5);
+        let described: Vec<_> = inv.members.iter().map(|m| Ok(healthy(m))).collect();
+        let plan = build(&inv, &described, snapshot()).expect("plan");
+        assert_eq!(plan.quorum_first, ["cp-1", "cp-2", "cp-3"]);
+        assert_eq!(plan.cluster_token, format!("quorate-{}", plan.restore_id));
+        assert!(
+            plan.initial_cluster
+                .starts_with("cp-1=https://127.0.0.11:2380,cp-2=")
+        );
+        assert!(plan.warnings.is_empty());
+        let text = plan.render();
+        assert!(
+            text.contains("quorum     start cp-1, cp-2, cp-3 together"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn each_bad_fact_is_refused_naming_the_member_and_what_to_do() {
+        let inv = inventory(3);
+        let cases: [(&str, Box<dyn Fn(usize, &mut pb::DescribeResponse)>, &str); 6] = [
+            (
+                "name",
+                Box::new(|i, d| {
+                    if i == 1 {
+                        d.member_name = "other".into()
+                    }
+                }),
+                "member cp-2: its agent reports etcd member name \"other\"",
+            ),
+            (
+                "peer",
+                Box::new(|i, d| {
+                    if i == 2 {
+                        d.peer_urls = vec!["https://10.9.9.9:2380".into()]
+                    }
+                }),
+                "member cp-3: inventory peer URLs",
+            ),
+            (
+                "tool",
+                Box::new(|i, d| {
+                    if i == 0 {
+                        d.restore_tool = None
+                    }
+                }),
+                "member cp-1: no restore tool found",
+            ),
+            (
+                "disk",
+                Box::new(|i, d| {
+                    if i == 0 {
+                        d.free_bytes = 50 << 20
+                    }
+                }),
+                "member cp-1: 50 MB free",
+            ),
+            (
+                "lock",
+                Box::new(|i, d| {
+                    if i == 1 {
+                        d.active_restore_id = "1234".into()
+                    }
+                }),
+                "quorate rollback 1234",
+            ),
+            (
+                "version",
+                Box::new(|i, d| {
+                    if i == 2 {
+                        d.etcd_version = "3.4.23".into()
+                    }
+                }),
+                "different etcd versions",
+            ),
+        ];
+        for (what, edit, expected) in cases {
+            let found = problems(&inv, edit);
+            assert_eq!(found.len(), 1, "{what}: {found:?}");
+            assert!(found[0].contains(expected), "{what}: {found:?}");
+        }
+    }
+
+    #[test]
+    fn an_unreachable_agent_and_an_even_count_are_reported() {
+        let inv = inventory(4);
+        let mut described: Vec<_> = inv.members.iter().map(|m| Ok(healthy(m))).collect();
+        described[3] = Err("connection refused".into());
+        let err = build(&inv, &described, snapshot()).expect_err("unreachable");
+        assert!(
+            err.to_string()
+                .contains("member cp-4: agent at https://127.0.0.14:7443 did not answer"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("nothing was changed"));
+        described[3] = Ok(healthy(&inv.members[3]));
+        let plan = build(&inv, &described, snapshot()).expect("plan");
+        assert!(
+            plan.warnings[0].contains("even count"),
+            "{:?}",
+            plan.warnings
+        );
+    }
+}
