@@ -333,7 +333,8 @@ mod tests {
     #[test]
     fn each_bad_fact_is_refused_naming_the_member_and_what_to_do() {
         let inv = inventory(3);
-        let cases: [(&str, Box<dyn Fn(usize, &mut pb::DescribeResponse)>, &str); 6] = [
+        type Edit = Box<dyn Fn(usize, &mut pb::DescribeResponse)>;
+        let cases: [(&str, Edit, &str); 6] = [
             (
                 "name",
                 Box::new(|i, d| {
