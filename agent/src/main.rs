@@ -1,4 +1,187 @@
+//! `quorate-agent`: the per-member half of quorate.
 #![forbid(unsafe_code)]
-fn main() {
-    println!("quorate-agent {}", env!("CARGO_PKG_VERSION"));
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use quorate_agent::config::AgentConfig;
+use quorate_agent::fsutil;
+use quorate_agent::service::engine_from_config;
+
+/// Runs on every etcd member and carries out the steps of a quorate restore there: stop and start
+/// etcd and the kube-apiserver, preserve the data dir, restore the staged snapshot. The
+/// coordinator (`quorate`) never sends paths or commands, only a restore id, a step and cluster
+/// facts; everything local comes from this agent's config.
+///
+/// The agent speaks gRPC over mutual TLS only: clients need a certificate from `tls.client_ca`
+/// whose DNS name is listed in `allowed_clients`.
+///
+/// Example: quorate-agent --config /etc/quorate/agent.toml
+#[derive(Debug, Parser)]
+#[command(version, about, long_about, verbatim_doc_comment)]
+struct Cli {
+    /// The agent config (TOML), e.g. /etc/quorate/agent.toml.
+    #[arg(long, global = true, env = "QUORATE_AGENT_CONFIG", value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Loads the config, parses the manifests, finds the restore tool and prints what it found;
+    /// exits non-zero on any problem. Changes nothing.
+    CheckConfig,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> ExitCode {
+    quorate_proto::tls::install_default_provider();
+    let cli = Cli::parse();
+    init_logs(cli.log_format);
+    let result = match &cli.config {
+        None => Err(anyhow::anyhow!(
+            "no config given: pass --config /etc/quorate/agent.toml (see --help)"
+        )),
+        Some(path) => match cli.command {
+            Some(Command::CheckConfig) => check_config(path),
+            None => run(path),
+        },
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("quorate-agent: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(path: &Path) -> anyhow::Result<()> {
+    let config = AgentConfig::load(path)?;
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async {
+        let engine = engine_from_config(&config);
+        let active = engine.state.active()?;
+        match engine.member(active) {
+            Ok(m) => tracing::info!(member = %m.name, state_dir = %config.state_dir.display(), "quorate-agent starting"),
+            // Still serve: Describe then tells the coordinator (and the operator) what is wrong.
+            Err(e) => tracing::error!("{e}"),
+        }
+        if let Some(id) = active {
+            tracing::warn!(restore_id = %id, "this member is locked by an unfinished restore");
+        }
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("installing the SIGTERM handler")?;
+        let shutdown = async move {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+                _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: shutting down"),
+            }
+        };
+        quorate_agent::server::serve(&config, shutdown).await
+    })
+}
+
+fn check_config(path: &Path) -> anyhow::Result<()> {
+    let config = AgentConfig::load(path)?;
+    println!("config          {}", path.display());
+    println!(
+        "listen          {} (mTLS; clients: {})",
+        config.listen,
+        config.allowed_clients.join(", ")
+    );
+    quorate_agent::server::tls_config(&config)?;
+    println!("tls             ok ({})", config.tls.cert.display());
+    let engine = engine_from_config(&config);
+    let active = engine.state.active()?;
+    let member = engine.member(active)?;
+    let data_dir = engine.data_dir_of(&member);
+    println!("etcd manifest   {}", member.command.path.display());
+    println!(
+        "member          {} peer {}",
+        member.name,
+        member.peer_urls.join(",")
+    );
+    println!("client urls     {}", member.client_urls.join(","));
+    println!(
+        "metrics url     {}",
+        member
+            .metrics_url
+            .as_deref()
+            .unwrap_or("(none: no http:// --listen-metrics-urls)")
+    );
+    let etcd_version = member
+        .command
+        .argv
+        .first()
+        .and_then(|b| quorate_agent::tool::etcd_version(b));
+    println!(
+        "etcd            {} ({})",
+        member.command.argv.first().map_or("", String::as_str),
+        etcd_version
+            .as_deref()
+            .unwrap_or("version unknown: cannot run it with --version")
+    );
+    println!(
+        "data dir        {} ({} bytes, {} bytes free)",
+        data_dir.display(),
+        fsutil::tree_size(&data_dir),
+        fsutil::free_bytes(&data_dir)?
+    );
+    match &config.apiserver {
+        Some(a) => {
+            let api = quorate_agent::manifest::Apiserver::from_command(
+                quorate_agent::manifest::PodCommand::load(&a.manifest)?,
+            )?;
+            println!(
+                "kube-apiserver  {} ({})",
+                a.manifest.display(),
+                api.readyz_url()
+            );
+        }
+        None => println!("kube-apiserver  none on this host"),
+    }
+    println!("state dir       {}", config.state_dir.display());
+    if let Some(id) = active {
+        println!(
+            "active restore  {id} (finish it with `quorate resume {id}` or `quorate rollback {id}`)"
+        );
+    }
+    let tool = engine.tool.info()?;
+    println!(
+        "restore tool    {} {} at {}{}",
+        tool.kind.name(),
+        tool.version,
+        tool.program.display(),
+        if tool.supports_bump_revision {
+            " (supports --bump-revision)"
+        } else {
+            ""
+        }
+    );
+    println!("ok");
+    Ok(())
 }

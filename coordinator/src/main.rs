@@ -10,9 +10,12 @@ use futures::future::join_all;
 use quorate::agent_client::{AgentClient, GrpcAgent};
 use quorate::inventory::Inventory;
 use quorate::journal::Journal;
+use quorate::ops::{self, Ending};
 use quorate::plan::{self, Plan};
-use quorate::restore::{Deadlines, EtcdProbe, Observer, Phase, Restore};
+use quorate::restore::{Deadlines, EtcdProbe, Observer, Phase, Progress, Restore};
+use quorate::rollback::RollbackReport;
 use quorate::snapshot;
+use quorate_proto::model::RestoreId;
 
 /// Restore a multi-member etcd cluster from one snapshot, on every member at once, safely.
 ///
@@ -56,7 +59,71 @@ enum Cmd {
         /// Where the journal and report of each restore are kept.
         #[arg(long, env = "QUORATE_STATE_DIR", default_value_os_t = default_state_dir())]
         state_dir: PathBuf,
+        /// On failure, stop where it failed instead of rolling every member back.
+        #[arg(long)]
+        no_rollback: bool,
     },
+    /// Where a restore stands: its journal, and every member as its agent reports it now.
+    Status(Journaled),
+    /// Carry a stopped restore forward from where its journal says it stopped.
+    Resume {
+        #[command(flatten)]
+        journaled: Journaled,
+        /// On failure, stop where it failed instead of rolling every member back.
+        #[arg(long)]
+        no_rollback: bool,
+    },
+    /// Put every member of a stopped restore back on its original data.
+    Rollback(Journaled),
+    /// Save a snapshot from a healthy member, or verify a snapshot file.
+    #[command(subcommand)]
+    Snapshot(SnapshotCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum SnapshotCmd {
+    /// Stream a snapshot from a healthy member (a caught-up follower if there is one, else the
+    /// leader) into FILE, check its appended sha256, and describe it in FILE.json.
+    Save {
+        /// The cluster: members' client_urls and etcd_tls (TOML; see deploy/inventory.example.toml).
+        #[arg(long)]
+        inventory: PathBuf,
+        /// Where to write the snapshot; refused if it exists, unless --force.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// Replace an existing FILE.
+        #[arg(long)]
+        force: bool,
+        /// After saving, keep N snapshots of FILE's series in its directory (the new one
+        /// included) and remove the older ones by mtime, each with its .json. A series is the
+        /// file name up to its first digit, plus its extension: etcd-2026-11-25T03.db is in
+        /// series `etcd-` `.db` with etcd-2026-11-24T03.db, but not with etcd-notes.db or
+        /// etcd-2026-11-24T03.log. FILE's name must hold a digit after a prefix.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        keep: Option<u32>,
+    },
+    /// Check a snapshot file: its appended sha256, `snapshot status`, and with --test-restore a
+    /// restore into a throwaway etcd that must hold the default and kube-system namespaces.
+    Verify {
+        file: PathBuf,
+        /// Restore it into a temp dir and start a throwaway single-member etcd on free loopback
+        /// ports to count its keys; both are removed afterwards.
+        #[arg(long)]
+        test_restore: bool,
+        /// A dir holding etcd and etcdutl (or etcdctl for etcd 3.4); default: $QUORATE_ETCD_DIR,
+        /// else etcdutl and etcd on PATH.
+        #[arg(long, value_name = "DIR")]
+        etcd_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct Journaled {
+    /// The restore id (printed by `quorate restore`; also the name of its dir under --state-dir).
+    restore_id: RestoreId,
+    /// Where the journal and report of each restore are kept.
+    #[arg(long, env = "QUORATE_STATE_DIR", default_value_os_t = default_state_dir())]
+    state_dir: PathBuf,
 }
 
 #[derive(clap::Args, Debug)]
@@ -169,6 +236,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             target,
             yes,
             state_dir,
+            no_rollback,
         } => {
             let (inventory, agents, plan) = preflight(&target).await?;
             if !yes {
@@ -181,31 +249,263 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if cli.output == Output::Human {
                 eprint!("{}", plan.render());
             }
-            let mut journal = Journal::create(&state_dir, &plan).map_err(|e| {
+            let mut journal = Journal::create(&state_dir, &plan, &inventory).map_err(|e| {
                 anyhow::anyhow!("creating the journal under {}: {e}", state_dir.display())
             })?;
-            let printer = Printer(cli.output);
-            let probe = EtcdProbe {
-                inventory: &inventory,
-                plan: &plan,
-            };
-            let restore = Restore {
-                inventory: &inventory,
-                plan: &plan,
-                agents: &agents,
-                probe: &probe,
-                deadlines: Deadlines::default(),
-                observer: &printer,
-            };
-            let report = restore.run(&mut journal).await?;
-            let path = journal.write_report(&report)?;
+            let mut progress = Progress::default();
+            drive(
+                cli.output,
+                &inventory,
+                &agents,
+                &plan,
+                &mut journal,
+                &mut progress,
+                Mode::Forward {
+                    auto_rollback: !no_rollback,
+                },
+            )
+            .await
+        }
+        Cmd::Resume {
+            ref journaled,
+            no_rollback,
+        } => {
+            let (mut journal, plan, inventory, progress) = open(journaled)?;
+            let mut progress = progress;
+            if progress.finished() {
+                anyhow::bail!(
+                    "restore {} already finished: nothing to resume",
+                    journaled.restore_id
+                );
+            }
+            if progress.rollback_begun {
+                anyhow::bail!(
+                    "a rollback of restore {id} began: it cannot be resumed; finish the rollback with `quorate rollback {id}`",
+                    id = journaled.restore_id
+                );
+            }
+            let agents = agents(&inventory)?;
+            drive(
+                cli.output,
+                &inventory,
+                &agents,
+                &plan,
+                &mut journal,
+                &mut progress,
+                Mode::Forward {
+                    auto_rollback: !no_rollback,
+                },
+            )
+            .await
+        }
+        Cmd::Rollback(ref journaled) => {
+            let (mut journal, plan, inventory, mut progress) = open(journaled)?;
+            if progress.finished() {
+                anyhow::bail!(
+                    "restore {} finished: the cluster runs on the snapshot's data and the original data dirs are kept at <data-dir>.quorate-{}; quorate does not undo a finished restore",
+                    journaled.restore_id,
+                    journaled.restore_id
+                );
+            }
+            let agents = agents(&inventory)?;
+            drive(
+                cli.output,
+                &inventory,
+                &agents,
+                &plan,
+                &mut journal,
+                &mut progress,
+                Mode::Rollback,
+            )
+            .await
+        }
+        Cmd::Status(ref journaled) => {
+            let (_, _, inventory, progress) = open(journaled)?;
+            let agents = agents(&inventory)?;
+            let names: Vec<(String, String)> = inventory
+                .members
+                .iter()
+                .map(|m| (m.name.clone(), m.agent.clone()))
+                .collect();
+            let status =
+                ops::status(&journaled.restore_id.to_string(), progress, &names, &agents).await;
             match cli.output {
+                Output::Human => print!("{}", status.render()),
+                Output::Json => emit(&serde_json::to_value(&status)?),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Snapshot(cmd) => run_snapshot(cmd, cli.output).await,
+    }
+}
+
+fn open(j: &Journaled) -> anyhow::Result<(Journal, Plan, Inventory, Progress)> {
+    let (journal, plan, inventory, lines) = Journal::open(&j.state_dir, j.restore_id)?;
+    Ok((journal, plan, inventory, Progress::from_lines(&lines)))
+}
+
+enum Mode {
+    Forward { auto_rollback: bool },
+    Rollback,
+}
+
+async fn drive(
+    output: Output,
+    inventory: &Inventory,
+    agents: &[GrpcAgent],
+    plan: &Plan,
+    journal: &mut Journal,
+    progress: &mut Progress,
+    mode: Mode,
+) -> anyhow::Result<ExitCode> {
+    let printer = Printer(output);
+    let probe = EtcdProbe { inventory, plan };
+    let restore = Restore {
+        inventory,
+        plan,
+        agents,
+        probe: &probe,
+        deadlines: Deadlines::default(),
+        observer: &printer,
+    };
+    let ending = match mode {
+        Mode::Forward { auto_rollback } => {
+            ops::forward(&restore, journal, progress, auto_rollback).await
+        }
+        Mode::Rollback => match restore.rollback(journal, progress).await {
+            Ok(rollback) => {
+                report_rollback(output, journal, &rollback, None)?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            Err(e) => Ending::Stopped {
+                error: e,
+                rollback_error: None,
+            },
+        },
+    };
+    match ending {
+        Ending::Restored(report) => {
+            let path = journal.write_report(&report)?;
+            match output {
                 Output::Human => print_report(&report, &path),
                 Output::Json => emit(
                     &serde_json::json!({"event": "done", "report": report, "report_path": path}),
                 ),
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Ending::RolledBack { error, rollback } => {
+            report_rollback(output, journal, &rollback, Some(&error))?;
+            Ok(ExitCode::FAILURE)
+        }
+        Ending::Stopped {
+            error,
+            rollback_error,
+        } => {
+            let id = plan.restore_id;
+            let advice = format!(
+                "Nothing is deleted. See where every member stands: `quorate status {id}`; then `quorate resume {id}` or `quorate rollback {id}`."
+            );
+            match output {
+                Output::Human => {
+                    eprintln!("error: {error}");
+                    if let Some(r) = &rollback_error {
+                        eprintln!("error: the rollback did not complete: {r}");
+                    }
+                    eprintln!("{advice}");
+                }
+                Output::Json => emit(&serde_json::json!({
+                    "event": "stopped",
+                    "error": error.to_string(),
+                    "rollback_error": rollback_error.as_ref().map(ToString::to_string),
+                    "advice": advice,
+                })),
+            }
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn report_rollback(
+    output: Output,
+    journal: &Journal,
+    rollback: &RollbackReport,
+    error: Option<&quorate::restore::RestoreError>,
+) -> anyhow::Result<()> {
+    let path = journal.dir().join("rollback.json");
+    quorate::journal::write_atomic(&path, &serde_json::to_vec_pretty(rollback)?)?;
+    match output {
+        Output::Human => {
+            if let Some(e) = error {
+                eprintln!("error: {e}");
+            }
+            println!(
+                "rolled back restore {} in {:.1}s: every member is on its original data (cluster ID {:x}, revision {}, HashKV {:x} on every member)",
+                rollback.restore_id,
+                rollback.total_seconds,
+                rollback.cluster_id,
+                rollback.original.revision,
+                rollback.original.hash
+            );
+            println!("  report: {}", path.display());
+        }
+        Output::Json => emit(&serde_json::json!({
+            "event": "rolled-back",
+            "error": error.map(ToString::to_string),
+            "rollback": rollback,
+            "report_path": path,
+        })),
+    }
+    Ok(())
+}
+
+async fn run_snapshot(cmd: SnapshotCmd, output: Output) -> anyhow::Result<ExitCode> {
+    use quorate::snapshot_save::{SaveOptions, save};
+    use quorate::snapshot_verify::{VerifyOptions, VerifyReport, verify_into};
+    match cmd {
+        SnapshotCmd::Save {
+            inventory,
+            out,
+            force,
+            keep,
+        } => {
+            let inventory = Inventory::load(&inventory)?;
+            let keep = keep.map(|k| usize::try_from(k).expect("u32 fits in usize"));
+            let options = SaveOptions { out, force, keep };
+            let progress = |line: &str| {
+                if output == Output::Human {
+                    eprintln!("{line}");
+                }
+            };
+            let report = save(&inventory, &options, &progress).await?;
+            match output {
+                Output::Human => print!("{}", report.render()),
+                Output::Json => emit(&serde_json::json!({"ok": true, "report": report})),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        SnapshotCmd::Verify {
+            file,
+            test_restore,
+            etcd_dir,
+        } => {
+            let options = VerifyOptions {
+                test_restore,
+                etcd_dir,
+                ..VerifyOptions::default()
+            };
+            let mut report = VerifyReport::default();
+            let result = verify_into(&file, &options, &mut report).await;
+            match (output, result) {
+                (Output::Json, _) => emit(&serde_json::to_value(&report)?),
+                (Output::Human, Ok(())) => print!("{}", report.render()),
+                (Output::Human, Err(e)) => eprintln!("snapshot verify failed: {e}"),
+            }
+            Ok(if report.ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
     }
 }
@@ -248,6 +548,8 @@ async fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    #[cfg(feature = "failpoints")]
+    let _failpoints = fail::FailScenario::setup();
     let cli = Cli::parse();
     let output = cli.output;
     match run(cli).await {

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use quorate_proto::model::RestoreId;
 use quorate_proto::pb;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::inventory::{Inventory, Member};
 use crate::snapshot::CheckedSnapshot;
@@ -14,7 +14,7 @@ use crate::snapshot::CheckedSnapshot;
 const WAL_PREALLOCATION: u64 = 64 << 20;
 
 /// One member as planned.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MemberPlan {
     pub name: String,
     pub agent: String,
@@ -31,7 +31,7 @@ pub struct MemberPlan {
     pub restore_tool: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Plan {
     pub restore_id: RestoreId,
     pub cluster_token: String,

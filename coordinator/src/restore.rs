@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::agent_client::{AgentClient, CallError, Outcome};
 use crate::inventory::Inventory;
-use crate::journal::Journal;
+use crate::journal::{Journal, Line};
 use crate::plan::Plan;
 use crate::verify::{self, Expect, MemberView, Verified};
 
@@ -86,7 +86,7 @@ impl Deadlines {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PhaseTiming {
     pub phase: Phase,
     pub seconds: f64,
@@ -227,19 +227,40 @@ impl<C: AgentClient, P: ClusterProbe> Restore<'_, C, P> {
         step: Step,
         deadline: Duration,
     ) -> Result<Vec<Outcome>, Vec<(String, String)>> {
+        self.call_on(which, step, deadline, false).await
+    }
+
+    /// Runs or reverts `step` on the members `which`, in parallel, retrying retryable errors
+    /// (a dropped connection, an agent restarting) until `deadline`.
+    pub(crate) async fn call_on(
+        &self,
+        which: &[usize],
+        step: Step,
+        deadline: Duration,
+        revert: bool,
+    ) -> Result<Vec<Outcome>, Vec<(String, String)>> {
         let started = Instant::now();
         let calls = which.iter().map(|&i| async move {
             let mut backoff = Duration::from_millis(250);
             loop {
                 let left = deadline.saturating_sub(started.elapsed());
-                match self.agents[i].run(self.request(i, step), left).await {
+                let request = self.request(i, step);
+                let result = if revert {
+                    self.agents[i].revert(request, left).await
+                } else {
+                    self.agents[i].run(request, left).await
+                };
+                match result {
                     Ok(o) => return Ok(o),
                     Err(e) if e.is_retryable() && started.elapsed() + backoff < deadline => {
-                        tracing::warn!(member = %self.inventory.members[i].name, %step, "retrying: {e}");
+                        tracing::warn!(member = %self.inventory.members[i].name, %step, revert, "retrying: {e}");
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(Duration::from_secs(5));
                     }
-                    Err(e) => return Err((self.inventory.members[i].name.clone(), step_error(step, &e))),
+                    Err(e) => {
+                        let what = if revert { format!("reverting {step}") } else { format!("step {step}") };
+                        return Err((self.inventory.members[i].name.clone(), step_error(&what, &e)));
+                    }
                 }
             }
         });
@@ -255,7 +276,7 @@ impl<C: AgentClient, P: ClusterProbe> Restore<'_, C, P> {
         }
     }
 
-    fn all(&self) -> Vec<usize> {
+    pub(crate) fn all(&self) -> Vec<usize> {
         (0..self.inventory.members.len()).collect()
     }
 
@@ -291,7 +312,7 @@ impl<C: AgentClient, P: ClusterProbe> Restore<'_, C, P> {
         Ok(revisions.first().copied().filter(|r| *r > 0))
     }
 
-    async fn wait_healthy(
+    pub(crate) async fn wait_healthy(
         &self,
         which: &[usize],
         deadline: Duration,
@@ -352,62 +373,67 @@ impl<C: AgentClient, P: ClusterProbe> Restore<'_, C, P> {
         }
     }
 
-    /// Runs phases 1–9. Stops at the first failing phase, leaving members as they stand.
-    pub async fn run(&self, journal: &mut Journal) -> Result<Report, RestoreError> {
+    /// Runs the phases not yet done in `progress` (all of them for a new restore), recording
+    /// each transition in the journal first. Stops at the first failing phase.
+    pub async fn run(
+        &self,
+        journal: &mut Journal,
+        progress: &mut Progress,
+    ) -> Result<Report, RestoreError> {
         let total = Instant::now();
-        let before = self.probe.observe().await;
-        let mut phases = Vec::new();
-        let mut snapshot_revision = None;
-        let mut verified = None;
         let journal_path = journal.dir().join("journal.jsonl").display().to_string();
+        let fail = |phase: &'static str, failures: Vec<(String, String)>| RestoreError {
+            restore_id: self.plan.restore_id,
+            phase,
+            failures,
+            journal: journal_path.clone(),
+        };
+        let io = |phase: &'static str, e: std::io::Error| {
+            fail(
+                phase,
+                vec![("coordinator".into(), format!("writing the journal: {e}"))],
+            )
+        };
+        if !progress.started {
+            progress.before = self.probe.observe().await;
+            let data = serde_json::json!({ "before": progress.before });
+            journal
+                .record_data("restore", "begin", "", Some(data))
+                .map_err(|e| io("preflight", e))?;
+            progress.started = true;
+        }
         for (index, phase) in Phase::ALL.into_iter().enumerate() {
+            if progress.done.contains(&phase) {
+                continue;
+            }
             self.observer.phase_started(phase, index + 1);
-            let fail = |failures: Vec<(String, String)>| RestoreError {
-                restore_id: self.plan.restore_id,
-                phase: phase.name(),
-                failures,
-                journal: journal_path.clone(),
-            };
-            journal.record(phase.name(), "begin", "").map_err(|e| {
-                fail(vec![(
-                    "coordinator".into(),
-                    format!("writing the journal: {e}"),
-                )])
-            })?;
+            failpoint(&format!("coordinator::before-{}", phase.name()))
+                .map_err(|e| fail(phase.name(), vec![("coordinator".into(), e)]))?;
+            journal
+                .record(phase.name(), "begin", "")
+                .map_err(|e| io(phase.name(), e))?;
+            progress.begun = Some(phase);
             let started = Instant::now();
-            let size = self.plan.snapshot.size;
+            let mut data = None;
             let result = match phase {
-                Phase::Stage => self.stage().await.map(|r| snapshot_revision = r),
-                Phase::Fence => self
-                    .step_on(&self.all(), Step::Fence, self.deadlines.stop)
-                    .await
-                    .map(drop),
-                Phase::Halt => self
-                    .step_on(&self.all(), Step::Halt, self.deadlines.stop)
-                    .await
-                    .map(drop),
-                Phase::Preserve => self
-                    .step_on(&self.all(), Step::Preserve, self.deadlines.call)
-                    .await
-                    .map(drop),
-                Phase::Restore => {
-                    let d = self.deadlines.for_size(self.deadlines.start, size);
-                    self.step_on(&self.all(), Step::Restore, d).await.map(drop)
-                }
+                Phase::Stage => self.stage().await.map(|r| {
+                    progress.snapshot_revision = r;
+                    data = Some(serde_json::json!({ "snapshot_revision": r }));
+                }),
                 Phase::Quorum => self.quorum().await,
-                Phase::Verify => self
-                    .verify(snapshot_revision)
-                    .await
-                    .map(|v| verified = Some(v)),
-                Phase::Unfence => self
-                    .step_on(&self.all(), Step::Unfence, self.deadlines.start)
-                    .await
-                    .map(drop),
-                Phase::Finish => self
-                    .step_on(&self.all(), Step::Finish, self.deadlines.call)
-                    .await
-                    .map(drop),
+                Phase::Verify => self.verify(progress.snapshot_revision).await.map(|v| {
+                    data = Some(serde_json::json!({ "verified": v }));
+                    progress.verified = Some(v);
+                }),
+                other => {
+                    let (step, deadline) = self.step_of(other);
+                    self.step_on(&self.all(), step, deadline).await.map(drop)
+                }
             };
+            let result = result.and_then(|()| {
+                failpoint(&format!("coordinator::after-{}", phase.name()))
+                    .map_err(|e| vec![("coordinator".into(), e)])
+            });
             if let Err(failures) = result {
                 let detail = failures
                     .iter()
@@ -415,16 +441,15 @@ impl<C: AgentClient, P: ClusterProbe> Restore<'_, C, P> {
                     .collect::<Vec<_>>()
                     .join("; ");
                 let _ = journal.record(phase.name(), "failed", &detail);
-                return Err(fail(failures));
+                progress.failed = Some(phase);
+                return Err(fail(phase.name(), failures));
             }
-            journal.record(phase.name(), "done", "").map_err(|e| {
-                fail(vec![(
-                    "coordinator".into(),
-                    format!("writing the journal: {e}"),
-                )])
-            })?;
+            journal
+                .record_data(phase.name(), "done", "", data)
+                .map_err(|e| io(phase.name(), e))?;
+            progress.done.push(phase);
             self.observer.phase_done(phase, started.elapsed());
-            phases.push(PhaseTiming {
+            progress.timings.push(PhaseTiming {
                 phase,
                 seconds: started.elapsed().as_secs_f64(),
             });
@@ -433,10 +458,13 @@ impl<C: AgentClient, P: ClusterProbe> Restore<'_, C, P> {
             restore_id: self.plan.restore_id,
             cluster_token: self.plan.cluster_token.clone(),
             snapshot_sha256: self.plan.snapshot.sha256.clone(),
-            snapshot_revision,
-            before,
-            after: verified.expect("the verify phase ran"),
-            phases,
+            snapshot_revision: progress.snapshot_revision,
+            before: progress.before.clone(),
+            after: progress
+                .verified
+                .clone()
+                .expect("the verify phase ran before finish"),
+            phases: progress.timings.clone(),
             total_seconds: total.elapsed().as_secs_f64(),
             preserved_dirs: self
                 .plan
@@ -451,14 +479,102 @@ impl<C: AgentClient, P: ClusterProbe> Restore<'_, C, P> {
                 .collect(),
         })
     }
+
+    /// The agent step and deadline of a phase that is one step on every member.
+    pub(crate) fn step_of(&self, phase: Phase) -> (Step, Duration) {
+        let d = &self.deadlines;
+        match phase {
+            Phase::Stage => (Step::Claim, d.call),
+            Phase::Fence => (Step::Fence, d.stop),
+            Phase::Halt => (Step::Halt, d.stop),
+            Phase::Preserve => (Step::Preserve, d.call),
+            Phase::Restore => (Step::Restore, d.for_size(d.start, self.plan.snapshot.size)),
+            Phase::Quorum => (Step::Start, d.start),
+            Phase::Unfence => (Step::Unfence, d.start),
+            Phase::Verify | Phase::Finish => (Step::Finish, d.call),
+        }
+    }
 }
 
-fn step_error(step: Step, e: &CallError) -> String {
+/// A restore's persistent state, rebuilt from its journal after a crash.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Progress {
+    pub started: bool,
+    pub before: Vec<MemberView>,
+    pub snapshot_revision: Option<i64>,
+    pub verified: Option<Verified>,
+    pub done: Vec<Phase>,
+    /// The last phase begun (it may have finished on some members only).
+    pub begun: Option<Phase>,
+    pub failed: Option<Phase>,
+    pub rollback_begun: bool,
+    pub rollback_done: bool,
+    pub timings: Vec<PhaseTiming>,
+}
+
+impl Progress {
+    pub fn from_lines(lines: &[Line]) -> Self {
+        let mut p = Progress::default();
+        for line in lines {
+            let data = line.data.as_ref();
+            if line.phase == "restore" && line.event == "begin" {
+                p.started = true;
+                if let Some(before) = data.and_then(|d| d.get("before")) {
+                    p.before = serde_json::from_value(before.clone()).unwrap_or_default();
+                }
+                continue;
+            }
+            if let Some(rest) = line.phase.strip_prefix("rollback") {
+                p.rollback_begun = true;
+                p.rollback_done |= rest.is_empty() && line.event == "done";
+                continue;
+            }
+            let Some(phase) = Phase::ALL.into_iter().find(|ph| ph.name() == line.phase) else {
+                continue;
+            };
+            match line.event.as_str() {
+                "begin" => p.begun = Some(phase),
+                "failed" => p.failed = Some(phase),
+                "done" => {
+                    if let Some(r) = data.and_then(|d| d.get("snapshot_revision")) {
+                        p.snapshot_revision = r.as_i64();
+                    }
+                    if let Some(v) = data.and_then(|d| d.get("verified")) {
+                        p.verified = serde_json::from_value(v.clone()).ok();
+                    }
+                    if !p.done.contains(&phase) {
+                        p.done.push(phase);
+                    }
+                }
+                _ => {}
+            }
+        }
+        p
+    }
+
+    pub fn finished(&self) -> bool {
+        self.done.contains(&Phase::Finish)
+    }
+}
+
+/// A named failpoint (cargo feature `failpoints`, configured by `FAILPOINTS`): `return(msg)`
+/// injects an error; `sleep(ms)` holds the coordinator there (tests kill it to simulate a crash);
+/// `panic` aborts it. Release builds contain none.
+pub fn failpoint(name: &str) -> Result<(), String> {
+    #[cfg(feature = "failpoints")]
+    if let Some(msg) = fail::eval(name, |arg| arg.unwrap_or_default()) {
+        return Err(format!("failpoint {name}: {msg}"));
+    }
+    let _ = name;
+    Ok(())
+}
+
+fn step_error(what: &str, e: &CallError) -> String {
     match e {
         CallError::Timeout(d) => format!(
-            "step {step}: no answer within {d:?}; its state is unknown: check the agent, then `quorate status`"
+            "{what}: no answer within {d:?}; its state is unknown: check the agent, then `quorate status`"
         ),
-        other => format!("step {step}: {other}"),
+        other => format!("{what}: {other}"),
     }
 }
 

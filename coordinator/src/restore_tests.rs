@@ -206,7 +206,7 @@ async fn run(
         })
         .collect();
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut journal = crate::journal::Journal::create(dir.path(), &plan).expect("journal");
+    let mut journal = crate::journal::Journal::create(dir.path(), &plan, &inv).expect("journal");
     let probe = FakeProbe(world);
     let restore = Restore {
         inventory: &inv,
@@ -216,7 +216,8 @@ async fn run(
         deadlines,
         observer: &Quiet,
     };
-    (restore.run(&mut journal).await, dir)
+    let mut progress = Progress::default();
+    (restore.run(&mut journal, &mut progress).await, dir)
 }
 
 fn fast() -> Deadlines {

@@ -37,7 +37,7 @@ pub enum SnapshotError {
 }
 
 /// A snapshot that passed the integrity checks.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CheckedSnapshot {
     pub path: PathBuf,
     pub size: u64,

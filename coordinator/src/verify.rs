@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use etcd_client::{Certificate, Client, ConnectOptions, GetOptions, Identity, TlsOptions};
 use quorate_proto::tls::TlsFiles;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// `/health` on a member's plain-HTTP metrics URL: answers even while it has no leader.
 pub async fn metrics_healthy(metrics_url: &str) -> bool {
@@ -34,7 +34,7 @@ pub async fn member_client(url: &str, tls: Option<&TlsFiles>) -> anyhow::Result<
 }
 
 /// What one member says about itself and the cluster.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberView {
     pub name: String,
     pub member_id: u64,
@@ -59,7 +59,7 @@ pub async fn view(name: &str, url: &str, tls: Option<&TlsFiles>) -> anyhow::Resu
 }
 
 /// The verified state of the restored cluster.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Verified {
     pub cluster_id: u64,
     pub members: Vec<MemberView>,

@@ -7,6 +7,7 @@
 
 pub mod model;
 pub mod probe;
+pub mod server;
 pub mod tls;
 
 /// Generated code for `quorate/agent/v1/agent.proto`.

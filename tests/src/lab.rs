@@ -28,6 +28,9 @@ pub struct LabState {
     pub hosts: Vec<Host>,
     /// The kubelet stand-in's PID per host, in host order.
     pub kubelets: Vec<u32>,
+    /// The quorate agent's PID per host, in host order (empty when the lab runs no agents).
+    #[serde(default)]
+    pub agents: Vec<u32>,
 }
 
 #[derive(Debug, Clone)]
@@ -39,6 +42,8 @@ pub struct UpOptions {
     pub net: u8,
     /// The `lab` binary, run as the kubelet and apiserver stand-ins.
     pub lab_bin: PathBuf,
+    /// The `quorate-agent` binary to run on every host; `None`: no agents.
+    pub agent_bin: Option<PathBuf>,
     pub patience: Duration,
 }
 
@@ -101,6 +106,7 @@ impl Lab {
                 lab_bin: opts.lab_bin.clone(),
                 hosts,
                 kubelets: Vec::new(),
+                agents: Vec::new(),
             },
             children: Vec::new(),
         };
@@ -108,6 +114,12 @@ impl Lab {
             let child = spawn_kubelet(&opts.lab_bin, &host)?;
             lab.state.kubelets.push(child.id());
             lab.children.push(child);
+            if let Some(agent_bin) = &opts.agent_bin {
+                let config = write_agent_config(&host, &lab.state.tools)?;
+                let child = spawn_agent(agent_bin, &host, &config)?;
+                lab.state.agents.push(child.id());
+                lab.children.push(child);
+            }
         }
         lab.save()?;
         write_atomic(&dir.join("inventory.toml"), &lab.inventory().to_toml())?;
@@ -240,6 +252,10 @@ impl Lab {
                     waiting.push((host, "etcd", "etcd is not healthy"));
                 } else if self.apiserver_readyz(host).await != Some(200) {
                     waiting.push((host, "kube-apiserver", "kube-apiserver is not ready"));
+                } else if !self.state.agents.is_empty()
+                    && !procs::port_open(host.ip, layout::AGENT_PORT)
+                {
+                    waiting.push((host, "quorate-agent", "quorate-agent is not listening"));
                 }
             }
             if waiting.is_empty() {
@@ -253,8 +269,8 @@ impl Lab {
                             "{} ({}): {what}; last lines of {}:\n{}",
                             h.name,
                             h.ip,
-                            h.pod_log(pod).display(),
-                            procs::tail(&h.pod_log(pod), 8)
+                            h.log_of(pod).display(),
+                            procs::tail(&h.log_of(pod), 8)
                         )
                     })
                     .collect();
@@ -268,6 +284,16 @@ impl Lab {
     pub fn down(&mut self) -> anyhow::Result<()> {
         let hosts = self.state.hosts.clone();
         let marker = |h: &Host| h.root.display().to_string();
+        for (host, pid) in hosts.iter().zip(&self.state.agents) {
+            if procs::is_ours(*pid, &marker(host)) {
+                procs::signal(*pid, Signal::SIGTERM);
+            }
+        }
+        for (host, pid) in hosts.iter().zip(&self.state.agents) {
+            for left in procs::wait_gone(&[*pid], &marker(host), Duration::from_secs(10)) {
+                procs::signal(left, Signal::SIGKILL);
+            }
+        }
         for (host, pid) in hosts.iter().zip(&self.state.kubelets) {
             if procs::is_ours(*pid, &marker(host)) {
                 procs::signal(*pid, Signal::SIGTERM);
@@ -332,23 +358,86 @@ impl Lab {
     }
 }
 
-fn spawn_kubelet(lab_bin: &Path, host: &Host) -> anyhow::Result<Child> {
+fn spawn_logged(bin: &Path, args: &[&std::ffi::OsStr], log: &Path) -> anyhow::Result<Child> {
     use std::os::unix::process::CommandExt;
-    let log = fs::OpenOptions::new()
+    let file = fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(host.kubelet_log())
-        .with_context(|| format!("opening {}", host.kubelet_log().display()))?;
-    Command::new(lab_bin)
-        .arg("kubelet")
-        .arg("--root")
-        .arg(&host.root)
+        .open(log)
+        .with_context(|| format!("opening {}", log.display()))?;
+    Command::new(bin)
+        .args(args)
         .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
+        .stdout(file.try_clone()?)
+        .stderr(file)
         .process_group(0)
         .spawn()
-        .with_context(|| format!("starting the kubelet stand-in {}", lab_bin.display()))
+        .with_context(|| format!("starting {}", bin.display()))
+}
+
+fn spawn_kubelet(lab_bin: &Path, host: &Host) -> anyhow::Result<Child> {
+    let args = ["kubelet".as_ref(), "--root".as_ref(), host.root.as_os_str()];
+    spawn_logged(lab_bin, &args, &host.log_of("kubelet"))
+}
+
+fn spawn_agent(agent_bin: &Path, host: &Host, config: &Path) -> anyhow::Result<Child> {
+    if !agent_bin.is_file() {
+        bail!(
+            "{} not found: build it first (cargo build --workspace)",
+            agent_bin.display()
+        );
+    }
+    let args = ["--config".as_ref(), config.as_os_str()];
+    spawn_logged(agent_bin, &args, &host.log_of("quorate-agent"))
+}
+
+/// The agent's config on a lab host: static pods for etcd and the apiserver, the lab's tools.
+fn write_agent_config(host: &Host, tools: &EtcdTools) -> anyhow::Result<PathBuf> {
+    let q = host.quorate_pki_dir();
+    let tool = match &tools.etcdutl {
+        Some(etcdutl) => format!("etcdutl = {:?}", etcdutl.display().to_string()),
+        None => format!("etcdctl = {:?}", tools.etcdctl.display().to_string()),
+    };
+    let text = format!(
+        r#"# quorate-agent on lab host {name}
+listen = "{ip}:{port}"
+state_dir = {state:?}
+allowed_clients = ["{coordinator}"]
+
+[tls]
+cert = {cert:?}
+key = {key:?}
+client_ca = {ca:?}
+
+[etcd]
+runtime = "static-pod"
+manifest = {etcd_manifest:?}
+{tool}
+
+[apiserver]
+runtime = "static-pod"
+manifest = {apiserver_manifest:?}
+ca = {apiserver_ca:?}
+"#,
+        name = host.name,
+        ip = host.ip,
+        port = layout::AGENT_PORT,
+        state = host.path("var/lib/quorate-agent").display().to_string(),
+        coordinator = crate::pki::COORDINATOR_NAME,
+        cert = q.join("agent.crt").display().to_string(),
+        key = q.join("agent.key").display().to_string(),
+        ca = q.join("ca.crt").display().to_string(),
+        etcd_manifest = host.manifests_dir().join("etcd.yaml").display().to_string(),
+        apiserver_manifest = host
+            .manifests_dir()
+            .join("kube-apiserver.yaml")
+            .display()
+            .to_string(),
+        apiserver_ca = host.pki_dir().join("ca.crt").display().to_string(),
+    );
+    let path = host.path("etc/quorate/agent.toml");
+    write_atomic(&path, &text)?;
+    Ok(path)
 }
 
 /// Refuses a dir with a running lab; clears the files of a stopped one.

@@ -57,8 +57,13 @@ impl Host {
     pub fn pod_pid_file(&self, pod: &str) -> PathBuf {
         self.path(&format!("run/pods/{pod}.pid"))
     }
-    pub fn kubelet_log(&self) -> PathBuf {
-        self.path("var/log/kubelet.log")
+    /// The log of a static pod (`etcd`, `kube-apiserver`) or of a host process (`kubelet`,
+    /// `quorate-agent`).
+    pub fn log_of(&self, what: &str) -> PathBuf {
+        match what {
+            "kubelet" | "quorate-agent" => self.path(&format!("var/log/{what}.log")),
+            pod => self.pod_log(pod),
+        }
     }
     pub fn client_url(&self) -> String {
         format!("https://{}:{CLIENT_PORT}", self.ip)

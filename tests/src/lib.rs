@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod apiserver;
+pub mod demo;
 pub mod etcd;
 pub mod kubelet;
 pub mod lab;
@@ -10,5 +11,6 @@ pub mod layout;
 pub mod load;
 pub mod pki;
 pub mod procs;
+pub mod scenario;
 pub mod testlab;
 pub mod tools;

@@ -2,7 +2,7 @@
 
 use etcd_client::{Client, Txn, TxnOp};
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::{Rng, RngCore, SeedableRng};
 
 /// The namespaces every cluster has; `snapshot verify --test-restore` looks for the first two.
 pub const SYSTEM_NAMESPACES: [&str; 4] =
@@ -72,7 +72,9 @@ fn value(rng: &mut StdRng, kind: &str, name: &str, size: usize) -> Vec<u8> {
     );
     let fill = size.saturating_sub(head.len() + 2);
     let mut v = head.into_bytes();
-    v.extend((0..fill).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())]));
+    let mut raw = vec![0u8; fill];
+    rng.fill_bytes(&mut raw);
+    v.extend(raw.iter().map(|b| ALPHABET[usize::from(b & 63)]));
     v.extend_from_slice(b"\"}");
     v
 }

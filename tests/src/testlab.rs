@@ -112,6 +112,7 @@ pub async fn up(members: u8, version: EtcdVersion) -> TestLab {
         members,
         version,
         net,
+        agent_bin: Some(lab_bin().with_file_name("quorate-agent")),
         lab_bin: lab_bin(),
         patience: PATIENCE,
     };

@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use quorate_lab::lab::{Lab, UpOptions};
 use quorate_lab::tools::EtcdVersion;
-use quorate_lab::{apiserver, etcd, kubelet, load};
+use quorate_lab::{apiserver, demo, etcd, kubelet, load};
 
 /// A lab of N etcd members in kubeadm's layout on 127.0.<net>.(10+i), each with a kubelet
 /// stand-in running its static pods (etcd, an apiserver stand-in).
@@ -47,6 +47,9 @@ enum Cmd {
         /// How long to wait for the lab to become ready.
         #[arg(long, default_value = "60s", value_parser = humantime_duration)]
         patience: Duration,
+        /// Do not run a quorate-agent on each host (default: run the one built beside `lab`).
+        #[arg(long)]
+        no_agents: bool,
     },
     /// Stop everything the lab in DIR started; fails if a port is still listening.
     Down {
@@ -62,6 +65,21 @@ enum Cmd {
         /// Seed of the generator: the same seed writes the same keys and values.
         #[arg(long, default_value_t = 1)]
         seed: u64,
+    },
+    /// The whole story on a fresh 3-member lab: load data, snapshot it with plain etcdctl, change
+    /// the data, restore with `quorate restore`, and show that every member holds the snapshot's data.
+    Demo {
+        #[arg(long, default_value = "/tmp/quorate-demo")]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 3)]
+        members: u8,
+        #[arg(long, default_value_t = 20_000)]
+        keys: usize,
+        #[arg(long, default_value = "3.5")]
+        etcd: EtcdVersion,
+        /// Leave the lab running at the end (stop it with `lab down --dir DIR`).
+        #[arg(long)]
+        keep: bool,
     },
     /// Print each member's health and each apiserver's readiness.
     Status {
@@ -107,15 +125,18 @@ async fn main() -> anyhow::Result<()> {
             dir,
             net,
             patience,
+            no_agents,
         } => {
             let lab_bin = std::env::current_exe().context("locating the lab binary")?;
             let started = Instant::now();
+            let agent_bin = (!no_agents).then(|| lab_bin.with_file_name("quorate-agent"));
             let lab = Lab::up(&UpOptions {
                 dir,
                 members,
                 version: etcd,
                 net,
                 lab_bin,
+                agent_bin,
                 patience,
             })
             .await?;
@@ -187,6 +208,13 @@ async fn main() -> anyhow::Result<()> {
                 );
             }
         }
+        Cmd::Demo {
+            dir,
+            members,
+            keys,
+            etcd,
+            keep,
+        } => demo::run(dir, members, keys, etcd, keep).await?,
         Cmd::Kubelet { root } => kubelet::run(&root).await?,
         Cmd::Apiserver(args) => apiserver::run(args).await?,
     }

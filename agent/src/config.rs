@@ -1,0 +1,271 @@
+//! The agent's configuration file (TOML). Every table refuses unknown keys, so a typo is an
+//! error that names the key instead of a setting silently ignored.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Problems loading the configuration; each names the file and says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the agent config {path}: {source} (pass the right file with --config)")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("agent config {path} is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("agent config {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+/// `agent.toml`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Address the gRPC service listens on (mTLS only).
+    pub listen: SocketAddr,
+    /// Journal, restore lock and staged snapshots live here.
+    pub state_dir: PathBuf,
+    /// DNS names (SAN) accepted on client certificates signed by `tls.client_ca`.
+    pub allowed_clients: Vec<String>,
+    pub tls: ServerTls,
+    pub etcd: EtcdSection,
+    /// Absent: there is no kube-apiserver on this host.
+    #[serde(default)]
+    pub apiserver: Option<ApiserverSection>,
+}
+
+/// The agent's server certificate and the CA its clients must be signed by.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: PathBuf,
+}
+
+impl fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerTls")
+            .field("cert", &self.cert)
+            .field("key", &"<path hidden>")
+            .field("client_ca", &self.client_ca)
+            .finish()
+    }
+}
+
+/// How a component is run on this host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RuntimeKind {
+    /// A kubelet static pod: running while its manifest is in the watched manifests dir.
+    StaticPod,
+}
+
+impl RuntimeKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            RuntimeKind::StaticPod => "static-pod",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdSection {
+    pub runtime: RuntimeKind,
+    /// The etcd static-pod manifest, e.g. /etc/kubernetes/manifests/etcd.yaml.
+    pub manifest: PathBuf,
+    /// Default: `--data-dir` from the manifest.
+    #[serde(default)]
+    pub data_dir: Option<PathBuf>,
+    /// Default: `etcdutl` on PATH (etcd >= 3.5).
+    #[serde(default)]
+    pub etcdutl: Option<PathBuf>,
+    /// Used when there is no etcdutl (etcd 3.4): `ETCDCTL_API=3 etcdctl snapshot restore`.
+    #[serde(default)]
+    pub etcdctl: Option<PathBuf>,
+    /// How long etcd may take to exit after its manifest is moved away.
+    #[serde(default = "default_stop", with = "humantime_serde")]
+    pub stop_timeout: Duration,
+    /// How long etcd may take to run and listen after its manifest is put back.
+    #[serde(default = "default_start", with = "humantime_serde")]
+    pub start_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiserverSection {
+    pub runtime: RuntimeKind,
+    /// The kube-apiserver static-pod manifest.
+    pub manifest: PathBuf,
+    /// CA of the apiserver's serving certificate, to probe `/readyz`.
+    pub ca: PathBuf,
+    #[serde(default = "default_stop", with = "humantime_serde")]
+    pub stop_timeout: Duration,
+    #[serde(default = "default_start", with = "humantime_serde")]
+    pub start_timeout: Duration,
+}
+
+/// SIGTERM of etcd can take 7-15 s (leader transfer); leave room before calling it stuck.
+fn default_stop() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_start() -> Duration {
+    Duration::from_secs(60)
+}
+
+impl AgentConfig {
+    /// Reads and checks `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses `text`; `path` is only used in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let config: Self = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        config.check(path)?;
+        Ok(config)
+    }
+
+    fn check(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            message,
+        };
+        if self.allowed_clients.is_empty() {
+            return Err(invalid(
+                "allowed_clients is empty: list the DNS names on the coordinator's client \
+                 certificate, e.g. allowed_clients = [\"quorate-coordinator\"]"
+                    .into(),
+            ));
+        }
+        let mut absolute = vec![
+            ("state_dir", &self.state_dir),
+            ("tls.cert", &self.tls.cert),
+            ("tls.key", &self.tls.key),
+            ("tls.client_ca", &self.tls.client_ca),
+            ("etcd.manifest", &self.etcd.manifest),
+        ];
+        if let Some(d) = &self.etcd.data_dir {
+            absolute.push(("etcd.data_dir", d));
+        }
+        if let Some(a) = &self.apiserver {
+            absolute.push(("apiserver.manifest", &a.manifest));
+            absolute.push(("apiserver.ca", &a.ca));
+        }
+        for (key, p) in absolute {
+            if !p.is_absolute() {
+                return Err(invalid(format!(
+                    "{key} = {:?} must be an absolute path",
+                    p.display()
+                )));
+            }
+        }
+        if self.etcd.manifest.file_name().is_none() {
+            return Err(invalid("etcd.manifest must name a file".into()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r#"
+listen = "127.0.0.11:7443"
+state_dir = "/var/lib/quorate-agent"
+allowed_clients = ["quorate-coordinator"]
+[tls]
+cert = "/etc/quorate/pki/agent.crt"
+key = "/etc/quorate/pki/agent.key"
+client_ca = "/etc/quorate/pki/ca.crt"
+[etcd]
+runtime = "static-pod"
+manifest = "/etc/kubernetes/manifests/etcd.yaml"
+stop_timeout = "45s"
+[apiserver]
+runtime = "static-pod"
+manifest = "/etc/kubernetes/manifests/kube-apiserver.yaml"
+ca = "/etc/kubernetes/pki/ca.crt"
+start_timeout = "2m"
+"#;
+
+    fn parse(text: &str) -> Result<AgentConfig, ConfigError> {
+        AgentConfig::parse(text, Path::new("/etc/quorate/agent.toml"))
+    }
+
+    #[test]
+    fn example_parses_with_defaults_and_durations() {
+        let c = parse(EXAMPLE).expect("example config");
+        assert_eq!(c.etcd.runtime, RuntimeKind::StaticPod);
+        assert_eq!(c.etcd.stop_timeout, Duration::from_secs(45));
+        assert_eq!(c.etcd.start_timeout, Duration::from_secs(60));
+        assert_eq!(c.etcd.data_dir, None);
+        assert_eq!(c.etcd.etcdutl, None);
+        let a = c.apiserver.expect("apiserver section");
+        assert_eq!(a.stop_timeout, Duration::from_secs(30));
+        assert_eq!(a.start_timeout, Duration::from_secs(120));
+    }
+
+    #[test]
+    fn apiserver_section_is_optional() {
+        let text = EXAMPLE.split("[apiserver]").next().expect("split");
+        assert_eq!(parse(text).expect("no apiserver").apiserver, None);
+    }
+
+    #[test]
+    fn unknown_key_is_refused_by_name() {
+        let text = EXAMPLE.replace("stop_timeout = \"45s\"", "stop_timeuot = \"45s\"");
+        let err = parse(&text).expect_err("typo").to_string();
+        assert!(err.contains("stop_timeuot"), "{err}");
+        assert!(err.contains("/etc/quorate/agent.toml"), "{err}");
+        let text = EXAMPLE.replace("listen =", "listen_addr =");
+        assert!(
+            parse(&text)
+                .expect_err("typo")
+                .to_string()
+                .contains("listen_addr")
+        );
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_the_key() {
+        let text = EXAMPLE.replace("\"45s\"", "\"45 parsecs\"");
+        assert!(
+            parse(&text)
+                .expect_err("duration")
+                .to_string()
+                .contains("stop_timeout")
+        );
+        let text = EXAMPLE.replace("\"static-pod\"", "\"systemd\"");
+        assert!(parse(&text).is_err());
+        let text = EXAMPLE.replace("\"/var/lib/quorate-agent\"", "\"state\"");
+        assert!(
+            parse(&text)
+                .expect_err("relative")
+                .to_string()
+                .contains("state_dir")
+        );
+        let text = EXAMPLE.replace("[\"quorate-coordinator\"]", "[]");
+        assert!(
+            parse(&text)
+                .expect_err("empty")
+                .to_string()
+                .contains("allowed_clients")
+        );
+    }
+}

@@ -1,0 +1,274 @@
+//! Runs one step on this member: checks, journal intent, act, journal result.
+//!
+//! A step request is first *prepared* (validated against this member, the lock and the journal;
+//! nothing changes on a refusal, which the caller sees as a gRPC error) and then *performed* (the
+//! intent is journaled, the step acts, the result is journaled; a failure here is an outcome with
+//! `ok = false` and is recorded as `failed`).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use quorate_proto::model::{RestoreId, Step, StepRequest};
+
+use crate::error::{AgentError, Result};
+use crate::fsutil;
+use crate::journal::{Journal, Op, StateDir, StepState};
+use crate::manifest::EtcdMember;
+use crate::runtime::{Progress, Runtime};
+use crate::steps;
+use crate::tool::RestoreTool;
+
+/// The outcome of a step, as reported to the coordinator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub ok: bool,
+    pub message: String,
+    pub replayed: bool,
+    pub details: BTreeMap<String, String>,
+}
+
+impl From<Outcome> for quorate_proto::pb::Outcome {
+    fn from(o: Outcome) -> Self {
+        Self {
+            ok: o.ok,
+            message: o.message,
+            replayed: o.replayed,
+            details: o.details.into_iter().collect(),
+        }
+    }
+}
+
+/// Everything the agent acts on: its state dir, the runtimes and the restore tool.
+pub struct Engine {
+    pub state: StateDir,
+    /// `etcd.data_dir` from the config; `None` = `--data-dir` of the manifest.
+    pub data_dir: Option<PathBuf>,
+    pub etcd: Box<dyn Runtime>,
+    pub apiserver: Option<Box<dyn Runtime>>,
+    pub tool: Box<dyn RestoreTool>,
+}
+
+/// A checked request, ready to act.
+pub struct Plan {
+    pub req: StepRequest,
+    pub op: Op,
+    pub journal: Journal,
+    pub member: EtcdMember,
+    pub data_dir: PathBuf,
+}
+
+pub enum Prepared {
+    /// Nothing to do: the recorded outcome (or "never ran" for a revert).
+    Answer(Outcome),
+    Act(Box<Plan>),
+}
+
+impl Engine {
+    /// Where the etcd manifest waits while etcd is stopped for restore `id`.
+    pub fn etcd_aside(&self, id: RestoreId) -> PathBuf {
+        self.state.manifest_aside(id, self.etcd.definition())
+    }
+
+    pub fn apiserver_aside(&self, id: RestoreId) -> Option<PathBuf> {
+        self.apiserver
+            .as_ref()
+            .map(|a| self.state.manifest_aside(id, a.definition()))
+    }
+
+    /// The etcd manifest of this member: in the manifests dir, or set aside by restore `id` (or by
+    /// the restore holding the lock).
+    pub fn member(&self, id: Option<RestoreId>) -> Result<EtcdMember> {
+        let home = self.etcd.definition();
+        if fsutil::exists(home) {
+            return EtcdMember::load(home);
+        }
+        let mut looked = vec![home.display().to_string()];
+        for id in [id, self.state.active()?].into_iter().flatten() {
+            let aside = self.etcd_aside(id);
+            if fsutil::exists(&aside) {
+                return EtcdMember::load(&aside);
+            }
+            looked.push(aside.display().to_string());
+        }
+        Err(AgentError::Precondition(format!(
+            "the etcd manifest is not at {}: put it back (or fix etcd.manifest in the agent config)",
+            looked.join(" nor at ")
+        )))
+    }
+
+    pub fn data_dir_of(&self, member: &EtcdMember) -> PathBuf {
+        self.data_dir
+            .clone()
+            .unwrap_or_else(|| member.data_dir.clone())
+    }
+
+    /// Prepares and performs a step (what the service does, in one call).
+    pub fn execute(&self, req: &StepRequest, op: Op, progress: Progress<'_>) -> Result<Outcome> {
+        match self.prepare(req, op)? {
+            Prepared::Answer(o) => Ok(o),
+            Prepared::Act(plan) => Ok(self.perform(*plan, progress)),
+        }
+    }
+
+    /// Checks a request against this member, its lock and its journal. Changes nothing.
+    pub fn prepare(&self, req: &StepRequest, op: Op) -> Result<Prepared> {
+        let member = self.member(Some(req.restore_id))?;
+        check_identity(req, &member)?;
+        let journal = self.state.load(req.restore_id)?;
+        let (step, id) = (req.step, req.restore_id);
+        if let Some(rec) = journal.steps.get(&step) {
+            let finished = match op {
+                Op::Run => rec.state == StepState::Done,
+                Op::Revert => rec.state == StepState::Reverted,
+            };
+            if finished {
+                return Ok(Prepared::Answer(Outcome {
+                    ok: true,
+                    message: rec.message.clone(),
+                    replayed: true,
+                    details: rec.details.clone(),
+                }));
+            }
+        }
+        let active = self.state.active()?;
+        let lock_free_ok = step == Step::Claim;
+        match active {
+            Some(held) if held != id => {
+                return Err(AgentError::LockedByOther {
+                    member: member.name.clone(),
+                    held,
+                    wanted: id,
+                });
+            }
+            None if !lock_free_ok => {
+                return Err(AgentError::Precondition(format!(
+                    "member {} is not claimed by restore {id}: run the claim step first (or the \
+                     restore has finished here)",
+                    member.name
+                )));
+            }
+            _ => {}
+        }
+        if op == Op::Revert && !journal.steps.contains_key(&step) {
+            return Ok(Prepared::Answer(Outcome {
+                ok: true,
+                message: format!(
+                    "nothing to revert: {step} never ran on {} for restore {id}",
+                    member.name
+                ),
+                replayed: false,
+                details: BTreeMap::new(),
+            }));
+        }
+        let data_dir = self.data_dir_of(&member);
+        let plan = Plan {
+            req: req.clone(),
+            op,
+            journal,
+            member,
+            data_dir,
+        };
+        steps::precheck(self, &plan)?;
+        Ok(Prepared::Act(Box::new(plan)))
+    }
+
+    /// Journals the intent, acts, journals the result.
+    pub fn perform(&self, plan: Plan, progress: Progress<'_>) -> Outcome {
+        let Plan {
+            req,
+            op,
+            mut journal,
+            member,
+            data_dir,
+        } = plan;
+        let (intent, done) = match op {
+            Op::Run => (StepState::Running, StepState::Done),
+            Op::Revert => (StepState::Reverting, StepState::Reverted),
+        };
+        let verb = if op == Op::Run {
+            "running"
+        } else {
+            "reverting"
+        };
+        journal.record(
+            req.step,
+            op,
+            intent,
+            format!("{verb} {}", req.step),
+            Some(BTreeMap::new()),
+        );
+        if let Err(e) = self.state.save(&journal) {
+            return failed(&e, "journaling the intent failed; nothing was done");
+        }
+        let mut ctx = steps::Ctx {
+            engine: self,
+            req: &req,
+            journal,
+            member,
+            data_dir,
+            progress,
+        };
+        let result = steps::act(&mut ctx, op);
+        let mut journal = ctx.journal;
+        let (state, message, details) = match result {
+            Ok(done_) => (done, done_.message, done_.details),
+            Err(e) => {
+                tracing::warn!(step = %req.step, ?op, "step failed: {e}");
+                let mut details = BTreeMap::new();
+                details.insert("code".into(), format!("{:?}", e.code()));
+                (StepState::Failed, e.to_string(), details)
+            }
+        };
+        journal.record(req.step, op, state, message.clone(), Some(details.clone()));
+        if let Err(e) = self.state.save(&journal) {
+            return failed(&e, &format!("{message}; but journaling the result failed"));
+        }
+        Outcome {
+            ok: state != StepState::Failed,
+            message,
+            replayed: false,
+            details,
+        }
+    }
+}
+
+fn failed(e: &AgentError, context: &str) -> Outcome {
+    let mut details = BTreeMap::new();
+    details.insert("code".into(), format!("{:?}", e.code()));
+    Outcome {
+        ok: false,
+        message: format!("{context}: {e}"),
+        replayed: false,
+        details,
+    }
+}
+
+/// The coordinator's idea of this member must match the manifest: a restore with the wrong name
+/// starts silently with it.
+fn check_identity(req: &StepRequest, member: &EtcdMember) -> Result<()> {
+    let facts = &req.facts;
+    if facts.member_name != member.name {
+        return Err(AgentError::InvalidRequest(format!(
+            "the request is for member {:?} but this member's manifest {} says --name={}: fix the \
+             inventory",
+            facts.member_name,
+            member.command.path.display(),
+            member.name
+        )));
+    }
+    let mut want = facts.peer_urls.clone();
+    let mut have = member.peer_urls.clone();
+    want.sort();
+    have.sort();
+    if want != have {
+        return Err(AgentError::InvalidRequest(format!(
+            "the request gives member {} peer URLs {} but its manifest {} says \
+             --initial-advertise-peer-urls={}: fix the inventory",
+            member.name,
+            facts.peer_urls.join(","),
+            member.command.path.display(),
+            member.peer_urls.join(",")
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,87 @@
+//! The agent's errors, and the one place that maps them onto gRPC codes.
+
+use std::path::{Path, PathBuf};
+
+use quorate_proto::model::{ModelError, RestoreId};
+
+/// Everything that can go wrong on this member. Each message says what failed and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The request does not fit the contract or this member (wrong name, bad id, ...).
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// This member's restore lock belongs to another restore.
+    #[error(
+        "member {member} is locked by restore {held}, not {wanted}: finish or undo that restore \
+         first with `quorate resume {held}` or `quorate rollback {held}`"
+    )]
+    LockedByOther {
+        member: String,
+        held: RestoreId,
+        wanted: RestoreId,
+    },
+    /// The member is not in the state the request needs (etcd still running, missing file, ...).
+    #[error("{0}")]
+    Precondition(String),
+    /// Data arrived or was found corrupted.
+    #[error("{0}")]
+    Corrupt(String),
+    /// No restore tool on this member.
+    #[error("{0}")]
+    ToolMissing(String),
+    /// A command the agent ran failed.
+    #[error("{0}")]
+    CommandFailed(String),
+    /// A process did not stop or start in time.
+    #[error("{0}")]
+    Timeout(String),
+    /// Another request for this member is in progress, or the client went away mid-transfer.
+    #[error("{0}")]
+    Aborted(String),
+    #[error("{what} {}: {source}", path.display())]
+    Io {
+        what: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl AgentError {
+    /// An IO error naming the operation and the path.
+    pub fn io(what: impl Into<String>, path: &Path, source: std::io::Error) -> Self {
+        AgentError::Io {
+            what: what.into(),
+            path: path.to_owned(),
+            source,
+        }
+    }
+
+    /// The gRPC code this error maps to.
+    pub fn code(&self) -> tonic::Code {
+        match self {
+            AgentError::InvalidRequest(_) => tonic::Code::InvalidArgument,
+            AgentError::LockedByOther { .. }
+            | AgentError::Precondition(_)
+            | AgentError::ToolMissing(_) => tonic::Code::FailedPrecondition,
+            AgentError::Corrupt(_) => tonic::Code::DataLoss,
+            AgentError::CommandFailed(_) | AgentError::Io { .. } => tonic::Code::Internal,
+            AgentError::Timeout(_) => tonic::Code::DeadlineExceeded,
+            AgentError::Aborted(_) => tonic::Code::Aborted,
+        }
+    }
+}
+
+impl From<ModelError> for AgentError {
+    fn from(e: ModelError) -> Self {
+        AgentError::InvalidRequest(e.0)
+    }
+}
+
+impl From<AgentError> for tonic::Status {
+    fn from(e: AgentError) -> Self {
+        tonic::Status::new(e.code(), e.to_string())
+    }
+}
+
+/// Shorthand for results in this crate.
+pub type Result<T, E = AgentError> = std::result::Result<T, E>;

@@ -1,0 +1,283 @@
+//! The agent's durable state: the member's restore lock (`state_dir/active`) and one journal per
+//! restore (`state_dir/restores/<id>/journal.json`). Every write is atomic and fsynced, so an agent
+//! restarted at any instant reports the truth.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use quorate_proto::model::{RestoreId, Step};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{AgentError, Result};
+use crate::fsutil::{self, Ownership};
+
+/// Which way a step goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Op {
+    Run,
+    Revert,
+}
+
+/// Where a step stands on this member. `Running`/`Reverting` are journaled before acting: seen
+/// after a restart, they mean "may have partly happened; look before acting again".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StepState {
+    Running,
+    Done,
+    Reverting,
+    Reverted,
+    Failed,
+}
+
+impl StepState {
+    pub fn name(self) -> &'static str {
+        match self {
+            StepState::Running => "running",
+            StepState::Done => "done",
+            StepState::Reverting => "reverting",
+            StepState::Reverted => "reverted",
+            StepState::Failed => "failed",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepRecord {
+    pub op: Op,
+    pub state: StepState,
+    pub message: String,
+    #[serde(default)]
+    pub details: BTreeMap<String, String>,
+    /// Seconds since the Unix epoch of the last change.
+    pub at: u64,
+}
+
+/// What PRESERVE needs to undo itself and RESTORE needs to copy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreservedDir {
+    pub data_dir: PathBuf,
+    pub preserved: PathBuf,
+    pub owner: Ownership,
+}
+
+/// A manifest moved (or about to be moved) out of the watched dir.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestMove {
+    pub home: PathBuf,
+    pub aside: PathBuf,
+    /// The last move asked for: `Op::Run` = out (stop), `Op::Revert` = back in (start).
+    pub last: Op,
+}
+
+/// The staged snapshot, as received and checked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Staged {
+    pub sha256: String,
+    pub size: u64,
+    pub revision: i64,
+    pub total_keys: u64,
+}
+
+/// Everything this member did for one restore.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Journal {
+    pub restore_id: RestoreId,
+    #[serde(default)]
+    pub steps: BTreeMap<Step, StepRecord>,
+    /// The step changed most recently.
+    #[serde(default)]
+    pub last: Option<Step>,
+    #[serde(default)]
+    pub preserved: Option<PreservedDir>,
+    /// Keyed by component ("etcd", "kube-apiserver").
+    #[serde(default)]
+    pub manifests: BTreeMap<String, ManifestMove>,
+    /// Dirs moved out of the way (failed or partial restores); never deleted by the agent.
+    #[serde(default)]
+    pub set_aside: Vec<PathBuf>,
+    #[serde(default)]
+    pub staged: Option<Staged>,
+}
+
+impl Journal {
+    pub fn new(restore_id: RestoreId) -> Self {
+        Self {
+            restore_id,
+            steps: BTreeMap::new(),
+            last: None,
+            preserved: None,
+            manifests: BTreeMap::new(),
+            set_aside: Vec::new(),
+            staged: None,
+        }
+    }
+
+    pub fn state(&self, step: Step) -> Option<StepState> {
+        self.steps.get(&step).map(|r| r.state)
+    }
+
+    /// Records `step` as `state` with `message` (details kept unless given).
+    pub fn record(
+        &mut self,
+        step: Step,
+        op: Op,
+        state: StepState,
+        message: String,
+        details: Option<BTreeMap<String, String>>,
+    ) {
+        let details = details
+            .or_else(|| self.steps.get(&step).map(|r| r.details.clone()))
+            .unwrap_or_default();
+        let at = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.steps.insert(
+            step,
+            StepRecord {
+                op,
+                state,
+                message,
+                details,
+                at,
+            },
+        );
+        self.last = Some(step);
+    }
+}
+
+/// The lock file's content.
+#[derive(Debug, Serialize, Deserialize)]
+struct Active {
+    restore_id: RestoreId,
+}
+
+/// The agent's state dir.
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    root: PathBuf,
+}
+
+impl StateDir {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// `restores/<id>`: a UUID, so it cannot escape the state dir.
+    pub fn restore_dir(&self, id: RestoreId) -> PathBuf {
+        self.root.join("restores").join(id.to_string())
+    }
+
+    pub fn journal_path(&self, id: RestoreId) -> PathBuf {
+        self.restore_dir(id).join("journal.json")
+    }
+
+    pub fn snapshot_path(&self, id: RestoreId) -> PathBuf {
+        self.restore_dir(id).join("snapshot.db")
+    }
+
+    pub fn partial_path(&self, id: RestoreId) -> PathBuf {
+        self.restore_dir(id).join("snapshot.db.partial")
+    }
+
+    /// Where a stopped component's manifest waits; `file` is the manifest's own file name.
+    pub fn manifest_aside(&self, id: RestoreId, file: &Path) -> PathBuf {
+        let name = file
+            .file_name()
+            .map_or_else(|| "manifest".into(), ToOwned::to_owned);
+        self.restore_dir(id).join("manifests").join(name)
+    }
+
+    fn lock_path(&self) -> PathBuf {
+        self.root.join("active")
+    }
+
+    /// The restore holding this member's lock.
+    pub fn active(&self) -> Result<Option<RestoreId>> {
+        let path = self.lock_path();
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice::<Active>(&bytes)
+                .map(|a| Some(a.restore_id))
+                .map_err(|e| {
+                    AgentError::Precondition(format!(
+                        "restore lock {} is unreadable ({e}); look at it and at {}/restores before \
+                         removing it",
+                        path.display(),
+                        self.root.display()
+                    ))
+                }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(AgentError::io("reading restore lock", &path, e)),
+        }
+    }
+
+    pub fn set_active(&self, id: RestoreId) -> Result<()> {
+        let json =
+            serde_json::to_vec(&Active { restore_id: id }).expect("a restore id always serialises");
+        fsutil::write_atomic(&self.lock_path(), &json)
+    }
+
+    pub fn clear_active(&self) -> Result<()> {
+        let path = self.lock_path();
+        match std::fs::remove_file(&path) {
+            Ok(()) => fsutil::fsync_dir(&self.root),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(AgentError::io("removing restore lock", &path, e)),
+        }
+    }
+
+    /// The journal of `id`; a fresh one when this member has none yet.
+    pub fn load(&self, id: RestoreId) -> Result<Journal> {
+        let path = self.journal_path(id);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                AgentError::Precondition(format!(
+                    "journal {} is unreadable ({e}); this member's state for restore {id} is \
+                     unknown: inspect it by hand",
+                    path.display()
+                ))
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Journal::new(id)),
+            Err(e) => Err(AgentError::io("reading journal", &path, e)),
+        }
+    }
+
+    pub fn save(&self, journal: &Journal) -> Result<()> {
+        let json = serde_json::to_vec_pretty(journal).expect("a journal always serialises");
+        fsutil::write_atomic(&self.journal_path(journal.restore_id), &json)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn journal_and_lock_round_trip() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = StateDir::new(dir.path());
+        let id = RestoreId::new();
+        assert_eq!(state.active().expect("lock"), None);
+        state.set_active(id).expect("lock");
+        assert_eq!(state.active().expect("lock"), Some(id));
+        let mut j = state.load(id).expect("fresh");
+        j.record(
+            Step::Halt,
+            Op::Run,
+            StepState::Done,
+            "etcd stopped".into(),
+            None,
+        );
+        state.save(&j).expect("save");
+        assert_eq!(state.load(id).expect("load"), j);
+        state.clear_active().expect("unlock");
+        state.clear_active().expect("unlock twice");
+        assert_eq!(state.active().expect("lock"), None);
+    }
+}

@@ -1,0 +1,295 @@
+//! Static-pod manifests: the command line of a Kubernetes Pod's first container, and the etcd and
+//! kube-apiserver flags the agent needs from it.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::{AgentError, Result};
+
+/// The parts of a Pod the agent reads. Unknown fields are ignored on purpose: real manifests are
+/// full of fields that only matter to the container runtime.
+#[derive(Deserialize)]
+struct Pod {
+    spec: Spec,
+}
+
+#[derive(Deserialize)]
+struct Spec {
+    containers: Vec<Container>,
+}
+
+#[derive(Deserialize)]
+struct Container {
+    #[serde(default)]
+    command: Vec<String>,
+    #[serde(default)]
+    args: Vec<String>,
+}
+
+/// A static pod's command line (`command` + `args` of its first container).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodCommand {
+    pub path: PathBuf,
+    pub argv: Vec<String>,
+}
+
+impl PodCommand {
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| AgentError::io("reading manifest", path, e))?;
+        Self::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Self> {
+        let bad = |why: String| {
+            AgentError::Precondition(format!(
+                "static-pod manifest {} {why}; fix the manifest or point the agent config at the right file",
+                path.display()
+            ))
+        };
+        let pod: Pod =
+            serde_yaml_ng::from_str(text).map_err(|e| bad(format!("is not a Pod: {e}")))?;
+        let container = pod
+            .spec
+            .containers
+            .into_iter()
+            .next()
+            .ok_or_else(|| bad("has no containers".into()))?;
+        let mut argv = container.command;
+        argv.extend(container.args);
+        if argv.is_empty() {
+            return Err(bad("has no command".into()));
+        }
+        Ok(Self {
+            path: path.to_owned(),
+            argv,
+        })
+    }
+
+    /// The value of `--name=v` or `--name v`; the last occurrence wins, as in Go's flag package.
+    pub fn flag(&self, name: &str) -> Option<&str> {
+        let long = format!("--{name}");
+        let eq = format!("{long}=");
+        let mut found = None;
+        let mut args = self.argv.iter().skip(1).peekable();
+        while let Some(arg) = args.next() {
+            if let Some(v) = arg.strip_prefix(&eq) {
+                found = Some(v);
+            } else if *arg == long
+                && let Some(v) = args.peek().filter(|v| !v.starts_with("--"))
+            {
+                found = Some(v.as_str());
+                args.next();
+            }
+        }
+        found
+    }
+
+    /// A comma-separated flag as a list (empty when absent).
+    pub fn flag_list(&self, name: &str) -> Vec<String> {
+        self.flag(name)
+            .map(|v| {
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(String::from)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn required(&self, name: &str) -> Result<&str> {
+        self.flag(name).ok_or_else(|| {
+            AgentError::Precondition(format!(
+                "static-pod manifest {} has no --{name} flag",
+                self.path.display()
+            ))
+        })
+    }
+}
+
+/// What the etcd manifest says about this member.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdMember {
+    pub command: PodCommand,
+    pub name: String,
+    pub data_dir: PathBuf,
+    pub peer_urls: Vec<String>,
+    pub client_urls: Vec<String>,
+    pub listen_urls: Vec<String>,
+    /// First plain-HTTP `--listen-metrics-urls` entry, where `/health` answers without a leader.
+    pub metrics_url: Option<String>,
+}
+
+impl EtcdMember {
+    pub fn from_command(command: PodCommand) -> Result<Self> {
+        let name = command.required("name")?.to_owned();
+        let data_dir = PathBuf::from(command.required("data-dir")?);
+        let peer_urls = command.flag_list("initial-advertise-peer-urls");
+        if peer_urls.is_empty() {
+            command.required("initial-advertise-peer-urls")?;
+        }
+        let client_urls = command.flag_list("advertise-client-urls");
+        let metrics = command.flag_list("listen-metrics-urls");
+        let metrics_url = metrics.iter().find(|u| u.starts_with("http://")).cloned();
+        let mut listen_urls = command.flag_list("listen-client-urls");
+        listen_urls.extend(command.flag_list("listen-peer-urls"));
+        listen_urls.extend(metrics);
+        Ok(Self {
+            command,
+            name,
+            data_dir,
+            peer_urls,
+            client_urls,
+            listen_urls,
+            metrics_url,
+        })
+    }
+
+    pub fn load(path: &Path) -> Result<Self> {
+        Self::from_command(PodCommand::load(path)?)
+    }
+
+    /// The address:port pairs etcd listens on.
+    pub fn ports(&self) -> Vec<(String, u16)> {
+        self.listen_urls
+            .iter()
+            .filter_map(|u| host_port(u))
+            .collect()
+    }
+}
+
+/// What the kube-apiserver manifest says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Apiserver {
+    pub command: PodCommand,
+    pub address: String,
+    pub port: u16,
+}
+
+impl Apiserver {
+    pub fn from_command(command: PodCommand) -> Result<Self> {
+        let address = command.required("advertise-address")?.to_owned();
+        let port = match command.flag("secure-port") {
+            None => 6443,
+            Some(p) => p.parse().map_err(|_| {
+                AgentError::Precondition(format!(
+                    "static-pod manifest {}: --secure-port={p} is not a port",
+                    command.path.display()
+                ))
+            })?,
+        };
+        Ok(Self {
+            command,
+            address,
+            port,
+        })
+    }
+
+    pub fn readyz_url(&self) -> String {
+        if self.address.contains(':') {
+            format!("https://[{}]:{}/readyz", self.address, self.port)
+        } else {
+            format!("https://{}:{}/readyz", self.address, self.port)
+        }
+    }
+}
+
+/// `scheme://host:port[/...]` → (host, port).
+pub fn host_port(url: &str) -> Option<(String, u16)> {
+    let (_, rest) = url.split_once("://")?;
+    let authority = rest.split('/').next()?;
+    let (host, port) = authority.rsplit_once(':')?;
+    Some((host.trim_matches(['[', ']']).to_owned(), port.parse().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shape kubeadm writes (and the lab copies), flags as `--k=v`.
+    pub const ETCD: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: etcd
+  namespace: kube-system
+  labels: {component: etcd, tier: control-plane}
+spec:
+  hostNetwork: true
+  containers:
+  - name: etcd
+    image: registry.k8s.io/etcd:3.5.1-0
+    command:
+    - /usr/local/bin/etcd
+    - --advertise-client-urls=https://127.0.0.11:2379
+    - --cert-file=/etc/kubernetes/pki/etcd/server.crt
+    - --client-cert-auth=true
+    - --data-dir=/var/lib/etcd
+    - --initial-advertise-peer-urls=https://127.0.0.11:2380
+    - --initial-cluster=cp-1=https://127.0.0.11:2380,cp-2=https://127.0.0.12:2380
+    - --initial-cluster-state=new
+    - --listen-client-urls=https://127.0.0.1:2379,https://127.0.0.11:2379
+    - --listen-metrics-urls=http://127.0.0.11:2381
+    - --listen-peer-urls=https://127.0.0.11:2380
+    - --name=cp-1
+    - --snapshot-count=10000
+"#;
+
+    #[test]
+    fn kubeadm_etcd_manifest() {
+        let m = EtcdMember::from_command(
+            PodCommand::parse(ETCD, Path::new("/m/etcd.yaml")).expect("parse"),
+        )
+        .expect("member");
+        assert_eq!(m.name, "cp-1");
+        assert_eq!(m.data_dir, PathBuf::from("/var/lib/etcd"));
+        assert_eq!(m.peer_urls, vec!["https://127.0.0.11:2380"]);
+        assert_eq!(m.client_urls, vec!["https://127.0.0.11:2379"]);
+        assert_eq!(m.metrics_url.as_deref(), Some("http://127.0.0.11:2381"));
+        assert_eq!(m.command.argv[0], "/usr/local/bin/etcd");
+        assert_eq!(m.command.argv.len(), 13);
+        let ports = m.ports();
+        assert_eq!(ports.len(), 4);
+        assert!(ports.contains(&("127.0.0.11".to_owned(), 2381)));
+    }
+
+    #[test]
+    fn space_separated_flags_and_args() {
+        let text = r#"
+spec:
+  containers:
+  - command: [etcd]
+    args: ["--name", "m1", "--data-dir", "/d", "--initial-advertise-peer-urls", "http://a:1,http://b:2"]
+"#;
+        let m = EtcdMember::from_command(PodCommand::parse(text, Path::new("x")).expect("parse"))
+            .expect("member");
+        assert_eq!(m.name, "m1");
+        assert_eq!(m.peer_urls.len(), 2);
+        assert_eq!(m.metrics_url, None);
+    }
+
+    #[test]
+    fn missing_flag_names_the_file() {
+        let text = ETCD.replace("    - --name=cp-1\n", "");
+        let err = EtcdMember::from_command(
+            PodCommand::parse(&text, Path::new("/m/etcd.yaml")).expect("parse"),
+        )
+        .expect_err("no name")
+        .to_string();
+        assert!(
+            err.contains("--name") && err.contains("/m/etcd.yaml"),
+            "{err}"
+        );
+        assert!(PodCommand::parse("kind: Pod", Path::new("/m/x.yaml")).is_err());
+    }
+
+    #[test]
+    fn apiserver_readyz() {
+        let text = "spec:\n  containers:\n  - command: [kube-apiserver, --advertise-address=10.0.0.1, --secure-port=6443]\n";
+        let a = Apiserver::from_command(PodCommand::parse(text, Path::new("a")).expect("parse"))
+            .expect("apiserver");
+        assert_eq!(a.readyz_url(), "https://10.0.0.1:6443/readyz");
+    }
+}

@@ -1,0 +1,118 @@
+//! Finding processes by their exact command line and listening sockets by address, from /proc.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, ToSocketAddrs};
+
+/// PIDs of live (non-zombie) processes whose argv equals `argv` exactly.
+pub fn find_processes(argv: &[String]) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut pids: Vec<u32> = entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| argv_of(*pid).is_some_and(|a| a == argv) && !is_zombie(*pid))
+        .collect();
+    pids.sort_unstable();
+    pids
+}
+
+fn argv_of(pid: u32) -> Option<Vec<String>> {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let raw = raw.strip_suffix(b"\0").unwrap_or(&raw);
+    if raw.is_empty() {
+        return None;
+    }
+    Some(
+        raw.split(|b| *b == 0)
+            .map(|s| String::from_utf8_lossy(s).into_owned())
+            .collect(),
+    )
+}
+
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        // The state follows the parenthesised command name.
+        stat.rsplit_once(')')
+            .is_some_and(|(_, rest)| matches!(rest.trim_start().chars().next(), Some('Z' | 'X')))
+    })
+}
+
+/// True when a socket in LISTEN state is bound to `host:port` (or to the wildcard address).
+pub fn listening(host: &str, port: u16) -> bool {
+    let wanted = addresses(host, port);
+    let listeners = listeners();
+    listeners
+        .iter()
+        .any(|(ip, p)| *p == port && (ip.is_unspecified() || wanted.contains(ip)))
+}
+
+fn addresses(host: &str, port: u16) -> BTreeSet<IpAddr> {
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return BTreeSet::from([ip]);
+    }
+    (host, port)
+        .to_socket_addrs()
+        .map(|addrs| addrs.map(|a| a.ip()).collect())
+        .unwrap_or_default()
+}
+
+/// Every listening TCP socket of this network namespace.
+fn listeners() -> Vec<(IpAddr, u16)> {
+    let mut out = Vec::new();
+    for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(file) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.get(3) != Some(&"0A") {
+                continue;
+            }
+            if let Some(entry) = fields.get(1).and_then(|f| parse_local(f)) {
+                out.push(entry);
+            }
+        }
+    }
+    out
+}
+
+/// `0B00007F:094B` (IPv4) or 32 hex digits (IPv6): each 32-bit word printed in host byte order.
+fn parse_local(field: &str) -> Option<(IpAddr, u16)> {
+    let (addr, port) = field.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let words: Vec<u32> = (0..addr.len() / 8)
+        .map(|i| u32::from_str_radix(&addr[i * 8..i * 8 + 8], 16))
+        .collect::<Result<_, _>>()
+        .ok()?;
+    let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
+    let ip = match bytes.len() {
+        4 => IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3])),
+        16 => {
+            let mut b = [0u8; 16];
+            b.copy_from_slice(&bytes);
+            let v6 = Ipv6Addr::from(b);
+            v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
+        }
+        _ => return None,
+    };
+    Some((ip, port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_own_process_and_listener() {
+        let me: Vec<String> = std::env::args().collect();
+        assert!(find_processes(&me).contains(&std::process::id()));
+        assert!(find_processes(&["no-such-program-anywhere".to_owned()]).is_empty());
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        assert!(listening("127.0.0.1", port));
+        assert!(!listening("127.0.0.2", port));
+        drop(l);
+        assert!(!listening("127.0.0.1", port));
+    }
+}

@@ -1,0 +1,62 @@
+//! Serving the agent over mTLS: the only way it listens.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+
+use crate::config::AgentConfig;
+use crate::service::AgentService;
+
+/// The rustls configuration for `config`: the agent's certificate, clients from `tls.client_ca`
+/// with a name from `allowed_clients`.
+pub fn tls_config(config: &AgentConfig) -> anyhow::Result<rustls::ServerConfig> {
+    quorate_proto::tls::server_config(
+        &config.tls.cert,
+        &config.tls.key,
+        Some(&config.tls.client_ca),
+        &config.allowed_clients,
+    )
+    .context("building the agent's TLS configuration (check the [tls] section of the agent config)")
+}
+
+/// Binds `config.listen` and serves until `shutdown` completes.
+pub async fn serve(
+    config: &AgentConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(config.listen).await.with_context(|| {
+        format!(
+            "listening on {} (listen in the agent config)",
+            config.listen
+        )
+    })?;
+    serve_on(
+        listener,
+        config,
+        AgentService::from_config(config),
+        shutdown,
+    )
+    .await
+}
+
+/// Serves `service` on an already bound `listener` (tests bind 127.0.0.1:0).
+pub async fn serve_on(
+    listener: TcpListener,
+    config: &AgentConfig,
+    service: AgentService,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let tls = Arc::new(tls_config(config)?);
+    let addr = listener
+        .local_addr()
+        .context("reading the listen address")?;
+    tracing::info!(%addr, allowed_clients = ?config.allowed_clients, "serving (mTLS)");
+    let incoming = quorate_proto::server::tls_incoming(listener, tls);
+    tonic::transport::Server::builder()
+        .add_service(service.into_server())
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+        .context("serving the agent")
+}

@@ -1,0 +1,203 @@
+//! The gRPC `Agent` service: thin handlers that check the request and hand it to the engine.
+//!
+//! Errors: a request refused before anything changed (bad input, lock held by another restore,
+//! wrong state) fails the RPC with a gRPC status. Once a step has started acting, its failure is
+//! the stream's outcome with `ok = false` (and `details["code"]`), recorded as `failed`.
+
+use std::sync::Arc;
+
+use quorate_proto::model::{RestoreId, StepRequest};
+use quorate_proto::pb::{self, agent_server::AgentServer, step_event::Event};
+use tokio::sync::{Mutex, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::field::display;
+
+use crate::config::AgentConfig;
+use crate::engine::{Engine, Outcome, Prepared};
+use crate::error::AgentError;
+use crate::journal::{Op, StateDir};
+use crate::runtime::{Component, Runtime, StaticPod};
+use crate::tool::CliTool;
+use crate::{describe, snapshot};
+
+type EventStream = ReceiverStream<Result<pb::StepEvent, Status>>;
+
+/// The agent's gRPC service.
+#[derive(Clone)]
+pub struct AgentService {
+    engine: Arc<Engine>,
+    /// One step at a time on this member.
+    step_lock: Arc<Mutex<()>>,
+    /// One snapshot transfer at a time.
+    push_lock: Arc<Mutex<()>>,
+}
+
+/// The real runtimes and tools for `config`.
+pub fn engine_from_config(config: &AgentConfig) -> Engine {
+    let etcd = StaticPod {
+        component: Component::Etcd,
+        manifest: config.etcd.manifest.clone(),
+        stop_timeout: config.etcd.stop_timeout,
+        start_timeout: config.etcd.start_timeout,
+    };
+    let apiserver = config.apiserver.as_ref().map(|a| {
+        Box::new(StaticPod {
+            component: Component::Apiserver { ca: a.ca.clone() },
+            manifest: a.manifest.clone(),
+            stop_timeout: a.stop_timeout,
+            start_timeout: a.start_timeout,
+        }) as Box<dyn Runtime>
+    });
+    Engine {
+        state: StateDir::new(&config.state_dir),
+        data_dir: config.etcd.data_dir.clone(),
+        etcd: Box::new(etcd),
+        apiserver,
+        tool: Box::new(CliTool {
+            etcdutl: config.etcd.etcdutl.clone(),
+            etcdctl: config.etcd.etcdctl.clone(),
+        }),
+    }
+}
+
+fn join_error(e: tokio::task::JoinError) -> Status {
+    Status::internal(format!("agent task failed: {e}"))
+}
+
+fn event(e: Event) -> Result<pb::StepEvent, Status> {
+    Ok(pb::StepEvent { event: Some(e) })
+}
+
+fn outcome_event(o: Outcome) -> Result<pb::StepEvent, Status> {
+    event(Event::Outcome(o.into()))
+}
+
+impl AgentService {
+    pub fn new(engine: Engine) -> Self {
+        Self {
+            engine: Arc::new(engine),
+            step_lock: Arc::new(Mutex::new(())),
+            push_lock: Arc::new(Mutex::new(())),
+        }
+    }
+
+    pub fn from_config(config: &AgentConfig) -> Self {
+        Self::new(engine_from_config(config))
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The tonic service to add to a `Server`.
+    pub fn into_server(self) -> AgentServer<Self> {
+        AgentServer::new(self)
+    }
+
+    fn checked(request: pb::StepRequest) -> Result<StepRequest, Status> {
+        let req = StepRequest::try_from(request)?;
+        let span = tracing::Span::current();
+        span.record("restore_id", display(req.restore_id));
+        span.record("member", req.facts.member_name.as_str());
+        span.record("step", req.step.name());
+        Ok(req)
+    }
+
+    async fn do_step(&self, req: StepRequest, op: Op) -> Result<EventStream, Status> {
+        let guard = Arc::clone(&self.step_lock).lock_owned().await;
+        let span = tracing::Span::current();
+        let (engine, r, s) = (Arc::clone(&self.engine), req.clone(), span.clone());
+        let prepared = tokio::task::spawn_blocking(move || s.in_scope(|| engine.prepare(&r, op)))
+            .await
+            .map_err(join_error)?
+            .inspect_err(|e| tracing::info!("refused: {e}"))?;
+        let (tx, rx) = mpsc::channel(64);
+        match prepared {
+            Prepared::Answer(outcome) => {
+                let _client_gone = tx.send(outcome_event(outcome)).await;
+            }
+            Prepared::Act(plan) => {
+                let engine = Arc::clone(&self.engine);
+                // The step finishes (and is journaled) even if the client goes away.
+                tokio::task::spawn_blocking(move || {
+                    let _guard = guard;
+                    span.in_scope(|| {
+                        let progress = |m: String| {
+                            let _client_gone = tx
+                                .blocking_send(event(Event::Progress(pb::Progress { message: m })));
+                        };
+                        let outcome = engine.perform(*plan, &progress);
+                        tracing::info!(ok = outcome.ok, "{}", outcome.message);
+                        let _client_gone = tx.blocking_send(outcome_event(outcome));
+                    });
+                });
+            }
+        }
+        Ok(ReceiverStream::new(rx))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::agent_server::Agent for AgentService {
+    #[tracing::instrument(skip_all, fields(restore_id, member, step))]
+    async fn describe(
+        &self,
+        _request: Request<pb::DescribeRequest>,
+    ) -> Result<Response<pb::DescribeResponse>, Status> {
+        let engine = Arc::clone(&self.engine);
+        let response = tokio::task::spawn_blocking(move || describe::describe(&engine))
+            .await
+            .map_err(join_error)??;
+        Ok(Response::new(response))
+    }
+
+    #[tracing::instrument(skip_all, fields(restore_id, member, step = "push-snapshot"))]
+    async fn push_snapshot(
+        &self,
+        request: Request<Streaming<pb::SnapshotChunk>>,
+    ) -> Result<Response<pb::SnapshotReceipt>, Status> {
+        let Ok(_guard) = self.push_lock.try_lock() else {
+            return Err(AgentError::Aborted(
+                "another snapshot transfer to this member is in progress; wait for it and retry"
+                    .into(),
+            )
+            .into());
+        };
+        let receipt = snapshot::receive(
+            Arc::clone(&self.engine),
+            Arc::clone(&self.step_lock),
+            request.into_inner(),
+        )
+        .await
+        .inspect_err(|e| tracing::warn!("snapshot refused: {e}"))?;
+        Ok(Response::new(receipt))
+    }
+
+    type RunStream = EventStream;
+
+    #[tracing::instrument(skip_all, fields(restore_id, member, step))]
+    async fn run(
+        &self,
+        request: Request<pb::StepRequest>,
+    ) -> Result<Response<EventStream>, Status> {
+        let req = Self::checked(request.into_inner())?;
+        self.do_step(req, Op::Run).await.map(Response::new)
+    }
+
+    type RevertStream = EventStream;
+
+    #[tracing::instrument(skip_all, fields(restore_id, member, step))]
+    async fn revert(
+        &self,
+        request: Request<pb::StepRequest>,
+    ) -> Result<Response<EventStream>, Status> {
+        let req = Self::checked(request.into_inner())?;
+        self.do_step(req, Op::Revert).await.map(Response::new)
+    }
+}
+
+/// The restore holding this member's lock, for logs at startup.
+pub fn active_restore(service: &AgentService) -> Option<RestoreId> {
+    service.engine.state.active().ok().flatten()
+}

@@ -1,0 +1,246 @@
+//! Staging the snapshot: streamed into the state dir, hashed while it arrives, never held whole
+//! in memory, fsynced and renamed into place only when size and sha256 match the header.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use quorate_proto::model::{RestoreId, check_sha256 as check_hex};
+use quorate_proto::pb::{SnapshotChunk, SnapshotReceipt};
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+use tokio_stream::{Stream, StreamExt};
+
+use crate::engine::Engine;
+use crate::error::{AgentError, Result};
+use crate::fsutil;
+use crate::journal::Staged;
+
+/// The staged snapshot of `id`, or a refusal saying how to get it there.
+pub fn staged(state: &crate::journal::StateDir, id: RestoreId) -> Result<PathBuf> {
+    let path = state.snapshot_path(id);
+    if fsutil::exists(&path) {
+        Ok(path)
+    } else {
+        Err(AgentError::Precondition(format!(
+            "no staged snapshot for restore {id} at {}: stage it again (`quorate resume {id}` \
+             pushes it)",
+            path.display()
+        )))
+    }
+}
+
+/// Deletes the staged copy (the operator keeps the original).
+pub fn remove_staged(state: &crate::journal::StateDir, id: RestoreId) -> Result<()> {
+    for path in [state.snapshot_path(id), state.partial_path(id)] {
+        match std::fs::remove_file(&path) {
+            Ok(()) => fsutil::fsync_dir(fsutil::parent(&path)?)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(AgentError::io("deleting", &path, e)),
+        }
+    }
+    Ok(())
+}
+
+/// Streams `path` through sha256.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let mut file = std::fs::File::open(path).map_err(|e| AgentError::io("opening", path, e))?;
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut file, &mut hasher).map_err(|e| AgentError::io("reading", path, e))?;
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// Refuses a staged file whose content changed since it was checked on arrival.
+pub fn check_sha256(path: &Path, want: &str) -> Result<()> {
+    let have = sha256_file(path)?;
+    if have == want {
+        Ok(())
+    } else {
+        Err(AgentError::Corrupt(format!(
+            "staged snapshot {} has sha256 {have}, expected {want}: it was damaged after staging \
+             (disk?); roll back and restore again",
+            path.display()
+        )))
+    }
+}
+
+/// `12.3 MB`.
+pub fn human(bytes: u64) -> String {
+    #[allow(clippy::cast_precision_loss)]
+    let b = bytes as f64;
+    match bytes {
+        0..1_000_000 => format!("{:.1} kB", b / 1e3),
+        1_000_000..1_000_000_000 => format!("{:.1} MB", b / 1e6),
+        _ => format!("{:.2} GB", b / 1e9),
+    }
+}
+
+/// Receives one PushSnapshot stream. The caller holds the push lock (one transfer at a time);
+/// `step_lock` serialises journal updates with running steps.
+pub async fn receive<S>(
+    engine: Arc<Engine>,
+    step_lock: Arc<tokio::sync::Mutex<()>>,
+    mut chunks: S,
+) -> Result<SnapshotReceipt>
+where
+    S: Stream<Item = std::result::Result<SnapshotChunk, tonic::Status>> + Unpin,
+{
+    let first = next(&mut chunks).await?.ok_or_else(|| {
+        AgentError::InvalidRequest(
+            "empty PushSnapshot stream: the first chunk must carry the header".into(),
+        )
+    })?;
+    let header = first.header.ok_or_else(|| {
+        AgentError::InvalidRequest("the first snapshot chunk has no header".into())
+    })?;
+    let id: RestoreId = header.restore_id.parse()?;
+    check_hex(&header.sha256)?;
+    tracing::Span::current().record("restore_id", tracing::field::display(id));
+    if let Some(held) = engine.state.active()?
+        && held != id
+    {
+        let member = engine
+            .member(None)
+            .map_or_else(|_| "this member".into(), |m| m.name);
+        return Err(AgentError::LockedByOther {
+            member,
+            held,
+            wanted: id,
+        });
+    }
+    let journal = engine.state.load(id)?;
+    let target = engine.state.snapshot_path(id);
+    if fsutil::exists(&target) {
+        let Some(staged) = journal
+            .staged
+            .filter(|s| fsutil::exists(&target) && s.sha256 == header.sha256)
+        else {
+            return Err(AgentError::Precondition(format!(
+                "restore {id} already staged a different snapshot at {}: one restore id is one \
+                 snapshot; start a new restore for another snapshot",
+                target.display()
+            )));
+        };
+        // Drain the rest so the client sees a clean answer, without writing it anywhere.
+        while next(&mut chunks).await?.is_some() {}
+        return Ok(SnapshotReceipt {
+            sha256: staged.sha256,
+            size: staged.size,
+            already_present: true,
+            revision: staged.revision,
+            total_keys: staged.total_keys,
+        });
+    }
+    let partial = engine.state.partial_path(id);
+    let written = write_partial(&partial, first.data, &mut chunks, header.size).await;
+    let (size, sha256) = match written {
+        Ok(v) => v,
+        Err(e) => {
+            let _gone = tokio::fs::remove_file(&partial).await;
+            return Err(e);
+        }
+    };
+    if size != header.size || sha256 != header.sha256 {
+        let _gone = tokio::fs::remove_file(&partial).await;
+        return Err(AgentError::Corrupt(format!(
+            "the snapshot for restore {id} arrived as {size} bytes with sha256 {sha256}, expected \
+             {} bytes with sha256 {}: nothing was staged; check the snapshot file and push again",
+            header.size, header.sha256
+        )));
+    }
+    let _guard = step_lock.lock().await;
+    let engine2 = Arc::clone(&engine);
+    let (p, t) = (partial.clone(), target.clone());
+    let status = tokio::task::spawn_blocking(move || -> Result<_> {
+        fsutil::rename_durable(&p, &t)?;
+        let status = engine2.tool.status(&t);
+        if let Err(AgentError::Corrupt(_)) = &status {
+            let _gone = std::fs::remove_file(&t);
+        }
+        let status = status?;
+        let mut journal = engine2.state.load(id)?;
+        journal.staged = Some(Staged {
+            sha256: sha256.clone(),
+            size,
+            revision: status.revision,
+            total_keys: status.total_key,
+        });
+        engine2.state.save(&journal)?;
+        Ok((status, sha256))
+    })
+    .await
+    .map_err(|e| AgentError::Aborted(format!("staging task failed: {e}")))?;
+    let (status, sha256) = status?;
+    tracing::info!(
+        size,
+        revision = status.revision,
+        keys = status.total_key,
+        "snapshot staged"
+    );
+    Ok(SnapshotReceipt {
+        sha256,
+        size,
+        already_present: false,
+        revision: status.revision,
+        total_keys: status.total_key,
+    })
+}
+
+async fn next<S>(chunks: &mut S) -> Result<Option<SnapshotChunk>>
+where
+    S: Stream<Item = std::result::Result<SnapshotChunk, tonic::Status>> + Unpin,
+{
+    match chunks.next().await {
+        None => Ok(None),
+        Some(Ok(c)) => Ok(Some(c)),
+        Some(Err(s)) => Err(AgentError::Aborted(format!(
+            "the snapshot transfer broke off: {}; nothing was staged, push again",
+            s.message()
+        ))),
+    }
+}
+
+/// Writes the chunks to `partial`, hashing as they arrive; returns (size, sha256). Stops early
+/// when more than `limit` bytes arrive.
+async fn write_partial<S>(
+    partial: &Path,
+    first: Vec<u8>,
+    chunks: &mut S,
+    limit: u64,
+) -> Result<(u64, String)>
+where
+    S: Stream<Item = std::result::Result<SnapshotChunk, tonic::Status>> + Unpin,
+{
+    let dir = fsutil::parent(partial)?;
+    tokio::fs::create_dir_all(dir)
+        .await
+        .map_err(|e| AgentError::io("creating", dir, e))?;
+    let mut file = tokio::fs::File::create(partial)
+        .await
+        .map_err(|e| AgentError::io("creating", partial, e))?;
+    let mut hasher = Sha256::new();
+    let mut size = 0u64;
+    let mut data = first;
+    loop {
+        if !data.is_empty() {
+            size += data.len() as u64;
+            if size > limit {
+                return Err(AgentError::Corrupt(format!(
+                    "the snapshot is larger than the {limit} bytes its header announced; nothing was \
+                     staged"
+                )));
+            }
+            hasher.update(&data);
+            file.write_all(&data)
+                .await
+                .map_err(|e| AgentError::io("writing", partial, e))?;
+        }
+        match next(chunks).await? {
+            Some(chunk) => data = chunk.data,
+            None => break,
+        }
+    }
+    file.sync_all()
+        .await
+        .map_err(|e| AgentError::io("syncing", partial, e))?;
+    Ok((size, hex::encode(hasher.finalize())))
+}

@@ -1,0 +1,288 @@
+//! What each step does on this member, and its inverse. Every action looks at the actual state
+//! first, so repeating a step after a crash mid-way finishes it instead of doing it twice.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use quorate_proto::model::{Step, StepRequest};
+
+use crate::engine::{Engine, Plan};
+use crate::error::{AgentError, Result};
+use crate::fsutil::{self, Ownership};
+use crate::journal::{Journal, ManifestMove, Op, PreservedDir, StepState};
+use crate::manifest::EtcdMember;
+use crate::runtime::{Progress, Runtime};
+use crate::snapshot;
+
+mod restore;
+
+use restore::{restore, set_aside_restored};
+
+/// The volatile context of one step.
+pub struct Ctx<'a> {
+    pub engine: &'a Engine,
+    pub req: &'a StepRequest,
+    pub journal: Journal,
+    pub member: EtcdMember,
+    pub data_dir: PathBuf,
+    pub progress: Progress<'a>,
+}
+
+/// A step's result.
+pub struct Done {
+    pub message: String,
+    pub details: BTreeMap<String, String>,
+}
+
+pub(crate) fn done(message: String) -> Done {
+    Done {
+        message,
+        details: BTreeMap::new(),
+    }
+}
+
+impl Ctx<'_> {
+    pub(crate) fn save(&self) -> Result<()> {
+        self.engine.state.save(&self.journal)
+    }
+
+    pub(crate) fn progress(&self, message: String) {
+        tracing::info!("{message}");
+        (self.progress)(message);
+    }
+}
+
+/// `<data_dir>.quorate-<id><suffix>`: siblings on the same filesystem, so renames are atomic.
+pub(crate) fn sibling(data_dir: &Path, req: &StepRequest, suffix: &str) -> PathBuf {
+    PathBuf::from(format!(
+        "{}.quorate-{}{suffix}",
+        data_dir.display(),
+        req.restore_id
+    ))
+}
+
+/// Refusals that change nothing; seen by the caller as a gRPC error.
+pub fn precheck(engine: &Engine, plan: &Plan) -> Result<()> {
+    let id = plan.req.restore_id;
+    let etcd_running = || engine.etcd.is_running(Some(&engine.etcd_aside(id)));
+    let preserved = sibling(&plan.data_dir, &plan.req, "");
+    match (plan.req.step, plan.op) {
+        (Step::Claim, Op::Revert) => {
+            let live: Vec<String> = plan
+                .journal
+                .steps
+                .iter()
+                .filter(|(s, r)| **s != Step::Claim && r.state != StepState::Reverted)
+                .map(|(s, r)| format!("{s} ({})", r.state.name()))
+                .collect();
+            if !live.is_empty() {
+                return Err(AgentError::Precondition(format!(
+                    "cannot release the lock of restore {id}: {} not reverted yet; revert them first",
+                    live.join(", ")
+                )));
+            }
+        }
+        (Step::Preserve, Op::Run) | (Step::Restore, _) if etcd_running() => {
+            return Err(AgentError::Precondition(format!(
+                "etcd is still running on {}: halt it first",
+                plan.member.name
+            )));
+        }
+        (Step::Preserve, Op::Revert)
+            if fsutil::exists(&plan.data_dir) && fsutil::exists(&preserved) =>
+        {
+            return Err(AgentError::Precondition(format!(
+                "{} exists while the original is preserved at {}: revert the restore step first",
+                plan.data_dir.display(),
+                preserved.display()
+            )));
+        }
+        (Step::Restore, Op::Run) => {
+            snapshot::staged(&engine.state, id)?;
+            if plan.journal.state(Step::Preserve) != Some(StepState::Done) {
+                return Err(AgentError::Precondition(format!(
+                    "restore {id} has not preserved the data dir of {}: run the preserve step first",
+                    plan.member.name
+                )));
+            }
+        }
+        (Step::Start, Op::Run) | (Step::Halt, Op::Revert) if !fsutil::exists(&plan.data_dir) => {
+            return Err(AgentError::Precondition(format!(
+                "{} does not exist: etcd would start as an empty new member; run the restore step \
+                 (or revert the preserve step) first",
+                plan.data_dir.display()
+            )));
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Performs `op` of the request's step.
+pub fn act(ctx: &mut Ctx<'_>, op: Op) -> Result<Done> {
+    let engine = ctx.engine;
+    let id = ctx.req.restore_id;
+    match (ctx.req.step, op) {
+        (Step::Claim, Op::Run) => {
+            engine.state.set_active(id)?;
+            Ok(done(format!(
+                "{} is claimed by restore {id}",
+                ctx.member.name
+            )))
+        }
+        (Step::Claim, Op::Revert) | (Step::Finish, Op::Run) => release(ctx),
+        (Step::Finish, Op::Revert) => Ok(done("nothing to undo for finish".into())),
+        (Step::Fence, Op::Run) | (Step::Unfence, Op::Revert) => match &engine.apiserver {
+            Some(rt) => control(ctx, "kube-apiserver", rt.as_ref(), Op::Run),
+            None => Ok(done(
+                "no kube-apiserver on this member; nothing to stop".into(),
+            )),
+        },
+        (Step::Fence, Op::Revert) | (Step::Unfence, Op::Run) => match &engine.apiserver {
+            Some(rt) => control(ctx, "kube-apiserver", rt.as_ref(), Op::Revert),
+            None => Ok(done(
+                "no kube-apiserver on this member; nothing to start".into(),
+            )),
+        },
+        (Step::Halt, Op::Run) | (Step::Start, Op::Revert) => {
+            control(ctx, "etcd", engine.etcd.as_ref(), Op::Run)
+        }
+        (Step::Halt, Op::Revert) | (Step::Start, Op::Run) => {
+            control(ctx, "etcd", engine.etcd.as_ref(), Op::Revert)
+        }
+        (Step::Preserve, Op::Run) => preserve(ctx),
+        (Step::Preserve, Op::Revert) => unpreserve(ctx),
+        (Step::Restore, Op::Run) => restore(ctx),
+        (Step::Restore, Op::Revert) => set_aside_restored(ctx),
+    }
+}
+
+fn release(ctx: &mut Ctx<'_>) -> Result<Done> {
+    let state = &ctx.engine.state;
+    let id = ctx.req.restore_id;
+    if state.active()? == Some(id) {
+        state.clear_active()?;
+    }
+    let mut message = format!("{} is no longer claimed by restore {id}", ctx.member.name);
+    if ctx.req.step == Step::Finish {
+        snapshot::remove_staged(state, id)?;
+        message.push_str("; the staged snapshot copy is deleted");
+        if let Some(p) = &ctx.journal.preserved {
+            message.push_str(&format!(
+                "; the original data dir is kept at {}",
+                p.preserved.display()
+            ));
+        }
+    }
+    Ok(done(message))
+}
+
+/// `Op::Run` = stop (manifest out), `Op::Revert` = start (manifest back in).
+fn control(ctx: &mut Ctx<'_>, component: &str, rt: &dyn Runtime, way: Op) -> Result<Done> {
+    let aside = ctx
+        .engine
+        .state
+        .manifest_aside(ctx.req.restore_id, rt.definition());
+    // Journal the move before making it: a restarted agent then knows where to look.
+    ctx.journal.manifests.insert(
+        component.to_owned(),
+        ManifestMove {
+            home: rt.definition().to_owned(),
+            aside: aside.clone(),
+            last: way,
+        },
+    );
+    ctx.save()?;
+    let progress = |m: String| ctx.progress(m);
+    let message = match way {
+        Op::Run => rt.stop(&aside, &progress)?,
+        Op::Revert => rt.start(&aside, &progress)?,
+    };
+    Ok(done(message))
+}
+
+fn preserve(ctx: &mut Ctx<'_>) -> Result<Done> {
+    let data_dir = ctx.data_dir.clone();
+    let preserved = sibling(&data_dir, ctx.req, "");
+    let (have_data, have_preserved) = (fsutil::exists(&data_dir), fsutil::exists(&preserved));
+    if !have_data && have_preserved && ctx.journal.preserved.is_some() {
+        return Ok(done(format!(
+            "{} is already preserved at {}",
+            data_dir.display(),
+            preserved.display()
+        )));
+    }
+    if have_preserved {
+        return Err(AgentError::Precondition(format!(
+            "both {} and {} exist: compare them by hand before going on",
+            data_dir.display(),
+            preserved.display()
+        )));
+    }
+    if !have_data {
+        return Err(AgentError::Precondition(format!(
+            "data dir {} does not exist: there is nothing to preserve; check etcd.data_dir / --data-dir",
+            data_dir.display()
+        )));
+    }
+    let owner = Ownership::of(&data_dir)?;
+    ctx.journal.preserved = Some(PreservedDir {
+        data_dir: data_dir.clone(),
+        preserved: preserved.clone(),
+        owner,
+    });
+    ctx.save()?;
+    let bytes = fsutil::tree_size(&data_dir);
+    ctx.progress(format!(
+        "moving {} to {}",
+        data_dir.display(),
+        preserved.display()
+    ));
+    fsutil::rename_durable(&data_dir, &preserved)?;
+    let mut d = done(format!(
+        "preserved {} at {} (owner {}:{}, mode {:o})",
+        data_dir.display(),
+        preserved.display(),
+        owner.uid,
+        owner.gid,
+        owner.mode
+    ));
+    d.details
+        .insert("preserved_dir".into(), preserved.display().to_string());
+    d.details
+        .insert("preserved_bytes".into(), bytes.to_string());
+    Ok(d)
+}
+
+fn unpreserve(ctx: &mut Ctx<'_>) -> Result<Done> {
+    let data_dir = ctx.data_dir.clone();
+    let preserved = sibling(&data_dir, ctx.req, "");
+    match (fsutil::exists(&data_dir), fsutil::exists(&preserved)) {
+        (true, false) => Ok(done(format!(
+            "{} is in place; nothing to move back",
+            data_dir.display()
+        ))),
+        (false, true) => {
+            ctx.progress(format!(
+                "moving {} back to {}",
+                preserved.display(),
+                data_dir.display()
+            ));
+            fsutil::rename_durable(&preserved, &data_dir)?;
+            Ok(done(format!(
+                "moved the original data dir back to {}",
+                data_dir.display()
+            )))
+        }
+        (true, true) => Err(AgentError::Precondition(format!(
+            "{} exists: revert the restore step first",
+            data_dir.display()
+        ))),
+        (false, false) => Err(AgentError::Precondition(format!(
+            "neither {} nor the preserved {} exists: the original data is not where this agent left \
+             it; look for it before doing anything else",
+            data_dir.display(),
+            preserved.display()
+        ))),
+    }
+}

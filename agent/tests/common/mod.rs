@@ -1,0 +1,199 @@
+//! A member in a temp dir with a fake static-pod runtime and a fake restore tool.
+#![allow(dead_code)]
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use quorate_agent::engine::Engine;
+use quorate_agent::error::Result;
+use quorate_agent::journal::StateDir;
+use quorate_agent::runtime::{Progress, Runtime, move_manifest};
+use quorate_agent::tool::{RestoreArgs, RestoreTool, SnapshotStatus, ToolInfo, ToolKind};
+use quorate_proto::model::{ClusterFacts, RestoreId, Step, StepRequest};
+
+/// A component that "runs" while its manifest is in place, without any process.
+#[derive(Clone)]
+pub struct FakePod(pub Arc<PodState>);
+
+impl std::ops::Deref for FakePod {
+    type Target = PodState;
+    fn deref(&self) -> &PodState {
+        &self.0
+    }
+}
+
+pub struct PodState {
+    pub manifest: PathBuf,
+    pub running: AtomicBool,
+    pub stops: AtomicUsize,
+    pub starts: AtomicUsize,
+}
+
+impl FakePod {
+    pub fn new(manifest: PathBuf) -> Self {
+        Self(Arc::new(PodState {
+            manifest,
+            running: AtomicBool::new(true),
+            stops: AtomicUsize::new(0),
+            starts: AtomicUsize::new(0),
+        }))
+    }
+}
+
+impl Runtime for FakePod {
+    fn kind(&self) -> &'static str {
+        "fake"
+    }
+    fn definition(&self) -> &Path {
+        &self.manifest
+    }
+    fn is_running(&self, _aside: Option<&Path>) -> bool {
+        self.running.load(Ordering::SeqCst)
+    }
+    fn stop(&self, aside: &Path, progress: Progress<'_>) -> Result<String> {
+        progress("moving manifest out".into());
+        move_manifest(&self.manifest, aside)?;
+        self.stops.fetch_add(1, Ordering::SeqCst);
+        self.running.store(false, Ordering::SeqCst);
+        Ok("stopped".into())
+    }
+    fn start(&self, aside: &Path, _progress: Progress<'_>) -> Result<String> {
+        move_manifest(aside, &self.manifest)?;
+        self.starts.fetch_add(1, Ordering::SeqCst);
+        self.running.store(true, Ordering::SeqCst);
+        Ok("started".into())
+    }
+}
+
+/// "Restores" by writing the snapshot's bytes and the member name into `member/snap/db`.
+#[derive(Clone, Default)]
+pub struct FakeTool(pub Arc<AtomicUsize>);
+
+impl FakeTool {
+    pub fn restores(&self) -> usize {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+impl RestoreTool for FakeTool {
+    fn info(&self) -> Result<ToolInfo> {
+        Ok(ToolInfo {
+            kind: ToolKind::Etcdutl,
+            program: "etcdutl".into(),
+            version: "3.5.1".into(),
+            supports_bump_revision: false,
+        })
+    }
+    fn status(&self, _snapshot: &Path) -> Result<SnapshotStatus> {
+        Ok(SnapshotStatus {
+            hash: 1,
+            revision: 42,
+            total_key: 7,
+            total_size: 1,
+        })
+    }
+    fn restore(&self, args: &RestoreArgs<'_>) -> Result<String> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        let snap = std::fs::read(args.snapshot).expect("snapshot readable");
+        let db = args.data_dir.join("member/snap");
+        std::fs::create_dir_all(&db).expect("mkdir");
+        std::fs::write(
+            db.join("db"),
+            [snap.as_slice(), args.name.as_bytes()].concat(),
+        )
+        .expect("write");
+        Ok(String::new())
+    }
+}
+
+pub const PEER: &str = "https://127.0.0.11:2380";
+
+pub struct Member {
+    pub dir: tempfile::TempDir,
+    pub etcd: FakePod,
+    pub apiserver: FakePod,
+    pub tool: FakeTool,
+}
+
+impl Member {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        let manifests = root.join("etc/kubernetes/manifests");
+        std::fs::create_dir_all(&manifests).expect("mkdir");
+        let etcd_manifest = format!(
+            "spec:\n  containers:\n  - command:\n    - /nonexistent/etcd\n    - --name=cp-1\n    - --data-dir={}\n    - --initial-advertise-peer-urls={PEER}\n    - --listen-peer-urls={PEER}\n",
+            root.join("var/lib/etcd").display()
+        );
+        std::fs::write(manifests.join("etcd.yaml"), etcd_manifest).expect("manifest");
+        std::fs::write(
+            manifests.join("kube-apiserver.yaml"),
+            "spec:\n  containers:\n  - command: [kube-apiserver, --advertise-address=127.0.0.11]\n",
+        )
+        .expect("manifest");
+        let data = root.join("var/lib/etcd/member/snap");
+        std::fs::create_dir_all(&data).expect("mkdir");
+        std::fs::write(data.join("db"), "original").expect("db");
+        std::fs::set_permissions(
+            root.join("var/lib/etcd"),
+            std::fs::Permissions::from_mode(0o700),
+        )
+        .expect("chmod");
+        Self {
+            etcd: FakePod::new(manifests.join("etcd.yaml")),
+            apiserver: FakePod::new(manifests.join("kube-apiserver.yaml")),
+            tool: FakeTool::default(),
+            dir,
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.root().join("var/lib/etcd")
+    }
+
+    pub fn engine(&self) -> Engine {
+        Engine {
+            state: StateDir::new(self.root().join("state")),
+            data_dir: None,
+            etcd: Box::new(self.etcd.clone()),
+            apiserver: Some(Box::new(self.apiserver.clone())),
+            tool: Box::new(self.tool.clone()),
+        }
+    }
+
+    /// Stages `bytes` as the snapshot of `id` the way a push leaves it.
+    pub fn stage(&self, id: RestoreId, bytes: &[u8]) -> String {
+        let state = StateDir::new(self.root().join("state"));
+        let path = state.snapshot_path(id);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&path, bytes).expect("stage");
+        sha256(bytes)
+    }
+}
+
+pub fn sha256(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+pub fn request(id: RestoreId, step: Step, sha: &str) -> StepRequest {
+    StepRequest {
+        restore_id: id,
+        step,
+        facts: ClusterFacts {
+            member_name: "cp-1".into(),
+            peer_urls: vec![PEER.into()],
+            initial_cluster: format!("cp-1={PEER},cp-2=https://127.0.0.12:2380"),
+            cluster_token: id.cluster_token(),
+            snapshot_sha256: sha.into(),
+            bump_revision: 0,
+            mark_compacted: false,
+        },
+    }
+}

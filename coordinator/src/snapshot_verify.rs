@@ -1,0 +1,665 @@
+//! `quorate snapshot verify`: the integrity chain of a snapshot file, as library functions that
+//! `quorate restore`'s preflight can call.
+//!
+//! (a) the appended sha256, checked in Rust ([`snapshot::check`]); (b) `snapshot status` with
+//! etcdutl (or `ETCDCTL_API=3 etcdctl` for 3.4) for the revision and size; (c) optionally a test
+//! restore: `snapshot restore` into a temp dir, a throwaway single-member etcd on free loopback
+//! ports, the keys counted and the namespaces every Kubernetes cluster has looked up; then the
+//! etcd is stopped and the dir removed, also on failure.
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use etcd_client::{Certificate, Client, ConnectOptions, GetOptions, Identity, TlsOptions};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use quorate_proto::tls::TlsFiles;
+use serde::Serialize;
+use tokio::process::{Child, Command};
+
+use crate::snapshot::{self, SnapshotError};
+
+/// Keys a restored Kubernetes etcd holds.
+pub const NAMESPACES: [&str; 2] = [
+    "/registry/namespaces/default",
+    "/registry/namespaces/kube-system",
+];
+/// Budget for one `snapshot status` or `snapshot restore` run (a 1 GB db restores in ~3 s).
+const TOOL_TIMEOUT: Duration = Duration::from_secs(600);
+
+#[derive(Debug, Clone)]
+pub struct VerifyOptions {
+    pub test_restore: bool,
+    /// A dir holding etcd and etcdutl (or etcdctl); else `QUORATE_ETCD_DIR`, else PATH.
+    pub etcd_dir: Option<PathBuf>,
+    /// How long the throwaway etcd may take to become healthy.
+    pub start_timeout: Duration,
+}
+
+impl Default for VerifyOptions {
+    fn default() -> Self {
+        Self {
+            test_restore: false,
+            etcd_dir: None,
+            start_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The etcd binaries a verification used.
+#[derive(Debug, Clone, Serialize)]
+pub struct Tools {
+    /// `--etcd-dir`, `QUORATE_ETCD_DIR` or `PATH`.
+    pub source: String,
+    /// etcdutl, or etcdctl (3.4), always run with `ETCDCTL_API=3`.
+    pub snapshot_tool: PathBuf,
+    pub etcd: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct VerifyReport {
+    pub ok: bool,
+    pub file: PathBuf,
+    /// Of the whole file, trailer included.
+    pub sha256: Option<String>,
+    pub size: Option<u64>,
+    pub revision: Option<i64>,
+    /// `snapshot status`'s totalKey: bbolt entries in every bucket (each revision of each key and
+    /// etcd's own records), not the live keys (those are `test_restore.keys`).
+    pub total_keys: Option<i64>,
+    pub total_size: Option<i64>,
+    pub tools: Option<Tools>,
+    pub test_restore: Option<TestRestore>,
+    pub error: Option<String>,
+    pub error_kind: Option<&'static str>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TestRestore {
+    /// Live keys in the restored etcd.
+    pub keys: i64,
+    pub revision: i64,
+    pub namespaces_found: Vec<String>,
+    pub etcd_version: String,
+    pub seconds: f64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error(transparent)]
+    Integrity(#[from] SnapshotError),
+    #[error("{0}")]
+    Tools(String),
+    #[error("`{tool} snapshot status {file}` failed: {detail}")]
+    Status {
+        tool: PathBuf,
+        file: PathBuf,
+        detail: String,
+    },
+    #[error(
+        "test restore failed: `{tool} snapshot restore` could not restore the snapshot: {detail}"
+    )]
+    Restore { tool: PathBuf, detail: String },
+    #[error("test restore failed: the restored etcd ({etcd}) {detail}")]
+    Start { etcd: PathBuf, detail: String },
+    #[error(
+        "test restore failed: the restored data ({keys} keys) has no {missing}: not a Kubernetes cluster's etcd, or its data is incomplete; use another snapshot"
+    )]
+    MissingNamespace { missing: String, keys: i64 },
+    #[error(
+        "test restore failed: the restored etcd is at revision {restored}, `snapshot status` says {status}"
+    )]
+    RevisionMismatch { restored: i64, status: i64 },
+    #[error("test restore failed: {what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl VerifyError {
+    /// A stable name for the failure, for automation.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Integrity(SnapshotError::HashMismatch { .. }) => "corrupt",
+            Self::Integrity(SnapshotError::NoTrailer { .. } | SnapshotError::Empty { .. }) => {
+                "truncated"
+            }
+            Self::Integrity(SnapshotError::Read { .. }) => "unreadable",
+            Self::Tools(_) => "tools",
+            Self::Status { .. } => "status",
+            Self::Restore { .. } => "restore",
+            Self::Start { .. } => "start",
+            Self::MissingNamespace { .. } => "missing-namespace",
+            Self::RevisionMismatch { .. } => "revision-mismatch",
+            Self::Io { .. } => "io",
+        }
+    }
+}
+
+impl VerifyReport {
+    /// The human summary of a passed verification.
+    pub fn render(&self) -> String {
+        let opt = |v: Option<i64>| v.map_or_else(|| "?".to_owned(), |v| v.to_string());
+        let mut out = format!(
+            "snapshot {} is good\n  sha256 {} ({} bytes): the appended sha256 matches\n",
+            self.file.display(),
+            self.sha256.as_deref().unwrap_or("?"),
+            self.size.unwrap_or(0)
+        );
+        if let Some(t) = &self.tools {
+            out.push_str(&format!(
+                "  snapshot status ({}, from {}): revision {}, {} bbolt entries, {} bytes of db\n",
+                t.snapshot_tool.display(),
+                t.source,
+                opt(self.revision),
+                opt(self.total_keys),
+                opt(self.total_size)
+            ));
+        }
+        if let (Some(r), Some(t)) = (&self.test_restore, &self.tools) {
+            let etcd = t.etcd.as_deref().unwrap_or(Path::new("?")).display();
+            out.push_str(&format!(
+                "  test restore (etcd {} at {etcd}): {} keys at revision {}, found {}, in {:.1}s\n",
+                r.etcd_version,
+                r.keys,
+                r.revision,
+                r.namespaces_found.join(" and "),
+                r.seconds
+            ));
+        }
+        out
+    }
+}
+
+/// Runs the integrity chain on `file`.
+pub async fn verify(file: &Path, options: &VerifyOptions) -> Result<VerifyReport, VerifyError> {
+    let mut report = VerifyReport::default();
+    verify_into(file, options, &mut report).await?;
+    Ok(report)
+}
+
+/// Like [`verify`], filling `report` as each check passes and recording a failure in it, so that a
+/// report shows how far verification got.
+pub async fn verify_into(
+    file: &Path,
+    options: &VerifyOptions,
+    report: &mut VerifyReport,
+) -> Result<(), VerifyError> {
+    report.file = file.to_owned();
+    let result = chain(file, options, report).await;
+    report.ok = result.is_ok();
+    if let Err(e) = &result {
+        report.error = Some(e.to_string());
+        report.error_kind = Some(e.kind());
+    }
+    result
+}
+
+async fn chain(
+    file: &Path,
+    options: &VerifyOptions,
+    report: &mut VerifyReport,
+) -> Result<(), VerifyError> {
+    let path = file.to_owned();
+    let checked = tokio::task::spawn_blocking(move || snapshot::check(&path))
+        .await
+        .expect("the sha256 check does not panic")?;
+    report.sha256 = Some(checked.sha256);
+    report.size = Some(checked.size);
+    let tools = find_tools(options.etcd_dir.as_deref(), options.test_restore)?;
+    report.tools = Some(tools.clone());
+    let args = ["snapshot", "status", "-w", "json"].map(OsStr::new);
+    let out = run_tool(
+        &tools.snapshot_tool,
+        args.iter().copied().chain([file.as_os_str()]),
+    )
+    .await;
+    let status_err = |detail: String| VerifyError::Status {
+        tool: tools.snapshot_tool.clone(),
+        file: file.to_owned(),
+        detail,
+    };
+    let json: serde_json::Value = serde_json::from_slice(&out.map_err(status_err)?)
+        .map_err(|e| status_err(format!("its output is not JSON: {e}")))?;
+    let field = |name: &str| {
+        json[name]
+            .as_i64()
+            .ok_or_else(|| status_err(format!("no {name} in {json}")))
+    };
+    let revision = field("revision")?;
+    report.revision = Some(revision);
+    report.total_keys = Some(field("totalKey")?);
+    report.total_size = Some(field("totalSize")?);
+    if options.test_restore {
+        report.test_restore =
+            Some(test_restore(file, &tools, revision, options.start_timeout).await?);
+    }
+    Ok(())
+}
+
+/// etcd tools from `etcd_dir`, else `QUORATE_ETCD_DIR`, else PATH: etcdutl (else etcdctl) for
+/// `snapshot status`/`restore`, and etcd when `need_etcd`.
+pub fn find_tools(etcd_dir: Option<&Path>, need_etcd: bool) -> Result<Tools, VerifyError> {
+    let env = std::env::var_os("QUORATE_ETCD_DIR").filter(|v| !v.is_empty());
+    let (dirs, source): (Vec<PathBuf>, &str) = match (etcd_dir, env) {
+        (Some(d), _) => (vec![d.to_owned()], "--etcd-dir"),
+        (None, Some(d)) => (vec![d.into()], "QUORATE_ETCD_DIR"),
+        (None, None) => (
+            std::env::var_os("PATH")
+                .map(|p| std::env::split_paths(&p).collect())
+                .unwrap_or_default(),
+            "PATH",
+        ),
+    };
+    let place = match dirs.as_slice() {
+        [one] => format!("{} (from {source})", one.display()),
+        _ => "PATH".to_owned(),
+    };
+    let find = |name: &str| dirs.iter().map(|d| d.join(name)).find(|p| p.is_file());
+    let snapshot_tool = find("etcdutl").or_else(|| find("etcdctl")).ok_or_else(|| {
+        VerifyError::Tools(format!(
+            "neither etcdutl nor etcdctl found in {place}: pass --etcd-dir DIR (holding etcd and etcdutl, or etcdctl for etcd 3.4) or set QUORATE_ETCD_DIR"
+        ))
+    })?;
+    let etcd = find("etcd");
+    if need_etcd && etcd.is_none() {
+        return Err(VerifyError::Tools(format!(
+            "--test-restore needs etcd, and there is none in {place}: pass --etcd-dir DIR"
+        )));
+    }
+    Ok(Tools {
+        source: source.to_owned(),
+        snapshot_tool,
+        etcd,
+    })
+}
+
+/// Runs `tool args` with `ETCDCTL_API=3` and a deadline; its stdout, or why it failed.
+async fn run_tool<'a>(
+    tool: &Path,
+    args: impl IntoIterator<Item = &'a OsStr>,
+) -> Result<Vec<u8>, String> {
+    let out = Command::new(tool)
+        .env("ETCDCTL_API", "3")
+        .args(args)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(TOOL_TIMEOUT, out)
+        .await
+        .map_err(|_| format!("no answer within {TOOL_TIMEOUT:?}"))?
+        .map_err(|e| format!("cannot run it: {e}"))?;
+    if out.status.success() {
+        Ok(out.stdout)
+    } else {
+        Err(format!("{}: {}", out.status, last_lines(&out.stderr, 3)))
+    }
+}
+
+fn last_lines(bytes: &[u8], n: usize) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(n)..].join(" | ")
+}
+
+/// Restores `file` into a temp dir and runs it as a throwaway etcd on free loopback ports, reads
+/// it, then stops it and removes the dir, whatever happened in between.
+async fn test_restore(
+    file: &Path,
+    tools: &Tools,
+    status_revision: i64,
+    start_timeout: Duration,
+) -> Result<TestRestore, VerifyError> {
+    let started = Instant::now();
+    let etcd = tools
+        .etcd
+        .clone()
+        .expect("find_tools found etcd for a test restore");
+    let io = |what, path: &Path, source| VerifyError::Io {
+        what,
+        path: path.to_owned(),
+        source,
+    };
+    let dir = tempfile::Builder::new()
+        .prefix("quorate-verify-")
+        .tempdir()
+        .map_err(|e| io("creating a temp dir in", &std::env::temp_dir(), e))?;
+    let ports = free_ports().map_err(|e| io("finding free ports on", Path::new("127.0.0.1"), e))?;
+    let [client_url, peer_url, metrics_url] = ports.map(|p| format!("http://127.0.0.1:{p}"));
+    let cluster = format!("verify={peer_url}");
+    let token = format!("quorate-verify-{}", uuid::Uuid::new_v4());
+    let data = dir.path().join("data");
+    let member = [
+        "--name",
+        "verify",
+        "--initial-cluster",
+        &cluster,
+        "--initial-advertise-peer-urls",
+        &peer_url,
+        "--initial-cluster-token",
+        &token,
+    ];
+    let restore = [
+        OsStr::new("snapshot"),
+        OsStr::new("restore"),
+        file.as_os_str(),
+    ]
+    .into_iter();
+    let restore = restore
+        .chain(member.iter().map(OsStr::new))
+        .chain([OsStr::new("--data-dir"), data.as_os_str()]);
+    run_tool(&tools.snapshot_tool, restore)
+        .await
+        .map_err(|detail| VerifyError::Restore {
+            tool: tools.snapshot_tool.clone(),
+            detail,
+        })?;
+
+    let etcd_version = run_tool(&etcd, [OsStr::new("--version")])
+        .await
+        .ok()
+        .and_then(|out| {
+            let text = String::from_utf8_lossy(&out).into_owned();
+            text.lines()
+                .find_map(|l| l.strip_prefix("etcd Version: "))
+                .map(|v| v.trim().to_owned())
+        });
+    let log_path = dir.path().join("etcd.log");
+    let log = std::fs::File::create(&log_path).map_err(|e| io("creating", &log_path, e))?;
+    let mut cmd = Command::new(&etcd);
+    // The operator's ETCD_* settings (data dir, URLs) must not reach the throwaway member.
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("ETCD") && key != "ETCD_UNSUPPORTED_ARCH" {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.args(member).arg("--data-dir").arg(&data);
+    cmd.args([
+        "--listen-peer-urls",
+        &peer_url,
+        "--listen-client-urls",
+        &client_url,
+        "--advertise-client-urls",
+        &client_url,
+    ]);
+    cmd.args(["--listen-metrics-urls", &metrics_url]);
+    let stderr = log.try_clone().map_err(|e| io("opening", &log_path, e))?;
+    cmd.stdin(Stdio::null())
+        .stdout(log)
+        .stderr(stderr)
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().map_err(|e| io("starting", &etcd, e))?;
+    let read = read_restored(
+        &mut child,
+        &client_url,
+        &metrics_url,
+        &log_path,
+        start_timeout,
+    )
+    .await;
+    stop(&mut child).await;
+    let removed = dir.path().to_owned();
+    dir.close().map_err(|e| io("removing", &removed, e))?;
+    let (keys, revision, found) = read.map_err(|detail| VerifyError::Start {
+        etcd: etcd.clone(),
+        detail,
+    })?;
+    if let Some(missing) = NAMESPACES.iter().find(|ns| !found.iter().any(|f| f == *ns)) {
+        return Err(VerifyError::MissingNamespace {
+            missing: (*missing).to_owned(),
+            keys,
+        });
+    }
+    if revision != status_revision {
+        return Err(VerifyError::RevisionMismatch {
+            restored: revision,
+            status: status_revision,
+        });
+    }
+    Ok(TestRestore {
+        keys,
+        revision,
+        namespaces_found: found,
+        etcd_version: etcd_version.unwrap_or_else(|| "unknown".to_owned()),
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Three distinct free loopback ports (client, peer, metrics), bound at once and released.
+fn free_ports() -> std::io::Result<[u16; 3]> {
+    let bind = || std::net::TcpListener::bind(("127.0.0.1", 0));
+    let held = [bind()?, bind()?, bind()?];
+    let port = |l: &std::net::TcpListener| l.local_addr().map(|a| a.port());
+    Ok([port(&held[0])?, port(&held[1])?, port(&held[2])?])
+}
+
+/// Waits for the restored member's metrics `/health` (its client port hangs until it has elected
+/// itself), then counts its keys and looks up [`NAMESPACES`]: (keys, revision, namespaces found).
+async fn read_restored(
+    child: &mut Child,
+    client_url: &str,
+    metrics_url: &str,
+    log: &Path,
+    patience: Duration,
+) -> Result<(i64, i64, Vec<String>), String> {
+    let deadline = Instant::now() + patience;
+    let tail = || last_lines(&std::fs::read(log).unwrap_or_default(), 3);
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!(
+                "exited ({status}) before it became healthy; its log ends: {}",
+                tail()
+            ));
+        }
+        if crate::verify::metrics_healthy(metrics_url).await {
+            break;
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "was not healthy within {patience:?}; its log ends: {}",
+                tail()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let options = ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(2))
+        .with_timeout(Duration::from_secs(60));
+    let answer = async {
+        let mut client = Client::connect([client_url], Some(options)).await?;
+        let all = GetOptions::new().with_range(vec![0u8]).with_count_only();
+        let resp = client.get(vec![0u8], Some(all)).await?;
+        let revision = resp.header().map_or(0, |h| h.revision());
+        let mut found = Vec::new();
+        for ns in NAMESPACES {
+            if client
+                .get(ns, Some(GetOptions::new().with_count_only()))
+                .await?
+                .count()
+                > 0
+            {
+                found.push(ns.to_owned());
+            }
+        }
+        Ok::<_, etcd_client::Error>((resp.count(), revision, found))
+    };
+    answer
+        .await
+        .map_err(|e| format!("is healthy but reading it at {client_url} failed: {e}"))
+}
+
+/// SIGTERM to the one process started here, SIGKILL after 15 s.
+async fn stop(child: &mut Child) {
+    if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
+        let _already_gone = kill(Pid::from_raw(pid), Signal::SIGTERM);
+        if tokio::time::timeout(Duration::from_secs(15), child.wait())
+            .await
+            .is_ok()
+        {
+            return;
+        }
+    }
+    let _already_gone = child.kill().await;
+}
+
+/// A client for one etcd member with the given request timeout (a stream is not bound by it:
+/// the timeout covers a call until its response starts).
+pub async fn member_client_with(
+    url: &str,
+    tls: Option<&TlsFiles>,
+    timeout: Duration,
+) -> anyhow::Result<Client> {
+    let mut options = ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(5))
+        .with_timeout(timeout)
+        .with_require_leader(true);
+    if let Some(tls) = tls {
+        let identity = tls.read_identity()?;
+        let ca = Certificate::from_pem(tls.read_ca()?);
+        options = options.with_tls(
+            TlsOptions::new()
+                .ca_certificate(ca)
+                .identity(Identity::from_pem(identity.cert, identity.key)),
+        );
+    }
+    Ok(Client::connect([url], Some(options)).await?)
+}
+
+/// The revision a snapshot holds, read from its bbolt file as `snapshot status` does: the main
+/// revision of the last key in the `key` bucket. bbolt stores its integers in host byte order;
+/// etcd's hosts (amd64, arm64) are little-endian.
+pub fn file_revision(path: &Path) -> Result<i64, String> {
+    use std::os::unix::fs::FileExt;
+    let bad = |what: &str| {
+        format!(
+            "{} is not a bbolt file as etcd writes it: {what}",
+            path.display()
+        )
+    };
+    let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let len = file
+        .metadata()
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .len();
+    let read = |offset: u64, n: u64| -> Result<Vec<u8>, String> {
+        if offset.checked_add(n).is_none_or(|end| end > len) {
+            return Err(bad("a page lies beyond the end of the file"));
+        }
+        let mut buf = vec![0u8; usize::try_from(n).map_err(|_| bad("a page too large"))?];
+        file.read_exact_at(&mut buf, offset)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(buf)
+    };
+    let int = |b: &[u8], at: usize, n: usize| -> Result<u64, String> {
+        let bytes = b
+            .get(at..at + n)
+            .ok_or_else(|| bad("a record runs past its page"))?;
+        Ok(bytes.iter().rev().fold(0, |v, x| v << 8 | u64::from(*x)))
+    };
+    let size = |b: &[u8], at: usize| int(b, at, 4).map(|v| v as usize);
+    // Meta pages 0 and 1, after the 16-byte page header: magic, version, page size, flags, root
+    // bucket (root page, sequence), freelist, pgid, txid, checksum (FNV-1a of what precedes it).
+    let meta0 = read(0, 80)?;
+    let page_size = int(&meta0, 24, 4)
+        .ok()
+        .filter(|s| (512..=1 << 20).contains(s))
+        .ok_or_else(|| bad("page size"))?;
+    let metas = [meta0, read(page_size, 80)?];
+    let valid =
+        |m: &&Vec<u8>| int(m, 16, 4) == Ok(0xED0C_DAED) && int(m, 72, 8) == Ok(fnv1a(&m[16..72]));
+    let meta = metas
+        .iter()
+        .filter(valid)
+        .max_by_key(|m| int(m, 64, 8).ok())
+        .ok_or_else(|| bad("no valid meta page"))?;
+    let page = |id: u64| {
+        let at = id.checked_mul(page_size).ok_or_else(|| bad("page id"))?;
+        let overflow = int(&read(at, 16)?, 12, 4)?;
+        read(at, page_size * (overflow + 1))
+    };
+    // A node (a page, or an inline bucket) is a 16-byte header (id, flags, count, overflow), then
+    // 16-byte elements whose key offset counts from the element. Branch elements: pos, ksize,
+    // child page; leaf elements: flags, pos, ksize, vsize, the value right after the key.
+    let is_branch = |node: &[u8]| int(node, 8, 2) == Ok(0x01);
+    let key_of = |node: &[u8], i: usize| -> Result<(Vec<u8>, u64), String> {
+        let at = 16 + i * 16;
+        let (pos, ksize) = if is_branch(node) {
+            (size(node, at)?, size(node, at + 4)?)
+        } else {
+            (size(node, at + 4)?, size(node, at + 8)?)
+        };
+        let key = node
+            .get(at + pos..at + pos + ksize)
+            .ok_or_else(|| bad("a key runs past its page"))?;
+        Ok((
+            key.to_vec(),
+            if is_branch(node) {
+                int(node, at + 8, 8)?
+            } else {
+                0
+            },
+        ))
+    };
+    let mut node = page(int(meta, 32, 8)?)?;
+    let mut in_key_bucket = false;
+    for _depth in 0..128 {
+        let count = usize::try_from(int(&node, 10, 2)?).expect("u16 fits");
+        let last = count
+            .checked_sub(1)
+            .ok_or_else(|| bad("an empty node (is the `key` bucket empty?)"))?;
+        if is_branch(&node) {
+            // Root: the last child whose first key sorts at or before "key". Key bucket: the last.
+            let mut pick = last;
+            if !in_key_bucket {
+                pick = 0;
+                for i in 1..count {
+                    if key_of(&node, i)?.0.as_slice() <= b"key".as_slice() {
+                        pick = i;
+                    }
+                }
+            }
+            node = page(key_of(&node, pick)?.1)?;
+        } else if in_key_bucket {
+            let key = key_of(&node, last)?.0;
+            // A revision key: the main revision, big-endian, then `_` and the sub revision.
+            let main = key.get(..8).ok_or_else(|| bad("a revision key"))?;
+            let main = main.iter().fold(0, |v, x| v << 8 | u64::from(*x));
+            return i64::try_from(main).map_err(|_| bad("revision out of range"));
+        } else {
+            let at = (0..count)
+                .find(|i| key_of(&node, *i).is_ok_and(|(k, _)| k == b"key"))
+                .ok_or_else(|| bad("no `key` bucket (not an etcd v3 snapshot)"))?;
+            let (elem, pos, ksize, vsize) = (
+                16 + at * 16,
+                size(&node, 16 + at * 16 + 4)?,
+                size(&node, 16 + at * 16 + 8)?,
+                size(&node, 16 + at * 16 + 12)?,
+            );
+            let value = node
+                .get(elem + pos + ksize..elem + pos + ksize + vsize)
+                .ok_or_else(|| bad("the `key` bucket header"))?
+                .to_vec();
+            let root = int(&value, 0, 8)?;
+            node = if root == 0 {
+                value
+                    .get(16..)
+                    .ok_or_else(|| bad("inline bucket"))?
+                    .to_vec()
+            } else {
+                page(root)?
+            };
+            in_key_bucket = true;
+        }
+    }
+    Err(bad("nodes nested deeper than 128 levels"))
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
