@@ -267,8 +267,8 @@ impl Drop for Partial {
     }
 }
 
-/// Saves a snapshot of the cluster in `inventory` to `options.out`; `progress` gets a line per
-/// step (which member serves and why, what was pruned).
+/// Saves a snapshot of the cluster in `inventory` to `options.out`; `progress` hears which member
+/// serves it and why before the stream starts.
 pub async fn save(
     inventory: &Inventory,
     options: &SaveOptions,
@@ -383,9 +383,6 @@ pub async fn save(
         }
         None => Vec::new(),
     };
-    for p in &pruned {
-        progress(&format!("pruned {}", p.display()));
-    }
     Ok(SaveReport {
         path: out.clone(),
         meta,

@@ -135,8 +135,8 @@ async fn restored_dump(lab: &Lab, file: &Path) -> Dump {
     dump(&mut c).await.expect("dump of the restored etcd")
 }
 
-async fn loaded_lab(keys: usize) -> testlab::TestLab {
-    let lab = testlab::up(3, EtcdVersion::V35).await;
+async fn loaded_lab(keys: usize, version: EtcdVersion) -> testlab::TestLab {
+    let lab = testlab::up(3, version).await;
     let client = member_client(&lab.hosts()[0].client_url(), &lab.etcd_tls())
         .await
         .expect("client");
@@ -148,7 +148,7 @@ async fn loaded_lab(keys: usize) -> testlab::TestLab {
 
 #[tokio::test]
 async fn saved_snapshot_holds_the_live_data_at_its_revision_and_force_and_keep_work() {
-    let lab = loaded_lab(3000).await;
+    let lab = loaded_lab(3000, EtcdVersion::V35).await;
     let dir = lab.dir().join("snaps");
     std::fs::create_dir_all(&dir).expect("snaps dir");
     let first = dir.join("etcd-0001.db");
@@ -247,7 +247,7 @@ async fn saved_snapshot_holds_the_live_data_at_its_revision_and_force_and_keep_w
 
 #[tokio::test]
 async fn damaged_copies_fail_distinctly_and_etcdctl_snapshots_verify_alike() {
-    let lab = loaded_lab(2000).await;
+    let lab = loaded_lab(2000, EtcdVersion::V35).await;
     // Stop the apiserver stand-ins: their heartbeats are the only writes, so both snapshots
     // below hold the same data.
     for host in lab.hosts() {
@@ -319,6 +319,37 @@ async fn damaged_copies_fail_distinctly_and_etcdctl_snapshots_verify_alike() {
                 !name.to_string_lossy().starts_with("quorate-verify-")
             }),
         "a test restore left its temp dir behind"
+    );
+}
+
+#[tokio::test]
+async fn save_and_verify_on_etcd_34_through_etcdctl() {
+    if testlab::tools_or_skip(EtcdVersion::V34).is_none() {
+        return;
+    }
+    let lab = loaded_lab(1000, EtcdVersion::V34).await;
+    let file = lab.dir().join("etcd34-1.db");
+    assert!(save(&lab, &file, &[]).status.success());
+    let m = meta(&file);
+    assert!(
+        m["etcd_version"]
+            .as_str()
+            .expect("version")
+            .starts_with("3.4."),
+        "{m}"
+    );
+    let rev = scenario::snapshot_revision(&lab, &file).expect("etcdctl snapshot status");
+    assert_eq!(m["revision"].as_i64(), Some(rev));
+    let (ok, v) = verify(&lab, &file, true);
+    assert!(ok, "{v}");
+    let tool = v["tools"]["snapshot_tool"].as_str().expect("tool");
+    assert!(tool.ends_with("/etcdctl"), "3.4 has no etcdutl: {v}");
+    assert_eq!(v["test_restore"]["keys"], m["keys"]);
+    assert!(
+        v["test_restore"]["etcd_version"]
+            .as_str()
+            .expect("version")
+            .starts_with("3.4.")
     );
 }
 
