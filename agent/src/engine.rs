@@ -208,7 +208,13 @@ impl Engine {
             data_dir,
             progress,
         };
-        let result = steps::act(&mut ctx, op);
+        let tag = match op {
+            Op::Run => req.step.name().to_owned(),
+            Op::Revert => format!("revert-{}", req.step.name()),
+        };
+        let result = failpoint(&format!("agent::before-{tag}"))
+            .and_then(|()| steps::act(&mut ctx, op))
+            .and_then(|done| failpoint(&format!("agent::after-{tag}")).map(|()| done));
         let mut journal = ctx.journal;
         let (state, message, details) = match result {
             Ok(done_) => (done, done_.message, done_.details),
@@ -230,6 +236,18 @@ impl Engine {
             details,
         }
     }
+}
+
+/// A named failpoint (cargo feature `failpoints`, configured by `FAILPOINTS`; see
+/// docs/failpoints.md): `return(msg)` fails the step there; `sleep(ms)` holds the agent there
+/// (tests kill it to simulate a crash). Release builds contain none.
+fn failpoint(name: &str) -> Result<()> {
+    #[cfg(feature = "failpoints")]
+    if let Some(msg) = fail::eval(name, |arg| arg.unwrap_or_default()) {
+        return Err(AgentError::Injected(format!("failpoint {name}: {msg}")));
+    }
+    let _ = name;
+    Ok(())
 }
 
 fn failed(e: &AgentError, context: &str) -> Outcome {

@@ -38,6 +38,9 @@ pub enum AgentError {
     /// Another request for this member is in progress, or the client went away mid-transfer.
     #[error("{0}")]
     Aborted(String),
+    /// A failpoint fired (test builds only).
+    #[error("{0}")]
+    Injected(String),
     #[error("{what} {}: {source}", path.display())]
     Io {
         what: String,
@@ -67,6 +70,7 @@ impl AgentError {
             AgentError::CommandFailed(_) | AgentError::Io { .. } => tonic::Code::Internal,
             AgentError::Timeout(_) => tonic::Code::DeadlineExceeded,
             AgentError::Aborted(_) => tonic::Code::Aborted,
+            AgentError::Injected(_) => tonic::Code::Internal,
         }
     }
 }

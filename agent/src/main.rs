@@ -59,6 +59,8 @@ fn init_logs(format: LogFormat) {
 
 fn main() -> ExitCode {
     quorate_proto::tls::install_default_provider();
+    #[cfg(feature = "failpoints")]
+    let _failpoints = fail::FailScenario::setup();
     let cli = Cli::parse();
     init_logs(cli.log_format);
     let result = match &cli.config {

@@ -116,7 +116,7 @@ impl Lab {
             lab.children.push(child);
             if let Some(agent_bin) = &opts.agent_bin {
                 let config = write_agent_config(&host, &lab.state.tools)?;
-                let child = spawn_agent(agent_bin, &host, &config)?;
+                let child = spawn_agent(agent_bin, &host, &config, None)?;
                 lab.state.agents.push(child.id());
                 lab.children.push(child);
             }
@@ -342,6 +342,45 @@ impl Lab {
         }
     }
 
+    /// Kills host `i`'s agent with SIGKILL (a crash), and waits until it is gone.
+    pub fn kill_agent(&mut self, i: usize) -> anyhow::Result<()> {
+        let host = &self.state.hosts[i];
+        let pid = *self.state.agents.get(i).context("the lab runs no agents")?;
+        let marker = host.root.display().to_string();
+        procs::signal(pid, Signal::SIGKILL);
+        if !procs::wait_gone(&[pid], &marker, Duration::from_secs(10)).is_empty() {
+            bail!("{}'s agent (pid {pid}) survived SIGKILL", host.name);
+        }
+        for child in &mut self.children {
+            let _ = child.try_wait();
+        }
+        Ok(())
+    }
+
+    /// Starts host `i`'s agent again (after [`Lab::kill_agent`]), with `failpoints` (the
+    /// `FAILPOINTS` syntax of builds with the `failpoints` feature) if given; waits until it listens.
+    pub async fn start_agent(&mut self, i: usize, failpoints: Option<&str>) -> anyhow::Result<()> {
+        let host = self.state.hosts[i].clone();
+        let agent_bin = self.state.lab_bin.with_file_name("quorate-agent");
+        let config = host.path("etc/quorate/agent.toml");
+        let child = spawn_agent(&agent_bin, &host, &config, failpoints)?;
+        self.state.agents[i] = child.id();
+        self.children.push(child);
+        self.save()?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !procs::port_open(host.ip, layout::AGENT_PORT) {
+            if Instant::now() > deadline {
+                bail!(
+                    "{}'s agent did not listen again: {}",
+                    host.name,
+                    procs::tail(&host.log_of("quorate-agent"), 8)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
+    }
+
     /// Stops one static pod by moving its manifest out of the watched dir (as an operator would).
     pub fn remove_manifest(&self, host: &Host, pod: &str) -> anyhow::Result<PathBuf> {
         let from = host.manifests_dir().join(format!("{pod}.yaml"));
@@ -358,7 +397,12 @@ impl Lab {
     }
 }
 
-fn spawn_logged(bin: &Path, args: &[&std::ffi::OsStr], log: &Path) -> anyhow::Result<Child> {
+fn spawn_logged(
+    bin: &Path,
+    args: &[&std::ffi::OsStr],
+    log: &Path,
+    env: &[(&str, &str)],
+) -> anyhow::Result<Child> {
     use std::os::unix::process::CommandExt;
     let file = fs::OpenOptions::new()
         .create(true)
@@ -367,6 +411,7 @@ fn spawn_logged(bin: &Path, args: &[&std::ffi::OsStr], log: &Path) -> anyhow::Re
         .with_context(|| format!("opening {}", log.display()))?;
     Command::new(bin)
         .args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(file.try_clone()?)
         .stderr(file)
@@ -377,10 +422,15 @@ fn spawn_logged(bin: &Path, args: &[&std::ffi::OsStr], log: &Path) -> anyhow::Re
 
 fn spawn_kubelet(lab_bin: &Path, host: &Host) -> anyhow::Result<Child> {
     let args = ["kubelet".as_ref(), "--root".as_ref(), host.root.as_os_str()];
-    spawn_logged(lab_bin, &args, &host.log_of("kubelet"))
+    spawn_logged(lab_bin, &args, &host.log_of("kubelet"), &[])
 }
 
-fn spawn_agent(agent_bin: &Path, host: &Host, config: &Path) -> anyhow::Result<Child> {
+fn spawn_agent(
+    agent_bin: &Path,
+    host: &Host,
+    config: &Path,
+    failpoints: Option<&str>,
+) -> anyhow::Result<Child> {
     if !agent_bin.is_file() {
         bail!(
             "{} not found: build it first (cargo build --workspace)",
@@ -388,7 +438,8 @@ fn spawn_agent(agent_bin: &Path, host: &Host, config: &Path) -> anyhow::Result<C
         );
     }
     let args = ["--config".as_ref(), config.as_os_str()];
-    spawn_logged(agent_bin, &args, &host.log_of("quorate-agent"))
+    let env: Vec<(&str, &str)> = failpoints.map(|f| ("FAILPOINTS", f)).into_iter().collect();
+    spawn_logged(agent_bin, &args, &host.log_of("quorate-agent"), &env)
 }
 
 /// The agent's config on a lab host: static pods for etcd and the apiserver, the lab's tools.

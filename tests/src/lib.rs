@@ -5,6 +5,7 @@
 pub mod apiserver;
 pub mod demo;
 pub mod etcd;
+pub mod faults;
 pub mod kubelet;
 pub mod lab;
 pub mod layout;

@@ -16,7 +16,9 @@ use serde_json::Value;
 
 fn quorate(lab: &Lab, args: &[&str]) -> Output {
     let started = Instant::now();
+    std::fs::create_dir_all(verify_tmp(lab)).expect("temp dir for quorate");
     let out = Command::new(scenario::quorate_bin(lab))
+        .env("TMPDIR", verify_tmp(lab))
         .args(args)
         .output()
         .expect("running quorate");
@@ -27,6 +29,16 @@ fn quorate(lab: &Lab, args: &[&str]) -> Output {
         String::from_utf8_lossy(&out.stderr)
     );
     out
+}
+
+/// Where quorate's test restores make their temp dirs: empty again after every run.
+fn verify_tmp(lab: &Lab) -> PathBuf {
+    lab.dir().join("quorate-tmp")
+}
+
+fn assert_no_temp_dirs_left(lab: &Lab) {
+    let left: Vec<_> = std::fs::read_dir(verify_tmp(lab)).expect("ls").collect();
+    assert!(left.is_empty(), "a test restore left {left:?} behind");
 }
 
 fn save(lab: &Lab, out: &Path, extra: &[&str]) -> Output {
@@ -204,6 +216,8 @@ async fn saved_snapshot_holds_the_live_data_at_its_revision_and_force_and_keep_w
         "the restored data differs from the live data at {rev}"
     );
 
+    assert_no_temp_dirs_left(&lab);
+
     // No overwrite without --force: the file is left exactly as it was.
     let before = std::fs::read(&first).expect("read");
     let out = save(&lab, &first, &[]);
@@ -311,15 +325,7 @@ async fn damaged_copies_fail_distinctly_and_etcdctl_snapshots_verify_alike() {
         v["error"].as_str().expect("error").contains("kube-system"),
         "{v}"
     );
-    assert!(
-        std::fs::read_dir(std::env::temp_dir())
-            .expect("tmp")
-            .all(|e| {
-                let name = e.expect("entry").file_name();
-                !name.to_string_lossy().starts_with("quorate-verify-")
-            }),
-        "a test restore left its temp dir behind"
-    );
+    assert_no_temp_dirs_left(&lab);
 }
 
 #[tokio::test]
@@ -351,6 +357,7 @@ async fn save_and_verify_on_etcd_34_through_etcdctl() {
             .expect("version")
             .starts_with("3.4.")
     );
+    assert_no_temp_dirs_left(&lab);
 }
 
 fn status(
