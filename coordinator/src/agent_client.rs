@@ -44,7 +44,12 @@ impl CallError {
 impl From<tonic::Status> for CallError {
     fn from(s: tonic::Status) -> Self {
         match s.code() {
-            tonic::Code::Unavailable => CallError::Unreachable(describe_status(&s)),
+            // The connection dropped (an agent restarting, a network blip): the agent never
+            // answered, so the call may be retried; agents report their own errors with
+            // specific codes, never these.
+            tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled => {
+                CallError::Unreachable(describe_status(&s))
+            }
             tonic::Code::DeadlineExceeded => {
                 CallError::Failed(format!("deadline exceeded: {}", s.message()))
             }

@@ -8,6 +8,7 @@ pub mod journal;
 pub mod ops;
 pub mod plan;
 pub mod restore;
+pub mod revision;
 pub mod rollback;
 pub mod snapshot;
 pub mod snapshot_save;

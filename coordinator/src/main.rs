@@ -35,6 +35,8 @@ struct Cli {
     /// Output format: human text, or JSON lines for runbook automation.
     #[arg(long, global = true, value_enum, default_value_t = Output::Human)]
     output: Output,
+    #[command(flatten)]
+    timeouts: Timeouts,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -117,6 +119,36 @@ enum SnapshotCmd {
     },
 }
 
+/// Phase deadlines. A member that does not answer within them is reported as unknown, and the
+/// restore stops (and rolls back) rather than guessing.
+#[derive(clap::Args, Debug, Clone)]
+struct Timeouts {
+    /// Deadline for a quick step on every member (claim, preserve, finish) and for verify.
+    #[arg(long, global = true, default_value = "30s", value_parser = humantime::parse_duration)]
+    step_timeout: Duration,
+    /// Deadline for stopping etcd or an apiserver everywhere (etcd may take ~15 s).
+    #[arg(long, global = true, default_value = "90s", value_parser = humantime::parse_duration)]
+    stop_timeout: Duration,
+    /// Deadline for starting etcd or an apiserver everywhere.
+    #[arg(long, global = true, default_value = "120s", value_parser = humantime::parse_duration)]
+    start_timeout: Duration,
+    /// Deadline for a quorum, then every member, to be healthy after start.
+    #[arg(long, global = true, default_value = "120s", value_parser = humantime::parse_duration)]
+    quorum_timeout: Duration,
+}
+
+impl Timeouts {
+    fn deadlines(&self) -> Deadlines {
+        Deadlines {
+            call: self.step_timeout,
+            stop: self.stop_timeout,
+            start: self.start_timeout,
+            quorum: self.quorum_timeout,
+            ..Deadlines::default()
+        }
+    }
+}
+
 #[derive(clap::Args, Debug)]
 struct Journaled {
     /// The restore id (printed by `quorate restore`; also the name of its dir under --state-dir).
@@ -134,6 +166,10 @@ struct Target {
     /// The snapshot to restore, as saved by `etcdctl snapshot save` (its appended sha256 is checked).
     #[arg(long)]
     snapshot: PathBuf,
+    /// Restore without raising the revision above the live cluster's (by default quorate bumps it
+    /// when every member's etcdutl can, so Kubernetes watch caches never see it go backwards).
+    #[arg(long)]
+    no_bump_revision: bool,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -218,7 +254,21 @@ async fn preflight(target: &Target) -> anyhow::Result<(Inventory, Vec<GrpcAgent>
             .map_err(|e| e.to_string())
     }))
     .await;
-    let plan = plan::build(&inventory, &described, checked)?;
+    // The live cluster's revision, when it answers: the bump must pass it.
+    let live = join_all(inventory.members.iter().map(|m| async {
+        let view = quorate::verify::view(&m.name, &m.client_urls[0], inventory.etcd_tls.as_ref());
+        tokio::time::timeout(Duration::from_secs(3), view)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .map(|v| v.revision)
+    }))
+    .await;
+    let options = plan::Options {
+        live_revision: live.into_iter().flatten().max(),
+        no_bump_revision: target.no_bump_revision,
+    };
+    let plan = plan::build(&inventory, &described, checked, &options)?;
     Ok((inventory, agents, plan))
 }
 
@@ -255,6 +305,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let mut progress = Progress::default();
             drive(
                 cli.output,
+                cli.timeouts.deadlines(),
                 &inventory,
                 &agents,
                 &plan,
@@ -287,6 +338,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let agents = agents(&inventory)?;
             drive(
                 cli.output,
+                cli.timeouts.deadlines(),
                 &inventory,
                 &agents,
                 &plan,
@@ -310,6 +362,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let agents = agents(&inventory)?;
             drive(
                 cli.output,
+                cli.timeouts.deadlines(),
                 &inventory,
                 &agents,
                 &plan,
@@ -351,6 +404,7 @@ enum Mode {
 
 async fn drive(
     output: Output,
+    deadlines: Deadlines,
     inventory: &Inventory,
     agents: &[GrpcAgent],
     plan: &Plan,
@@ -365,7 +419,7 @@ async fn drive(
         plan,
         agents,
         probe: &probe,
-        deadlines: Deadlines::default(),
+        deadlines,
         observer: &printer,
     };
     let ending = match mode {
@@ -404,7 +458,7 @@ async fn drive(
         } => {
             let id = plan.restore_id;
             let advice = format!(
-                "Nothing is deleted. See where every member stands: `quorate status {id}`; then `quorate resume {id}` or `quorate rollback {id}`."
+                "The members were left as they stand; nothing is deleted (original data dirs are kept at <data-dir>.quorate-{id}). See where every member stands: `quorate status {id}`; then `quorate resume {id}` or `quorate rollback {id}`."
             );
             match output {
                 Output::Human => {
@@ -523,9 +577,19 @@ fn print_report(report: &quorate::restore::Report, path: &Path) {
     } else {
         println!("  cluster ID {:x}", report.after.cluster_id);
     }
+    let before = report
+        .revision_before
+        .map_or("unknown".to_owned(), |r| r.to_string());
     println!(
-        "  revision {}  keys {}  HashKV {:x} on every member  token {}",
-        report.after.revision, report.after.keys, report.after.hash, report.cluster_token
+        "  revision {before} -> {} (snapshot's {} + bump {})  keys {}  HashKV {:x} on every member  token {}",
+        report.after.revision,
+        report
+            .snapshot_revision
+            .map_or("?".to_owned(), |r| r.to_string()),
+        report.revision_bump,
+        report.after.keys,
+        report.after.hash,
+        report.cluster_token
     );
     for (m, dir) in &report.preserved_dirs {
         println!("  {m}: original data kept at {dir}");
@@ -537,6 +601,20 @@ fn print_report(report: &quorate::restore::Report, path: &Path) {
         .collect();
     println!("  phases: {}", phases.join(", "));
     println!("  report: {}", path.display());
+}
+
+/// The error and its causes, each once: messages that already quote their cause are not
+/// followed by it again.
+fn render_error(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
 }
 
 #[tokio::main]
@@ -556,9 +634,9 @@ async fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             match output {
-                Output::Human => eprintln!("error: {e:#}"),
+                Output::Human => eprintln!("error: {}", render_error(&e)),
                 Output::Json => {
-                    emit(&serde_json::json!({"event": "error", "error": format!("{e:#}")}))
+                    emit(&serde_json::json!({"event": "error", "error": render_error(&e)}))
                 }
             }
             ExitCode::FAILURE

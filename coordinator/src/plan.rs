@@ -8,6 +8,7 @@ use quorate_proto::pb;
 use serde::{Deserialize, Serialize};
 
 use crate::inventory::{Inventory, Member};
+use crate::revision::{self, RevisionPlan};
 use crate::snapshot::CheckedSnapshot;
 
 /// Room a restored member needs beyond twice the snapshot: etcd preallocates a 64 MB WAL.
@@ -41,6 +42,18 @@ pub struct Plan {
     /// Started together first: ⌊n/2⌋+1 members, so they elect a leader at once.
     pub quorum_first: Vec<String>,
     pub warnings: Vec<String>,
+    /// Revision before and the bump applied by the restore.
+    #[serde(default)]
+    pub revision: RevisionPlan,
+}
+
+/// What preflight learned beyond the agents' own facts.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// The highest revision the live cluster reported, if it answered.
+    pub live_revision: Option<i64>,
+    /// `--no-bump-revision`.
+    pub no_bump_revision: bool,
 }
 
 /// Everything preflight found wrong.
@@ -70,6 +83,7 @@ pub fn build(
     inventory: &Inventory,
     described: &[Result<pb::DescribeResponse, String>],
     snapshot: CheckedSnapshot,
+    options: &Options,
 ) -> Result<Plan, PreflightError> {
     let mut problems = Vec::new();
     let mut warnings = Vec::new();
@@ -83,6 +97,7 @@ pub fn build(
     let needed = 2 * snapshot.size + WAL_PREALLOCATION;
     let mut members = Vec::new();
     let mut versions = Vec::new();
+    let mut lacking_bump: Option<(String, String)> = None;
     for (m, d) in inventory.members.iter().zip(described) {
         let d = match d {
             Ok(d) => d,
@@ -95,6 +110,15 @@ pub fn build(
             }
         };
         check_member(m, d, needed, &mut problems);
+        if lacking_bump.is_none()
+            && !d
+                .restore_tool
+                .as_ref()
+                .is_some_and(|t| t.supports_bump_revision)
+        {
+            let tool = tool_name(d.restore_tool.as_ref()).unwrap_or_else(|| "none".into());
+            lacking_bump = Some((m.name.clone(), tool));
+        }
         versions.push((m.name.clone(), d.etcd_version.clone()));
         members.push(MemberPlan {
             name: m.name.clone(),
@@ -124,6 +148,16 @@ pub fn build(
     if !problems.is_empty() {
         return Err(PreflightError { problems });
     }
+    let revision = revision::decide(
+        lacking_bump.as_ref().map(|(m, t)| (m.as_str(), t.as_str())),
+        options.live_revision,
+        options.no_bump_revision,
+    );
+    if revision.bump == 0
+        && let Some(note) = &revision.note
+    {
+        warnings.push(note.clone());
+    }
     let restore_id = RestoreId::new();
     let initial_cluster = inventory
         .members
@@ -142,6 +176,7 @@ pub fn build(
             .collect(),
         members,
         warnings,
+        revision,
     })
 }
 
@@ -198,6 +233,22 @@ impl Plan {
             self.snapshot.sha256
         );
         let _ = writeln!(out, "new cluster token {}", self.cluster_token);
+        let live = self
+            .revision
+            .live_revision
+            .map_or("unknown".to_owned(), |r| r.to_string());
+        if self.revision.bump > 0 {
+            let _ = writeln!(
+                out,
+                "revision: live {live}; restored = the snapshot's + {} (--bump-revision, --mark-compacted)",
+                self.revision.bump
+            );
+        } else {
+            let _ = writeln!(
+                out,
+                "revision: live {live}; restored = the snapshot's (no bump)"
+            );
+        }
         let _ = writeln!(out, "members:");
         for m in &self.members {
             let _ = writeln!(
@@ -308,22 +359,30 @@ mod tests {
                 Ok(d)
             })
             .collect();
-        build(inv, &described, snapshot()).map_or_else(|e| e.problems, |_| Vec::new())
+        build(inv, &described, snapshot(), &Options::default())
+            .map_or_else(|e| e.problems, |_| Vec::new())
     }
 
     #[test]
     fn a_healthy_cluster_plans_a_fresh_token_and_a_majority_first() {
         let inv = inventory(5);
         let described: Vec<_> = inv.members.iter().map(|m| Ok(healthy(m))).collect();
-        let plan = build(&inv, &described, snapshot()).expect("plan");
+        let plan = build(&inv, &described, snapshot(), &Options::default()).expect("plan");
         assert_eq!(plan.quorum_first, ["cp-1", "cp-2", "cp-3"]);
         assert_eq!(plan.cluster_token, format!("quorate-{}", plan.restore_id));
         assert!(
             plan.initial_cluster
                 .starts_with("cp-1=https://127.0.0.11:2380,cp-2=")
         );
-        assert!(plan.warnings.is_empty());
+        // etcdutl 3.5.1 cannot bump the revision: the plan says so, and nothing else.
+        assert_eq!(plan.revision.bump, 0);
+        assert_eq!(plan.warnings.len(), 1, "{:?}", plan.warnings);
+        assert!(plan.warnings[0].contains("cannot bump the revision"));
         let text = plan.render();
+        assert!(
+            text.contains("restored = the snapshot's (no bump)"),
+            "{text}"
+        );
         assert!(
             text.contains("quorum     start cp-1, cp-2, cp-3 together"),
             "{text}"
@@ -398,11 +457,37 @@ mod tests {
     }
 
     #[test]
+    fn every_tool_able_to_bump_means_a_bump_above_the_live_revision() {
+        let inv = inventory(3);
+        let described: Vec<_> = inv
+            .members
+            .iter()
+            .map(|m| {
+                let mut d = healthy(m);
+                if let Some(t) = d.restore_tool.as_mut() {
+                    t.supports_bump_revision = true;
+                    t.version = "3.5.17".into();
+                }
+                Ok(d)
+            })
+            .collect();
+        let options = Options {
+            live_revision: Some(5_000),
+            no_bump_revision: false,
+        };
+        let plan = build(&inv, &described, snapshot(), &options).expect("plan");
+        assert_eq!(plan.revision.bump, 6_000);
+        assert!(plan.warnings.is_empty(), "{:?}", plan.warnings);
+        assert!(plan.render().contains("restored = the snapshot's + 6000"));
+    }
+
+    #[test]
     fn an_unreachable_agent_and_an_even_count_are_reported() {
         let inv = inventory(4);
         let mut described: Vec<_> = inv.members.iter().map(|m| Ok(healthy(m))).collect();
         described[3] = Err("connection refused".into());
-        let err = build(&inv, &described, snapshot()).expect_err("unreachable");
+        let err =
+            build(&inv, &described, snapshot(), &Options::default()).expect_err("unreachable");
         assert!(
             err.to_string()
                 .contains("member cp-4: agent at https://127.0.0.14:7443 did not answer"),
@@ -410,7 +495,7 @@ mod tests {
         );
         assert!(err.to_string().contains("nothing was changed"));
         described[3] = Ok(healthy(&inv.members[3]));
-        let plan = build(&inv, &described, snapshot()).expect("plan");
+        let plan = build(&inv, &described, snapshot(), &Options::default()).expect("plan");
         assert!(
             plan.warnings[0].contains("even count"),
             "{:?}",

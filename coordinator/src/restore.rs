@@ -99,6 +99,9 @@ pub struct Report {
     pub cluster_token: String,
     pub snapshot_sha256: String,
     pub snapshot_revision: Option<i64>,
+    /// The live revision preflight saw, and the bump the restore applied (0: none).
+    pub revision_before: Option<i64>,
+    pub revision_bump: u64,
     pub before: Vec<MemberView>,
     pub after: Verified,
     pub phases: Vec<PhaseTiming>,
@@ -109,7 +112,7 @@ pub struct Report {
 /// A restore that stopped in a phase.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "restore {restore_id} failed in phase {phase}:\n{}\nThe members were left as they stand (nothing was rolled back; original data dirs are kept at <data-dir>.quorate-{restore_id}). Journal: {journal}",
+    "restore {restore_id} failed in phase {phase}:\n{}\njournal: {journal}",
     .failures.iter().map(|(m, e)| format!("  - member {m}: {e}")).collect::<Vec<_>>().join("\n")
 )]
 pub struct RestoreError {
@@ -214,8 +217,8 @@ impl<C: AgentClient, P: ClusterProbe> Restore<'_, C, P> {
                 initial_cluster: self.plan.initial_cluster.clone(),
                 cluster_token: self.plan.cluster_token.clone(),
                 snapshot_sha256: self.plan.snapshot.sha256.clone(),
-                bump_revision: 0,
-                mark_compacted: false,
+                bump_revision: self.plan.revision.bump,
+                mark_compacted: self.plan.revision.bump > 0,
             },
         }
     }
@@ -421,10 +424,16 @@ impl<C: AgentClient, P: ClusterProbe> Restore<'_, C, P> {
                     data = Some(serde_json::json!({ "snapshot_revision": r }));
                 }),
                 Phase::Quorum => self.quorum().await,
-                Phase::Verify => self.verify(progress.snapshot_revision).await.map(|v| {
-                    data = Some(serde_json::json!({ "verified": v }));
-                    progress.verified = Some(v);
-                }),
+                Phase::Verify => self
+                    .verify(expected_revision(
+                        progress.snapshot_revision,
+                        self.plan.revision.bump,
+                    ))
+                    .await
+                    .map(|v| {
+                        data = Some(serde_json::json!({ "verified": v }));
+                        progress.verified = Some(v);
+                    }),
                 other => {
                     let (step, deadline) = self.step_of(other);
                     self.step_on(&self.all(), step, deadline).await.map(drop)
@@ -459,6 +468,8 @@ impl<C: AgentClient, P: ClusterProbe> Restore<'_, C, P> {
             cluster_token: self.plan.cluster_token.clone(),
             snapshot_sha256: self.plan.snapshot.sha256.clone(),
             snapshot_revision: progress.snapshot_revision,
+            revision_before: self.plan.revision.live_revision,
+            revision_bump: self.plan.revision.bump,
             before: progress.before.clone(),
             after: progress
                 .verified
@@ -494,6 +505,11 @@ impl<C: AgentClient, P: ClusterProbe> Restore<'_, C, P> {
             Phase::Verify | Phase::Finish => (Step::Finish, d.call),
         }
     }
+}
+
+/// The revision every member must report after the restore: the snapshot's plus the bump.
+fn expected_revision(snapshot: Option<i64>, bump: u64) -> Option<i64> {
+    snapshot.map(|r| r.saturating_add(i64::try_from(bump).unwrap_or(i64::MAX)))
 }
 
 /// A restore's persistent state, rebuilt from its journal after a crash.

@@ -185,7 +185,7 @@ fn plan_for(inv: &Inventory) -> plan::Plan {
         size: 1 << 20,
         sha256: "a".repeat(64),
     };
-    plan::build(inv, &described, snapshot).expect("plan")
+    plan::build(inv, &described, snapshot, &plan::Options::default()).expect("plan")
 }
 
 async fn run(

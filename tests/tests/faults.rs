@@ -2,7 +2,7 @@
 //! SIGKILL, an agent killed and restarted. After any of them, the cluster ends either exactly as it
 //! was (rollback) or exactly on the snapshot (resume), never a mix.
 //!
-//! Needs the failpoints compiled in: `cargo nextest run --workspace --features quorate-lab/failpoints`.
+//! Needs the failpoints compiled in (the lab crate's default feature `failpoints`).
 #![cfg(feature = "failpoints")]
 
 use std::time::Duration;
@@ -139,15 +139,26 @@ async fn a_coordinator_killed_at_a_boundary_is_resumed_or_rolled_back_from_its_j
     for (i, phase) in BOUNDARIES.into_iter().enumerate() {
         let original = fresh_original(&s).await;
         let known = faults::restore_ids(&s.lab).len();
+        // Held at the start of the next phase: `phase` is journaled done, nothing of the next began.
+        let next = BOUNDARIES.get(i + 1).copied().unwrap_or("finish");
         let mut child = faults::spawn_restore(
             &s.lab,
             &s.snapshot,
-            &format!("coordinator::after-{phase}=sleep(600000)"),
+            &format!("coordinator::before-{next}=sleep(600000)"),
         )
         .expect("quorate");
-        let id = faults::wait_journal(&s.lab, known, phase, "done")
-            .await
-            .expect("journal");
+        let id = match faults::wait_journal(&s.lab, known, phase, "done").await {
+            Ok(id) => id,
+            Err(e) => {
+                let _ = child.kill();
+                let out = child.wait_with_output().expect("quorate output");
+                panic!(
+                    "{e:#}; quorate: {}\n{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        };
         child.kill().expect("SIGKILL the coordinator");
         let _ = child.wait();
         let (ok, status) = faults::quorate_on(&s.lab, "status", &id).expect("status");
