@@ -63,8 +63,11 @@ fn describe_status(s: &tonic::Status) -> String {
     // Transport errors hide the useful part (e.g. a TLS refusal) in the source chain.
     let mut source = std::error::Error::source(s);
     while let Some(e) = source {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
+        let cause = e.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
         source = e.source();
     }
     text

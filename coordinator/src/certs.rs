@@ -10,8 +10,8 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -63,7 +63,9 @@ impl Pem {
 
 /// A certificate authority that can issue leaves.
 pub struct Ca {
-    issuer: CertifiedIssuer<'static, KeyPair>,
+    issuer: Issuer<'static, KeyPair>,
+    cert_pem: String,
+    key_pem: String,
 }
 
 impl fmt::Debug for Ca {
@@ -90,20 +92,39 @@ impl Ca {
             KeyUsagePurpose::CrlSign,
             KeyUsagePurpose::DigitalSignature,
         ];
-        let issuer = CertifiedIssuer::self_signed(params, key).map_err(mint)?;
-        Ok(Self { issuer })
+        let cert_pem = params.self_signed(&key).map_err(mint)?.pem();
+        let key_pem = key.serialize_pem();
+        Ok(Self {
+            issuer: Issuer::new(params, key),
+            cert_pem,
+            key_pem,
+        })
+    }
+
+    /// An existing CA, from its certificate and key (PEM).
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, CertError> {
+        let mint = |source| CertError::Mint {
+            name: "an existing CA".to_owned(),
+            source,
+        };
+        let key = KeyPair::from_pem(key_pem).map_err(mint)?;
+        Ok(Self {
+            issuer: Issuer::from_ca_cert_pem(cert_pem, key).map_err(mint)?,
+            cert_pem: cert_pem.to_owned(),
+            key_pem: key_pem.to_owned(),
+        })
     }
 
     /// The CA itself as PEM (certificate and key).
     pub fn pem(&self) -> Pem {
         Pem {
-            cert: self.issuer.pem(),
-            key: self.issuer.key().serialize_pem(),
+            cert: self.cert_pem.clone(),
+            key: self.key_pem.clone(),
         }
     }
 
     pub fn cert_pem(&self) -> String {
-        self.issuer.pem()
+        self.cert_pem.clone()
     }
 
     /// Issues a leaf for `common_name`, valid for the DNS names and IPs given.

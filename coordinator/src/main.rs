@@ -15,6 +15,7 @@ use quorate::plan::{self, Plan};
 use quorate::restore::{Deadlines, EtcdProbe, Observer, Phase, Progress, Restore};
 use quorate::rollback::RollbackReport;
 use quorate::snapshot;
+use quorate::snapshot_verify;
 use quorate_proto::model::RestoreId;
 
 /// Restore a multi-member etcd cluster from one snapshot, on every member at once, safely.
@@ -268,7 +269,20 @@ async fn preflight(target: &Target) -> anyhow::Result<(Inventory, Vec<GrpcAgent>
         live_revision: live.into_iter().flatten().max(),
         no_bump_revision: target.no_bump_revision,
     };
-    let plan = plan::build(&inventory, &described, checked, &options)?;
+    let mut plan = plan::build(&inventory, &described, checked, &options)?;
+    // The same chain as `quorate snapshot verify` (its sha256 was checked above): `snapshot
+    // status` with a local etcdutl, when there is one; the agents run it again when staging.
+    let verify_options = snapshot_verify::VerifyOptions::default();
+    match snapshot_verify::find_tools(None, false) {
+        Ok(_) => {
+            snapshot_verify::verify(&target.snapshot, &verify_options)
+                .await
+                .map_err(|e| anyhow::anyhow!("preflight refused the snapshot; nothing was changed: {e}"))?;
+        }
+        Err(e) => plan.warnings.push(format!(
+            "no local etcdutl/etcdctl to run `snapshot status` here ({e}); the agents run it when the snapshot is staged"
+        )),
+    }
     Ok((inventory, agents, plan))
 }
 

@@ -1,0 +1,259 @@
+//! Bad input is refused before anything is touched: each case names what is wrong, and afterwards
+//! no member changed (same cluster, same data, no restore dirs, no lock).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use quorate::certs::{Ca, Usage};
+use quorate_lab::etcd::member_client;
+use quorate_lab::faults::{self, ClusterState};
+use quorate_lab::lab::Lab;
+use quorate_lab::testlab;
+use quorate_lab::tools::EtcdVersion;
+use quorate_lab::{load, scenario};
+
+/// Runs `quorate restore --yes` with this inventory and snapshot; returns (success, all output).
+fn restore(lab: &Lab, inventory: &Path, snapshot: &Path) -> (bool, String) {
+    let out = Command::new(scenario::quorate_bin(lab))
+        .args(["restore", "--yes", "--step-timeout", "5s", "--inventory"])
+        .arg(inventory)
+        .arg("--snapshot")
+        .arg(snapshot)
+        .arg("--state-dir")
+        .arg(faults::state_dir(lab))
+        .output()
+        .expect("quorate");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+fn variant(lab: &Lab, name: &str, edit: impl Fn(String) -> String) -> PathBuf {
+    let text = std::fs::read_to_string(lab.dir().join("inventory.toml")).expect("inventory");
+    let path = lab.dir().join(name);
+    std::fs::write(&path, edit(text)).expect("write variant");
+    path
+}
+
+async fn assert_untouched(lab: &Lab, before: &ClusterState, case: &str) {
+    let now = faults::cluster_state(lab)
+        .await
+        .unwrap_or_else(|e| panic!("{case}: {e:#}"));
+    assert_eq!(&now, before, "{case}: the cluster changed");
+    for host in lab.hosts() {
+        let parent = host.data_dir().parent().expect("parent").to_owned();
+        let extra: Vec<String> = std::fs::read_dir(&parent)
+            .expect("var/lib")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("etcd.quorate-"))
+            .collect();
+        assert!(extra.is_empty(), "{case}: {} has {extra:?}", host.name);
+        assert!(
+            !host.path("var/lib/quorate-agent/active").exists(),
+            "{case}: {} holds a restore lock",
+            host.name
+        );
+    }
+}
+
+fn refused(case: &str, result: (bool, String), expected: &str) {
+    let (ok, text) = result;
+    assert!(!ok, "{case}: accepted:\n{text}");
+    assert!(
+        text.contains(expected),
+        "{case}: expected {expected:?} in:\n{text}"
+    );
+    eprintln!(
+        "{case}: refused: {}",
+        text.lines().find(|l| l.contains(expected)).unwrap_or("")
+    );
+}
+
+#[tokio::test]
+async fn bad_inventories_snapshots_and_agents_are_refused_before_anything_changes() {
+    let mut lab = testlab::up(3, EtcdVersion::V35).await;
+    let cp1 = lab.hosts()[0].clone();
+    let client = member_client(&cp1.client_url(), &lab.etcd_tls())
+        .await
+        .expect("client");
+    load::load(&client, 1000, 3).await.expect("load");
+    let snapshot = lab.dir().join("snapshot.db");
+    scenario::save_snapshot(&lab, &cp1, &snapshot).expect("snapshot");
+    let good = lab.dir().join("inventory.toml");
+    let before = faults::cluster_state(&lab).await.expect("state");
+
+    // Inventory.
+    let dup_name = variant(&lab, "dup-name.toml", |t| {
+        t.replace("name = \"cp-2\"", "name = \"cp-1\"")
+    });
+    refused(
+        "duplicate member name",
+        restore(&lab, &dup_name, &snapshot),
+        "member name cp-1 appears twice",
+    );
+    let dup_peer = variant(&lab, "dup-peer.toml", |t| {
+        t.replacen(&lab.hosts()[1].peer_url(), &lab.hosts()[0].peer_url(), 1)
+    });
+    refused(
+        "duplicate peer URL",
+        restore(&lab, &dup_peer, &snapshot),
+        "appears twice",
+    );
+    let typo = variant(&lab, "typo.toml", |t| {
+        t.replacen("client_urls", "client_url", 1)
+    });
+    refused("unknown key", restore(&lab, &typo, &snapshot), "client_url");
+    let renamed = variant(&lab, "renamed.toml", |t| {
+        t.replace("name = \"cp-3\"", "name = \"cp-9\"")
+    });
+    refused(
+        "name not the agent's",
+        restore(&lab, &renamed, &snapshot),
+        "member cp-9: its agent reports etcd member name \"cp-3\"",
+    );
+    let wrong_port = variant(&lab, "unreachable.toml", |t| t.replace(":7443", ":7444"));
+    refused(
+        "agent unreachable",
+        restore(&lab, &wrong_port, &snapshot),
+        "did not answer Describe",
+    );
+
+    // TLS: a CA that did not sign the agents; a client name the agents do not allow.
+    let etcd_ca = lab.dir().join("coordinator/etcd-ca.crt");
+    let wrong_ca = variant(&lab, "wrong-ca.toml", |t| {
+        t.replacen(
+            &lab.agent_tls().ca.display().to_string(),
+            &etcd_ca.display().to_string(),
+            1,
+        )
+    });
+    refused(
+        "agent certificate from another CA",
+        restore(&lab, &wrong_ca, &snapshot),
+        "did not answer Describe",
+    );
+    let quorate_ca_key =
+        std::fs::read_to_string(lab.dir().join("pki/quorate-ca.key")).expect("ca key");
+    let quorate_ca_crt =
+        std::fs::read_to_string(lab.dir().join("pki/quorate-ca.crt")).expect("ca crt");
+    let other = Ca::from_pem(&quorate_ca_crt, &quorate_ca_key).expect("the lab's quorate CA");
+    let intruder = lab.dir().join("intruder");
+    other
+        .issue("someone-else", &["someone-else"], &[], Usage::Client)
+        .expect("cert")
+        .write(&intruder, "client")
+        .expect("write");
+    let not_allowed = variant(&lab, "not-allowed.toml", |t| {
+        t.replacen(
+            &lab.agent_tls().cert.display().to_string(),
+            &intruder.join("client.crt").display().to_string(),
+            1,
+        )
+        .replacen(
+            &lab.agent_tls().key.display().to_string(),
+            &intruder.join("client.key").display().to_string(),
+            1,
+        )
+    });
+    refused(
+        "client name not allowed",
+        restore(&lab, &not_allowed, &snapshot),
+        "did not answer Describe",
+    );
+
+    // Snapshots.
+    let bytes = std::fs::read(&snapshot).expect("snapshot");
+    let missing = lab.dir().join("no-such.db");
+    refused(
+        "missing snapshot",
+        restore(&lab, &good, &missing),
+        "cannot read it",
+    );
+    let empty = lab.dir().join("empty.db");
+    std::fs::write(&empty, b"").expect("write");
+    refused("empty snapshot", restore(&lab, &good, &empty), "is empty");
+    let truncated = lab.dir().join("truncated.db");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).expect("write");
+    refused(
+        "truncated snapshot",
+        restore(&lab, &good, &truncated),
+        "no sha256 trailer",
+    );
+    let mut flipped = bytes.clone();
+    flipped[bytes.len() / 3] ^= 0x10;
+    let flipped_path = lab.dir().join("flipped.db");
+    std::fs::write(&flipped_path, &flipped).expect("write");
+    refused(
+        "bit-flipped snapshot",
+        restore(&lab, &good, &flipped_path),
+        "is corrupt",
+    );
+
+    // An agent without a restore tool.
+    let config = lab.hosts()[1].path("etc/quorate/agent.toml");
+    let original_config = std::fs::read_to_string(&config).expect("agent config");
+    let tool = lab
+        .state
+        .tools
+        .etcdutl
+        .clone()
+        .expect("etcdutl")
+        .display()
+        .to_string();
+    std::fs::write(
+        &config,
+        original_config.replace(&tool, "/nonexistent/etcdutl"),
+    )
+    .expect("write config");
+    lab.kill_agent(1).expect("kill");
+    lab.start_agent(1, None).await.expect("start");
+    refused(
+        "restore tool missing",
+        restore(&lab, &good, &snapshot),
+        "member cp-2: no restore tool found",
+    );
+    std::fs::write(&config, &original_config).expect("put the config back");
+    lab.kill_agent(1).expect("kill");
+    lab.start_agent(1, None).await.expect("start");
+
+    assert_untouched(&lab, &before, "after every refused input").await;
+}
+
+#[tokio::test]
+async fn a_member_holding_another_restore_is_refused_naming_it_and_the_commands() {
+    let lab = testlab::up(3, EtcdVersion::V35).await;
+    let cp1 = lab.hosts()[0].clone();
+    let snapshot = lab.dir().join("snapshot.db");
+    scenario::save_snapshot(&lab, &cp1, &snapshot).expect("snapshot");
+    let before = faults::cluster_state(&lab).await.expect("state");
+    // A restore stopped right after staging: every member holds its lock.
+    let mut child =
+        faults::spawn_restore(&lab, &snapshot, "coordinator::before-fence=sleep(600000)")
+            .expect("quorate");
+    let id = faults::wait_journal(&lab, 0, "stage", "done")
+        .await
+        .expect("staged");
+    child.kill().expect("kill the coordinator");
+    let _ = child.wait();
+    let good = lab.dir().join("inventory.toml");
+    let (ok, text) = restore(&lab, &good, &snapshot);
+    assert!(!ok, "a second restore was accepted:\n{text}");
+    for needle in [
+        format!("holds unfinished restore {id}"),
+        format!("quorate resume {id}"),
+        format!("quorate rollback {id}"),
+    ] {
+        assert!(text.contains(&needle), "expected {needle:?} in:\n{text}");
+    }
+    let (ok, text) = faults::quorate_on(&lab, "rollback", &id).expect("rollback");
+    assert!(ok, "rollback of the stopped restore: {text}");
+    let now = faults::cluster_state(&lab).await.expect("state");
+    assert_eq!(
+        now, before,
+        "the stopped restore changed nothing once rolled back"
+    );
+}
