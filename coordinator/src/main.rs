@@ -318,8 +318,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })?;
             let mut progress = Progress::default();
             drive(
-                cli.output,
-                cli.timeouts.deadlines(),
+                Settings {
+                    output: cli.output,
+                    deadlines: cli.timeouts.deadlines(),
+                },
                 &inventory,
                 &agents,
                 &plan,
@@ -351,8 +353,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             let agents = agents(&inventory)?;
             drive(
-                cli.output,
-                cli.timeouts.deadlines(),
+                Settings {
+                    output: cli.output,
+                    deadlines: cli.timeouts.deadlines(),
+                },
                 &inventory,
                 &agents,
                 &plan,
@@ -375,8 +379,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             let agents = agents(&inventory)?;
             drive(
-                cli.output,
-                cli.timeouts.deadlines(),
+                Settings {
+                    output: cli.output,
+                    deadlines: cli.timeouts.deadlines(),
+                },
                 &inventory,
                 &agents,
                 &plan,
@@ -416,9 +422,14 @@ enum Mode {
     Rollback,
 }
 
-async fn drive(
+/// How a run talks and how long it waits.
+struct Settings {
     output: Output,
     deadlines: Deadlines,
+}
+
+async fn drive(
+    settings: Settings,
     inventory: &Inventory,
     agents: &[GrpcAgent],
     plan: &Plan,
@@ -426,6 +437,7 @@ async fn drive(
     progress: &mut Progress,
     mode: Mode,
 ) -> anyhow::Result<ExitCode> {
+    let Settings { output, deadlines } = settings;
     let printer = Printer(output);
     let probe = EtcdProbe { inventory, plan };
     let restore = Restore {
