@@ -64,23 +64,55 @@ impl fmt::Debug for ServerTls {
 pub enum RuntimeKind {
     /// A kubelet static pod: running while its manifest is in the watched manifests dir.
     StaticPod,
+    /// A systemd unit, stopped and started with `systemctl`.
+    Systemd,
 }
 
 impl RuntimeKind {
     pub fn name(self) -> &'static str {
         match self {
             RuntimeKind::StaticPod => "static-pod",
+            RuntimeKind::Systemd => "systemd",
         }
     }
+}
+
+/// Where systemd keeps unit files unless `unit_dir` says otherwise.
+pub const DEFAULT_UNIT_DIR: &str = "/etc/systemd/system";
+
+/// How a component is found and controlled: its static-pod manifest, or its systemd unit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Definition {
+    StaticPod {
+        manifest: PathBuf,
+    },
+    Systemd {
+        /// The unit's name, e.g. `etcd.service`.
+        unit: String,
+        /// The dir the unit file (and its `<unit>.d/` drop-ins) are read from.
+        unit_dir: PathBuf,
+        /// `systemctl` to run; default `systemctl` on PATH.
+        systemctl: PathBuf,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EtcdSection {
     pub runtime: RuntimeKind,
-    /// The etcd static-pod manifest, e.g. /etc/kubernetes/manifests/etcd.yaml.
-    pub manifest: PathBuf,
-    /// Default: `--data-dir` from the manifest.
+    /// static-pod: the etcd manifest, e.g. /etc/kubernetes/manifests/etcd.yaml.
+    #[serde(default)]
+    pub manifest: Option<PathBuf>,
+    /// systemd: the unit, e.g. `etcd.service`.
+    #[serde(default)]
+    pub unit: Option<String>,
+    /// systemd: where the unit file is read from; default /etc/systemd/system.
+    #[serde(default)]
+    pub unit_dir: Option<PathBuf>,
+    /// systemd: the `systemctl` program; default `systemctl` on PATH.
+    #[serde(default)]
+    pub systemctl: Option<PathBuf>,
+    /// Default: `--data-dir` (or `ETCD_DATA_DIR`, or `data-dir` in the config file) of etcd.
     #[serde(default)]
     pub data_dir: Option<PathBuf>,
     /// Default: `etcdutl` on PATH (etcd >= 3.5).
@@ -89,10 +121,10 @@ pub struct EtcdSection {
     /// Used when there is no etcdutl (etcd 3.4): `ETCDCTL_API=3 etcdctl snapshot restore`.
     #[serde(default)]
     pub etcdctl: Option<PathBuf>,
-    /// How long etcd may take to exit after its manifest is moved away.
+    /// How long etcd may take to exit once asked to stop.
     #[serde(default = "default_stop", with = "humantime_serde")]
     pub stop_timeout: Duration,
-    /// How long etcd may take to run and listen after its manifest is put back.
+    /// How long etcd may take to run and listen once asked to start.
     #[serde(default = "default_start", with = "humantime_serde")]
     pub start_timeout: Duration,
 }
@@ -101,8 +133,16 @@ pub struct EtcdSection {
 #[serde(deny_unknown_fields)]
 pub struct ApiserverSection {
     pub runtime: RuntimeKind,
-    /// The kube-apiserver static-pod manifest.
-    pub manifest: PathBuf,
+    /// static-pod: the kube-apiserver manifest.
+    #[serde(default)]
+    pub manifest: Option<PathBuf>,
+    /// systemd: the unit, e.g. `kube-apiserver.service`.
+    #[serde(default)]
+    pub unit: Option<String>,
+    #[serde(default)]
+    pub unit_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub systemctl: Option<PathBuf>,
     /// CA of the apiserver's serving certificate, to probe `/readyz`.
     pub ca: PathBuf,
     #[serde(default = "default_stop", with = "humantime_serde")]
@@ -118,6 +158,110 @@ fn default_stop() -> Duration {
 
 fn default_start() -> Duration {
     Duration::from_secs(60)
+}
+
+impl EtcdSection {
+    /// The checked definition (see [`AgentConfig::check`]).
+    pub fn definition(&self) -> Definition {
+        definition(
+            self.runtime,
+            self.manifest.as_ref(),
+            self.unit.as_ref(),
+            self.unit_dir.as_ref(),
+            self.systemctl.as_ref(),
+        )
+    }
+}
+
+impl ApiserverSection {
+    pub fn definition(&self) -> Definition {
+        definition(
+            self.runtime,
+            self.manifest.as_ref(),
+            self.unit.as_ref(),
+            self.unit_dir.as_ref(),
+            self.systemctl.as_ref(),
+        )
+    }
+}
+
+fn definition(
+    runtime: RuntimeKind,
+    manifest: Option<&PathBuf>,
+    unit: Option<&String>,
+    unit_dir: Option<&PathBuf>,
+    systemctl: Option<&PathBuf>,
+) -> Definition {
+    match runtime {
+        RuntimeKind::StaticPod => Definition::StaticPod {
+            manifest: manifest.cloned().unwrap_or_default(),
+        },
+        RuntimeKind::Systemd => {
+            let unit = unit.cloned().unwrap_or_default();
+            Definition::Systemd {
+                // `systemctl stop etcd` means etcd.service.
+                unit: if unit.contains('.') {
+                    unit
+                } else {
+                    format!("{unit}.service")
+                },
+                unit_dir: unit_dir.map_or_else(|| PathBuf::from(DEFAULT_UNIT_DIR), Clone::clone),
+                systemctl: systemctl.map_or_else(|| PathBuf::from("systemctl"), Clone::clone),
+            }
+        }
+    }
+}
+
+/// Checks the runtime keys of section `section`: the ones its runtime needs are there, the others
+/// are not.
+fn check_runtime(
+    section: &str,
+    runtime: RuntimeKind,
+    manifest: Option<&PathBuf>,
+    unit: Option<&String>,
+    systemd_only: bool,
+) -> Result<(), String> {
+    match runtime {
+        RuntimeKind::StaticPod => {
+            let Some(m) = manifest else {
+                return Err(format!(
+                    "{section}.runtime = \"static-pod\" needs {section}.manifest (the static-pod \
+                     manifest, e.g. /etc/kubernetes/manifests/etcd.yaml)"
+                ));
+            };
+            if m.file_name().is_none() {
+                return Err(format!("{section}.manifest must name a file"));
+            }
+            if unit.is_some() || systemd_only {
+                return Err(format!(
+                    "{section}.unit, unit_dir and systemctl are for runtime = \"systemd\"; \
+                     remove them or change {section}.runtime"
+                ));
+            }
+        }
+        RuntimeKind::Systemd => {
+            let Some(u) = unit else {
+                return Err(format!(
+                    "{section}.runtime = \"systemd\" needs {section}.unit (the unit's name, e.g. \
+                     \"etcd.service\")"
+                ));
+            };
+            let bad = u.is_empty() || u.contains('/') || u.starts_with('.') || u.contains('\0');
+            if bad {
+                return Err(format!(
+                    "{section}.unit = {u:?} is not a unit name: give the name only, e.g. \
+                     \"etcd.service\", and the directory as {section}.unit_dir"
+                ));
+            }
+            if manifest.is_some() {
+                return Err(format!(
+                    "{section}.manifest is for runtime = \"static-pod\"; remove it or change \
+                     {section}.runtime"
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 impl AgentConfig {
@@ -157,14 +301,45 @@ impl AgentConfig {
             ("tls.cert", &self.tls.cert),
             ("tls.key", &self.tls.key),
             ("tls.client_ca", &self.tls.client_ca),
-            ("etcd.manifest", &self.etcd.manifest),
         ];
-        if let Some(d) = &self.etcd.data_dir {
-            absolute.push(("etcd.data_dir", d));
-        }
+        let e = &self.etcd;
+        let optional = [
+            ("etcd.manifest", &e.manifest),
+            ("etcd.data_dir", &e.data_dir),
+            ("etcd.unit_dir", &e.unit_dir),
+        ];
+        absolute.extend(
+            optional
+                .into_iter()
+                .filter_map(|(k, p)| Some((k, p.as_ref()?))),
+        );
+        check_runtime(
+            "etcd",
+            e.runtime,
+            e.manifest.as_ref(),
+            e.unit.as_ref(),
+            e.unit_dir.is_some() || e.systemctl.is_some(),
+        )
+        .map_err(&invalid)?;
         if let Some(a) = &self.apiserver {
-            absolute.push(("apiserver.manifest", &a.manifest));
+            let optional = [
+                ("apiserver.manifest", &a.manifest),
+                ("apiserver.unit_dir", &a.unit_dir),
+            ];
+            absolute.extend(
+                optional
+                    .into_iter()
+                    .filter_map(|(k, p)| Some((k, p.as_ref()?))),
+            );
             absolute.push(("apiserver.ca", &a.ca));
+            check_runtime(
+                "apiserver",
+                a.runtime,
+                a.manifest.as_ref(),
+                a.unit.as_ref(),
+                a.unit_dir.is_some() || a.systemctl.is_some(),
+            )
+            .map_err(&invalid)?;
         }
         for (key, p) in absolute {
             if !p.is_absolute() {
@@ -173,9 +348,6 @@ impl AgentConfig {
                     p.display()
                 )));
             }
-        }
-        if self.etcd.manifest.file_name().is_none() {
-            return Err(invalid("etcd.manifest must name a file".into()));
         }
         Ok(())
     }
@@ -267,5 +439,66 @@ start_timeout = "2m"
                 .to_string()
                 .contains("allowed_clients")
         );
+    }
+
+    #[test]
+    fn deploy_examples_parse() {
+        for text in [
+            include_str!("../../deploy/agent.example.toml"),
+            include_str!("../../deploy/agent.systemd.example.toml"),
+        ] {
+            parse(text).expect("a deploy example");
+        }
+    }
+
+    #[test]
+    fn systemd_sections() {
+        let base = EXAMPLE.split("[etcd]").next().expect("split");
+        let c = parse(&format!(
+            "{base}[etcd]\nruntime = \"systemd\"\nunit = \"etcd\"\n"
+        ))
+        .expect("systemd etcd, no apiserver");
+        assert_eq!(c.apiserver, None);
+        assert_eq!(
+            c.etcd.definition(),
+            Definition::Systemd {
+                unit: "etcd.service".into(),
+                unit_dir: PathBuf::from(DEFAULT_UNIT_DIR),
+                systemctl: PathBuf::from("systemctl"),
+            }
+        );
+        let text = format!(
+            "{base}[etcd]\nruntime = \"systemd\"\nunit = \"etcd.service\"\nunit_dir = \"/lib/systemd/system\"\nsystemctl = \"/usr/bin/systemctl\"\n"
+        );
+        assert!(matches!(
+            parse(&text).expect("full").etcd.definition(),
+            Definition::Systemd { unit_dir, .. } if unit_dir == Path::new("/lib/systemd/system")
+        ));
+        let refused = [
+            ("runtime = \"systemd\"\n", "etcd.unit"),
+            (
+                "runtime = \"systemd\"\nunit = \"../etcd.service\"\n",
+                "not a unit name",
+            ),
+            (
+                "runtime = \"systemd\"\nunit = \"etcd\"\nmanifest = \"/m.yaml\"\n",
+                "etcd.manifest",
+            ),
+            ("runtime = \"static-pod\"\n", "etcd.manifest"),
+            (
+                "runtime = \"static-pod\"\nmanifest = \"/m.yaml\"\nunit = \"etcd\"\n",
+                "etcd.unit",
+            ),
+            (
+                "runtime = \"systemd\"\nunit = \"etcd\"\nunit_dir = \"units\"\n",
+                "etcd.unit_dir",
+            ),
+        ];
+        for (section, says) in refused {
+            let err = parse(&format!("{base}[etcd]\n{section}"))
+                .expect_err(section)
+                .to_string();
+            assert!(err.contains(says), "{section}: {err}");
+        }
     }
 }

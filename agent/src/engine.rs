@@ -11,7 +11,6 @@ use std::path::PathBuf;
 use quorate_proto::model::{RestoreId, Step, StepRequest};
 
 use crate::error::{AgentError, Result};
-use crate::fsutil;
 use crate::journal::{Journal, Op, StateDir, StepState};
 use crate::manifest::EtcdMember;
 use crate::runtime::{Progress, Runtime};
@@ -75,25 +74,19 @@ impl Engine {
             .map(|a| self.state.manifest_aside(id, a.definition()))
     }
 
-    /// The etcd manifest of this member: in the manifests dir, or set aside by restore `id` (or by
-    /// the restore holding the lock).
+    /// What etcd's definition says about this member: its manifest in the manifests dir or set
+    /// aside by restore `id` (or by the restore holding the lock), or its systemd unit.
     pub fn member(&self, id: Option<RestoreId>) -> Result<EtcdMember> {
-        let home = self.etcd.definition();
-        if fsutil::exists(home) {
-            return EtcdMember::load(home);
-        }
-        let mut looked = vec![home.display().to_string()];
-        for id in [id, self.state.active()?].into_iter().flatten() {
-            let aside = self.etcd_aside(id);
-            if fsutil::exists(&aside) {
-                return EtcdMember::load(&aside);
-            }
-            looked.push(aside.display().to_string());
-        }
-        Err(AgentError::Precondition(format!(
-            "the etcd manifest is not at {}: put it back (or fix etcd.manifest in the agent config)",
-            looked.join(" nor at ")
-        )))
+        let asides: Vec<PathBuf> = [id, self.state.active()?]
+            .into_iter()
+            .flatten()
+            .map(|id| self.etcd_aside(id))
+            .collect();
+        let command = self.etcd.command(&asides).map_err(|e| match e {
+            AgentError::Precondition(m) => AgentError::Precondition(format!("etcd: {m}")),
+            other => other,
+        })?;
+        EtcdMember::from_command(command)
     }
 
     pub fn data_dir_of(&self, member: &EtcdMember) -> PathBuf {
@@ -267,11 +260,8 @@ fn check_identity(req: &StepRequest, member: &EtcdMember) -> Result<()> {
     let facts = &req.facts;
     if facts.member_name != member.name {
         return Err(AgentError::InvalidRequest(format!(
-            "the request is for member {:?} but this member's manifest {} says --name={}: fix the \
-             inventory",
-            facts.member_name,
-            member.command.path.display(),
-            member.name
+            "the request is for member {:?} but this member's {} says --name={}: fix the inventory",
+            facts.member_name, member.command.source, member.name
         )));
     }
     let mut want = facts.peer_urls.clone();
@@ -280,11 +270,11 @@ fn check_identity(req: &StepRequest, member: &EtcdMember) -> Result<()> {
     have.sort();
     if want != have {
         return Err(AgentError::InvalidRequest(format!(
-            "the request gives member {} peer URLs {} but its manifest {} says \
+            "the request gives member {} peer URLs {} but its {} says \
              --initial-advertise-peer-urls={}: fix the inventory",
             member.name,
             facts.peer_urls.join(","),
-            member.command.path.display(),
+            member.command.source,
             member.peer_urls.join(",")
         )));
     }

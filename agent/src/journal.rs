@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{AgentError, Result};
 use crate::fsutil::{self, Ownership};
+use crate::settings::FileEdit;
 
 /// Which way a step goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -100,6 +101,10 @@ pub struct Journal {
     pub set_aside: Vec<PathBuf>,
     #[serde(default)]
     pub staged: Option<Staged>,
+    /// Settings files RESTORE rewrote (environment file, etcd config file), with where their
+    /// originals are kept.
+    #[serde(default)]
+    pub edits: Vec<FileEdit>,
 }
 
 impl Journal {
@@ -112,6 +117,7 @@ impl Journal {
             manifests: BTreeMap::new(),
             set_aside: Vec::new(),
             staged: None,
+            edits: Vec::new(),
         }
     }
 

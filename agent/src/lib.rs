@@ -4,7 +4,8 @@
 //!
 //! - [`config`] holds `agent.toml`.
 //! - [`engine`] and [`steps`] run one step at a time, journaled first, idempotent.
-//! - [`runtime`] stops and starts etcd and the kube-apiserver (static pods).
+//! - [`runtime`] stops and starts etcd and the kube-apiserver (static pods or systemd units).
+//! - [`settings`] keeps etcd's environment/config file truthful across a restore.
 //! - [`tool`] wraps `etcdutl` / `etcdctl` snapshot restore.
 //! - [`service`] and [`server`] are the gRPC service and its mTLS listener.
 #![forbid(unsafe_code)]
@@ -19,6 +20,7 @@ pub mod manifest;
 pub mod runtime;
 pub mod server;
 pub mod service;
+pub mod settings;
 pub mod snapshot;
 pub mod steps;
 pub mod tool;

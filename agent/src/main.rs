@@ -34,7 +34,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Loads the config, parses the manifests, finds the restore tool and prints what it found;
+    /// Loads the config, reads etcd's manifest or unit, finds the restore tool and prints what it found;
     /// exits non-zero on any problem. Changes nothing.
     CheckConfig,
 }
@@ -121,7 +121,12 @@ fn check_config(path: &Path) -> anyhow::Result<()> {
     let active = engine.state.active()?;
     let member = engine.member(active)?;
     let data_dir = engine.data_dir_of(&member);
-    println!("etcd manifest   {}", member.command.path.display());
+    println!(
+        "etcd runtime    {} ({})",
+        engine.etcd.kind(),
+        engine.etcd.definition().display()
+    );
+    println!("etcd settings   {}", member.command.source);
     println!(
         "member          {} peer {}",
         member.name,
@@ -153,14 +158,20 @@ fn check_config(path: &Path) -> anyhow::Result<()> {
         fsutil::tree_size(&data_dir),
         fsutil::free_bytes(&data_dir)?
     );
-    match &config.apiserver {
+    match &engine.apiserver {
         Some(a) => {
             let api = quorate_agent::manifest::Apiserver::from_command(
-                quorate_agent::manifest::PodCommand::load(&a.manifest)?,
+                a.command(
+                    &active
+                        .and_then(|id| engine.apiserver_aside(id))
+                        .into_iter()
+                        .collect::<Vec<_>>(),
+                )?,
             )?;
             println!(
-                "kube-apiserver  {} ({})",
-                a.manifest.display(),
+                "kube-apiserver  {} {} ({})",
+                a.kind(),
+                a.definition().display(),
                 api.readyz_url()
             );
         }

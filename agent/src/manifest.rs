@@ -27,11 +27,15 @@ struct Container {
     args: Vec<String>,
 }
 
-/// A static pod's command line (`command` + `args` of its first container).
+/// A component's command line: a static pod's (`command` + `args` of its first container), or
+/// the one a systemd unit's settings amount to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodCommand {
+    /// The file that defines it (manifest or unit file).
     pub path: PathBuf,
     pub argv: Vec<String>,
+    /// Where the flags come from, for messages, e.g. "static-pod manifest /etc/.../etcd.yaml".
+    pub source: String,
 }
 
 impl PodCommand {
@@ -64,6 +68,7 @@ impl PodCommand {
         Ok(Self {
             path: path.to_owned(),
             argv,
+            source: format!("static-pod manifest {}", path.display()),
         })
     }
 
@@ -101,10 +106,7 @@ impl PodCommand {
 
     fn required(&self, name: &str) -> Result<&str> {
         self.flag(name).ok_or_else(|| {
-            AgentError::Precondition(format!(
-                "static-pod manifest {} has no --{name} flag",
-                self.path.display()
-            ))
+            AgentError::Precondition(format!("{} has no --{name} flag", self.source))
         })
     }
 }
@@ -175,8 +177,8 @@ impl Apiserver {
             None => 6443,
             Some(p) => p.parse().map_err(|_| {
                 AgentError::Precondition(format!(
-                    "static-pod manifest {}: --secure-port={p} is not a port",
-                    command.path.display()
+                    "{}: --secure-port={p} is not a port",
+                    command.source
                 ))
             })?,
         };

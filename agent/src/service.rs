@@ -13,11 +13,11 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::field::display;
 
-use crate::config::AgentConfig;
+use crate::config::{AgentConfig, Definition};
 use crate::engine::{Engine, Outcome, Prepared};
 use crate::error::AgentError;
 use crate::journal::{Op, StateDir};
-use crate::runtime::{Component, Runtime, StaticPod};
+use crate::runtime::{Component, Runtime, StaticPod, Systemd};
 use crate::tool::CliTool;
 use crate::{describe, snapshot};
 
@@ -33,26 +33,56 @@ pub struct AgentService {
     push_lock: Arc<Mutex<()>>,
 }
 
+/// The runtime a config section describes.
+fn runtime_of(
+    definition: Definition,
+    component: Component,
+    stop_timeout: std::time::Duration,
+    start_timeout: std::time::Duration,
+) -> Box<dyn Runtime> {
+    match definition {
+        Definition::StaticPod { manifest } => Box::new(StaticPod {
+            component,
+            manifest,
+            stop_timeout,
+            start_timeout,
+        }),
+        Definition::Systemd {
+            unit,
+            unit_dir,
+            systemctl,
+        } => Box::new(Systemd::new(
+            component,
+            unit,
+            unit_dir,
+            systemctl,
+            stop_timeout,
+            start_timeout,
+        )),
+    }
+}
+
 /// The real runtimes and tools for `config`.
 pub fn engine_from_config(config: &AgentConfig) -> Engine {
-    let etcd = StaticPod {
-        component: Component::Etcd,
-        manifest: config.etcd.manifest.clone(),
-        stop_timeout: config.etcd.stop_timeout,
-        start_timeout: config.etcd.start_timeout,
-    };
+    let e = &config.etcd;
+    let etcd = runtime_of(
+        e.definition(),
+        Component::Etcd,
+        e.stop_timeout,
+        e.start_timeout,
+    );
     let apiserver = config.apiserver.as_ref().map(|a| {
-        Box::new(StaticPod {
-            component: Component::Apiserver { ca: a.ca.clone() },
-            manifest: a.manifest.clone(),
-            stop_timeout: a.stop_timeout,
-            start_timeout: a.start_timeout,
-        }) as Box<dyn Runtime>
+        runtime_of(
+            a.definition(),
+            Component::Apiserver { ca: a.ca.clone() },
+            a.stop_timeout,
+            a.start_timeout,
+        )
     });
     Engine {
         state: StateDir::new(&config.state_dir),
         data_dir: config.etcd.data_dir.clone(),
-        etcd: Box::new(etcd),
+        etcd,
         apiserver,
         tool: Box::new(CliTool {
             etcdutl: config.etcd.etcdutl.clone(),

@@ -34,6 +34,7 @@ pub async fn run(
         agent_bin: Some(lab_bin.with_file_name("quorate-agent")),
         lab_bin,
         patience: Duration::from_secs(60),
+        runtime: crate::lab::LabRuntime::StaticPod,
     })
     .await?;
     let result = story(&lab, keys).await;

@@ -1,5 +1,7 @@
-//! `lab up` / `lab down`: N control-plane hosts with real etcd, a kubelet stand-in each, and the
-//! files an operator (or quorate) needs to drive them.
+//! `lab up` / `lab down`: N control-plane hosts with real etcd, run either as static pods by a
+//! kubelet stand-in per host (stacked etcd, with an apiserver stand-in) or as systemd units through
+//! a `systemctl` stand-in (external etcd, kubespray's layout, no apiserver), and the files an
+//! operator (or quorate) needs to drive them.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -18,6 +20,32 @@ use crate::pki::LabPki;
 use crate::procs;
 use crate::tools::{EtcdTools, EtcdVersion};
 
+/// How the lab's hosts run etcd.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LabRuntime {
+    /// kubeadm's stacked etcd: static pods run by a kubelet stand-in, with an apiserver stand-in.
+    #[default]
+    StaticPod,
+    /// An external etcd cluster the kubespray way: `etcd.service` with `/etc/etcd.env`, run by a
+    /// `systemctl` stand-in; no apiserver on the etcd hosts.
+    Systemd,
+}
+
+impl std::str::FromStr for LabRuntime {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        match s {
+            "static-pod" => Ok(Self::StaticPod),
+            "systemd" => Ok(Self::Systemd),
+            other => bail!("runtime {other} is not one the lab knows (static-pod or systemd)"),
+        }
+    }
+}
+
+/// The etcd unit of a systemd lab host.
+pub const ETCD_UNIT: &str = "etcd.service";
+
 /// What `lab up` started, persisted as `DIR/lab.json` so that `lab down` (from any shell) can end it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LabState {
@@ -26,7 +54,9 @@ pub struct LabState {
     pub tools: EtcdTools,
     pub lab_bin: PathBuf,
     pub hosts: Vec<Host>,
-    /// The kubelet stand-in's PID per host, in host order.
+    #[serde(default)]
+    pub runtime: LabRuntime,
+    /// The kubelet stand-in's PID per host, in host order (empty for a systemd lab).
     pub kubelets: Vec<u32>,
     /// The quorate agent's PID per host, in host order (empty when the lab runs no agents).
     #[serde(default)]
@@ -45,6 +75,7 @@ pub struct UpOptions {
     /// The `quorate-agent` binary to run on every host; `None`: no agents.
     pub agent_bin: Option<PathBuf>,
     pub patience: Duration,
+    pub runtime: LabRuntime,
 }
 
 /// A running lab. Dropping it does not stop it; call [`Lab::down`] (tests use [`crate::TestLab`]).
@@ -83,6 +114,10 @@ impl Lab {
         let initial_cluster = layout::initial_cluster(&hosts);
         for host in &hosts {
             pki.write_host(host)?;
+            if opts.runtime == LabRuntime::Systemd {
+                write_systemd_host(host, &tools, &initial_cluster, &opts.lab_bin)?;
+                continue;
+            }
             fs::create_dir_all(host.manifests_dir())?;
             fs::create_dir_all(host.data_dir().parent().expect("data dir has a parent"))?;
             fs::create_dir_all(host.path("var/log/pods"))?;
@@ -105,17 +140,26 @@ impl Lab {
                 tools,
                 lab_bin: opts.lab_bin.clone(),
                 hosts,
+                runtime: opts.runtime,
                 kubelets: Vec::new(),
                 agents: Vec::new(),
             },
             children: Vec::new(),
         };
+        lab.save()?;
         for host in lab.state.hosts.clone() {
-            let child = spawn_kubelet(&opts.lab_bin, &host)?;
-            lab.state.kubelets.push(child.id());
-            lab.children.push(child);
+            if opts.runtime == LabRuntime::Systemd {
+                if let Err(e) = systemctl(&host, "start") {
+                    let _ = lab.down();
+                    return Err(e);
+                }
+            } else {
+                let child = spawn_kubelet(&opts.lab_bin, &host)?;
+                lab.state.kubelets.push(child.id());
+                lab.children.push(child);
+            }
             if let Some(agent_bin) = &opts.agent_bin {
-                let config = write_agent_config(&host, &lab.state.tools)?;
+                let config = write_agent_config(&host, &lab.state.tools, opts.runtime)?;
                 let child = spawn_agent(agent_bin, &host, &config, None)?;
                 lab.state.agents.push(child.id());
                 lab.children.push(child);
@@ -247,10 +291,12 @@ impl Lab {
         let deadline = Instant::now() + patience;
         loop {
             let mut waiting = Vec::new();
+            let systemd = self.state.runtime == LabRuntime::Systemd;
+            let etcd_log = if systemd { ETCD_UNIT } else { "etcd" };
             for host in &self.state.hosts {
                 if !Self::member_healthy(host).await {
-                    waiting.push((host, "etcd", "etcd is not healthy"));
-                } else if self.apiserver_readyz(host).await != Some(200) {
+                    waiting.push((host, etcd_log, "etcd is not healthy"));
+                } else if !systemd && self.apiserver_readyz(host).await != Some(200) {
                     waiting.push((host, "kube-apiserver", "kube-apiserver is not ready"));
                 } else if !self.state.agents.is_empty()
                     && !procs::port_open(host.ip, layout::AGENT_PORT)
@@ -307,6 +353,9 @@ impl Lab {
         }
         for child in &mut self.children {
             let _ = child.try_wait();
+        }
+        if self.state.runtime == LabRuntime::Systemd {
+            stop_units(&hosts)?;
         }
         // Pods whose kubelet died without stopping them.
         for host in &hosts {
@@ -442,8 +491,115 @@ fn spawn_agent(
     spawn_logged(agent_bin, &args, &host.log_of("quorate-agent"), &env)
 }
 
-/// The agent's config on a lab host: static pods for etcd and the apiserver, the lab's tools.
-fn write_agent_config(host: &Host, tools: &EtcdTools) -> anyhow::Result<PathBuf> {
+/// A systemd lab host the kubespray way: `etcd.service` running the bare etcd binary with every
+/// setting in `/etc/etcd.env`, and the `systemctl` stand-in wrapper.
+fn write_systemd_host(
+    host: &Host,
+    tools: &EtcdTools,
+    initial_cluster: &str,
+    lab_bin: &Path,
+) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    for dir in [
+        host.unit_dir(),
+        host.path("run/systemd"),
+        host.path("var/log"),
+        host.path("usr/bin"),
+        host.data_dir()
+            .parent()
+            .expect("data dir has a parent")
+            .to_owned(),
+    ] {
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    write_atomic(
+        &host.etcd_env_file(),
+        &host.etcd_env(tools, initial_cluster),
+    )?;
+    write_atomic(&host.unit_dir().join(ETCD_UNIT), &host.etcd_unit(tools))?;
+    let wrapper = host.systemctl();
+    write_atomic(
+        &wrapper,
+        &crate::systemctl::wrapper_script(lab_bin, &host.root),
+    )?;
+    fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755))?;
+    Ok(())
+}
+
+/// `systemctl <verb> etcd.service` on `host`, through its stand-in wrapper.
+fn systemctl(host: &Host, verb: &str) -> anyhow::Result<()> {
+    let out = Command::new(host.systemctl())
+        .args([verb, ETCD_UNIT])
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {}", host.systemctl().display()))?;
+    if !out.status.success() {
+        bail!(
+            "systemctl {verb} {ETCD_UNIT} on {}: {} {}",
+            host.name,
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// Stops etcd on every systemd host at once (one at a time, each stop would wait for a leader
+/// transfer).
+fn stop_units(hosts: &[Host]) -> anyhow::Result<()> {
+    let errors: Vec<String> = std::thread::scope(|s| {
+        let stops: Vec<_> = hosts
+            .iter()
+            .filter(|h| h.systemctl().is_file())
+            .map(|h| s.spawn(move || systemctl(h, "stop")))
+            .collect();
+        stops
+            .into_iter()
+            .filter_map(|t| match t.join() {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(format!("{e:#}")),
+                Err(_) => Some("a stop thread panicked".into()),
+            })
+            .collect()
+    });
+    if !errors.is_empty() {
+        bail!("stopping etcd units: {}", errors.join("; "));
+    }
+    Ok(())
+}
+
+/// True when `host`'s etcd unit has a live main process.
+fn unit_running(host: &Host) -> bool {
+    crate::systemctl::Service::load(&host.root, ETCD_UNIT)
+        .ok()
+        .flatten()
+        .is_some_and(|s| s.main_pid(&host.root).is_some())
+}
+
+/// The agent's `[etcd]` section (and `[apiserver]`, for static pods) on a lab host.
+fn agent_runtime_sections(host: &Host, tool: &str, runtime: LabRuntime) -> String {
+    let s = |p: PathBuf| format!("{:?}", p.display().to_string());
+    match runtime {
+        LabRuntime::Systemd => format!(
+            "[etcd]\nruntime = \"systemd\"\nunit = \"{ETCD_UNIT}\"\nunit_dir = {}\nsystemctl = {}\n{tool}\n",
+            s(host.unit_dir()),
+            s(host.systemctl()),
+        ),
+        LabRuntime::StaticPod => format!(
+            "[etcd]\nruntime = \"static-pod\"\nmanifest = {}\n{tool}\n\n[apiserver]\nruntime = \"static-pod\"\nmanifest = {}\nca = {}\n",
+            s(host.manifests_dir().join("etcd.yaml")),
+            s(host.manifests_dir().join("kube-apiserver.yaml")),
+            s(host.pki_dir().join("ca.crt")),
+        ),
+    }
+}
+
+/// The agent's config on a lab host: the runtime's sections, the lab's tools.
+fn write_agent_config(
+    host: &Host,
+    tools: &EtcdTools,
+    runtime: LabRuntime,
+) -> anyhow::Result<PathBuf> {
     let q = host.quorate_pki_dir();
     let tool = match &tools.etcdutl {
         Some(etcdutl) => format!("etcdutl = {:?}", etcdutl.display().to_string()),
@@ -460,16 +616,7 @@ cert = {cert:?}
 key = {key:?}
 client_ca = {ca:?}
 
-[etcd]
-runtime = "static-pod"
-manifest = {etcd_manifest:?}
-{tool}
-
-[apiserver]
-runtime = "static-pod"
-manifest = {apiserver_manifest:?}
-ca = {apiserver_ca:?}
-"#,
+{sections}"#,
         name = host.name,
         ip = host.ip,
         port = layout::AGENT_PORT,
@@ -478,13 +625,7 @@ ca = {apiserver_ca:?}
         cert = q.join("agent.crt").display().to_string(),
         key = q.join("agent.key").display().to_string(),
         ca = q.join("ca.crt").display().to_string(),
-        etcd_manifest = host.manifests_dir().join("etcd.yaml").display().to_string(),
-        apiserver_manifest = host
-            .manifests_dir()
-            .join("kube-apiserver.yaml")
-            .display()
-            .to_string(),
-        apiserver_ca = host.pki_dir().join("ca.crt").display().to_string(),
+        sections = agent_runtime_sections(host, &tool, runtime),
     );
     let path = host.path("etc/quorate/agent.toml");
     write_atomic(&path, &text)?;
@@ -500,7 +641,8 @@ fn prepare_dir(dir: &Path) -> anyhow::Result<()> {
             .hosts
             .iter()
             .zip(&old.state.kubelets)
-            .any(|(h, pid)| procs::is_ours(*pid, &h.root.display().to_string()));
+            .any(|(h, pid)| procs::is_ours(*pid, &h.root.display().to_string()))
+            || old.state.hosts.iter().any(unit_running);
         if running {
             bail!(
                 "a lab is already running in {}: run `lab down --dir {}` first",

@@ -54,14 +54,26 @@ impl Host {
     pub fn pod_log(&self, pod: &str) -> PathBuf {
         self.path(&format!("var/log/pods/{pod}.log"))
     }
+    pub fn unit_dir(&self) -> PathBuf {
+        self.path("etc/systemd/system")
+    }
+    /// kubespray's environment file for etcd.
+    pub fn etcd_env_file(&self) -> PathBuf {
+        self.path("etc/etcd.env")
+    }
+    /// The `systemctl` stand-in wrapper of this host.
+    pub fn systemctl(&self) -> PathBuf {
+        self.path("usr/bin/systemctl")
+    }
     pub fn pod_pid_file(&self, pod: &str) -> PathBuf {
         self.path(&format!("run/pods/{pod}.pid"))
     }
-    /// The log of a static pod (`etcd`, `kube-apiserver`) or of a host process (`kubelet`,
-    /// `quorate-agent`).
+    /// The log of a static pod (`etcd`, `kube-apiserver`), of a systemd unit (`etcd.service`) or
+    /// of a host process (`kubelet`, `quorate-agent`).
     pub fn log_of(&self, what: &str) -> PathBuf {
         match what {
             "kubelet" | "quorate-agent" => self.path(&format!("var/log/{what}.log")),
+            unit if unit.ends_with(".service") => self.path(&format!("var/log/{unit}.log")),
             pod => self.pod_log(pod),
         }
     }
@@ -120,6 +132,48 @@ impl Host {
             cmd.push("--experimental-watch-progress-notify-interval=5s".into());
         }
         cmd
+    }
+
+    /// etcd's settings as kubespray writes them to `/etc/etcd.env`: every flag of
+    /// [`Host::etcd_command`] as an `ETCD_*` variable, and kubespray's cluster token.
+    pub fn etcd_env(&self, tools: &EtcdTools, initial_cluster: &str) -> String {
+        let mut out = format!("# Environment file for etcd {}\n", tools.full_version);
+        for flag in &self.etcd_command(tools, initial_cluster)[1..] {
+            if let Some((k, v)) = flag.trim_start_matches("--").split_once('=') {
+                out.push_str(&format!(
+                    "ETCD_{}={v}\n",
+                    k.to_uppercase().replace('-', "_")
+                ));
+            }
+        }
+        out.push_str("ETCD_INITIAL_CLUSTER_TOKEN=k8s_etcd\n");
+        out
+    }
+
+    /// kubespray's etcd unit: the bare binary, every setting in the environment file.
+    pub fn etcd_unit(&self, tools: &EtcdTools) -> String {
+        format!(
+            "[Unit]\n\
+             Description=etcd ({name})\n\
+             After=network.target\n\
+             \n\
+             [Service]\n\
+             Type=notify\n\
+             User=root\n\
+             EnvironmentFile={env}\n\
+             ExecStart={etcd}\n\
+             NotifyAccess=all\n\
+             Restart=always\n\
+             RestartSec=10s\n\
+             TimeoutStopSec=30s\n\
+             LimitNOFILE=40000\n\
+             \n\
+             [Install]\n\
+             WantedBy=multi-user.target\n",
+            name = self.name,
+            env = self.etcd_env_file().display(),
+            etcd = tools.etcd.display(),
+        )
     }
 
     /// The apiserver stand-in's command line (flags named like kube-apiserver's).

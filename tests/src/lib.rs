@@ -13,5 +13,6 @@ pub mod load;
 pub mod pki;
 pub mod procs;
 pub mod scenario;
+pub mod systemctl;
 pub mod testlab;
 pub mod tools;

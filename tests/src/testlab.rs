@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use nix::fcntl::{Flock, FlockArg};
 
-use crate::lab::{Lab, UpOptions};
+use crate::lab::{Lab, LabRuntime, UpOptions};
 use crate::tools::{EtcdTools, EtcdVersion};
 
 /// One patience setting for every wait in the tests.
@@ -100,8 +100,13 @@ pub fn lab_bin() -> PathBuf {
     dir.join("lab")
 }
 
-/// Brings up a lab of `members` on etcd `version`.
+/// Brings up a lab of `members` on etcd `version` (static pods).
 pub async fn up(members: u8, version: EtcdVersion) -> TestLab {
+    up_with(members, version, LabRuntime::StaticPod).await
+}
+
+/// Brings up a lab of `members` on etcd `version`, run by `runtime`.
+pub async fn up_with(members: u8, version: EtcdVersion, runtime: LabRuntime) -> TestLab {
     let (net, slot) = take_net_slot();
     let dir = tempfile::Builder::new()
         .prefix("quorate-lab-")
@@ -115,11 +120,12 @@ pub async fn up(members: u8, version: EtcdVersion) -> TestLab {
         agent_bin: Some(lab_bin().with_file_name("quorate-agent")),
         lab_bin: lab_bin(),
         patience: PATIENCE,
+        runtime,
     };
     let started = Instant::now();
     let lab = Lab::up(&opts).await.expect("lab up");
     eprintln!(
-        "lab up: {members} members on etcd {version} at 127.0.{net}.x in {:.1?}",
+        "lab up: {members} members on etcd {version} ({runtime:?}) at 127.0.{net}.x in {:.1?}",
         started.elapsed()
     );
     TestLab {

@@ -1,4 +1,5 @@
-//! Finding processes by their exact command line and listening sockets by address, from /proc.
+//! Finding processes by their exact command line (and environment) and listening sockets by
+//! address, from /proc.
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, ToSocketAddrs};
@@ -15,6 +16,32 @@ pub fn find_processes(argv: &[String]) -> Vec<u32> {
         .collect();
     pids.sort_unstable();
     pids
+}
+
+/// PIDs of live processes whose argv equals `argv` and whose environment holds every pair of
+/// `env`. A process whose environment cannot be read (another user's, without root) counts as a
+/// match: for "is it still running?" a false yes is the safe answer.
+pub fn find_processes_with_env(argv: &[String], env: &[(String, String)]) -> Vec<u32> {
+    let pids = find_processes(argv);
+    if env.is_empty() {
+        return pids;
+    }
+    pids.into_iter()
+        .filter(|pid| environ_of(*pid).is_none_or(|have| env.iter().all(|kv| have.contains(kv))))
+        .collect()
+}
+
+fn environ_of(pid: u32) -> Option<Vec<(String, String)>> {
+    let raw = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    Some(
+        raw.split(|b| *b == 0)
+            .filter_map(|kv| {
+                let kv = String::from_utf8_lossy(kv);
+                let (k, v) = kv.split_once('=')?;
+                Some((k.to_owned(), v.to_owned()))
+            })
+            .collect(),
+    )
 }
 
 fn argv_of(pid: u32) -> Option<Vec<String>> {
@@ -108,6 +135,10 @@ mod tests {
         let me: Vec<String> = std::env::args().collect();
         assert!(find_processes(&me).contains(&std::process::id()));
         assert!(find_processes(&["no-such-program-anywhere".to_owned()]).is_empty());
+        let path = ("PATH".to_owned(), std::env::var("PATH").unwrap_or_default());
+        assert!(find_processes_with_env(&me, &[path]).contains(&std::process::id()));
+        let other = ("QUORATE_NO_SUCH_VAR".to_owned(), "1".to_owned());
+        assert!(find_processes_with_env(&me, &[other]).is_empty());
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = l.local_addr().expect("addr").port();
         assert!(listening("127.0.0.1", port));

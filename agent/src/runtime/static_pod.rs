@@ -2,28 +2,13 @@
 //! out (one atomic rename) into the restore's state dir; starting moves it back.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use super::{Progress, Runtime, find_processes, listening};
+use super::checks::{self, Component, Target};
+use super::{Progress, Runtime, find_processes};
 use crate::error::{AgentError, Result};
 use crate::fsutil;
-use crate::manifest::{Apiserver, EtcdMember, PodCommand};
-
-const POLL: Duration = Duration::from_millis(100);
-/// How often a wait repeats its progress message.
-const REPORT_EVERY: Duration = Duration::from_secs(5);
-const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// Which component a static pod runs; decides which ports and probes mean "up".
-#[derive(Debug, Clone)]
-pub enum Component {
-    Etcd,
-    /// With the CA of the apiserver's serving certificate, for `/readyz`.
-    Apiserver {
-        ca: PathBuf,
-    },
-}
+use crate::manifest::PodCommand;
 
 /// A component run by the kubelet from a manifest.
 #[derive(Debug, Clone)]
@@ -70,130 +55,24 @@ impl StaticPod {
             .map_or_else(|| "manifest".into(), |n| n.to_string_lossy().into_owned())
     }
 
-    fn label(&self) -> &'static str {
-        match self.component {
-            Component::Etcd => "etcd",
-            Component::Apiserver { .. } => "kube-apiserver",
-        }
-    }
-
     /// The manifest where it currently is: home first, then `aside`.
-    fn command(&self, aside: Option<&Path>) -> Result<PodCommand> {
+    fn current_command(&self, aside: Option<&Path>) -> Result<PodCommand> {
         match aside {
             Some(a) if !fsutil::exists(&self.manifest) && fsutil::exists(a) => PodCommand::load(a),
             _ => PodCommand::load(&self.manifest),
         }
     }
 
-    fn ports(&self, command: &PodCommand) -> Result<Vec<(String, u16)>> {
-        Ok(match self.component {
-            Component::Etcd => EtcdMember::from_command(command.clone())?.ports(),
-            Component::Apiserver { .. } => {
-                let a = Apiserver::from_command(command.clone())?;
-                vec![(a.address, a.port)]
-            }
-        })
+    fn label(&self) -> &'static str {
+        self.component.label()
     }
 
-    fn readyz(&self, command: &PodCommand) -> Result<Option<String>> {
-        let Component::Apiserver { ca } = &self.component else {
-            return Ok(None);
-        };
-        let url = Apiserver::from_command(command.clone())?.readyz_url();
-        let tls = quorate_proto::tls::client_config(ca, None).map_err(|e| {
-            AgentError::Precondition(format!("apiserver.ca: {e}; fix the agent config"))
-        })?;
-        let handle = tokio::runtime::Handle::try_current().map_err(|_| {
-            AgentError::Precondition("probing /readyz needs the agent's runtime".into())
-        })?;
-        let answer = handle.block_on(quorate_proto::probe::get(
-            &url,
-            Some(Arc::new(tls)),
-            PROBE_TIMEOUT,
-        ));
-        Ok(match answer {
-            Ok(r) if r.status == 200 => None,
-            Ok(r) => Some(format!("GET {url} answered {}", r.status)),
-            Err(e) => Some(e.to_string()),
-        })
-    }
-
-    /// What still keeps the component from being down, or `None` when it is down.
-    fn still_up(&self, argv: &[String], ports: &[(String, u16)]) -> Option<String> {
-        let pids = find_processes(argv);
-        if !pids.is_empty() {
-            return Some(format!(
-                "waiting for {} (pid {}) to exit",
-                self.label(),
-                join(&pids)
-            ));
+    fn target(command: PodCommand) -> Target {
+        Target {
+            argv: command.argv.clone(),
+            env: Vec::new(),
+            command,
         }
-        let open: Vec<String> = ports
-            .iter()
-            .filter(|(h, p)| listening(h, *p))
-            .map(|(h, p)| format!("{h}:{p}"))
-            .collect();
-        (!open.is_empty()).then(|| format!("waiting for {} to close", open.join(", ")))
-    }
-
-    /// What still keeps the component from being up, or `None` when it is up.
-    fn not_up(&self, command: &PodCommand, ports: &[(String, u16)]) -> Result<Option<String>> {
-        let pids = find_processes(&command.argv);
-        if pids.is_empty() {
-            return Ok(Some(format!(
-                "waiting for the kubelet to start {}",
-                self.label()
-            )));
-        }
-        let closed: Vec<String> = ports
-            .iter()
-            .filter(|(h, p)| !listening(h, *p))
-            .map(|(h, p)| format!("{h}:{p}"))
-            .collect();
-        if !closed.is_empty() {
-            return Ok(Some(format!(
-                "waiting for {} (pid {}) to listen on {}",
-                self.label(),
-                join(&pids),
-                closed.join(", ")
-            )));
-        }
-        Ok(self
-            .readyz(command)?
-            .map(|why| format!("waiting for /readyz: {why}")))
-    }
-}
-
-fn join(pids: &[u32]) -> String {
-    pids.iter()
-        .map(u32::to_string)
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// Polls `check` until it returns `None`, reporting its message every few seconds.
-fn wait(
-    timeout: Duration,
-    progress: Progress<'_>,
-    mut check: impl FnMut() -> Result<Option<String>>,
-) -> Result<std::result::Result<Duration, String>> {
-    let start = Instant::now();
-    let mut last_report: Option<(Instant, String)> = None;
-    loop {
-        let Some(why) = check()? else {
-            return Ok(Ok(start.elapsed()));
-        };
-        if start.elapsed() >= timeout {
-            return Ok(Err(why));
-        }
-        let due = last_report
-            .as_ref()
-            .is_none_or(|(at, msg)| *msg != why || at.elapsed() >= REPORT_EVERY);
-        if due {
-            progress(why.clone());
-            last_report = Some((Instant::now(), why));
-        }
-        std::thread::sleep(POLL);
     }
 }
 
@@ -207,7 +86,7 @@ impl Runtime for StaticPod {
     }
 
     fn is_running(&self, aside: Option<&Path>) -> bool {
-        self.command(aside)
+        self.current_command(aside)
             .is_ok_and(|c| !find_processes(&c.argv).is_empty())
     }
 
@@ -217,10 +96,10 @@ impl Runtime for StaticPod {
             progress(format!("moving {file} out of the manifests dir"));
         }
         move_manifest(&self.manifest, aside)?;
-        let command = PodCommand::load(aside)?;
-        let ports = self.ports(&command)?;
-        let waited = wait(self.stop_timeout, progress, || {
-            Ok(self.still_up(&command.argv, &ports))
+        let target = Self::target(PodCommand::load(aside)?);
+        let ports = target.ports(&self.component)?;
+        let waited = checks::wait(self.stop_timeout, progress, || {
+            Ok(checks::still_up(&self.component, &target, &ports))
         })?;
         match waited {
             Ok(took) => Ok(format!(
@@ -244,10 +123,10 @@ impl Runtime for StaticPod {
             progress(format!("moving {file} back into the manifests dir"));
         }
         move_manifest(aside, &self.manifest)?;
-        let command = PodCommand::load(&self.manifest)?;
-        let ports = self.ports(&command)?;
-        let waited = wait(self.start_timeout, progress, || {
-            self.not_up(&command, &ports)
+        let target = Self::target(PodCommand::load(&self.manifest)?);
+        let ports = target.ports(&self.component)?;
+        let waited = checks::wait(self.start_timeout, progress, || {
+            checks::not_up(&self.component, &target, &ports, "the kubelet")
         })?;
         match waited {
             Ok(took) => Ok(format!(

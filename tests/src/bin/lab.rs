@@ -6,15 +6,18 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use quorate_lab::lab::{Lab, UpOptions};
+use quorate_lab::lab::{Lab, LabRuntime, UpOptions};
 use quorate_lab::tools::EtcdVersion;
-use quorate_lab::{apiserver, demo, etcd, kubelet, load};
+use quorate_lab::{apiserver, demo, etcd, kubelet, load, systemctl};
 
 /// A lab of N etcd members in kubeadm's layout on 127.0.<net>.(10+i), each with a kubelet
-/// stand-in running its static pods (etcd, an apiserver stand-in).
+/// stand-in running its static pods (etcd, an apiserver stand-in); or, with --runtime systemd,
+/// an external etcd cluster the kubespray way (etcd.service + /etc/etcd.env per host, run by a
+/// systemctl stand-in, no apiserver).
 ///
 /// Typical use:
 ///   lab up --members 3 --dir /tmp/lab
+///   lab up --members 3 --dir /tmp/lab --runtime systemd
 ///   source /tmp/lab/lab.env && etcdctl member list -w table
 ///   lab load --dir /tmp/lab --keys 20000
 ///   lab down --dir /tmp/lab
@@ -50,6 +53,10 @@ enum Cmd {
         /// Do not run a quorate-agent on each host (default: run the one built beside `lab`).
         #[arg(long)]
         no_agents: bool,
+        /// How etcd runs: static-pod (kubelet stand-in, stacked etcd with an apiserver) or
+        /// systemd (etcd.service through a systemctl stand-in, no apiserver).
+        #[arg(long, default_value = "static-pod")]
+        runtime: LabRuntime,
     },
     /// Stop everything the lab in DIR started; fails if a port is still listening.
     Down {
@@ -95,6 +102,9 @@ enum Cmd {
     /// The kube-apiserver stand-in (run from its static pod manifest).
     #[command(hide = true)]
     Apiserver(apiserver::ApiserverArgs),
+    /// The systemctl stand-in for one host (run through HOSTROOT/usr/bin/systemctl).
+    #[command(hide = true)]
+    Systemctl(systemctl::SystemctlArgs),
 }
 
 fn humantime_duration(s: &str) -> Result<Duration, String> {
@@ -109,8 +119,18 @@ fn humantime_duration(s: &str) -> Result<Duration, String> {
     }
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    if let Cmd::Systemctl(args) = &cli.command {
+        // No runtime, no logs: a quick command with systemctl's exit codes.
+        std::process::exit(systemctl::run(args));
+    }
+    tokio::runtime::Runtime::new()
+        .context("starting the async runtime")?
+        .block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     quorate_proto::tls::install_default_provider();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -118,7 +138,7 @@ async fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    match Cli::parse().command {
+    match cli.command {
         Cmd::Up {
             members,
             etcd,
@@ -126,6 +146,7 @@ async fn main() -> anyhow::Result<()> {
             net,
             patience,
             no_agents,
+            runtime,
         } => {
             let lab_bin = std::env::current_exe().context("locating the lab binary")?;
             let started = Instant::now();
@@ -138,6 +159,7 @@ async fn main() -> anyhow::Result<()> {
                 lab_bin,
                 agent_bin,
                 patience,
+                runtime,
             })
             .await?;
             println!(
@@ -146,13 +168,16 @@ async fn main() -> anyhow::Result<()> {
                 lab.state.tools.etcd.display(),
                 started.elapsed()
             );
-            for (host, pid) in lab.hosts().iter().zip(&lab.state.kubelets) {
+            for (i, host) in lab.hosts().iter().enumerate() {
+                let how = match lab.state.kubelets.get(i) {
+                    Some(pid) => format!("apiserver {}  kubelet pid {pid}", host.apiserver_url()),
+                    None => format!("etcd.service (systemctl: {})", host.systemctl().display()),
+                };
                 println!(
-                    "  {:<5} {}  etcd {}  apiserver {}  kubelet pid {pid}  root {}",
+                    "  {:<5} {}  etcd {}  {how}  root {}",
                     host.name,
                     host.ip,
                     host.client_url(),
-                    host.apiserver_url(),
                     host.root.display()
                 );
             }
@@ -217,6 +242,7 @@ async fn main() -> anyhow::Result<()> {
         } => demo::run(dir, members, keys, etcd, keep).await?,
         Cmd::Kubelet { root } => kubelet::run(&root).await?,
         Cmd::Apiserver(args) => apiserver::run(args).await?,
+        Cmd::Systemctl(args) => std::process::exit(systemctl::run(&args)),
     }
     Ok(())
 }

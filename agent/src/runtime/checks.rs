@@ -1,0 +1,170 @@
+//! What "down" and "up" mean, shared by every runtime: the process (found by its command line)
+//! is gone and its ports are closed; or it runs, its ports listen and, for the apiserver,
+//! `/readyz` answers 200. A runtime's own success report (a moved manifest, systemctl's exit
+//! code) is never taken as proof.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::{Progress, find_processes_with_env, listening};
+use crate::error::{AgentError, Result};
+use crate::manifest::{Apiserver, EtcdMember, PodCommand};
+
+const POLL: Duration = Duration::from_millis(100);
+/// How often a wait repeats its progress message.
+const REPORT_EVERY: Duration = Duration::from_secs(5);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Which component a runtime controls; decides which ports and probes mean "up".
+#[derive(Debug, Clone)]
+pub enum Component {
+    Etcd,
+    /// With the CA of the apiserver's serving certificate, for `/readyz`.
+    Apiserver {
+        ca: PathBuf,
+    },
+}
+
+impl Component {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Component::Etcd => "etcd",
+            Component::Apiserver { .. } => "kube-apiserver",
+        }
+    }
+}
+
+/// The running form of a component: how to recognise its process and where it listens.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The process's exact argv.
+    pub argv: Vec<String>,
+    /// Variables the process's environment must also hold (tells apart processes with the same
+    /// argv, e.g. several etcds configured only through their environment).
+    pub env: Vec<(String, String)>,
+    /// The effective command line, flags included (for ports and probes).
+    pub command: PodCommand,
+}
+
+impl Target {
+    pub fn pids(&self) -> Vec<u32> {
+        find_processes_with_env(&self.argv, &self.env)
+    }
+
+    pub fn ports(&self, component: &Component) -> Result<Vec<(String, u16)>> {
+        Ok(match component {
+            Component::Etcd => EtcdMember::from_command(self.command.clone())?.ports(),
+            Component::Apiserver { .. } => {
+                let a = Apiserver::from_command(self.command.clone())?;
+                vec![(a.address, a.port)]
+            }
+        })
+    }
+}
+
+pub fn join(pids: &[u32]) -> String {
+    pids.iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn readyz(component: &Component, command: &PodCommand) -> Result<Option<String>> {
+    let Component::Apiserver { ca } = component else {
+        return Ok(None);
+    };
+    let url = Apiserver::from_command(command.clone())?.readyz_url();
+    let tls = quorate_proto::tls::client_config(ca, None).map_err(|e| {
+        AgentError::Precondition(format!("apiserver.ca: {e}; fix the agent config"))
+    })?;
+    let handle = tokio::runtime::Handle::try_current().map_err(|_| {
+        AgentError::Precondition("probing /readyz needs the agent's runtime".into())
+    })?;
+    let answer = handle.block_on(quorate_proto::probe::get(
+        &url,
+        Some(Arc::new(tls)),
+        PROBE_TIMEOUT,
+    ));
+    Ok(match answer {
+        Ok(r) if r.status == 200 => None,
+        Ok(r) => Some(format!("GET {url} answered {}", r.status)),
+        Err(e) => Some(e.to_string()),
+    })
+}
+
+/// What still keeps the component from being down, or `None` when it is down.
+pub fn still_up(component: &Component, target: &Target, ports: &[(String, u16)]) -> Option<String> {
+    let pids = target.pids();
+    if !pids.is_empty() {
+        return Some(format!(
+            "waiting for {} (pid {}) to exit",
+            component.label(),
+            join(&pids)
+        ));
+    }
+    let open: Vec<String> = ports
+        .iter()
+        .filter(|(h, p)| listening(h, *p))
+        .map(|(h, p)| format!("{h}:{p}"))
+        .collect();
+    (!open.is_empty()).then(|| format!("waiting for {} to close", open.join(", ")))
+}
+
+/// What still keeps the component from being up, or `None` when it is up. `starter` names who
+/// should start it ("the kubelet", "systemd").
+pub fn not_up(
+    component: &Component,
+    target: &Target,
+    ports: &[(String, u16)],
+    starter: &str,
+) -> Result<Option<String>> {
+    let pids = target.pids();
+    if pids.is_empty() {
+        return Ok(Some(format!(
+            "waiting for {starter} to start {}",
+            component.label()
+        )));
+    }
+    let closed: Vec<String> = ports
+        .iter()
+        .filter(|(h, p)| !listening(h, *p))
+        .map(|(h, p)| format!("{h}:{p}"))
+        .collect();
+    if !closed.is_empty() {
+        return Ok(Some(format!(
+            "waiting for {} (pid {}) to listen on {}",
+            component.label(),
+            join(&pids),
+            closed.join(", ")
+        )));
+    }
+    Ok(readyz(component, &target.command)?.map(|why| format!("waiting for /readyz: {why}")))
+}
+
+/// Polls `check` until it returns `None`, reporting its message every few seconds. `Ok(Err(why))`
+/// is a timeout with the last reason.
+pub fn wait(
+    timeout: Duration,
+    progress: Progress<'_>,
+    mut check: impl FnMut() -> Result<Option<String>>,
+) -> Result<std::result::Result<Duration, String>> {
+    let start = Instant::now();
+    let mut last_report: Option<(Instant, String)> = None;
+    loop {
+        let Some(why) = check()? else {
+            return Ok(Ok(start.elapsed()));
+        };
+        if start.elapsed() >= timeout {
+            return Ok(Err(why));
+        }
+        let due = last_report
+            .as_ref()
+            .is_none_or(|(at, msg)| *msg != why || at.elapsed() >= REPORT_EVERY);
+        if due {
+            progress(why.clone());
+            last_report = Some((Instant::now(), why));
+        }
+        std::thread::sleep(POLL);
+    }
+}

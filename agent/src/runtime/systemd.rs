@@ -1,0 +1,250 @@
+//! systemd units: stopped with `systemctl stop`, started with `systemctl start --no-block`. The
+//! unit file never moves. Whether the component is down or up is judged by its process and its
+//! ports (see [`super::checks`]), never by systemctl's exit code: `--no-block` returns once the
+//! job is queued, and an etcd unit of `Type=notify` would otherwise block `start` until the
+//! member has a quorum, which a restored member started alone never has.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use super::checks::{self, Component, Target};
+use super::unit::{self, Unit};
+use super::{Progress, Runtime, SettingsFile, SettingsFormat};
+use crate::error::{AgentError, Result};
+use crate::manifest::PodCommand;
+
+/// Variables that tell one etcd apart from another with the same command line (in a lab, or on
+/// a host with two etcd units): they do not change when RESTORE rewrites the cluster settings.
+const IDENTITY_ENV: [&str; 2] = ["ETCD_NAME", "ETCD_DATA_DIR"];
+
+/// A component run by systemd from a unit.
+#[derive(Debug, Clone)]
+pub struct Systemd {
+    pub component: Component,
+    /// e.g. `etcd.service`.
+    pub unit: String,
+    pub unit_dir: PathBuf,
+    pub systemctl: PathBuf,
+    pub stop_timeout: Duration,
+    pub start_timeout: Duration,
+    /// `<unit_dir>/<unit>`.
+    path: PathBuf,
+}
+
+impl Systemd {
+    pub fn new(
+        component: Component,
+        unit: String,
+        unit_dir: PathBuf,
+        systemctl: PathBuf,
+        stop_timeout: Duration,
+        start_timeout: Duration,
+    ) -> Self {
+        let path = unit_dir.join(&unit);
+        Self {
+            component,
+            unit,
+            unit_dir,
+            systemctl,
+            stop_timeout,
+            start_timeout,
+            path,
+        }
+    }
+
+    fn load(&self) -> Result<Unit> {
+        Unit::load(&self.unit_dir, &self.unit)
+    }
+
+    /// The process as it runs and the flags it runs with, from the unit as it is now.
+    fn target(&self) -> Result<Target> {
+        let unit = self.load()?;
+        let env = unit.environment()?;
+        let argv = unit.argv(&env);
+        let (command, identity) = match self.component {
+            Component::Etcd => {
+                let identity = env
+                    .iter()
+                    .filter(|(k, _)| IDENTITY_ENV.contains(&k.as_str()))
+                    .cloned()
+                    .collect();
+                (unit::etcd_command(&unit, &argv, &env)?, identity)
+            }
+            Component::Apiserver { .. } => {
+                let command = PodCommand {
+                    path: unit.path.clone(),
+                    argv: argv.clone(),
+                    source: format!(
+                        "systemd unit {} (ExecStart in {})",
+                        unit.name,
+                        unit.path.display()
+                    ),
+                };
+                (command, Vec::new())
+            }
+        };
+        Ok(Target {
+            argv,
+            env: identity,
+            command,
+        })
+    }
+
+    fn spawn(&self, args: &[&str]) -> Result<Child> {
+        Command::new(&self.systemctl)
+            .args(args)
+            .arg(&self.unit)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| {
+                AgentError::CommandFailed(format!(
+                    "cannot run {} {} {}: {e}; install systemd's systemctl or set `systemctl` in \
+                     the agent config",
+                    self.systemctl.display(),
+                    args.join(" "),
+                    self.unit
+                ))
+            })
+    }
+
+    /// `None` while systemctl runs; an error when it ended with a failure, naming its output.
+    fn finished(&self, child: &mut Option<Child>, what: &str) -> Result<Option<()>> {
+        let Some(c) = child.as_mut() else {
+            return Ok(Some(()));
+        };
+        let status = c
+            .try_wait()
+            .map_err(|e| AgentError::CommandFailed(format!("waiting for {what}: {e}")))?;
+        let Some(status) = status else {
+            return Ok(None);
+        };
+        let out = child
+            .take()
+            .expect("checked above")
+            .wait_with_output()
+            .map_err(|e| AgentError::CommandFailed(format!("reading the output of {what}: {e}")))?;
+        if status.success() {
+            return Ok(Some(()));
+        }
+        Err(AgentError::CommandFailed(format!(
+            "`{what}` failed ({status}): {}{}; check `systemctl status {}` and `journalctl -u {}`",
+            String::from_utf8_lossy(&out.stderr).trim(),
+            String::from_utf8_lossy(&out.stdout).trim(),
+            self.unit,
+            self.unit
+        )))
+    }
+
+    /// Runs `systemctl <args> <unit>` and waits until it has returned and `check` passes.
+    fn drive(
+        &self,
+        args: &[&str],
+        timeout: Duration,
+        progress: Progress<'_>,
+        mut check: impl FnMut() -> Result<Option<String>>,
+    ) -> Result<std::result::Result<Duration, String>> {
+        let what = format!("systemctl {} {}", args.join(" "), self.unit);
+        progress(what.clone());
+        let mut child = Some(self.spawn(args)?);
+        let waited = checks::wait(timeout, progress, || {
+            if self.finished(&mut child, &what)?.is_none() {
+                return Ok(Some(format!("waiting for `{what}` to return")));
+            }
+            check()
+        });
+        if let Some(mut c) = child {
+            // Still running after the deadline: reap it whenever it ends.
+            std::thread::spawn(move || c.wait());
+        }
+        waited
+    }
+}
+
+impl Runtime for Systemd {
+    fn kind(&self) -> &'static str {
+        "systemd"
+    }
+
+    fn definition(&self) -> &Path {
+        &self.path
+    }
+
+    fn is_running(&self, _aside: Option<&Path>) -> bool {
+        self.target().is_ok_and(|t| !t.pids().is_empty())
+    }
+
+    fn stop(&self, _aside: &Path, progress: Progress<'_>) -> Result<String> {
+        let target = self.target()?;
+        let ports = target.ports(&self.component)?;
+        let label = self.component.label();
+        // Asked even when already down, so that systemd does not restart it (Restart=always).
+        let waited = self.drive(&["stop"], self.stop_timeout, progress, || {
+            Ok(checks::still_up(&self.component, &target, &ports))
+        })?;
+        match waited {
+            Ok(took) => Ok(format!(
+                "{label} stopped with systemctl stop {} ({:.1}s)",
+                self.unit,
+                took.as_secs_f64()
+            )),
+            Err(why) => Err(AgentError::Timeout(format!(
+                "{label} is not down {:?} after `systemctl stop {}` ({why}); check `systemctl \
+                 status {}` and `journalctl -u {}`, then run the step again",
+                self.stop_timeout, self.unit, self.unit, self.unit
+            ))),
+        }
+    }
+
+    fn start(&self, _aside: &Path, progress: Progress<'_>) -> Result<String> {
+        let target = self.target()?;
+        let ports = target.ports(&self.component)?;
+        let label = self.component.label();
+        let waited = self.drive(
+            &["start", "--no-block"],
+            self.start_timeout,
+            progress,
+            || checks::not_up(&self.component, &target, &ports, "systemd"),
+        )?;
+        match waited {
+            Ok(took) => Ok(format!(
+                "{label} is up, started with systemctl start {} ({:.1}s)",
+                self.unit,
+                took.as_secs_f64()
+            )),
+            Err(why) => Err(AgentError::Timeout(format!(
+                "{label} is not up {:?} after `systemctl start {}` ({why}); check `systemctl \
+                 status {}` and `journalctl -u {}`, then run the step again",
+                self.start_timeout, self.unit, self.unit, self.unit
+            ))),
+        }
+    }
+
+    fn command(&self, _asides: &[PathBuf]) -> Result<PodCommand> {
+        Ok(self.target()?.command)
+    }
+
+    fn settings_files(&self) -> Result<Vec<SettingsFile>> {
+        if !matches!(self.component, Component::Etcd) {
+            return Ok(Vec::new());
+        }
+        let unit = self.load()?;
+        let mut files: Vec<SettingsFile> = unit
+            .existing_env_files()
+            .into_iter()
+            .map(|path| SettingsFile {
+                path,
+                format: SettingsFormat::Env,
+            })
+            .collect();
+        if let Some(config) = self.target()?.command.flag("config-file") {
+            files.push(SettingsFile {
+                path: config.into(),
+                format: SettingsFormat::EtcdYaml,
+            });
+        }
+        Ok(files)
+    }
+}

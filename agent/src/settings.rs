@@ -1,0 +1,222 @@
+//! Rewriting the initial-cluster settings that an etcd environment file (`ETCD_INITIAL_CLUSTER`,
+//! `ETCD_INITIAL_CLUSTER_TOKEN`, as kubespray writes them) or etcd config file
+//! (`initial-cluster`, `initial-cluster-token`) restates, so that after a restore they describe
+//! the restored cluster; and putting the originals back when the restore is reverted.
+//!
+//! etcd ignores these settings once its data dir exists, but operators read them. Only keys the
+//! file already sets are changed; every other byte is kept. Each file is replaced atomically
+//! (temp file with the original's owner and mode, fsync, rename, fsync the dir), and the original
+//! is copied to the restore's state dir first.
+
+use std::fs::{self, File};
+use std::io::Write as _;
+use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{AgentError, Result};
+use crate::fsutil;
+use crate::runtime::unit::{env_line, etcd_env_of_flag};
+use crate::runtime::{SettingsFile, SettingsFormat};
+
+/// The etcd settings RESTORE rewrites, by flag name.
+pub const CLUSTER_TOKEN: &str = "initial-cluster-token";
+pub const INITIAL_CLUSTER: &str = "initial-cluster";
+
+/// One file rewritten by RESTORE, as journaled.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEdit {
+    pub path: PathBuf,
+    pub format: SettingsFormat,
+    /// The copy of the original in the restore's state dir.
+    pub original: PathBuf,
+    /// The keys changed, as written in the file.
+    pub keys: Vec<String>,
+}
+
+/// `text` with each `(flag, value)` set where an assignment of it already exists; returns the new
+/// text and the keys changed (in the file's spelling). Refuses a file it cannot edit safely.
+pub fn rewrite(
+    text: &str,
+    format: SettingsFormat,
+    values: &[(&str, &str)],
+    path: &Path,
+) -> Result<(String, Vec<String>)> {
+    match format {
+        SettingsFormat::Env => rewrite_env(text, values, path),
+        SettingsFormat::EtcdYaml => rewrite_yaml(text, values, path),
+    }
+}
+
+fn rewrite_env(text: &str, values: &[(&str, &str)], path: &Path) -> Result<(String, Vec<String>)> {
+    let wanted: Vec<(String, &str)> = values
+        .iter()
+        .map(|(flag, v)| (etcd_env_of_flag(flag), *v))
+        .collect();
+    let mut out = String::with_capacity(text.len());
+    let mut changed = Vec::new();
+    let mut continued = false;
+    for line in text.split_inclusive('\n') {
+        let (body, end) = split_eol(line);
+        let parsed = if continued { None } else { env_line(body) };
+        continued = body.ends_with('\\');
+        let Some(l) = parsed else {
+            out.push_str(line);
+            continue;
+        };
+        let Some((key, value)) = wanted.iter().find(|(k, _)| k == l.key) else {
+            out.push_str(line);
+            continue;
+        };
+        if continued || value.contains(['\n', '\\']) {
+            return Err(AgentError::Precondition(format!(
+                "cannot rewrite {key} in {}: its value continues on the next line; edit it by \
+                 hand",
+                path.display()
+            )));
+        }
+        let quoted = match l.quote {
+            Some('\'') if !value.contains('\'') => format!("'{value}'"),
+            None if !value.contains([' ', '\t', '"', '\'', '$', '#']) => (*value).to_owned(),
+            _ => format!("\"{}\"", value.replace('"', "\\\"")),
+        };
+        out.push_str(l.head);
+        out.push_str(&quoted);
+        out.push_str(end);
+        if !changed.contains(key) {
+            changed.push(key.clone());
+        }
+    }
+    Ok((out, changed))
+}
+
+fn split_eol(line: &str) -> (&str, &str) {
+    let body = line.trim_end_matches(['\n', '\r']);
+    (body, &line[body.len()..])
+}
+
+fn rewrite_yaml(text: &str, values: &[(&str, &str)], path: &Path) -> Result<(String, Vec<String>)> {
+    let mut out = String::with_capacity(text.len());
+    let mut changed: Vec<String> = Vec::new();
+    for line in text.split_inclusive('\n') {
+        let (body, end) = split_eol(line);
+        let hit = values.iter().find(|(key, _)| {
+            body.strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with(':'))
+        });
+        match hit {
+            Some((key, value)) => {
+                out.push_str(&format!("{key}: '{}'{end}", value.replace('\'', "''")));
+                if !changed.iter().any(|c| c == key) {
+                    changed.push((*key).to_owned());
+                }
+            }
+            None => out.push_str(line),
+        }
+    }
+    // Check the result means what was meant: the new values, every other key as before.
+    let parse = |t: &str| -> Result<serde_yaml_ng::Mapping> {
+        serde_yaml_ng::from_str(t).map_err(|e| {
+            AgentError::Precondition(format!(
+                "cannot rewrite {}: it is not a YAML mapping ({e}); edit it by hand",
+                path.display()
+            ))
+        })
+    };
+    let (mut before, mut after) = (parse(text)?, parse(&out)?);
+    for (key, value) in values {
+        let got = after.remove(*key);
+        let had = before.remove(*key);
+        let ok = if changed.iter().any(|c| c == key) {
+            got.as_ref().and_then(|v| v.as_str()) == Some(*value)
+        } else {
+            got == had
+        };
+        if !ok {
+            return Err(AgentError::Precondition(format!(
+                "cannot rewrite {key} in {} line by line (a multi-line or nested value?); edit it \
+                 by hand",
+                path.display()
+            )));
+        }
+    }
+    if before != after {
+        return Err(AgentError::Precondition(format!(
+            "rewriting {} line by line would change other settings; edit it by hand",
+            path.display()
+        )));
+    }
+    Ok((out, changed))
+}
+
+/// Replaces `path` with `bytes` atomically, keeping its owner and mode: temp file in the same
+/// dir, fsync, rename, fsync the dir.
+pub fn replace_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    let meta = fs::metadata(path).map_err(|e| AgentError::io("reading", path, e))?;
+    let dir = fsutil::parent(path)?;
+    let name = path
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    let tmp = dir.join(format!(".{name}.quorate.tmp"));
+    let mut file = File::create(&tmp).map_err(|e| AgentError::io("creating", &tmp, e))?;
+    let result = file
+        .set_permissions(fs::Permissions::from_mode(meta.mode() & 0o7777))
+        .and_then(|()| std::os::unix::fs::fchown(&file, Some(meta.uid()), Some(meta.gid())))
+        .and_then(|()| file.write_all(bytes))
+        .and_then(|()| file.sync_all());
+    drop(file);
+    if let Err(e) = result {
+        let _ = fs::remove_file(&tmp);
+        return Err(AgentError::io("writing", &tmp, e));
+    }
+    fs::rename(&tmp, path).map_err(|e| AgentError::io("renaming into place", path, e))?;
+    fsutil::fsync_dir(dir)
+}
+
+/// Where the original of the `index`-th settings file is kept for restore dir `restore_dir`.
+pub fn original_copy(restore_dir: &Path, index: usize, file: &Path) -> PathBuf {
+    let name = file
+        .file_name()
+        .map_or_else(|| "settings".into(), |n| n.to_string_lossy().into_owned());
+    restore_dir.join("settings").join(format!("{index}-{name}"))
+}
+
+/// Keeps a copy of `file` at `copy` unless one is there already (a repeated step must not
+/// overwrite the original with its own edit).
+pub fn keep_original(file: &SettingsFile, copy: &Path) -> Result<()> {
+    if fsutil::exists(copy) {
+        return Ok(());
+    }
+    let bytes = fs::read(&file.path).map_err(|e| AgentError::io("reading", &file.path, e))?;
+    fsutil::write_atomic(copy, &bytes)
+}
+
+/// Rewrites `file` from its current content; returns the keys changed (none: left alone).
+pub fn apply(file: &SettingsFile, values: &[(&str, &str)]) -> Result<Vec<String>> {
+    let text =
+        fs::read_to_string(&file.path).map_err(|e| AgentError::io("reading", &file.path, e))?;
+    let (new, keys) = rewrite(&text, file.format, values, &file.path)?;
+    if new != text {
+        replace_file(&file.path, new.as_bytes())?;
+    }
+    Ok(keys)
+}
+
+/// Puts the original back; `false` when the file already holds it.
+pub fn revert(edit: &FileEdit) -> Result<bool> {
+    let original =
+        fs::read(&edit.original).map_err(|e| AgentError::io("reading", &edit.original, e))?;
+    match fs::read(&edit.path) {
+        Ok(now) if now == original => Ok(false),
+        Ok(_) => replace_file(&edit.path, &original).map(|()| true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            fsutil::write_atomic(&edit.path, &original).map(|()| true)
+        }
+        Err(e) => Err(AgentError::io("reading", &edit.path, e)),
+    }
+}
+
+#[cfg(test)]
+#[path = "settings_tests.rs"]
+mod tests;

@@ -1,0 +1,118 @@
+use std::os::unix::fs::PermissionsExt as _;
+
+use super::*;
+
+const TOKEN: &str = "quorate-0b7e";
+const CLUSTER: &str = "etcd1=https://10.0.0.1:2380,etcd2=https://10.0.0.2:2380";
+
+fn values() -> [(&'static str, &'static str); 2] {
+    [(CLUSTER_TOKEN, TOKEN), (INITIAL_CLUSTER, CLUSTER)]
+}
+
+#[test]
+fn env_file_keeps_every_other_byte() {
+    let text = "# kubespray\nETCD_NAME=etcd1\nETCD_INITIAL_CLUSTER_TOKEN=k8s_etcd\r\nexport ETCD_INITIAL_CLUSTER=\"old\"\n\nETCD_INITIAL_CLUSTER_STATE=existing\n# ETCD_INITIAL_CLUSTER_TOKEN=commented\nETCD_INITIAL_CLUSTER_TOKEN='again'";
+    let (new, keys) =
+        rewrite(text, SettingsFormat::Env, &values(), Path::new("/e")).expect("rewrite");
+    assert_eq!(keys, ["ETCD_INITIAL_CLUSTER_TOKEN", "ETCD_INITIAL_CLUSTER"]);
+    assert_eq!(
+        new,
+        format!(
+            "# kubespray\nETCD_NAME=etcd1\nETCD_INITIAL_CLUSTER_TOKEN={TOKEN}\r\nexport ETCD_INITIAL_CLUSTER=\"{CLUSTER}\"\n\nETCD_INITIAL_CLUSTER_STATE=existing\n# ETCD_INITIAL_CLUSTER_TOKEN=commented\nETCD_INITIAL_CLUSTER_TOKEN='{TOKEN}'"
+        )
+    );
+    let env = crate::runtime::unit::parse_env_file(&new);
+    assert!(env.contains(&("ETCD_INITIAL_CLUSTER".into(), CLUSTER.into())));
+    let (same, _) = rewrite(&new, SettingsFormat::Env, &values(), Path::new("/e")).expect("again");
+    assert_eq!(same, new, "rewriting is idempotent");
+    let (untouched, keys) = rewrite(
+        "ETCD_NAME=x\n",
+        SettingsFormat::Env,
+        &values(),
+        Path::new("/e"),
+    )
+    .expect("none");
+    assert!(keys.is_empty());
+    assert_eq!(untouched, "ETCD_NAME=x\n");
+    let err = rewrite(
+        "ETCD_INITIAL_CLUSTER=a,\\\nb\n",
+        SettingsFormat::Env,
+        &values(),
+        Path::new("/etc/etcd.env"),
+    )
+    .expect_err("continued line")
+    .to_string();
+    assert!(err.contains("/etc/etcd.env"), "{err}");
+}
+
+#[test]
+fn config_file_is_rewritten_and_checked() {
+    let text = "name: infra1\n# the token\ninitial-cluster-token: etcd-cluster-1\ninitial-cluster: infra1=https://10.0.0.9:2380\nclient-transport-security:\n  cert-file: /c\n";
+    let (new, keys) = rewrite(
+        text,
+        SettingsFormat::EtcdYaml,
+        &values(),
+        Path::new("/c.yml"),
+    )
+    .expect("rewrite");
+    assert_eq!(keys, [CLUSTER_TOKEN, INITIAL_CLUSTER]);
+    assert!(
+        new.contains(&format!("initial-cluster-token: '{TOKEN}'\n")),
+        "{new}"
+    );
+    assert!(new.starts_with("name: infra1\n# the token\n"));
+    assert!(new.ends_with("client-transport-security:\n  cert-file: /c\n"));
+    let block = "initial-cluster: >\n  a=b\nname: x\n";
+    assert!(
+        rewrite(
+            block,
+            SettingsFormat::EtcdYaml,
+            &values(),
+            Path::new("/c.yml")
+        )
+        .is_err()
+    );
+}
+
+#[test]
+fn apply_and_revert_restore_the_original_bytes_owner_and_mode() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("etc/etcd.env");
+    std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+    let original = "ETCD_NAME=etcd1\nETCD_INITIAL_CLUSTER_TOKEN=k8s_etcd\nETCD_INITIAL_CLUSTER=etcd1=https://10.0.0.1:2380\n";
+    std::fs::write(&path, original).expect("write");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+    let file = SettingsFile {
+        path: path.clone(),
+        format: SettingsFormat::Env,
+    };
+    let copy = original_copy(&dir.path().join("state/restores/x"), 0, &path);
+    keep_original(&file, &copy).expect("keep");
+    let keys = apply(&file, &values()).expect("apply");
+    assert_eq!(keys.len(), 2);
+    let now = std::fs::read_to_string(&path).expect("read");
+    assert!(now.contains(&format!("ETCD_INITIAL_CLUSTER_TOKEN={TOKEN}\n")));
+    let mode = std::fs::metadata(&path).expect("meta").permissions().mode() & 0o777;
+    assert_eq!(mode, 0o640, "the mode is kept");
+    // A repeated step keeps the first copy: the original, not the edit.
+    keep_original(&file, &copy).expect("keep again");
+    assert_eq!(std::fs::read_to_string(&copy).expect("copy"), original);
+    let leftovers: Vec<_> = std::fs::read_dir(path.parent().expect("parent"))
+        .expect("ls")
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(leftovers.len(), 1, "no temp file left: {leftovers:?}");
+
+    let edit = FileEdit {
+        path: path.clone(),
+        format: SettingsFormat::Env,
+        original: copy,
+        keys,
+    };
+    assert!(revert(&edit).expect("revert"));
+    assert_eq!(std::fs::read_to_string(&path).expect("read"), original);
+    let mode = std::fs::metadata(&path).expect("meta").permissions().mode() & 0o777;
+    assert_eq!(mode, 0o640);
+    assert!(!revert(&edit).expect("revert again"), "nothing to do twice");
+}
