@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use quorate_lab::lab::{Lab, LabRuntime, UpOptions};
 use quorate_lab::tools::EtcdVersion;
-use quorate_lab::{apiserver, demo, etcd, kubelet, load, systemctl};
+use quorate_lab::{apiserver, bench, demo, etcd, kubelet, load, systemctl};
 
 /// A lab of N etcd members in kubeadm's layout on 127.0.<net>.(10+i), each with a kubelet
 /// stand-in running its static pods (etcd, an apiserver stand-in); or, with --runtime systemd,
@@ -72,6 +72,19 @@ enum Cmd {
         /// Seed of the generator: the same seed writes the same keys and values.
         #[arg(long, default_value_t = 1)]
         seed: u64,
+    },
+    /// In one run on an existing lab: quorate against the floor of a restore (the slowest
+    /// member's `snapshot restore` plus an etcd cold start and election) and against the
+    /// sequential runbook SREs run by hand; prints the figures and their ratios. It restores the
+    /// lab's cluster twice (runbook, then quorate): use a lab you can spare.
+    Bench {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 100_000)]
+        keys: usize,
+        /// Also print the figures as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// The whole story on a fresh 3-member lab: load data, snapshot it with plain etcdctl, change
     /// the data, restore with `quorate restore`, and show that every member holds the snapshot's data.
@@ -240,6 +253,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             etcd,
             keep,
         } => demo::run(dir, members, keys, etcd, keep).await?,
+        Cmd::Bench { dir, keys, json } => {
+            let lab = Lab::open(&dir)?;
+            let figures = bench::run(&lab, keys).await?;
+            println!("{}", figures.render());
+            if json {
+                println!("{}", serde_json::to_string(&figures)?);
+            }
+        }
         Cmd::Kubelet { root } => kubelet::run(&root).await?,
         Cmd::Apiserver(args) => apiserver::run(args).await?,
         Cmd::Systemctl(args) => std::process::exit(systemctl::run(&args)),
