@@ -192,12 +192,19 @@ impl StateDir {
         self.restore_dir(id).join("snapshot.db.partial")
     }
 
-    /// Where a stopped component's manifest waits; `file` is the manifest's own file name.
+    /// Where a stopped component's manifest waits: beside the watched manifests dir (never in
+    /// it), `<manifests dir>/../quorate-aside/<id>/<file>`, so that the move is a rename on the
+    /// manifests' own filesystem even when the state dir is on another one.
     pub fn manifest_aside(&self, id: RestoreId, file: &Path) -> PathBuf {
         let name = file
             .file_name()
             .map_or_else(|| "manifest".into(), ToOwned::to_owned);
-        self.restore_dir(id).join("manifests").join(name)
+        match file.parent().and_then(Path::parent) {
+            Some(base) if !base.as_os_str().is_empty() => {
+                base.join("quorate-aside").join(id.to_string()).join(name)
+            }
+            _ => self.restore_dir(id).join("manifests").join(name),
+        }
     }
 
     fn lock_path(&self) -> PathBuf {

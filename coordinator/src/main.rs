@@ -617,6 +617,9 @@ fn print_report(report: &quorate::restore::Report, path: &Path) {
         report.after.hash,
         report.cluster_token
     );
+    for (m, components) in &report.restarted {
+        println!("  {m}: restarted {components}");
+    }
     for (m, dir) in &report.preserved_dirs {
         println!("  {m}: original data kept at {dir}");
     }

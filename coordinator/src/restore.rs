@@ -102,6 +102,9 @@ pub struct Report {
     /// The live revision preflight saw, and the bump the restore applied (0: none).
     pub revision_before: Option<i64>,
     pub revision_bump: u64,
+    /// Per member, the control-plane components restarted after the restore (so that none acts
+    /// on a cache from before it).
+    pub restarted: Vec<(String, String)>,
     pub before: Vec<MemberView>,
     pub after: Verified,
     pub phases: Vec<PhaseTiming>,
@@ -401,7 +404,7 @@ impl<C: AgentClient, P: ClusterProbe> Restore<'_, C, P> {
             progress.before = self.probe.observe().await;
             let data = serde_json::json!({ "before": progress.before });
             journal
-                .record_data("restore", "begin", "", Some(data))
+                .record_data("preflight", "done", "", Some(data))
                 .map_err(|e| io("preflight", e))?;
             progress.started = true;
         }
@@ -434,6 +437,15 @@ impl<C: AgentClient, P: ClusterProbe> Restore<'_, C, P> {
                         data = Some(serde_json::json!({ "verified": v }));
                         progress.verified = Some(v);
                     }),
+                Phase::Unfence => {
+                    let (step, deadline) = self.step_of(phase);
+                    self.step_on(&self.all(), step, deadline)
+                        .await
+                        .map(|outcomes| {
+                            progress.restarted = restarted(&self.inventory.members, &outcomes);
+                            data = Some(serde_json::json!({ "restarted": progress.restarted }));
+                        })
+                }
                 other => {
                     let (step, deadline) = self.step_of(other);
                     self.step_on(&self.all(), step, deadline).await.map(drop)
@@ -470,6 +482,7 @@ impl<C: AgentClient, P: ClusterProbe> Restore<'_, C, P> {
             snapshot_revision: progress.snapshot_revision,
             revision_before: self.plan.revision.live_revision,
             revision_bump: self.plan.revision.bump,
+            restarted: progress.restarted.clone(),
             before: progress.before.clone(),
             after: progress
                 .verified
@@ -526,6 +539,22 @@ pub struct Progress {
     pub rollback_begun: bool,
     pub rollback_done: bool,
     pub timings: Vec<PhaseTiming>,
+    /// Per member, the control-plane components restarted after the apiserver came back.
+    #[serde(default)]
+    pub restarted: Vec<(String, String)>,
+}
+
+/// The `restarted` detail of each member's unfence outcome.
+fn restarted(members: &[crate::inventory::Member], outcomes: &[Outcome]) -> Vec<(String, String)> {
+    members
+        .iter()
+        .zip(outcomes)
+        .filter_map(|(m, o)| {
+            o.details
+                .get("restarted")
+                .map(|r| (m.name.clone(), r.clone()))
+        })
+        .collect()
 }
 
 impl Progress {
@@ -533,7 +562,7 @@ impl Progress {
         let mut p = Progress::default();
         for line in lines {
             let data = line.data.as_ref();
-            if line.phase == "restore" && line.event == "begin" {
+            if line.phase == "preflight" && line.event == "done" {
                 p.started = true;
                 if let Some(before) = data.and_then(|d| d.get("before")) {
                     p.before = serde_json::from_value(before.clone()).unwrap_or_default();
@@ -554,6 +583,9 @@ impl Progress {
                 "done" => {
                     if let Some(r) = data.and_then(|d| d.get("snapshot_revision")) {
                         p.snapshot_revision = r.as_i64();
+                    }
+                    if let Some(r) = data.and_then(|d| d.get("restarted")) {
+                        p.restarted = serde_json::from_value(r.clone()).unwrap_or_default();
                     }
                     if let Some(v) = data.and_then(|d| d.get("verified")) {
                         p.verified = serde_json::from_value(v.clone()).ok();

@@ -347,3 +347,33 @@ async fn retryable_errors_are_retried_within_the_phase() {
     .expect("restore despite one dropped call");
     assert_eq!(world.calls.lock().expect("lock")[&(0, Step::Preserve)], 2);
 }
+
+#[test]
+fn progress_from_the_journal_names_the_last_phase_begun_even_when_it_failed() {
+    let line = |phase: &str, event: &str| crate::journal::Line {
+        at_ms: 0,
+        phase: phase.into(),
+        event: event.into(),
+        detail: String::new(),
+        data: None,
+    };
+    let lines = vec![
+        line("preflight", "done"),
+        line("stage", "begin"),
+        line("stage", "done"),
+        line("restore", "begin"),
+        line("restore", "failed"),
+        line("rollback", "begin"),
+        line("rollback:restore", "failed"),
+    ];
+    let p = Progress::from_lines(&lines);
+    assert!(p.started);
+    assert_eq!(
+        p.begun,
+        Some(Phase::Restore),
+        "a rollback must revert the restore phase too"
+    );
+    assert_eq!(p.failed, Some(Phase::Restore));
+    assert_eq!(p.done, vec![Phase::Stage]);
+    assert!(p.rollback_begun && !p.rollback_done);
+}

@@ -132,6 +132,13 @@ impl Lab {
                 &host.manifests_dir().join("kube-apiserver.yaml"),
                 &layout::static_pod("kube-apiserver", "kube-apiserver", &apiserver, 5),
             )?;
+            for controller in layout::CONTROLLERS {
+                let command = host.controller_command(&opts.lab_bin, controller);
+                write_atomic(
+                    &host.manifests_dir().join(format!("{controller}.yaml")),
+                    &layout::static_pod(controller, controller, &command, 5),
+                )?;
+            }
         }
         let mut lab = Self {
             state: LabState {

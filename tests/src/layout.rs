@@ -176,6 +176,16 @@ impl Host {
         )
     }
 
+    /// A controller stand-in's command line: a process that runs until stopped.
+    pub fn controller_command(&self, lab_bin: &Path, name: &str) -> Vec<String> {
+        vec![
+            lab_bin.display().to_string(),
+            "component".into(),
+            format!("--name={name}"),
+            format!("--node-name={}", self.name),
+        ]
+    }
+
     /// The apiserver stand-in's command line (flags named like kube-apiserver's).
     pub fn apiserver_command(&self, lab_bin: &Path) -> Vec<String> {
         let pki = |f: &str| self.pki_dir().join(f).display().to_string();
@@ -194,6 +204,9 @@ impl Host {
         ]
     }
 }
+
+/// The other control-plane static pods of a kubeadm node (stand-ins that only run).
+pub const CONTROLLERS: [&str; 2] = ["kube-controller-manager", "kube-scheduler"];
 
 /// A kubeadm-style static pod manifest running `command`.
 pub fn static_pod(name: &str, component: &str, command: &[String], grace_seconds: u32) -> String {

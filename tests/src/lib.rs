@@ -13,6 +13,7 @@ pub mod layout;
 pub mod load;
 pub mod pki;
 pub mod procs;
+pub mod realfaults;
 pub mod scenario;
 pub mod systemctl;
 pub mod testlab;

@@ -58,6 +58,13 @@ async fn restore_round_trip(members: u8, version: EtcdVersion, keys: usize) {
     );
     let pre_restore_rev = changed.revision;
 
+    let mut controller_pids = BTreeMap::new();
+    for host in lab.hosts() {
+        for c in quorate_lab::layout::CONTROLLERS {
+            let pid = quorate_lab::procs::read_pid(&host.pod_pid_file(c)).expect("controller pid");
+            controller_pids.insert((host.name.clone(), c), pid);
+        }
+    }
     let out = scenario::quorate_restore(&lab, &snapshot, &["--yes", "--output", "json"])
         .expect("quorate");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -121,6 +128,28 @@ async fn restore_round_trip(members: u8, version: EtcdVersion, keys: usize) {
     scenario::wait_apiservers(&lab, PATIENCE)
         .await
         .expect("apiservers ready after restore");
+
+    // No controller keeps a cache from before the restore: each was restarted, and the report
+    // says so.
+    let restarted = report["restarted"].as_array().expect("restarted list");
+    assert_eq!(restarted.len(), usize::from(members), "{restarted:?}");
+    for entry in restarted {
+        assert_eq!(
+            entry[1], "kube-controller-manager,kube-scheduler",
+            "{entry}"
+        );
+    }
+    for host in lab.hosts() {
+        for c in quorate_lab::layout::CONTROLLERS {
+            let before = controller_pids.get(&(host.name.clone(), c)).copied();
+            let now = quorate_lab::procs::read_pid(&host.pod_pid_file(c));
+            assert!(
+                now.is_some() && now != before,
+                "{}'s {c} was restarted ({before:?} -> {now:?})",
+                host.name
+            );
+        }
+    }
 
     // The preserved dirs hold the pre-restore data.
     let id = report["restore_id"].as_str().expect("restore id");

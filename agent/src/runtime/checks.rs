@@ -24,13 +24,19 @@ pub enum Component {
     Apiserver {
         ca: PathBuf,
     },
+    /// Another control-plane static pod (kube-controller-manager, kube-scheduler): up means its
+    /// process runs.
+    Controller {
+        name: String,
+    },
 }
 
 impl Component {
-    pub fn label(&self) -> &'static str {
+    pub fn label(&self) -> &str {
         match self {
             Component::Etcd => "etcd",
             Component::Apiserver { .. } => "kube-apiserver",
+            Component::Controller { name } => name,
         }
     }
 }
@@ -59,6 +65,7 @@ impl Target {
                 let a = Apiserver::from_command(self.command.clone())?;
                 vec![(a.address, a.port)]
             }
+            Component::Controller { .. } => Vec::new(),
         })
     }
 }

@@ -63,7 +63,7 @@ impl StaticPod {
         }
     }
 
-    fn label(&self) -> &'static str {
+    fn label(&self) -> &str {
         self.component.label()
     }
 

@@ -83,6 +83,11 @@ impl Systemd {
                 };
                 (command, Vec::new())
             }
+            Component::Controller { ref name } => {
+                return Err(AgentError::Precondition(format!(
+                    "{name} is restarted only as a static pod, not through systemd"
+                )));
+            }
         };
         Ok(Target {
             argv,

@@ -11,7 +11,8 @@ use crate::error::{AgentError, Result};
 use crate::fsutil::{self, Ownership};
 use crate::journal::{Journal, ManifestMove, Op, PreservedDir, StepState};
 use crate::manifest::EtcdMember;
-use crate::runtime::{Progress, Runtime};
+
+use crate::runtime::{Component, Progress, Runtime, StaticPod};
 use crate::snapshot;
 
 mod restore;
@@ -138,8 +139,17 @@ pub fn act(ctx: &mut Ctx<'_>, op: Op) -> Result<Done> {
                 "no kube-apiserver on this member; nothing to stop".into(),
             )),
         },
-        (Step::Fence, Op::Revert) | (Step::Unfence, Op::Run) => match &engine.apiserver {
+        (Step::Fence, Op::Revert) => match &engine.apiserver {
             Some(rt) => control(ctx, "kube-apiserver", rt.as_ref(), Op::Revert),
+            None => Ok(done(
+                "no kube-apiserver on this member; nothing to start".into(),
+            )),
+        },
+        (Step::Unfence, Op::Run) => match &engine.apiserver {
+            Some(rt) => {
+                let started = control(ctx, "kube-apiserver", rt.as_ref(), Op::Revert)?;
+                restart_controllers(ctx, rt.as_ref(), started)
+            }
             None => Ok(done(
                 "no kube-apiserver on this member; nothing to start".into(),
             )),
@@ -200,6 +210,56 @@ fn control(ctx: &mut Ctx<'_>, component: &str, rt: &dyn Runtime, way: Op) -> Res
     };
     Ok(done(message))
 }
+
+/// The control-plane static pods restarted after a restore, so that none keeps acting on a cache
+/// from before it.
+const CONTROLLERS: [&str; 2] = ["kube-controller-manager", "kube-scheduler"];
+
+/// Restarts the controllers whose manifests sit beside the apiserver's (static pods only); the
+/// outcome's `restarted` detail lists them.
+fn restart_controllers(
+    ctx: &mut Ctx<'_>,
+    apiserver: &dyn Runtime,
+    mut started: Done,
+) -> Result<Done> {
+    if apiserver.kind() != "static-pod" {
+        return Ok(started);
+    }
+    let Some(dir) = apiserver.definition().parent().map(Path::to_owned) else {
+        return Ok(started);
+    };
+    let mut restarted = Vec::new();
+    for name in CONTROLLERS {
+        let manifest = dir.join(format!("{name}.yaml"));
+        let aside = ctx
+            .engine
+            .state
+            .manifest_aside(ctx.req.restore_id, &manifest);
+        if !fsutil::exists(&manifest) && !fsutil::exists(&aside) {
+            continue;
+        }
+        let pod = StaticPod {
+            component: Component::Controller {
+                name: name.to_owned(),
+            },
+            manifest,
+            stop_timeout: CONTROLLER_TIMEOUT,
+            start_timeout: CONTROLLER_TIMEOUT,
+        };
+        control(ctx, name, &pod, Op::Run)?;
+        control(ctx, name, &pod, Op::Revert)?;
+        restarted.push(name);
+    }
+    if !restarted.is_empty() {
+        started.message = format!("{}; restarted {}", started.message, restarted.join(", "));
+        started
+            .details
+            .insert("restarted".into(), restarted.join(","));
+    }
+    Ok(started)
+}
+
+const CONTROLLER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 fn preserve(ctx: &mut Ctx<'_>) -> Result<Done> {
     let data_dir = ctx.data_dir.clone();

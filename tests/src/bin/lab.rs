@@ -106,6 +106,15 @@ enum Cmd {
         #[arg(long)]
         dir: PathBuf,
     },
+    /// A control-plane component stand-in (kube-controller-manager, kube-scheduler): runs until
+    /// stopped.
+    #[command(hide = true)]
+    Component {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        node_name: String,
+    },
     /// The kubelet stand-in for one host (started by `lab up`).
     #[command(hide = true)]
     Kubelet {
@@ -260,6 +269,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if json {
                 println!("{}", serde_json::to_string(&figures)?);
             }
+        }
+        Cmd::Component { name, node_name } => {
+            tracing::info!("{name} on {node_name} running");
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            tracing::info!("{name} on {node_name} stopping");
         }
         Cmd::Kubelet { root } => kubelet::run(&root).await?,
         Cmd::Apiserver(args) => apiserver::run(args).await?,
