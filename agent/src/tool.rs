@@ -54,11 +54,14 @@ pub struct RestoreArgs<'a> {
     pub peer_urls: &'a [String],
     /// 0: no bump. Otherwise `--bump-revision N --mark-compacted`.
     pub bump_revision: u64,
+    /// The snapshot is a raw `member/snap/db` copy without a sha256 trailer.
+    pub skip_hash_check: bool,
 }
 
 impl RestoreArgs<'_> {
-    /// The arguments after the program (both tools take the same flags). Never
-    /// `--skip-hash-check`: a saved snapshot carries a hash, and corruption must fail.
+    /// The arguments after the program (both tools take the same flags).
+    /// `--skip-hash-check` only for a raw `member/snap/db` copy: a saved snapshot carries a
+    /// hash, and corruption in it must fail the restore.
     pub fn argv(&self) -> Vec<String> {
         let mut argv = vec![
             "snapshot".into(),
@@ -75,6 +78,9 @@ impl RestoreArgs<'_> {
             "--initial-advertise-peer-urls".into(),
             self.peer_urls.join(","),
         ];
+        if self.skip_hash_check {
+            argv.push("--skip-hash-check".into());
+        }
         if self.bump_revision > 0 {
             argv.extend([
                 "--bump-revision".into(),
@@ -297,6 +303,7 @@ mod tests {
             cluster_token: "quorate-x",
             peer_urls: &peers,
             bump_revision: 0,
+            skip_hash_check: false,
         };
         let argv = args.argv();
         assert!(
@@ -310,6 +317,14 @@ mod tests {
             "7".into(),
             "--mark-compacted".into()
         ]));
+        args.bump_revision = 0;
+        args.skip_hash_check = true;
+        let raw = args.argv();
+        assert_eq!(
+            raw.iter().filter(|a| *a == "--skip-hash-check").count(),
+            1,
+            "{raw:?}"
+        );
     }
 
     #[test]

@@ -171,6 +171,12 @@ struct Target {
     /// when every member's etcdutl can, so Kubernetes watch caches never see it go backwards).
     #[arg(long)]
     no_bump_revision: bool,
+    /// Accept a snapshot without the sha256 trailer `snapshot save` appends: a raw copy of a
+    /// member's member/snap/db, when there is no saved snapshot. Its integrity cannot be checked,
+    /// and it may hold uncommitted or inconsistent data. A snapshot that has a trailer is checked
+    /// and restored with etcd's hash check whatever this says.
+    #[arg(long)]
+    skip_hash_check: bool,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -247,7 +253,17 @@ fn host_of(url: &str) -> &str {
 
 async fn preflight(target: &Target) -> anyhow::Result<(Inventory, Vec<GrpcAgent>, Plan)> {
     let inventory = Inventory::load(&target.inventory)?;
-    let checked = snapshot::check(&target.snapshot)?;
+    let path = target.snapshot.clone();
+    let skip = target.skip_hash_check;
+    let checked = tokio::task::spawn_blocking(move || snapshot::check_with(&path, skip))
+        .await
+        .expect("the sha256 check does not panic")?;
+    // etcd restores the data format of its own major.minor only.
+    let (snapshot_etcd_version, snapshot_version_unread) =
+        match snapshot_verify::file_cluster_version(&target.snapshot) {
+            Ok(v) => (v, None),
+            Err(e) => (None, Some(e)),
+        };
     let agents = agents(&inventory)?;
     let described = join_all(agents.iter().map(|a| async {
         a.describe(Duration::from_secs(10))
@@ -268,11 +284,17 @@ async fn preflight(target: &Target) -> anyhow::Result<(Inventory, Vec<GrpcAgent>
     let options = plan::Options {
         live_revision: live.into_iter().flatten().max(),
         no_bump_revision: target.no_bump_revision,
+        skip_hash_check: target.skip_hash_check,
+        snapshot_etcd_version,
+        snapshot_version_unread,
     };
     let mut plan = plan::build(&inventory, &described, checked, &options)?;
     // The same chain as `quorate snapshot verify` (its sha256 was checked above): `snapshot
     // status` with a local etcdutl, when there is one; the agents run it again when staging.
-    let verify_options = snapshot_verify::VerifyOptions::default();
+    let verify_options = snapshot_verify::VerifyOptions {
+        skip_hash_check: target.skip_hash_check,
+        ..snapshot_verify::VerifyOptions::default()
+    };
     match snapshot_verify::find_tools(None, false) {
         Ok(_) => {
             snapshot_verify::verify(&target.snapshot, &verify_options)
@@ -617,6 +639,11 @@ fn print_report(report: &quorate::restore::Report, path: &Path) {
         report.after.hash,
         report.cluster_token
     );
+    if report.skip_hash_check {
+        println!(
+            "  restored from a snapshot without a sha256 trailer (--skip-hash-check): its integrity was not checked"
+        );
+    }
     for (m, components) in &report.restarted {
         println!("  {m}: restarted {components}");
     }

@@ -45,6 +45,13 @@ pub struct Plan {
     /// Revision before and the bump applied by the restore.
     #[serde(default)]
     pub revision: RevisionPlan,
+    /// The snapshot is a raw `member/snap/db` copy without a sha256 trailer, restored with
+    /// `--skip-hash-check`. Never set for a snapshot that carries a trailer.
+    #[serde(default)]
+    pub skip_hash_check: bool,
+    /// The etcd cluster version recorded in the snapshot (`3.5.0`), when it could be read.
+    #[serde(default)]
+    pub snapshot_etcd_version: Option<String>,
 }
 
 /// What preflight learned beyond the agents' own facts.
@@ -54,6 +61,12 @@ pub struct Options {
     pub live_revision: Option<i64>,
     /// `--no-bump-revision`.
     pub no_bump_revision: bool,
+    /// `--skip-hash-check`: a snapshot without a sha256 trailer was accepted.
+    pub skip_hash_check: bool,
+    /// The etcd cluster version the snapshot records (its `cluster` bucket's `clusterVersion`).
+    pub snapshot_etcd_version: Option<String>,
+    /// Why the snapshot's etcd version is not known, when reading it failed.
+    pub snapshot_version_unread: Option<String>,
 }
 
 /// Everything preflight found wrong.
@@ -74,8 +87,42 @@ fn tool_name(tool: Option<&pb::RestoreTool>) -> Option<String> {
     }
 }
 
-fn major_minor(version: &str) -> &str {
-    version.rsplit_once('.').map_or(version, |(mm, _)| mm)
+/// `3.5.1` → `3.5`, `v3.4.23` → `3.4`.
+fn major_minor(version: &str) -> String {
+    version
+        .trim()
+        .trim_start_matches('v')
+        .split('.')
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// Checks the etcd version a snapshot was taken at against the version the members run: a
+/// problem when their major.minor differ (etcd restores its own minor's data format only), a
+/// warning when either is unknown, nothing when they match.
+pub fn snapshot_version_check(
+    snapshot: Option<&str>,
+    members: Option<&str>,
+    unread: Option<&str>,
+) -> Result<Option<String>, String> {
+    match (snapshot, members) {
+        (Some(snap), Some(members)) if major_minor(snap) != major_minor(members) => Err(format!(
+            "the snapshot was taken on etcd {} (its clusterVersion {snap}), the members run etcd {members}: restore it with the same etcd version it was taken on ({}), or take a snapshot on etcd {}",
+            major_minor(snap),
+            major_minor(snap),
+            major_minor(members)
+        )),
+        (Some(_), Some(_)) => Ok(None),
+        (None, _) => Ok(Some(format!(
+            "the snapshot's etcd version is unknown ({}): check that it was taken on the etcd version the members run",
+            unread.unwrap_or("it records no clusterVersion")
+        ))),
+        (Some(snap), None) => Ok(Some(format!(
+            "the members' etcd version is unknown (their agents could not run `etcd --version`): check that they run etcd {} as the snapshot was taken on (clusterVersion {snap})",
+            major_minor(snap)
+        ))),
+    }
 }
 
 /// Checks what the agents reported (`described[i]` is inventory member i) and builds the plan.
@@ -145,8 +192,37 @@ pub fn build(
             }
         }
     }
+    let members_version = versions
+        .iter()
+        .map(|(_, v)| v.as_str())
+        .find(|v| !v.trim().is_empty());
+    if !members.is_empty() {
+        match snapshot_version_check(
+            options.snapshot_etcd_version.as_deref(),
+            members_version,
+            options.snapshot_version_unread.as_deref(),
+        ) {
+            Ok(None) => {}
+            Ok(Some(warning)) => warnings.push(warning),
+            Err(problem) => problems.push(problem),
+        }
+    }
     if !problems.is_empty() {
         return Err(PreflightError { problems });
+    }
+    // Only a file without a trailer is restored with --skip-hash-check: for a saved snapshot the
+    // tool's own hash check is what catches corruption.
+    let skip_hash_check = options.skip_hash_check && !snapshot.trailer;
+    if skip_hash_check {
+        warnings.push(format!(
+            "{} has no sha256 trailer and is restored with --skip-hash-check: its integrity cannot be checked, and a raw member/snap/db copy may hold uncommitted or inconsistent data (it was copied from a running member); prefer a snapshot taken with `etcdctl snapshot save` or `quorate snapshot save`",
+            snapshot.path.display()
+        ));
+    } else if options.skip_hash_check {
+        warnings.push(format!(
+            "--skip-hash-check ignored: {} carries a sha256 trailer, which was checked and matches; it is restored with etcd's own hash check",
+            snapshot.path.display()
+        ));
     }
     let revision = revision::decide(
         lacking_bump.as_ref().map(|(m, t)| (m.as_str(), t.as_str())),
@@ -177,6 +253,8 @@ pub fn build(
         members,
         warnings,
         revision,
+        skip_hash_check,
+        snapshot_etcd_version: options.snapshot_etcd_version.clone(),
     })
 }
 
@@ -232,6 +310,15 @@ impl Plan {
             self.snapshot.size as f64 / 1e6,
             self.snapshot.sha256
         );
+        if self.skip_hash_check {
+            let _ = writeln!(
+                out,
+                "  no sha256 trailer (raw member/snap/db copy): restored with --skip-hash-check"
+            );
+        }
+        if let Some(v) = &self.snapshot_etcd_version {
+            let _ = writeln!(out, "  taken on etcd cluster version {v}");
+        }
         let _ = writeln!(out, "new cluster token {}", self.cluster_token);
         let live = self
             .revision
@@ -345,6 +432,15 @@ mod tests {
             path: PathBuf::from("/x/snap.db"),
             size: 100 << 20,
             sha256: "a".repeat(64),
+            trailer: true,
+        }
+    }
+
+    /// What preflight learns of a 3.5 snapshot with a trailer.
+    fn options() -> Options {
+        Options {
+            snapshot_etcd_version: Some("3.5.0".into()),
+            ..Options::default()
         }
     }
 
@@ -359,15 +455,14 @@ mod tests {
                 Ok(d)
             })
             .collect();
-        build(inv, &described, snapshot(), &Options::default())
-            .map_or_else(|e| e.problems, |_| Vec::new())
+        build(inv, &described, snapshot(), &options()).map_or_else(|e| e.problems, |_| Vec::new())
     }
 
     #[test]
     fn a_healthy_cluster_plans_a_fresh_token_and_a_majority_first() {
         let inv = inventory(5);
         let described: Vec<_> = inv.members.iter().map(|m| Ok(healthy(m))).collect();
-        let plan = build(&inv, &described, snapshot(), &Options::default()).expect("plan");
+        let plan = build(&inv, &described, snapshot(), &options()).expect("plan");
         assert_eq!(plan.quorum_first, ["cp-1", "cp-2", "cp-3"]);
         assert_eq!(plan.cluster_token, format!("quorate-{}", plan.restore_id));
         assert!(
@@ -474,6 +569,7 @@ mod tests {
         let options = Options {
             live_revision: Some(5_000),
             no_bump_revision: false,
+            ..options()
         };
         let plan = build(&inv, &described, snapshot(), &options).expect("plan");
         assert_eq!(plan.revision.bump, 6_000);
@@ -486,8 +582,7 @@ mod tests {
         let inv = inventory(4);
         let mut described: Vec<_> = inv.members.iter().map(|m| Ok(healthy(m))).collect();
         described[3] = Err("connection refused".into());
-        let err =
-            build(&inv, &described, snapshot(), &Options::default()).expect_err("unreachable");
+        let err = build(&inv, &described, snapshot(), &options()).expect_err("unreachable");
         assert!(
             err.to_string()
                 .contains("member cp-4: agent at https://127.0.0.14:7443 did not answer"),
@@ -495,11 +590,98 @@ mod tests {
         );
         assert!(err.to_string().contains("nothing was changed"));
         described[3] = Ok(healthy(&inv.members[3]));
-        let plan = build(&inv, &described, snapshot(), &Options::default()).expect("plan");
+        let plan = build(&inv, &described, snapshot(), &options()).expect("plan");
         assert!(
             plan.warnings[0].contains("even count"),
             "{:?}",
             plan.warnings
         );
+    }
+
+    #[test]
+    fn the_snapshot_etcd_version_must_match_the_members_major_minor() {
+        assert_eq!(
+            snapshot_version_check(Some("3.5.0"), Some("3.5.1"), None),
+            Ok(None)
+        );
+        assert_eq!(
+            snapshot_version_check(Some("3.4.0"), Some("v3.4.23"), None),
+            Ok(None)
+        );
+        let refused =
+            snapshot_version_check(Some("3.4.0"), Some("3.5.1"), None).expect_err("3.4 on 3.5");
+        assert!(
+            refused.contains("taken on etcd 3.4")
+                && refused.contains("run etcd 3.5.1")
+                && refused.contains("same etcd version"),
+            "{refused}"
+        );
+        // 3.10 is not 3.1.
+        assert!(snapshot_version_check(Some("3.10.0"), Some("3.1.2"), None).is_err());
+        let unknown = snapshot_version_check(None, Some("3.5.1"), Some("no bbolt"))
+            .expect("a warning, not a refusal")
+            .expect("warning");
+        assert!(unknown.contains("no bbolt"), "{unknown}");
+        let members_unknown = snapshot_version_check(Some("3.5.0"), None, None)
+            .expect("a warning")
+            .expect("warning");
+        assert!(members_unknown.contains("members' etcd version is unknown"));
+
+        // In the plan: a refusal among the problems; unknown versions as warnings.
+        let inv = inventory(3);
+        let described: Vec<_> = inv.members.iter().map(|m| Ok(healthy(m))).collect();
+        let old = Options {
+            snapshot_etcd_version: Some("3.4.0".into()),
+            ..Options::default()
+        };
+        let err = build(&inv, &described, snapshot(), &old).expect_err("3.4 snapshot");
+        assert!(err.to_string().contains("etcd 3.4"), "{err}");
+        let plan = build(&inv, &described, snapshot(), &Options::default()).expect("plan");
+        assert!(
+            plan.warnings
+                .iter()
+                .any(|w| w.contains("etcd version is unknown")),
+            "{:?}",
+            plan.warnings
+        );
+    }
+
+    #[test]
+    fn skip_hash_check_applies_to_a_raw_db_only_and_warns() {
+        let inv = inventory(3);
+        let described: Vec<_> = inv.members.iter().map(|m| Ok(healthy(m))).collect();
+        let flag = Options {
+            skip_hash_check: true,
+            ..options()
+        };
+        let raw = CheckedSnapshot {
+            trailer: false,
+            ..snapshot()
+        };
+        let plan = build(&inv, &described, raw, &flag).expect("plan");
+        assert!(plan.skip_hash_check);
+        assert!(
+            plan.warnings
+                .iter()
+                .any(|w| w.contains("integrity cannot be checked")
+                    && w.contains("uncommitted or inconsistent")),
+            "{:?}",
+            plan.warnings
+        );
+        assert!(plan.render().contains("restored with --skip-hash-check"));
+
+        // A saved snapshot with the flag: checked, and never restored with --skip-hash-check.
+        let saved = build(&inv, &described, snapshot(), &flag).expect("plan");
+        assert!(!saved.skip_hash_check);
+        assert!(
+            saved
+                .warnings
+                .iter()
+                .any(|w| w.contains("--skip-hash-check ignored")),
+            "{:?}",
+            saved.warnings
+        );
+        let plain = build(&inv, &described, snapshot(), &options()).expect("plan");
+        assert!(!plain.skip_hash_check);
     }
 }

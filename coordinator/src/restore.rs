@@ -102,6 +102,8 @@ pub struct Report {
     /// The live revision preflight saw, and the bump the restore applied (0: none).
     pub revision_before: Option<i64>,
     pub revision_bump: u64,
+    /// The snapshot had no sha256 trailer and was restored with `--skip-hash-check`.
+    pub skip_hash_check: bool,
     /// Per member, the control-plane components restarted after the restore (so that none acts
     /// on a cache from before it).
     pub restarted: Vec<(String, String)>,
@@ -222,6 +224,7 @@ impl<C: AgentClient, P: ClusterProbe> Restore<'_, C, P> {
                 snapshot_sha256: self.plan.snapshot.sha256.clone(),
                 bump_revision: self.plan.revision.bump,
                 mark_compacted: self.plan.revision.bump > 0,
+                skip_hash_check: self.plan.skip_hash_check,
             },
         }
     }
@@ -482,6 +485,7 @@ impl<C: AgentClient, P: ClusterProbe> Restore<'_, C, P> {
             snapshot_revision: progress.snapshot_revision,
             revision_before: self.plan.revision.live_revision,
             revision_bump: self.plan.revision.bump,
+            skip_hash_check: self.plan.skip_hash_check,
             restarted: progress.restarted.clone(),
             before: progress.before.clone(),
             after: progress
@@ -549,10 +553,16 @@ fn restarted(members: &[crate::inventory::Member], outcomes: &[Outcome]) -> Vec<
     members
         .iter()
         .zip(outcomes)
-        .filter_map(|(m, o)| {
-            o.details
+        .flat_map(|(m, o)| {
+            let ok = o
+                .details
                 .get("restarted")
-                .map(|r| (m.name.clone(), r.clone()))
+                .map(|r| (m.name.clone(), r.clone()));
+            let failed = o
+                .details
+                .get("restart_failed")
+                .map(|r| (m.name.clone(), format!("FAILED: {r}")));
+            ok.into_iter().chain(failed)
         })
         .collect()
 }

@@ -184,6 +184,7 @@ fn plan_for(inv: &Inventory) -> plan::Plan {
         path: PathBuf::from("/x/snap.db"),
         size: 1 << 20,
         sha256: "a".repeat(64),
+        trailer: true,
     };
     plan::build(inv, &described, snapshot, &plan::Options::default()).expect("plan")
 }
@@ -262,8 +263,8 @@ async fn phases_run_in_lockstep_and_in_order() {
     .expect("journal");
     assert_eq!(
         journal.lines().filter(|l| l.contains("\"done\"")).count(),
-        9,
-        "every phase journaled as done"
+        10,
+        "preflight and every phase journaled as done"
     );
 }
 

@@ -3,6 +3,9 @@
 //! A snapshot saved by `etcdctl snapshot save` (or the Maintenance.Snapshot RPC) ends with a
 //! 32-byte sha256 of everything before it, so its size is 32 more than a multiple of the 512-byte
 //! page. etcd's own `snapshot status` does not check that hash: a flipped bit passes there.
+//!
+//! A raw copy of a member's `member/snap/db` has no such trailer. It is accepted only when the
+//! operator says so (`--skip-hash-check`), and only when it holds whole bbolt pages.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -12,6 +15,8 @@ use sha2::{Digest, Sha256};
 
 const TRAILER: u64 = 32;
 const PAGE: u64 = 512;
+/// bbolt's page size is the OS page size: 4 KiB, or a multiple of it.
+const DB_PAGE: u64 = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
@@ -23,9 +28,13 @@ pub enum SnapshotError {
     #[error("snapshot {path} is empty")]
     Empty { path: PathBuf },
     #[error(
-        "snapshot {path} ({size} bytes) has no sha256 trailer: it is truncated, or a raw copy of member/snap/db; take a snapshot with `etcdctl snapshot save` (or `quorate snapshot save`)"
+        "snapshot {path} ({size} bytes) has no sha256 trailer: it is truncated, or a raw copy of member/snap/db; take a snapshot with `etcdctl snapshot save` (or `quorate snapshot save`), or, if it is a raw member/snap/db copy and there is no other, restore it with --skip-hash-check (its integrity then cannot be checked)"
     )]
     NoTrailer { path: PathBuf, size: u64 },
+    #[error(
+        "snapshot {path} ({size} bytes) has no sha256 trailer and is not a whole number of 4 KiB bbolt pages: it is truncated, not a raw member/snap/db copy; use another snapshot"
+    )]
+    NotDb { path: PathBuf, size: u64 },
     #[error(
         "snapshot {path} is corrupt: its appended sha256 is {stored}, but its content hashes to {actual}; use another snapshot"
     )]
@@ -43,11 +52,26 @@ pub struct CheckedSnapshot {
     pub size: u64,
     /// sha256 of the whole file (what agents verify on arrival).
     pub sha256: String,
+    /// Whether it ends with the sha256 trailer `snapshot save` appends (and it matched); false
+    /// only for a raw `member/snap/db` copy accepted with `--skip-hash-check`.
+    #[serde(default = "trailer_default")]
+    pub trailer: bool,
+}
+
+fn trailer_default() -> bool {
+    true
 }
 
 /// Streams the file once, computing both the hash of the whole file and the hash of everything
 /// before the trailer.
 pub fn check(path: &Path) -> Result<CheckedSnapshot, SnapshotError> {
+    check_with(path, false)
+}
+
+/// Like [`check`]; with `skip_hash_check`, a file without a trailer (a raw `member/snap/db`
+/// copy) is accepted when it holds whole bbolt pages, hashed whole for staging. A file with a
+/// trailer is checked against it either way.
+pub fn check_with(path: &Path, skip_hash_check: bool) -> Result<CheckedSnapshot, SnapshotError> {
     let err = |source| SnapshotError::Read {
         path: path.to_owned(),
         source,
@@ -60,6 +84,29 @@ pub fn check(path: &Path) -> Result<CheckedSnapshot, SnapshotError> {
         });
     }
     if size < TRAILER + PAGE || size % PAGE != TRAILER {
+        if skip_hash_check {
+            if !size.is_multiple_of(DB_PAGE) {
+                return Err(SnapshotError::NotDb {
+                    path: path.to_owned(),
+                    size,
+                });
+            }
+            let mut whole = Sha256::new();
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = file.read(&mut buf).map_err(err)?;
+                if n == 0 {
+                    break;
+                }
+                whole.update(&buf[..n]);
+            }
+            return Ok(CheckedSnapshot {
+                path: path.to_owned(),
+                size,
+                sha256: hex::encode(whole.finalize()),
+                trailer: false,
+            });
+        }
         return Err(SnapshotError::NoTrailer {
             path: path.to_owned(),
             size,
@@ -93,6 +140,7 @@ pub fn check(path: &Path) -> Result<CheckedSnapshot, SnapshotError> {
         path: path.to_owned(),
         size,
         sha256: hex::encode(file_hash.finalize()),
+        trailer: true,
     })
 }
 
@@ -146,5 +194,39 @@ mod tests {
 
         let missing = check(Path::new("/nonexistent/snap.db")).expect_err("missing");
         assert!(missing.to_string().contains("/nonexistent/snap.db"));
+    }
+
+    #[test]
+    fn a_raw_db_needs_skip_hash_check_and_a_saved_snapshot_is_checked_regardless() {
+        let raw: Vec<u8> = (0..4 * 4096).map(|i| (i % 253) as u8).collect();
+        let raw_file = write(&raw);
+        let err = check(raw_file.path()).expect_err("no trailer");
+        assert!(matches!(err, SnapshotError::NoTrailer { .. }));
+        assert!(err.to_string().contains("--skip-hash-check"), "{err}");
+
+        let accepted = check_with(raw_file.path(), true).expect("raw db accepted");
+        assert!(!accepted.trailer);
+        assert_eq!(accepted.size, raw.len() as u64);
+        assert_eq!(accepted.sha256, hex::encode(Sha256::digest(&raw)));
+
+        // Not whole pages: truncated, not a db copy, even with the flag.
+        let cut = write(&raw[..raw.len() - 100]);
+        assert!(matches!(
+            check_with(cut.path(), true),
+            Err(SnapshotError::NotDb { .. })
+        ));
+
+        // A saved snapshot keeps its check: it passes as one with a trailer, and a flipped bit
+        // is still refused.
+        let bytes = snapshot_bytes(8);
+        let good = write(&bytes);
+        assert!(check_with(good.path(), true).expect("valid").trailer);
+        let mut flipped = bytes.clone();
+        flipped[10] ^= 0x01;
+        let flipped = write(&flipped);
+        assert!(matches!(
+            check_with(flipped.path(), true),
+            Err(SnapshotError::HashMismatch { .. })
+        ));
     }
 }

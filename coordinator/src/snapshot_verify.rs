@@ -36,6 +36,8 @@ pub struct VerifyOptions {
     pub etcd_dir: Option<PathBuf>,
     /// How long the throwaway etcd may take to become healthy.
     pub start_timeout: Duration,
+    /// Accept a file without a sha256 trailer (a raw `member/snap/db` copy).
+    pub skip_hash_check: bool,
 }
 
 impl Default for VerifyOptions {
@@ -44,6 +46,7 @@ impl Default for VerifyOptions {
             test_restore: false,
             etcd_dir: None,
             start_timeout: Duration::from_secs(60),
+            skip_hash_check: false,
         }
     }
 }
@@ -125,9 +128,11 @@ impl VerifyError {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Integrity(SnapshotError::HashMismatch { .. }) => "corrupt",
-            Self::Integrity(SnapshotError::NoTrailer { .. } | SnapshotError::Empty { .. }) => {
-                "truncated"
-            }
+            Self::Integrity(
+                SnapshotError::NoTrailer { .. }
+                | SnapshotError::NotDb { .. }
+                | SnapshotError::Empty { .. },
+            ) => "truncated",
             Self::Integrity(SnapshotError::Read { .. }) => "unreadable",
             Self::Tools(_) => "tools",
             Self::Status { .. } => "status",
@@ -205,7 +210,8 @@ async fn chain(
     report: &mut VerifyReport,
 ) -> Result<(), VerifyError> {
     let path = file.to_owned();
-    let checked = tokio::task::spawn_blocking(move || snapshot::check(&path))
+    let skip = options.skip_hash_check;
+    let checked = tokio::task::spawn_blocking(move || snapshot::check_with(&path, skip))
         .await
         .expect("the sha256 check does not panic")?;
     report.sha256 = Some(checked.sha256);
@@ -530,132 +536,237 @@ pub async fn member_client_with(
 }
 
 /// The revision a snapshot holds, read from its bbolt file as `snapshot status` does: the main
-/// revision of the last key in the `key` bucket. bbolt stores its integers in host byte order;
-/// etcd's hosts (amd64, arm64) are little-endian.
+/// revision of the last key in the `key` bucket.
 pub fn file_revision(path: &Path) -> Result<i64, String> {
-    use std::os::unix::fs::FileExt;
-    let bad = |what: &str| {
+    let db = Bolt::open(path)?;
+    let bucket = db
+        .bucket(b"key")?
+        .ok_or_else(|| db.bad("no `key` bucket (not an etcd v3 snapshot)"))?;
+    let key = db
+        .last_key(bucket)?
+        .ok_or_else(|| db.bad("an empty node (is the `key` bucket empty?)"))?;
+    // A revision key: the main revision, big-endian, then `_` and the sub revision.
+    let main = key.get(..8).ok_or_else(|| db.bad("a revision key"))?;
+    let main = main.iter().fold(0, |v, x| v << 8 | u64::from(*x));
+    i64::try_from(main).map_err(|_| db.bad("revision out of range"))
+}
+
+/// The etcd cluster version a snapshot was taken at (`3.5.0`), from its `cluster` bucket's
+/// `clusterVersion` key; `None` when the file holds none (a cluster that never decided it).
+/// etcd 3.5's `snapshot status` does not report it.
+pub fn file_cluster_version(path: &Path) -> Result<Option<String>, String> {
+    let db = Bolt::open(path)?;
+    let Some(bucket) = db.bucket(b"cluster")? else {
+        return Ok(None);
+    };
+    let Some((value, _)) = db.get(bucket, b"clusterVersion")? else {
+        return Ok(None);
+    };
+    let version = String::from_utf8(value).map_err(|_| db.bad("clusterVersion is not text"))?;
+    Ok(Some(version.trim().to_owned()))
+}
+
+/// A read-only view of a bbolt file, just enough to look up etcd's buckets. bbolt stores its
+/// integers in host byte order; etcd's hosts (amd64, arm64) are little-endian.
+struct Bolt {
+    path: PathBuf,
+    file: std::fs::File,
+    len: u64,
+    page_size: u64,
+    /// The root bucket's root page, from the newest valid meta page.
+    root: u64,
+}
+
+/// A node: a 16-byte header (id, flags, count, overflow), then 16-byte elements whose key offset
+/// counts from the element. Branch elements: pos, ksize, child page; leaf elements: flags, pos,
+/// ksize, vsize, the value right after the key.
+type Node = Vec<u8>;
+
+const BRANCH: u64 = 0x01;
+const BUCKET_LEAF: u64 = 0x01;
+
+impl Bolt {
+    fn open(path: &Path) -> Result<Self, String> {
+        let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let len = file
+            .metadata()
+            .map_err(|e| format!("{}: {e}", path.display()))?
+            .len();
+        let mut db = Self {
+            path: path.to_owned(),
+            file,
+            len,
+            page_size: 0,
+            root: 0,
+        };
+        // Meta pages 0 and 1, after the 16-byte page header: magic, version, page size, flags,
+        // root bucket (root page, sequence), freelist, pgid, txid, checksum (FNV-1a of what
+        // precedes it).
+        let meta0 = db.read(0, 80)?;
+        db.page_size = int(&meta0, 24, 4)
+            .ok()
+            .filter(|s| (512..=1 << 20).contains(s))
+            .ok_or_else(|| db.bad("page size"))?;
+        let metas = [meta0, db.read(db.page_size, 80)?];
+        let valid = |m: &&Vec<u8>| {
+            int(m, 16, 4) == Ok(0xED0C_DAED) && int(m, 72, 8) == Ok(fnv1a(&m[16..72]))
+        };
+        let meta = metas
+            .iter()
+            .filter(valid)
+            .max_by_key(|m| int(m, 64, 8).ok())
+            .ok_or_else(|| db.bad("no valid meta page"))?;
+        db.root = int(meta, 32, 8).map_err(|w| db.bad(w))?;
+        Ok(db)
+    }
+
+    fn bad(&self, what: &str) -> String {
         format!(
             "{} is not a bbolt file as etcd writes it: {what}",
-            path.display()
+            self.path.display()
         )
-    };
-    let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let len = file
-        .metadata()
-        .map_err(|e| format!("{}: {e}", path.display()))?
-        .len();
-    let read = |offset: u64, n: u64| -> Result<Vec<u8>, String> {
-        if offset.checked_add(n).is_none_or(|end| end > len) {
-            return Err(bad("a page lies beyond the end of the file"));
+    }
+
+    fn read(&self, offset: u64, n: u64) -> Result<Vec<u8>, String> {
+        use std::os::unix::fs::FileExt;
+        if offset.checked_add(n).is_none_or(|end| end > self.len) {
+            return Err(self.bad("a page lies beyond the end of the file"));
         }
-        let mut buf = vec![0u8; usize::try_from(n).map_err(|_| bad("a page too large"))?];
-        file.read_exact_at(&mut buf, offset)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut buf = vec![0u8; usize::try_from(n).map_err(|_| self.bad("a page too large"))?];
+        self.file
+            .read_exact_at(&mut buf, offset)
+            .map_err(|e| format!("{}: {e}", self.path.display()))?;
         Ok(buf)
-    };
-    let int = |b: &[u8], at: usize, n: usize| -> Result<u64, String> {
-        let bytes = b
-            .get(at..at + n)
-            .ok_or_else(|| bad("a record runs past its page"))?;
-        Ok(bytes.iter().rev().fold(0, |v, x| v << 8 | u64::from(*x)))
-    };
-    let size = |b: &[u8], at: usize| int(b, at, 4).map(|v| v as usize);
-    // Meta pages 0 and 1, after the 16-byte page header: magic, version, page size, flags, root
-    // bucket (root page, sequence), freelist, pgid, txid, checksum (FNV-1a of what precedes it).
-    let meta0 = read(0, 80)?;
-    let page_size = int(&meta0, 24, 4)
-        .ok()
-        .filter(|s| (512..=1 << 20).contains(s))
-        .ok_or_else(|| bad("page size"))?;
-    let metas = [meta0, read(page_size, 80)?];
-    let valid =
-        |m: &&Vec<u8>| int(m, 16, 4) == Ok(0xED0C_DAED) && int(m, 72, 8) == Ok(fnv1a(&m[16..72]));
-    let meta = metas
-        .iter()
-        .filter(valid)
-        .max_by_key(|m| int(m, 64, 8).ok())
-        .ok_or_else(|| bad("no valid meta page"))?;
-    let page = |id: u64| {
-        let at = id.checked_mul(page_size).ok_or_else(|| bad("page id"))?;
-        let overflow = int(&read(at, 16)?, 12, 4)?;
-        read(at, page_size * (overflow + 1))
-    };
-    // A node (a page, or an inline bucket) is a 16-byte header (id, flags, count, overflow), then
-    // 16-byte elements whose key offset counts from the element. Branch elements: pos, ksize,
-    // child page; leaf elements: flags, pos, ksize, vsize, the value right after the key.
-    let is_branch = |node: &[u8]| int(node, 8, 2) == Ok(0x01);
-    let key_of = |node: &[u8], i: usize| -> Result<(Vec<u8>, u64), String> {
+    }
+
+    fn page(&self, id: u64) -> Result<Node, String> {
+        let at = id
+            .checked_mul(self.page_size)
+            .ok_or_else(|| self.bad("page id"))?;
+        let overflow = int(&self.read(at, 16)?, 12, 4).map_err(|w| self.bad(w))?;
+        self.read(at, self.page_size * (overflow + 1))
+    }
+
+    fn count(&self, node: &[u8]) -> Result<usize, String> {
+        let n = int(node, 10, 2).map_err(|w| self.bad(w))?;
+        Ok(usize::try_from(n).expect("u16 fits"))
+    }
+
+    /// Element `i`'s key, and its child page (branch) or its flags (leaf).
+    fn key_of(&self, node: &[u8], i: usize) -> Result<(Vec<u8>, u64), String> {
         let at = 16 + i * 16;
-        let (pos, ksize) = if is_branch(node) {
-            (size(node, at)?, size(node, at + 4)?)
+        let size = |at| {
+            int(node, at, 4)
+                .map(|v| v as usize)
+                .map_err(|w| self.bad(w))
+        };
+        let branch = is_branch(node);
+        let (pos, ksize) = if branch {
+            (size(at)?, size(at + 4)?)
         } else {
-            (size(node, at + 4)?, size(node, at + 8)?)
+            (size(at + 4)?, size(at + 8)?)
         };
         let key = node
             .get(at + pos..at + pos + ksize)
-            .ok_or_else(|| bad("a key runs past its page"))?;
-        Ok((
-            key.to_vec(),
-            if is_branch(node) {
-                int(node, at + 8, 8)?
-            } else {
-                0
-            },
-        ))
-    };
-    let mut node = page(int(meta, 32, 8)?)?;
-    let mut in_key_bucket = false;
-    for _depth in 0..128 {
-        let count = usize::try_from(int(&node, 10, 2)?).expect("u16 fits");
-        let last = count
-            .checked_sub(1)
-            .ok_or_else(|| bad("an empty node (is the `key` bucket empty?)"))?;
-        if is_branch(&node) {
-            // Root: the last child whose first key sorts at or before "key". Key bucket: the last.
+            .ok_or_else(|| self.bad("a key runs past its page"))?;
+        let extra = if branch {
+            int(node, at + 8, 8)
+        } else {
+            int(node, at, 4)
+        }
+        .map_err(|w| self.bad(w))?;
+        Ok((key.to_vec(), extra))
+    }
+
+    /// The value of leaf element `i`.
+    fn value_of(&self, node: &[u8], i: usize) -> Result<Vec<u8>, String> {
+        let at = 16 + i * 16;
+        let size = |at| {
+            int(node, at, 4)
+                .map(|v| v as usize)
+                .map_err(|w| self.bad(w))
+        };
+        let (pos, ksize, vsize) = (size(at + 4)?, size(at + 8)?, size(at + 12)?);
+        node.get(at + pos + ksize..at + pos + ksize + vsize)
+            .map(<[u8]>::to_vec)
+            .ok_or_else(|| self.bad("a value runs past its page"))
+    }
+
+    /// The leaf under `node` that would hold `key` (`None`: the last leaf).
+    fn leaf(&self, mut node: Node, key: Option<&[u8]>) -> Result<Node, String> {
+        for _depth in 0..128 {
+            if !is_branch(&node) {
+                return Ok(node);
+            }
+            let count = self.count(&node)?;
+            let last = count
+                .checked_sub(1)
+                .ok_or_else(|| self.bad("an empty branch"))?;
+            // The last child whose first key sorts at or before `key`.
             let mut pick = last;
-            if !in_key_bucket {
+            if let Some(key) = key {
                 pick = 0;
                 for i in 1..count {
-                    if key_of(&node, i)?.0.as_slice() <= b"key".as_slice() {
+                    if self.key_of(&node, i)?.0.as_slice() <= key {
                         pick = i;
                     }
                 }
             }
-            node = page(key_of(&node, pick)?.1)?;
-        } else if in_key_bucket {
-            let key = key_of(&node, last)?.0;
-            // A revision key: the main revision, big-endian, then `_` and the sub revision.
-            let main = key.get(..8).ok_or_else(|| bad("a revision key"))?;
-            let main = main.iter().fold(0, |v, x| v << 8 | u64::from(*x));
-            return i64::try_from(main).map_err(|_| bad("revision out of range"));
+            node = self.page(self.key_of(&node, pick)?.1)?;
+        }
+        Err(self.bad("nodes nested deeper than 128 levels"))
+    }
+
+    /// `key`'s value and leaf flags in the bucket whose root node is `bucket`.
+    fn get(&self, bucket: Node, key: &[u8]) -> Result<Option<(Vec<u8>, u64)>, String> {
+        let leaf = self.leaf(bucket, Some(key))?;
+        for i in 0..self.count(&leaf)? {
+            let (k, flags) = self.key_of(&leaf, i)?;
+            if k == key {
+                return Ok(Some((self.value_of(&leaf, i)?, flags)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The root node of the top-level bucket `name`, when there is one.
+    fn bucket(&self, name: &[u8]) -> Result<Option<Node>, String> {
+        let Some((value, flags)) = self.get(self.page(self.root)?, name)? else {
+            return Ok(None);
+        };
+        if flags & BUCKET_LEAF == 0 {
+            return Err(self.bad("a top-level key that is not a bucket"));
+        }
+        // The bucket header (root page, sequence); an inline bucket's node follows it.
+        let root = int(&value, 0, 8).map_err(|w| self.bad(w))?;
+        Ok(Some(if root == 0 {
+            value
+                .get(16..)
+                .ok_or_else(|| self.bad("inline bucket"))?
+                .to_vec()
         } else {
-            let at = (0..count)
-                .find(|i| key_of(&node, *i).is_ok_and(|(k, _)| k == b"key"))
-                .ok_or_else(|| bad("no `key` bucket (not an etcd v3 snapshot)"))?;
-            let (elem, pos, ksize, vsize) = (
-                16 + at * 16,
-                size(&node, 16 + at * 16 + 4)?,
-                size(&node, 16 + at * 16 + 8)?,
-                size(&node, 16 + at * 16 + 12)?,
-            );
-            let value = node
-                .get(elem + pos + ksize..elem + pos + ksize + vsize)
-                .ok_or_else(|| bad("the `key` bucket header"))?
-                .to_vec();
-            let root = int(&value, 0, 8)?;
-            node = if root == 0 {
-                value
-                    .get(16..)
-                    .ok_or_else(|| bad("inline bucket"))?
-                    .to_vec()
-            } else {
-                page(root)?
-            };
-            in_key_bucket = true;
+            self.page(root)?
+        }))
+    }
+
+    /// The last key of the bucket whose root node is `bucket`; `None` when it is empty.
+    fn last_key(&self, bucket: Node) -> Result<Option<Vec<u8>>, String> {
+        let leaf = self.leaf(bucket, None)?;
+        match self.count(&leaf)?.checked_sub(1) {
+            Some(last) => Ok(Some(self.key_of(&leaf, last)?.0)),
+            None => Ok(None),
         }
     }
-    Err(bad("nodes nested deeper than 128 levels"))
+}
+
+fn is_branch(node: &[u8]) -> bool {
+    int(node, 8, 2) == Ok(BRANCH)
+}
+
+/// A little-endian integer of `n` bytes at `at`.
+fn int(b: &[u8], at: usize, n: usize) -> Result<u64, &'static str> {
+    let bytes = b.get(at..at + n).ok_or("a record runs past its page")?;
+    Ok(bytes.iter().rev().fold(0, |v, x| v << 8 | u64::from(*x)))
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {

@@ -148,6 +148,9 @@ pub struct ClusterFacts {
     pub snapshot_sha256: String,
     pub bump_revision: u64,
     pub mark_compacted: bool,
+    /// Restore with `--skip-hash-check`: the snapshot is a raw `member/snap/db` copy without a
+    /// sha256 trailer.
+    pub skip_hash_check: bool,
 }
 
 fn check_name(name: &str) -> Result<(), ModelError> {
@@ -235,6 +238,7 @@ impl TryFrom<pb::ClusterFacts> for ClusterFacts {
             snapshot_sha256: p.snapshot_sha256,
             bump_revision: p.bump_revision,
             mark_compacted: p.mark_compacted,
+            skip_hash_check: p.skip_hash_check,
         })
     }
 }
@@ -249,6 +253,7 @@ impl From<ClusterFacts> for pb::ClusterFacts {
             snapshot_sha256: f.snapshot_sha256,
             bump_revision: f.bump_revision,
             mark_compacted: f.mark_compacted,
+            skip_hash_check: f.skip_hash_check,
         }
     }
 }
@@ -298,13 +303,22 @@ mod tests {
             snapshot_sha256: "a".repeat(64),
             bump_revision: 0,
             mark_compacted: false,
+            skip_hash_check: false,
         }
     }
 
     #[test]
     fn valid_facts_pass_and_round_trip() {
         let f = ClusterFacts::try_from(facts()).expect("valid");
+        assert!(!f.skip_hash_check);
         assert_eq!(pb::ClusterFacts::from(f), facts());
+        let raw = pb::ClusterFacts {
+            skip_hash_check: true,
+            ..facts()
+        };
+        let f = ClusterFacts::try_from(raw.clone()).expect("valid");
+        assert!(f.skip_hash_check);
+        assert_eq!(pb::ClusterFacts::from(f), raw);
     }
 
     #[test]

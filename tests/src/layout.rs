@@ -183,6 +183,12 @@ impl Host {
             "component".into(),
             format!("--name={name}"),
             format!("--node-name={}", self.name),
+            // As kubeadm writes it; it also makes the command line unique to this host, as the
+            // agent finds a pod's process by its command line.
+            format!(
+                "--kubeconfig={}",
+                self.path(&format!("etc/kubernetes/{name}.conf")).display()
+            ),
         ]
     }
 

@@ -36,7 +36,7 @@ where
 /// A lab that is torn down when dropped.
 pub struct TestLab {
     pub lab: Lab,
-    _dir: tempfile::TempDir,
+    dir: Option<tempfile::TempDir>,
     _slot: Flock<File>,
 }
 
@@ -57,6 +57,12 @@ impl Drop for TestLab {
     fn drop(&mut self) {
         if let Err(e) = self.lab.down() {
             eprintln!("lab down at the end of the test: {e:#}");
+        }
+        // A failed test keeps its lab dir (logs, journals) for whoever reads the failure.
+        if std::thread::panicking()
+            && let Some(dir) = self.dir.take()
+        {
+            eprintln!("the lab's files are kept in {}", dir.keep().display());
         }
     }
 }
@@ -130,7 +136,7 @@ pub async fn up_with(members: u8, version: EtcdVersion, runtime: LabRuntime) -> 
     );
     TestLab {
         lab,
-        _dir: dir,
+        dir: Some(dir),
         _slot: slot,
     }
 }

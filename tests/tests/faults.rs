@@ -133,63 +133,154 @@ async fn an_error_at_each_coordinator_boundary_rolls_every_member_back() {
     }
 }
 
+/// Kills the coordinator (SIGKILL) right after `phase` is journaled done, before the next phase
+/// begins; returns the restore id once `quorate status` has named the next step.
+async fn crash_after(s: &Setup, i: usize, phase: &str) -> String {
+    let known = faults::restore_ids(&s.lab).len();
+    let next = BOUNDARIES.get(i + 1).copied().unwrap_or("finish");
+    let mut child = faults::spawn_restore(
+        &s.lab,
+        &s.snapshot,
+        &format!("coordinator::before-{next}=sleep(600000)"),
+    )
+    .expect("quorate");
+    let id = match faults::wait_journal(&s.lab, known, phase, "done").await {
+        Ok(id) => id,
+        Err(e) => {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("quorate output");
+            panic!(
+                "{e:#}; quorate: {}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    };
+    child.kill().expect("SIGKILL the coordinator");
+    let _ = child.wait();
+    let (ok, status) = faults::quorate_on(&s.lab, "status", &id).expect("status");
+    assert!(
+        ok && status.contains(&format!("quorate resume {id}")),
+        "status names the next step: {status}"
+    );
+    id
+}
+
 #[tokio::test]
-async fn a_coordinator_killed_at_a_boundary_is_resumed_or_rolled_back_from_its_journal() {
+async fn a_coordinator_killed_at_each_boundary_is_resumed_to_the_same_end_as_an_uninterrupted_restore()
+ {
     let s = setup().await;
     for (i, phase) in BOUNDARIES.into_iter().enumerate() {
         let original = fresh_original(&s).await;
-        let known = faults::restore_ids(&s.lab).len();
-        // Held at the start of the next phase: `phase` is journaled done, nothing of the next began.
-        let next = BOUNDARIES.get(i + 1).copied().unwrap_or("finish");
-        let mut child = faults::spawn_restore(
-            &s.lab,
-            &s.snapshot,
-            &format!("coordinator::before-{next}=sleep(600000)"),
-        )
-        .expect("quorate");
-        let id = match faults::wait_journal(&s.lab, known, phase, "done").await {
-            Ok(id) => id,
-            Err(e) => {
-                let _ = child.kill();
-                let out = child.wait_with_output().expect("quorate output");
-                panic!(
-                    "{e:#}; quorate: {}\n{}",
-                    String::from_utf8_lossy(&out.stdout),
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
-        };
-        child.kill().expect("SIGKILL the coordinator");
-        let _ = child.wait();
-        let (ok, status) = faults::quorate_on(&s.lab, "status", &id).expect("status");
-        assert!(
-            ok && status.contains(&format!("quorate resume {id}")),
-            "status names the next step: {status}"
-        );
-        if i % 2 == 0 {
-            let case = format!("crash after {phase}, then resume");
-            let (ok, text) = faults::quorate_on(&s.lab, "resume", &id).expect("resume");
-            assert!(ok, "{case}: {text}");
-            assert_restored(&s, &original, &case).await;
-            eprintln!("{case}: restored");
-        } else {
-            let case = format!("crash after {phase}, then rollback");
-            let (ok, text) = faults::quorate_on(&s.lab, "rollback", &id).expect("rollback");
-            assert!(ok, "{case}: {text}");
-            assert_back_to(&s, &original, &case).await;
-            eprintln!("{case}: rolled back");
-        }
+        let id = crash_after(&s, i, phase).await;
+        let case = format!("crash after {phase}, then resume");
+        let (ok, text) = faults::quorate_on(&s.lab, "resume", &id).expect("resume");
+        assert!(ok, "{case}: {text}");
+        assert_restored(&s, &original, &case).await;
+        eprintln!("{case}: restored");
     }
+}
+
+#[tokio::test]
+async fn a_coordinator_killed_at_each_boundary_is_rolled_back_to_the_original_cluster() {
+    let s = setup().await;
+    for (i, phase) in BOUNDARIES.into_iter().enumerate() {
+        let original = fresh_original(&s).await;
+        let id = crash_after(&s, i, phase).await;
+        let case = format!("crash after {phase}, then rollback");
+        let (ok, text) = faults::quorate_on(&s.lab, "rollback", &id).expect("rollback");
+        assert!(ok, "{case}: {text}");
+        assert_back_to(&s, &original, &case).await;
+        eprintln!("{case}: rolled back");
+    }
+}
+
+#[tokio::test]
+async fn a_rollback_that_loses_an_agent_for_good_stops_naming_it_and_finishes_once_it_is_back() {
+    let mut s = setup().await;
+    let original = fresh_original(&s).await;
+    // cp-2's agent will hang while reverting its restore step, then disappear.
+    s.lab.kill_agent(1).expect("kill agent");
+    s.lab
+        .start_agent(1, Some("agent::before-revert-restore=sleep(600000)"))
+        .await
+        .expect("agent with failpoint");
+    let known = faults::restore_ids(&s.lab).len();
+    let child = std::process::Command::new(scenario::quorate_bin(&s.lab))
+        .args([
+            "restore",
+            "--yes",
+            "--output",
+            "json",
+            "--start-timeout",
+            "15s",
+            "--inventory",
+        ])
+        .arg(s.lab.dir().join("inventory.toml"))
+        .arg("--snapshot")
+        .arg(&s.snapshot)
+        .arg("--state-dir")
+        .arg(faults::state_dir(&s.lab))
+        .env("FAILPOINTS", "coordinator::after-restore=return(injected)")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("quorate");
+    let id = faults::wait_journal(&s.lab, known, "rollback:restore", "begin")
+        .await
+        .expect("the rollback began");
+    faults::wait_agent_step(&s.lab, 1, "restore", "reverting")
+        .await
+        .or(Ok::<String, anyhow::Error>(String::new()))
+        .expect("cp-2 reached the revert");
+    s.lab.kill_agent(1).expect("cp-2's agent is gone for good");
+    let out = child.wait_with_output().expect("quorate output");
+    assert!(!out.status.success(), "the rollback could not complete");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stopped = json_events(&out.stdout)
+        .into_iter()
+        .find(|e| e["event"] == "stopped")
+        .unwrap_or_else(|| panic!("a stopped event: {stdout}"));
+    let rollback_error = stopped["rollback_error"].as_str().unwrap_or_default();
+    assert!(
+        rollback_error.contains("member cp-2") && rollback_error.contains("rollback:restore"),
+        "the rollback names the member and where it stopped: {rollback_error}"
+    );
+    let (ok, status) = faults::quorate_on(&s.lab, "status", &id).expect("status");
+    assert!(ok, "status: {status}");
+    assert!(
+        status.contains("cp-2") && status.contains("UNKNOWN"),
+        "status: {status}"
+    );
+    assert!(
+        status.contains(&format!("run `quorate rollback {id}` again"))
+            && status.contains("first bring back the agent on cp-2"),
+        "status names the next step: {status}"
+    );
+    let journal = faults::state_dir(&s.lab).join(&id).join("journal.jsonl");
+    assert!(
+        std::fs::read_to_string(&journal).is_ok_and(|t| t.contains("rollback:restore")),
+        "the journal is intact"
+    );
+    // The agent comes back: the same rollback finishes.
+    s.lab.start_agent(1, None).await.expect("agent back");
+    let (ok, text) = faults::quorate_on(&s.lab, "rollback", &id).expect("rollback");
+    assert!(ok, "the rollback finishes once the agent is back: {text}");
+    assert_back_to(&s, &original, "rollback after the agent came back").await;
 }
 
 #[tokio::test]
 async fn an_agent_killed_mid_step_and_restarted_reports_the_truth_and_the_restore_completes() {
     let mut s = setup().await;
     for (step, member) in [
-        ("halt", 1usize),
+        ("claim", 0usize),
+        ("fence", 2),
+        ("halt", 1),
         ("preserve", 2),
         ("restore", 0),
         ("start", 1),
+        ("unfence", 2),
+        ("finish", 0),
     ] {
         let case = format!("agent of cp-{} killed during {step}", member + 1);
         let original = fresh_original(&s).await;
@@ -198,10 +289,16 @@ async fn an_agent_killed_mid_step_and_restarted_reports_the_truth_and_the_restor
             .start_agent(member, Some(&format!("agent::after-{step}=sleep(600000)")))
             .await
             .expect("agent with failpoint");
-        let child = faults::spawn_restore(&s.lab, &s.snapshot, "").expect("quorate");
-        faults::wait_agent_step(&s.lab, member, step, "running")
-            .await
-            .expect("agent reached the step");
+        let mut child = faults::spawn_restore(&s.lab, &s.snapshot, "").expect("quorate");
+        if let Err(e) = faults::wait_agent_step(&s.lab, member, step, "running").await {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("quorate output");
+            panic!(
+                "{case}: {e:#}; quorate: {}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
         s.lab.kill_agent(member).expect("kill agent mid-step");
         tokio::time::sleep(Duration::from_millis(500)).await;
         s.lab

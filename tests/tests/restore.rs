@@ -6,8 +6,63 @@ use std::collections::BTreeMap;
 use quorate_lab::etcd::member_client;
 use quorate_lab::lab::Lab;
 use quorate_lab::testlab::{self, PATIENCE};
-use quorate_lab::tools::EtcdVersion;
+use quorate_lab::tools::{EtcdTools, EtcdVersion};
 use quorate_lab::{load, scenario};
+
+/// Whether the etcd tools restore with `--bump-revision` (etcdutl 3.5.10+: `snapshot restore
+/// --help` lists it); etcdctl (3.4) never does.
+fn bumps(tools: &EtcdTools) -> bool {
+    let Some(etcdutl) = &tools.etcdutl else {
+        return false;
+    };
+    let out = std::process::Command::new(etcdutl)
+        .args(["snapshot", "restore", "--help"])
+        .output()
+        .expect("etcdutl snapshot restore --help");
+    let help = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    help.contains("--bump-revision")
+}
+
+/// `quorate plan`'s human output against the lab.
+fn plan_text(lab: &Lab, snapshot: &std::path::Path) -> String {
+    let out = std::process::Command::new(scenario::quorate_bin(lab))
+        .arg("plan")
+        .arg("--inventory")
+        .arg(lab.dir().join("inventory.toml"))
+        .arg("--snapshot")
+        .arg(snapshot)
+        .output()
+        .expect("quorate plan");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "quorate plan failed: {text}");
+    text
+}
+
+/// Runs `quorate restore --yes --output json`; its report.
+fn restore_report(lab: &Lab, snapshot: &std::path::Path) -> serde_json::Value {
+    let out =
+        scenario::quorate_restore(lab, snapshot, &["--yes", "--output", "json"]).expect("quorate");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "quorate restore failed:\nstdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let done: serde_json::Value = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["event"] == "done")
+        .expect("a done event with the report");
+    done["report"].clone()
+}
 
 /// Each member's (name → member ID) and the cluster ID, as the members report them.
 async fn identity(lab: &Lab) -> (u64, BTreeMap<String, u64>) {
@@ -65,26 +120,27 @@ async fn restore_round_trip(members: u8, version: EtcdVersion, keys: usize) {
             controller_pids.insert((host.name.clone(), c), pid);
         }
     }
-    let out = scenario::quorate_restore(&lab, &snapshot, &["--yes", "--output", "json"])
-        .expect("quorate");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "quorate restore failed:\nstdout:\n{stdout}\nstderr:\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    // Without --bump-revision in the members' tool, the plan says the revision goes back.
+    let can_bump = bumps(&lab.state.tools);
+    let plan = plan_text(&lab, &snapshot);
+    assert_eq!(
+        plan.contains("cannot bump the revision"),
+        !can_bump,
+        "the plan's revision warning:\n{plan}"
     );
-    let done: serde_json::Value = stdout
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|v| v["event"] == "done")
-        .expect("a done event with the report");
-    let report = &done["report"];
+    let report = &restore_report(&lab, &snapshot);
     eprintln!("phases ({members} members): {}", report["phases"]);
 
-    // The restored cluster was verified at the snapshot's revision before the apiservers returned:
-    // nothing wrote between fence and unfence.
-    assert_eq!(report["after"]["revision"].as_i64(), Some(snap_rev));
+    // The restored cluster was verified at the snapshot's revision (plus the bump, if any) before
+    // the apiservers returned: nothing wrote between fence and unfence.
     assert_eq!(report["snapshot_revision"].as_i64(), Some(snap_rev));
+    let bump = report["revision_bump"].as_i64().expect("revision_bump");
+    if can_bump {
+        assert!(bump > 0, "{report}");
+    } else {
+        assert_eq!(bump, 0, "no bump without --bump-revision: {report}");
+        assert_eq!(report["after"]["revision"].as_i64(), Some(snap_rev));
+    }
 
     // Every member holds exactly the snapshot's data.
     for (name, d) in scenario::dumps_at(&lab, Some(snap_rev))
@@ -188,4 +244,46 @@ async fn restores_three_members_on_etcd_34() {
         return;
     }
     restore_round_trip(3, EtcdVersion::V34, 5_000).await;
+}
+
+#[tokio::test]
+async fn bumps_the_revision_above_the_live_one_when_etcdutl_can() {
+    let tools = EtcdTools::find(EtcdVersion::V35).expect("etcd 3.5 tools");
+    if !bumps(&tools) {
+        println!(
+            "SKIPPED: etcdutl {} has no --bump-revision (needs 3.5.10+)",
+            tools.full_version
+        );
+        return;
+    }
+    let lab = testlab::up(3, EtcdVersion::V35).await;
+    let etcd = lab.hosts()[0].clone();
+    let client = member_client(&etcd.client_url(), &lab.etcd_tls())
+        .await
+        .expect("client");
+    load::load(&client, 2_000, 42).await.expect("load");
+    let snapshot = lab.dir().join("snapshot.db");
+    let snap_rev = scenario::save_snapshot(&lab, &etcd, &snapshot).expect("etcdctl snapshot save");
+    scenario::mutate(&lab)
+        .await
+        .expect("change data after the snapshot");
+    let live = scenario::dumps_at(&lab, None).await.expect("dump")[0]
+        .1
+        .revision;
+    assert!(live > snap_rev);
+
+    let report = restore_report(&lab, &snapshot);
+    let bump = report["revision_bump"].as_i64().expect("revision_bump");
+    assert!(bump > 0, "{report}");
+    let restored = scenario::dumps_at(&lab, None).await.expect("dump after")[0]
+        .1
+        .revision;
+    assert!(
+        restored > live,
+        "restored revision {restored} is not above the live {live} (bump {bump})"
+    );
+    assert!(
+        restored >= snap_rev + bump,
+        "{restored} < {snap_rev} + {bump}"
+    );
 }

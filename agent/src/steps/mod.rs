@@ -12,7 +12,7 @@ use crate::fsutil::{self, Ownership};
 use crate::journal::{Journal, ManifestMove, Op, PreservedDir, StepState};
 use crate::manifest::EtcdMember;
 
-use crate::runtime::{Component, Progress, Runtime, StaticPod};
+use crate::runtime::{Component, Progress, Runtime, StaticPod, move_manifest};
 use crate::snapshot;
 
 mod restore;
@@ -229,6 +229,7 @@ fn restart_controllers(
         return Ok(started);
     };
     let mut restarted = Vec::new();
+    let mut failed = Vec::new();
     for name in CONTROLLERS {
         let manifest = dir.join(format!("{name}.yaml"));
         let aside = ctx
@@ -246,15 +247,31 @@ fn restart_controllers(
             stop_timeout: CONTROLLER_TIMEOUT,
             start_timeout: CONTROLLER_TIMEOUT,
         };
-        control(ctx, name, &pod, Op::Run)?;
-        control(ctx, name, &pod, Op::Revert)?;
-        restarted.push(name);
+        let home = pod.manifest.clone();
+        match control(ctx, name, &pod, Op::Run).and_then(|_| control(ctx, name, &pod, Op::Revert)) {
+            Ok(_) => restarted.push(name.to_owned()),
+            Err(e) => {
+                // The restore itself is done: a controller that would not restart is reported,
+                // not rolled back over. Its manifest goes home whatever happened.
+                let _ = move_manifest(&aside, &home);
+                tracing::warn!("{name} was not restarted: {e}");
+                failed.push(format!(
+                    "{name} was not restarted ({e}); restart it by hand so it drops its cache"
+                ));
+            }
+        }
     }
     if !restarted.is_empty() {
         started.message = format!("{}; restarted {}", started.message, restarted.join(", "));
         started
             .details
             .insert("restarted".into(), restarted.join(","));
+    }
+    if !failed.is_empty() {
+        started.message = format!("{}; {}", started.message, failed.join("; "));
+        started
+            .details
+            .insert("restart_failed".into(), failed.join("; "));
     }
     Ok(started)
 }

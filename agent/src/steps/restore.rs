@@ -85,6 +85,7 @@ pub(super) fn restore(ctx: &mut Ctx<'_>) -> Result<Done> {
         cluster_token: &facts.cluster_token,
         peer_urls: &facts.peer_urls,
         bump_revision: facts.bump_revision,
+        skip_hash_check: facts.skip_hash_check,
     })?;
     let own = original.owner;
     ctx.progress(format!(

@@ -194,6 +194,7 @@ pub fn request(id: RestoreId, step: Step, sha: &str) -> StepRequest {
             snapshot_sha256: sha.into(),
             bump_revision: 0,
             mark_compacted: false,
+            skip_hash_check: false,
         },
     }
 }

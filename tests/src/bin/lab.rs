@@ -114,6 +114,9 @@ enum Cmd {
         name: String,
         #[arg(long)]
         node_name: String,
+        /// Accepted like the real component's; not read.
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
     },
     /// The kubelet stand-in for one host (started by `lab up`).
     #[command(hide = true)]
@@ -270,7 +273,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string(&figures)?);
             }
         }
-        Cmd::Component { name, node_name } => {
+        Cmd::Component {
+            name, node_name, ..
+        } => {
             tracing::info!("{name} on {node_name} running");
             let mut term =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
