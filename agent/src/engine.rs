@@ -124,7 +124,10 @@ impl Engine {
             }
         }
         let active = self.state.active()?;
-        let lock_free_ok = step == Step::Claim;
+        // Claim takes the lock; a finish that began (and released it) before the agent
+        // restarted may run again.
+        let lock_free_ok = step == Step::Claim
+            || (step == Step::Finish && op == Op::Run && journal.steps.contains_key(&Step::Finish));
         match active {
             Some(held) if held != id => {
                 return Err(AgentError::LockedByOther {

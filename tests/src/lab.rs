@@ -407,6 +407,15 @@ impl Lab {
         if !procs::wait_gone(&[pid], &marker, Duration::from_secs(10)).is_empty() {
             bail!("{}'s agent (pid {pid}) survived SIGKILL", host.name);
         }
+        // An exiting process loses its command line before it closes its sockets: wait until
+        // its port is really free, or the next agent cannot bind it.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while procs::port_open(host.ip, layout::AGENT_PORT) {
+            if Instant::now() > deadline {
+                bail!("{}'s agent port is still open after SIGKILL", host.name);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         for child in &mut self.children {
             let _ = child.try_wait();
         }
@@ -419,12 +428,19 @@ impl Lab {
         let host = self.state.hosts[i].clone();
         let agent_bin = self.state.lab_bin.with_file_name("quorate-agent");
         let config = host.path("etc/quorate/agent.toml");
-        let child = spawn_agent(&agent_bin, &host, &config, failpoints)?;
-        self.state.agents[i] = child.id();
-        self.children.push(child);
+        let mut child = spawn_agent(&agent_bin, &host, &config, failpoints)?;
+        let pid = child.id();
+        self.state.agents[i] = pid;
         self.save()?;
         let deadline = Instant::now() + Duration::from_secs(30);
         while !procs::port_open(host.ip, layout::AGENT_PORT) {
+            if let Some(status) = child.try_wait()? {
+                bail!(
+                    "{}'s agent (pid {pid}) exited ({status}): {}",
+                    host.name,
+                    procs::tail(&host.log_of("quorate-agent"), 4)
+                );
+            }
             if Instant::now() > deadline {
                 bail!(
                     "{}'s agent did not listen again: {}",
@@ -434,6 +450,7 @@ impl Lab {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        self.children.push(child);
         Ok(())
     }
 
