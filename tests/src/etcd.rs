@@ -48,10 +48,15 @@ impl Dump {
 
 /// Reads every key and value, a page at a time, all at the revision of the first page.
 pub async fn dump(client: &mut Client) -> anyhow::Result<Dump> {
+    dump_at(client, None).await
+}
+
+/// Reads every key and value at `revision` (`None`: the revision of the first page).
+pub async fn dump_at(client: &mut Client, revision: Option<i64>) -> anyhow::Result<Dump> {
     const PAGE: i64 = 1000;
     let mut kvs = BTreeMap::new();
     let mut start = vec![0u8];
-    let mut revision = 0;
+    let mut revision = revision.unwrap_or(0);
     loop {
         let mut options = GetOptions::new().with_range(vec![0u8]).with_limit(PAGE);
         if revision > 0 {

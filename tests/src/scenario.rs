@@ -6,9 +6,8 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use etcd_client::GetOptions;
 
-use crate::etcd::{Dump, dump, member_client};
+use crate::etcd::{Dump, dump, dump_at, member_client};
 use crate::lab::Lab;
 use crate::layout::Host;
 
@@ -70,36 +69,10 @@ pub async fn dumps_at(lab: &Lab, revision: Option<i64>) -> anyhow::Result<Vec<(S
     let mut out = Vec::new();
     for host in lab.hosts() {
         let mut client = member_client(&host.client_url(), &lab.etcd_tls()).await?;
-        let d = match revision {
-            None => dump(&mut client).await?,
-            Some(rev) => dump_at(&mut client, rev).await?,
-        };
+        let d = dump_at(&mut client, revision).await?;
         out.push((host.name.clone(), d));
     }
     Ok(out)
-}
-
-async fn dump_at(client: &mut etcd_client::Client, revision: i64) -> anyhow::Result<Dump> {
-    let mut kvs = std::collections::BTreeMap::new();
-    let mut start = vec![0u8];
-    loop {
-        let options = GetOptions::new()
-            .with_range(vec![0u8])
-            .with_limit(1000)
-            .with_revision(revision);
-        let resp = client.get(start.clone(), Some(options)).await?;
-        for kv in resp.kvs() {
-            kvs.insert(kv.key().to_vec(), kv.value().to_vec());
-        }
-        match resp.kvs().last() {
-            Some(last) if resp.more() => {
-                start = last.key().to_vec();
-                start.push(0);
-            }
-            _ => break,
-        }
-    }
-    Ok(Dump { revision, kvs })
 }
 
 /// Changes the data after the snapshot: deletes, overwrites and adds keys.
