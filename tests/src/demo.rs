@@ -35,6 +35,7 @@ pub async fn run(
         lab_bin,
         patience: Duration::from_secs(60),
         runtime: crate::lab::LabRuntime::StaticPod,
+        faithful: crate::hostns::available(),
     })
     .await?;
     let result = story(&lab, keys).await;

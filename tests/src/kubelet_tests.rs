@@ -51,7 +51,7 @@ impl Lab {
         let root = dir.path().to_owned();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            run_until(&root, async {
+            run_until(&root, None, async {
                 let _ = stopped.await;
             })
             .await
@@ -64,7 +64,7 @@ impl Lab {
     }
 
     fn layout(&self) -> Layout {
-        Layout::new(self.dir.path())
+        Layout::new(self.dir.path(), None)
     }
 
     /// Writes a manifest the way tools should: a hidden temporary file, then a rename.

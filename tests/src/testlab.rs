@@ -127,6 +127,7 @@ pub async fn up_with(members: u8, version: EtcdVersion, runtime: LabRuntime) -> 
         lab_bin: lab_bin(),
         patience: PATIENCE,
         runtime,
+        faithful: crate::hostns::available(),
     };
     let started = Instant::now();
     let lab = Lab::up(&opts).await.expect("lab up");

@@ -40,7 +40,7 @@ async fn assert_cluster(lab: &Lab) {
             .await
             .expect("status through a client certificate");
         assert_ne!(status.leader(), 0, "{} knows a leader", host.name);
-        assert!(Lab::member_healthy(host).await, "{} /health", host.name);
+        assert!(lab.member_healthy(host).await, "{} /health", host.name);
         assert_eq!(
             lab.apiserver_readyz(host).await,
             Some(200),
@@ -176,12 +176,12 @@ async fn removing_a_manifest_stops_exactly_that_member_and_putting_it_back_resto
     )
     .await
     .expect("write with cp-2 down");
-    assert!(Lab::member_healthy(h3).await, "cp-3 stays healthy");
+    assert!(lab.member_healthy(h3).await, "cp-3 stays healthy");
 
     lab.restore_manifest(h2, "etcd")
         .expect("put cp-2's manifest back");
     eventually("cp-2 healthy again", || async {
-        Lab::member_healthy(h2).await.then_some(())
+        lab.member_healthy(h2).await.then_some(())
     })
     .await;
     let mut c2 = member_client(&h2.client_url(), &lab.etcd_tls())

@@ -179,7 +179,7 @@ async fn restore_round_trip(members: u8, version: EtcdVersion, keys: usize) {
             .find(|m| m.name() == host.name)
             .expect("member by name");
         assert_eq!(m.peer_urls(), [host.peer_url()]);
-        assert!(Lab::member_healthy(host).await, "{} healthy", host.name);
+        assert!(lab.member_healthy(host).await, "{} healthy", host.name);
     }
     scenario::wait_apiservers(&lab, PATIENCE)
         .await

@@ -189,7 +189,7 @@ async fn restore_round_trip(members: u8, version: EtcdVersion, keys: usize) {
             .find(|m| m.name() == host.name)
             .expect("member by name");
         assert_eq!(m.peer_urls(), [host.peer_url()]);
-        assert!(Lab::member_healthy(host).await, "{} healthy", host.name);
+        assert!(lab.member_healthy(host).await, "{} healthy", host.name);
     }
 
     // The preserved dirs hold the pre-restore data; the env files tell the new token, and each
@@ -324,7 +324,7 @@ async fn rollback_puts_back_the_env_files_and_the_original_cluster() {
     assert_eq!(after.member_ids, before.member_ids);
     assert!(after.data == before.data, "the original data is back");
     for host in lab.hosts() {
-        assert!(Lab::member_healthy(host).await, "{} healthy", host.name);
+        assert!(lab.member_healthy(host).await, "{} healthy", host.name);
     }
     eprintln!("systemd rollback case: {:.1?} in all", started.elapsed());
 }

@@ -57,6 +57,25 @@ enum Cmd {
         /// systemd (etcd.service through a systemctl stand-in, no apiserver).
         #[arg(long, default_value = "static-pod")]
         runtime: LabRuntime,
+        /// Flat hosts on the shared loopback, paths under each host's dir (the default without
+        /// root; not kubeadm-faithful). As root, hosts are network and mount namespaces.
+        #[arg(long)]
+        flat: bool,
+    },
+    /// Run a command on one host (inside its namespaces: its /etc, /var/lib/etcd, 127.0.0.1).
+    ///
+    ///   lab exec --dir /tmp/lab --host cp-1 -- cat /etc/kubernetes/manifests/etcd.yaml
+    ///   lab exec --dir /tmp/lab --host cp-2 -- sh
+    #[command(verbatim_doc_comment)]
+    Exec {
+        #[arg(long)]
+        dir: PathBuf,
+        /// The host's name (cp-1, ...).
+        #[arg(long)]
+        host: String,
+        /// The command and its arguments (after `--`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        command: Vec<String>,
     },
     /// Stop everything the lab in DIR started; fails if a port is still listening.
     Down {
@@ -112,17 +131,18 @@ enum Cmd {
     Component {
         #[arg(long)]
         name: String,
-        #[arg(long)]
-        node_name: String,
-        /// Accepted like the real component's; not read.
-        #[arg(long)]
-        kubeconfig: Option<PathBuf>,
+        /// The component's own flags (as kubeadm writes them); not read.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        flags: Vec<String>,
     },
     /// The kubelet stand-in for one host (started by `lab up`).
     #[command(hide = true)]
     Kubelet {
         #[arg(long)]
         root: PathBuf,
+        /// Where container images are (default: ROOT/var/lib/containerd/lab-images).
+        #[arg(long)]
+        images: Option<PathBuf>,
     },
     /// The kube-apiserver stand-in (run from its static pod manifest).
     #[command(hide = true)]
@@ -144,8 +164,36 @@ fn humantime_duration(s: &str) -> Result<Duration, String> {
     }
 }
 
+/// The lab binary also runs as the control-plane stand-ins and systemctl, by the name it is
+/// started under (as a container image's `kube-apiserver`, a host's `systemctl`), so that their
+/// command lines are exactly what kubeadm writes.
+fn args() -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let name = args
+        .first()
+        .and_then(|a| std::path::Path::new(a).file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let rest = args.split_off(1);
+    let mut head: Vec<std::ffi::OsString> = vec!["lab".into()];
+    match name.as_str() {
+        "kube-apiserver" => head.push("apiserver".into()),
+        "kube-controller-manager" | "kube-scheduler" => {
+            head.extend([
+                "component".into(),
+                format!("--name={name}").into(),
+                "--".into(),
+            ]);
+        }
+        "systemctl" => head.extend(["systemctl".into(), "--root".into(), "/".into()]),
+        _ => {}
+    }
+    head.extend(rest);
+    head
+}
+
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(args());
     if let Cmd::Systemctl(args) = &cli.command {
         // No runtime, no logs: a quick command with systemctl's exit codes.
         std::process::exit(systemctl::run(args));
@@ -172,6 +220,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             patience,
             no_agents,
             runtime,
+            flat,
         } => {
             let lab_bin = std::env::current_exe().context("locating the lab binary")?;
             let started = Instant::now();
@@ -185,6 +234,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 agent_bin,
                 patience,
                 runtime,
+                faithful: !flat && quorate_lab::hostns::available(),
             })
             .await?;
             println!(
@@ -248,7 +298,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Status { dir } => {
             let lab = Lab::open(&dir)?;
             for host in lab.hosts() {
-                let healthy = Lab::member_healthy(host).await;
+                let healthy = lab.member_healthy(host).await;
                 let readyz = lab.apiserver_readyz(host).await;
                 println!(
                     "{:<5} {}  etcd healthy: {healthy}  apiserver /readyz: {}",
@@ -273,9 +323,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string(&figures)?);
             }
         }
-        Cmd::Component {
-            name, node_name, ..
-        } => {
+        Cmd::Component { name, .. } => {
+            let node_name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_default();
             tracing::info!("{name} on {node_name} running");
             let mut term =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -285,7 +336,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             tracing::info!("{name} on {node_name} stopping");
         }
-        Cmd::Kubelet { root } => kubelet::run(&root).await?,
+        Cmd::Kubelet { root, images } => kubelet::run(&root, images.as_deref()).await?,
+        Cmd::Exec { dir, host, command } => {
+            let lab = Lab::open(&dir)?;
+            let status = lab.exec(&host, &command)?;
+            std::process::exit(status.code().unwrap_or(1));
+        }
         Cmd::Apiserver(args) => apiserver::run(args).await?,
         Cmd::Systemctl(args) => std::process::exit(systemctl::run(&args)),
     }
