@@ -9,7 +9,10 @@
 //! ```
 //!
 //! The namespaces are persistent: `DIR/ns/<host>.{mnt,uts}` are bind mounts of the namespace files
-//! (in `DIR/ns`, a private bind mount of itself), and the netns is a named `ip netns`. Processes
+//! (in `DIR/ns`, a private bind mount of itself), and the netns is a named `ip netns`. A host's
+//! dir is a shared bind mount of itself and the host's `/` its slave: what the lab mounts under
+//! the host's dir from outside (a data disk) appears on the host, nothing the host mounts leaks
+//! out. Processes
 //! are started in a host with `nsenter` (see [`HostNs::command`]). Inside a host, `/usr` (but
 //! `/usr/local`), `/dev`, `/sys` come from the machine, read-only where they can be; `/etc`,
 //! `/var`, `/run`, `/tmp`, `/root`, `/opt` and `/usr/local` are the host's own (its dir);
@@ -174,7 +177,7 @@ pub fn unmount_all(path: &Path) -> anyhow::Result<()> {
 const SETUP: &str = r#"set -eu
 R="$1"; NAME="$2"
 hostname "$NAME"
-mount --make-rprivate /
+mount --make-rslave /
 mount --rbind "$R" "$R"
 for d in /usr/*; do
   b=${d#/usr/}
@@ -200,7 +203,7 @@ rmdir /.oldroot
 impl HostNs {
     /// Makes the namespaces of host `index` (1-based) named `name` at `ip`, rooted at `root`:
     /// its netns and veth on the lab bridge, then its mount and UTS namespaces (pivoted into
-    /// `root`). `binds` are (source outside, path inside the host) made before the pivot, read-only.
+    /// `root`).
     pub fn create(
         ns_dir: &Path,
         net: u8,
@@ -208,7 +211,6 @@ impl HostNs {
         name: &str,
         ip: Ipv4Addr,
         root: &Path,
-        binds: &[(PathBuf, &str)],
     ) -> anyhow::Result<Self> {
         let ns = Self {
             netns: format!("qlab{net}-{name}"),
@@ -247,17 +249,11 @@ impl HostNs {
         for f in [&ns.mnt, &ns.uts] {
             std::fs::write(f, b"").with_context(|| format!("creating {}", f.display()))?;
         }
-        let mut script = String::from(SETUP);
-        // The read-only binds go in before the pivot (their sources are outside the host).
-        let pivot = script.find("cd \"$R\"").expect("the setup script pivots");
-        let mut extra = String::new();
-        for (from, inside) in binds {
-            extra.push_str(&format!(
-                "mkdir -p \"$R{inside}\"\nmount --bind {from} \"$R{inside}\"\nmount -o remount,bind,ro \"$R{inside}\"\n",
-                from = shell_quote(&from.display().to_string()),
-            ));
+        let r = root.to_str().context("host dir is not UTF-8")?;
+        if !is_mount_point(root) {
+            run("mount", &["--bind", r, r])?;
         }
-        script.insert_str(pivot, &extra);
+        run("mount", &["--make-shared", r])?;
         let out = Command::new("nsenter")
             .arg(format!("--net=/run/netns/{n}"))
             .arg("unshare")
@@ -265,11 +261,11 @@ impl HostNs {
             .arg(format!("--uts={}", ns.uts.display()))
             .args([
                 "--propagation",
-                "private",
+                "unchanged",
                 "--",
                 "sh",
                 "-c",
-                &script,
+                SETUP,
                 "setup",
             ])
             .arg(root)

@@ -164,11 +164,9 @@ impl Lab {
             for i in 0..self.state.hosts.len() {
                 let host = &self.state.hosts[i];
                 store::write_host_base(host)?;
-                let binds = store::binds(&dir);
+                store::install_on(&dir, host)?;
                 let index = u8::try_from(i + 1).expect("at most 9 hosts");
-                let ns = HostNs::create(
-                    &ns_dir, opts.net, index, &host.name, host.ip, &host.root, &binds,
-                )?;
+                let ns = HostNs::create(&ns_dir, opts.net, index, &host.name, host.ip, &host.root)?;
                 self.state.hosts[i].ns = Some(ns);
                 self.save()?;
             }

@@ -10,11 +10,11 @@
 //! DIR/opt/{etcdutl|etcdctl}                                     a host's /opt/quorate/bin
 //! ```
 //!
-//! Files are hard links where the file system allows, copies otherwise. On hosts with namespaces
-//! these dirs are bound read-only into every host; flat hosts use them where they are.
+//! Files are hard links where the file system allows, copies otherwise. Hosts with namespaces
+//! get them where a node has them ([`install_on`]); flat hosts use them where they are.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::Context;
 
@@ -82,13 +82,40 @@ pub fn write(dir: &Path, tools: &EtcdTools, opts: &UpOptions) -> anyhow::Result<
     Ok(())
 }
 
-/// The lab dirs bound read-only into every host with namespaces: (outside, inside).
-pub fn binds(dir: &Path) -> Vec<(PathBuf, &'static str)> {
-    vec![
-        (dir.join("images"), "/var/lib/containerd/lab-images"),
-        (dir.join("bin"), "/usr/local/bin"),
-        (dir.join("opt"), RESTORE_TOOL_DIR),
-    ]
+/// Puts the lab's images, host binaries and restore tool on a host with namespaces, where a
+/// node has them (`/var/lib/containerd`, `/usr/local/bin`, `/opt/quorate/bin`): hard links,
+/// so they cost nothing, and nothing is mounted under the host's own dirs.
+pub fn install_on(dir: &Path, host: &Host) -> anyhow::Result<()> {
+    for (from, to) in [
+        (dir.join("images"), host.path(kubelet::IMAGES_DIR)),
+        (dir.join("bin"), host.path("usr/local/bin")),
+        (
+            dir.join("opt"),
+            host.path(RESTORE_TOOL_DIR.trim_start_matches('/')),
+        ),
+    ] {
+        copy_tree(&from, &to)?;
+    }
+    Ok(())
+}
+
+/// Hard-links (or copies) every file of `from` into `to`, keeping symbolic links as they are.
+fn copy_tree(from: &Path, to: &Path) -> anyhow::Result<()> {
+    fs::create_dir_all(to)?;
+    for entry in fs::read_dir(from).with_context(|| format!("reading {}", from.display()))? {
+        let entry = entry?;
+        let (src, dst) = (entry.path(), to.join(entry.file_name()));
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            copy_tree(&src, &dst)?;
+        } else if kind.is_symlink() {
+            let _ = fs::remove_file(&dst);
+            std::os::unix::fs::symlink(fs::read_link(&src)?, &dst)?;
+        } else {
+            link_or_copy(&src, &dst)?;
+        }
+    }
+    Ok(())
 }
 
 /// A host's own root file system before it gets namespaces: the top dirs, `/etc` basics, and the
