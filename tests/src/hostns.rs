@@ -342,6 +342,11 @@ impl HostNs {
 
     /// Removes the namespaces (the veth goes with the netns). Processes must be gone first.
     pub fn destroy(&self) -> anyhow::Result<()> {
+        // The veth would go with the netns, but a netns is torn down asynchronously: delete it
+        // now so that nothing of the host is left when `lab down` returns.
+        if Path::new("/sys/class/net").join(&self.veth).exists() {
+            run("ip", &["link", "del", &self.veth])?;
+        }
         for f in [&self.mnt, &self.uts] {
             if is_mount_point(f) {
                 let p = f.to_str().context("ns path is not UTF-8")?;
