@@ -36,6 +36,7 @@ pub async fn run(
         patience: Duration::from_secs(60),
         runtime: crate::lab::LabRuntime::StaticPod,
         faithful: crate::hostns::available(),
+        layout: crate::lab::LabLayout::default(),
     })
     .await?;
     let result = story(&lab, keys).await;

@@ -45,6 +45,49 @@ impl std::str::FromStr for LabRuntime {
     }
 }
 
+/// A file system the lab can give a host's data or WAL dir, mounted at that dir (as etcd on a
+/// dedicated disk is).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Disk {
+    Tmpfs,
+    /// A loop-mounted ext4 image (with its `lost+found`, as a real disk has).
+    Ext4,
+}
+
+impl std::str::FromStr for Disk {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        match s {
+            "tmpfs" => Ok(Self::Tmpfs),
+            "ext4" => Ok(Self::Ext4),
+            other => bail!("disk {other} is not one the lab knows (tmpfs or ext4)"),
+        }
+    }
+}
+
+/// The production layouts a lab can have, beyond kubeadm's defaults.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LabLayout {
+    /// The data dir (`/var/lib/etcd`) is a mount point of its own.
+    #[serde(default)]
+    pub data_mount: Option<Disk>,
+    /// etcd keeps its WAL apart, in `--wal-dir=/var/lib/etcd-wal`.
+    #[serde(default)]
+    pub wal_dir: bool,
+    /// ... and that WAL dir is a mount point of its own.
+    #[serde(default)]
+    pub wal_mount: Option<Disk>,
+}
+
+/// Where a lab puts etcd's WAL when [`LabLayout::wal_dir`] is set: a dir on the WAL disk, not
+/// the disk's mount point itself, as etcd makes a new WAL by renaming a temporary dir over the
+/// WAL dir (a mount point cannot be renamed over: EBUSY).
+pub const WAL_DIR: &str = "var/lib/etcd-wal/wal";
+
+/// Where the WAL disk is mounted when [`LabLayout::wal_mount`] is set.
+pub const WAL_MOUNT: &str = "var/lib/etcd-wal";
+
 /// The etcd unit of a systemd lab host.
 pub const ETCD_UNIT: &str = "etcd.service";
 
@@ -58,6 +101,8 @@ pub struct LabState {
     pub hosts: Vec<Host>,
     #[serde(default)]
     pub runtime: LabRuntime,
+    #[serde(default)]
+    pub layout: LabLayout,
     /// The kubelet stand-in's PID per host, in host order (empty for a systemd lab).
     pub kubelets: Vec<u32>,
     /// The quorate agent's PID per host, in host order (empty when the lab runs no agents).
@@ -81,6 +126,7 @@ pub struct UpOptions {
     /// Hosts as network and mount namespaces with kubeadm's real paths (needs root); `false`:
     /// flat hosts on the shared loopback, paths under each host's dir (not kubeadm-faithful).
     pub faithful: bool,
+    pub layout: LabLayout,
 }
 
 impl UpOptions {
@@ -98,6 +144,7 @@ impl UpOptions {
             patience: Duration::from_secs(60),
             runtime: LabRuntime::StaticPod,
             faithful: hostns::available(),
+            layout: LabLayout::default(),
         })
     }
 }
@@ -141,6 +188,7 @@ impl Lab {
                 lab_bin: opts.lab_bin.clone(),
                 hosts,
                 runtime: opts.runtime,
+                layout: opts.layout.clone(),
                 kubelets: Vec::new(),
                 agents: Vec::new(),
             },
@@ -176,10 +224,19 @@ impl Lab {
         let all = layout::initial_cluster(&hosts);
         for host in &hosts {
             pki.write_host(host)?;
-            fs::create_dir_all(host.data_dir().parent().expect("data dir has a parent"))?;
+            fs::create_dir_all(host.data_dir())?;
             fs::create_dir_all(host.path("var/log/pods"))?;
+            if let Some(disk) = opts.layout.data_mount {
+                mount_disk(&dir, host, "var/lib/etcd", disk)?;
+            }
+            if opts.layout.wal_dir {
+                fs::create_dir_all(host.path(WAL_MOUNT))?;
+                if let Some(disk) = opts.layout.wal_mount {
+                    mount_disk(&dir, host, WAL_MOUNT, disk)?;
+                }
+            }
             if opts.runtime == LabRuntime::Systemd {
-                write_systemd_host(host, &tools, &all, &opts.lab_bin)?;
+                write_systemd_host(host, &tools, &all, self.wal(), &opts.lab_bin)?;
             }
         }
         match opts.runtime {
@@ -191,7 +248,7 @@ impl Lab {
             LabRuntime::StaticPod if opts.faithful => self.kubeadm_join_all(&tools).await?,
             LabRuntime::StaticPod => {
                 for host in &hosts {
-                    let etcd = host.etcd_command(&tools, &all, ClusterState::New);
+                    let etcd = host.etcd_command(&tools, &all, ClusterState::New, self.wal());
                     write_manifests(host, &tools, &etcd)?;
                     self.start_kubelet(host)?;
                 }
@@ -222,7 +279,7 @@ impl Lab {
         write_manifests(
             first,
             tools,
-            &first.etcd_command(tools, &init, ClusterState::Init),
+            &first.etcd_command(tools, &init, ClusterState::Init, self.wal()),
         )?;
         self.start_kubelet(first)?;
         self.wait_member(first, Duration::from_secs(60)).await?;
@@ -271,12 +328,22 @@ impl Lab {
                         .collect::<Vec<_>>()
                 })
                 .collect();
-            let etcd = host.etcd_command(tools, &initial.join(","), ClusterState::Existing);
+            let etcd = host.etcd_command(
+                tools,
+                &initial.join(","),
+                ClusterState::Existing,
+                self.wal(),
+            );
             write_manifests(host, tools, &etcd)?;
             self.start_kubelet(host)?;
             self.wait_member(host, Duration::from_secs(60)).await?;
         }
         Ok(())
+    }
+
+    /// etcd's `--wal-dir`, relative to a host's root, when the lab keeps the WAL apart.
+    fn wal(&self) -> Option<&'static str> {
+        self.state.layout.wal_dir.then_some(WAL_DIR)
     }
 
     fn start_kubelet(&mut self, host: &Host) -> anyhow::Result<()> {
@@ -807,6 +874,7 @@ fn write_systemd_host(
     host: &Host,
     tools: &EtcdTools,
     initial_cluster: &str,
+    wal: Option<&str>,
     lab_bin: &Path,
 ) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt as _;
@@ -819,7 +887,7 @@ fn write_systemd_host(
     }
     write_atomic(
         &host.etcd_env_file(),
-        &host.etcd_env(tools, initial_cluster),
+        &host.etcd_env(tools, initial_cluster, wal),
     )?;
     write_atomic(&host.unit_dir().join(ETCD_UNIT), &host.etcd_unit(tools))?;
     if !host.faithful() {
@@ -958,6 +1026,45 @@ client_ca = {ca:?}
     Ok(host.inner("etc/quorate/agent.toml"))
 }
 
+/// Mounts a fresh `disk` at `rel` on `host` (from outside: it appears on the host too), owned by
+/// root with mode 0700, as etcd wants its dirs.
+fn mount_disk(dir: &Path, host: &Host, rel: &str, disk: Disk) -> anyhow::Result<()> {
+    let target = host.path(rel);
+    fs::create_dir_all(&target)?;
+    let run = |cmd: &mut Command| -> anyhow::Result<()> {
+        let out = cmd
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("running {cmd:?}"))?;
+        if !out.status.success() {
+            bail!(
+                "{cmd:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
+    };
+    match disk {
+        Disk::Tmpfs => run(Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=1g,mode=700", "tmpfs"])
+            .arg(&target))?,
+        Disk::Ext4 => {
+            let disks = dir.join("disks");
+            fs::create_dir_all(&disks)?;
+            let image = disks.join(format!("{}-{}.img", host.name, rel.replace('/', "_")));
+            fs::File::create(&image)?.set_len(1 << 30)?;
+            run(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&image))?;
+            run(Command::new("mount")
+                .args(["-o", "loop"])
+                .arg(&image)
+                .arg(&target))?;
+            use std::os::unix::fs::PermissionsExt as _;
+            fs::set_permissions(&target, fs::Permissions::from_mode(0o700))?;
+        }
+    }
+    Ok(())
+}
+
 /// Refuses a net whose bridge or host namespaces exist (another lab on it).
 fn check_net_free(net: u8) -> anyhow::Result<()> {
     let bridge = hostns::bridge_name(net);
@@ -1021,7 +1128,16 @@ fn prepare_dir(dir: &Path) -> anyhow::Result<()> {
                 dir.display()
             );
         }
-        for entry in ["hosts", "pki", "coordinator", "images", "bin", "opt", "ns"] {
+        for entry in [
+            "hosts",
+            "pki",
+            "coordinator",
+            "images",
+            "bin",
+            "opt",
+            "ns",
+            "disks",
+        ] {
             let path = dir.join(entry);
             if path.exists() {
                 fs::remove_dir_all(&path)

@@ -164,6 +164,7 @@ impl Host {
         tools: &EtcdTools,
         initial_cluster: &str,
         state: ClusterState,
+        wal_dir: Option<&str>,
     ) -> Vec<String> {
         let p = |f: &str| self.inner_str(&format!("etc/kubernetes/pki/etcd/{f}"));
         let mut flags = vec![
@@ -185,6 +186,9 @@ impl Host {
             "--snapshot-count=10000".into(),
             format!("--trusted-ca-file={}", p("ca.crt")),
         ];
+        if let Some(wal) = wal_dir {
+            flags.push(format!("--wal-dir={}", self.inner_str(wal)));
+        }
         match state {
             ClusterState::Init => {}
             ClusterState::New => flags.push("--initial-cluster-state=new".into()),
@@ -200,9 +204,14 @@ impl Host {
 
     /// etcd's settings as kubespray writes them to `/etc/etcd.env`: every flag of
     /// [`Host::etcd_command`] as an `ETCD_*` variable, and kubespray's cluster token.
-    pub fn etcd_env(&self, tools: &EtcdTools, initial_cluster: &str) -> String {
+    pub fn etcd_env(
+        &self,
+        tools: &EtcdTools,
+        initial_cluster: &str,
+        wal_dir: Option<&str>,
+    ) -> String {
         let mut out = format!("# Environment file for etcd {}\n", tools.full_version);
-        for flag in &self.etcd_command(tools, initial_cluster, ClusterState::New)[1..] {
+        for flag in &self.etcd_command(tools, initial_cluster, ClusterState::New, wal_dir)[1..] {
             if let Some((k, v)) = flag.trim_start_matches("--").split_once('=') {
                 out.push_str(&format!(
                     "ETCD_{}={v}\n",
@@ -287,6 +296,10 @@ impl Host {
 
     /// kubeadm's etcd static pod for this host.
     pub fn etcd_manifest(&self, tools: &EtcdTools, command: &[String]) -> String {
+        let wal = command
+            .iter()
+            .find_map(|a| a.strip_prefix("--wal-dir="))
+            .map(str::to_owned);
         let probe = |path: &str, failures: u32, delay: u32| {
             json!({
                 "failureThreshold": failures,
@@ -327,23 +340,43 @@ impl Host {
                     "name": "etcd",
                     "resources": { "requests": { "cpu": "100m", "memory": "100Mi" } },
                     "startupProbe": probe(ready, 24, 10),
-                    "volumeMounts": [
-                        { "mountPath": "/var/lib/etcd", "name": "etcd-data" },
-                        { "mountPath": "/etc/kubernetes/pki/etcd", "name": "etcd-certs" },
-                    ],
+                    "volumeMounts": volume_mounts(wal.as_deref()),
                 }],
                 "hostNetwork": true,
                 "priority": 2_000_001_000,
                 "priorityClassName": "system-node-critical",
                 "securityContext": { "seccompProfile": { "type": "RuntimeDefault" } },
-                "volumes": [
-                    { "hostPath": { "path": self.inner_str("etc/kubernetes/pki/etcd"), "type": "DirectoryOrCreate" }, "name": "etcd-certs" },
-                    { "hostPath": { "path": self.inner_str("var/lib/etcd"), "type": "DirectoryOrCreate" }, "name": "etcd-data" },
-                ],
+                "volumes": self.volumes(wal.as_deref()),
             },
             "status": {},
         });
         serde_yaml_ng::to_string(&pod).expect("a pod manifest always serialises")
+    }
+}
+
+/// The etcd container's mounts: kubeadm's two, and the WAL dir (as `extraVolumes` add it).
+fn volume_mounts(wal: Option<&str>) -> serde_json::Value {
+    let mut mounts = vec![
+        json!({ "mountPath": "/var/lib/etcd", "name": "etcd-data" }),
+        json!({ "mountPath": "/etc/kubernetes/pki/etcd", "name": "etcd-certs" }),
+    ];
+    if let Some(wal) = wal {
+        mounts.push(json!({ "mountPath": wal, "name": "etcd-wal" }));
+    }
+    serde_json::Value::Array(mounts)
+}
+
+impl Host {
+    fn volumes(&self, wal: Option<&str>) -> serde_json::Value {
+        let host_path = |path: String, name: &str| json!({ "hostPath": { "path": path, "type": "DirectoryOrCreate" }, "name": name });
+        let mut volumes = vec![
+            host_path(self.inner_str("etc/kubernetes/pki/etcd"), "etcd-certs"),
+            host_path(self.inner_str("var/lib/etcd"), "etcd-data"),
+        ];
+        if let Some(wal) = wal {
+            volumes.push(host_path(wal.to_owned(), "etcd-wal"));
+        }
+        serde_json::Value::Array(volumes)
     }
 }
 

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use quorate_lab::lab::{Lab, LabRuntime, UpOptions};
+use quorate_lab::lab::{Disk, Lab, LabLayout, LabRuntime, UpOptions};
 use quorate_lab::tools::EtcdVersion;
 use quorate_lab::{apiserver, bench, demo, etcd, kubelet, load, systemctl};
 
@@ -61,6 +61,15 @@ enum Cmd {
         /// root; not kubeadm-faithful). As root, hosts are network and mount namespaces.
         #[arg(long)]
         flat: bool,
+        /// The data dir (/var/lib/etcd) is a mount point of its own: tmpfs or ext4 (a loop image).
+        #[arg(long)]
+        data_mount: Option<Disk>,
+        /// etcd keeps its WAL apart, in --wal-dir=/var/lib/etcd-wal.
+        #[arg(long)]
+        wal_dir: bool,
+        /// ... on a mount of its own: tmpfs or ext4 (implies --wal-dir).
+        #[arg(long)]
+        wal_mount: Option<Disk>,
     },
     /// Run a command on one host (inside its namespaces: its /etc, /var/lib/etcd, 127.0.0.1).
     ///
@@ -221,6 +230,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             no_agents,
             runtime,
             flat,
+            data_mount,
+            wal_dir,
+            wal_mount,
         } => {
             let lab_bin = std::env::current_exe().context("locating the lab binary")?;
             let started = Instant::now();
@@ -235,6 +247,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 patience,
                 runtime,
                 faithful: !flat && quorate_lab::hostns::available(),
+                layout: LabLayout {
+                    data_mount,
+                    wal_dir: wal_dir || wal_mount.is_some(),
+                    wal_mount,
+                },
             })
             .await?;
             println!(
