@@ -476,10 +476,15 @@ impl Lab {
             .is_ok_and(|r| r.status == 200 && r.body.contains("\"health\":\"true\""))
     }
 
-    /// The apiserver stand-in's `/readyz` status, or `None` when it does not answer.
+    /// The apiserver stand-in's `/readyz` status as the cluster admin sees it, or `None` when
+    /// it does not answer.
     pub async fn apiserver_readyz(&self, host: &Host) -> Option<u16> {
-        let config =
-            quorate_proto::tls::client_config(&host.pki_dir().join("ca.crt"), None).ok()?;
+        let pki = self.state.dir.join("pki");
+        let config = quorate_proto::tls::client_config(
+            &host.pki_dir().join("ca.crt"),
+            Some((&pki.join("admin.crt"), &pki.join("admin.key"))),
+        )
+        .ok()?;
         let url = format!("{}/readyz", host.apiserver_url());
         quorate_proto::probe::get(&url, Some(Arc::new(config)), Duration::from_secs(3))
             .await
