@@ -78,6 +78,13 @@ pub struct LabLayout {
     /// ... and that WAL dir is a mount point of its own.
     #[serde(default)]
     pub wal_mount: Option<Disk>,
+    /// External etcd (etcd hosts under systemd) with this many control-plane hosts whose
+    /// apiservers use every etcd member; 0: stacked etcd or etcd alone.
+    #[serde(default)]
+    pub apiserver_hosts: u8,
+    /// The apiservers refuse anonymous requests (`--anonymous-auth=false`).
+    #[serde(default)]
+    pub no_anonymous_auth: bool,
 }
 
 /// Where a lab puts etcd's WAL when [`LabLayout::wal_dir`] is set: a dir on the WAL disk, not
@@ -108,6 +115,18 @@ pub struct LabState {
     /// The quorate agent's PID per host, in host order (empty when the lab runs no agents).
     #[serde(default)]
     pub agents: Vec<u32>,
+    /// External etcd: the control-plane hosts whose apiservers use the etcd hosts.
+    #[serde(default)]
+    pub apiservers: Vec<ApiserverHost>,
+}
+
+/// A control-plane host of an external etcd cluster: kube-apiserver, kube-controller-manager
+/// and kube-scheduler as static pods, its own quorate agent, no etcd.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApiserverHost {
+    pub host: Host,
+    pub kubelet: Option<u32>,
+    pub agent: Option<u32>,
 }
 
 #[derive(Debug, Clone)]
@@ -191,6 +210,13 @@ impl Lab {
                 layout: opts.layout.clone(),
                 kubelets: Vec::new(),
                 agents: Vec::new(),
+                apiservers: (1..=opts.layout.apiserver_hosts)
+                    .map(|i| ApiserverHost {
+                        host: Host::apiserver(&dir, opts.net, i),
+                        kubelet: None,
+                        agent: None,
+                    })
+                    .collect(),
             },
             children: Vec::new(),
         };
@@ -216,6 +242,15 @@ impl Lab {
                 let index = u8::try_from(i + 1).expect("at most 9 hosts");
                 let ns = HostNs::create(&ns_dir, opts.net, index, &host.name, host.ip, &host.root)?;
                 self.state.hosts[i].ns = Some(ns);
+                self.save()?;
+            }
+            for i in 0..self.state.apiservers.len() {
+                let host = &self.state.apiservers[i].host;
+                store::write_host_base(host)?;
+                store::install_on(&dir, host)?;
+                let index = u8::try_from(i + 11).expect("at most 9 apiserver hosts");
+                let ns = HostNs::create(&ns_dir, opts.net, index, &host.name, host.ip, &host.root)?;
+                self.state.apiservers[i].host.ns = Some(ns);
                 self.save()?;
             }
         }
@@ -249,11 +284,12 @@ impl Lab {
             LabRuntime::StaticPod => {
                 for host in &hosts {
                     let etcd = host.etcd_command(&tools, &all, ClusterState::New, self.wal());
-                    write_manifests(host, &tools, &etcd)?;
+                    write_manifests(host, &tools, &etcd, opts.layout.no_anonymous_auth)?;
                     self.start_kubelet(host)?;
                 }
             }
         }
+        self.start_apiserver_hosts(pki, &tools)?;
         if let Some(agent_bin) = &opts.agent_bin {
             for host in &hosts {
                 let config = write_agent_config(host, &tools, opts.runtime)?;
@@ -261,11 +297,38 @@ impl Lab {
                 self.state.agents.push(child.id());
                 self.children.push(child);
             }
+            for i in 0..self.state.apiservers.len() {
+                let host = self.state.apiservers[i].host.clone();
+                let config = write_apiserver_agent_config(&host)?;
+                let child = spawn_agent(agent_bin, &host, &config, None)?;
+                self.state.apiservers[i].agent = Some(child.id());
+                self.children.push(child);
+            }
         }
         self.save()?;
         write_atomic(&dir.join("inventory.toml"), &self.inventory().to_toml())?;
         write_atomic(&dir.join("lab.env"), &self.env_file())?;
         self.wait_ready(opts.patience).await
+    }
+
+    /// External etcd's control-plane hosts: kubeadm's files, and kube-apiserver (using every
+    /// etcd member), kube-controller-manager and kube-scheduler as static pods.
+    fn start_apiserver_hosts(&mut self, pki: &LabPki, tools: &EtcdTools) -> anyhow::Result<()> {
+        let servers: Vec<String> = self.state.hosts.iter().map(Host::client_url).collect();
+        for i in 0..self.state.apiservers.len() {
+            let host = self.state.apiservers[i].host.clone();
+            pki.write_host(&host)?;
+            fs::create_dir_all(host.path("var/log/pods"))?;
+            let apiserver =
+                host.apiserver_command_for(&servers.join(","), self.state.layout.no_anonymous_auth);
+            write_control_plane(&host, &apiserver)?;
+            let _ = tools;
+            let child = spawn_kubelet(&self.state.lab_bin, &self.state.dir, &host)?;
+            self.state.apiservers[i].kubelet = Some(child.id());
+            self.children.push(child);
+            self.save()?;
+        }
+        Ok(())
     }
 
     /// kubeadm's way: `kubeadm init` on the first host (a cluster of one), then `kubeadm join
@@ -276,10 +339,12 @@ impl Lab {
         let hosts = self.state.hosts.clone();
         let first = &hosts[0];
         let init = format!("{}={}", first.name, first.peer_url());
+        let anon = self.state.layout.no_anonymous_auth;
         write_manifests(
             first,
             tools,
             &first.etcd_command(tools, &init, ClusterState::Init, self.wal()),
+            anon,
         )?;
         self.start_kubelet(first)?;
         self.wait_member(first, Duration::from_secs(60)).await?;
@@ -334,7 +399,7 @@ impl Lab {
                 ClusterState::Existing,
                 self.wal(),
             );
-            write_manifests(host, tools, &etcd)?;
+            write_manifests(host, tools, &etcd, anon)?;
             self.start_kubelet(host)?;
             self.wait_member(host, Duration::from_secs(60)).await?;
         }
@@ -520,6 +585,14 @@ impl Lab {
                     waiting.push((host, "quorate-agent", "quorate-agent is not listening"));
                 }
             }
+            for a in &self.state.apiservers {
+                let host = &a.host;
+                if self.apiserver_readyz(host).await != Some(200) {
+                    waiting.push((host, "kube-apiserver", "kube-apiserver is not ready"));
+                } else if a.agent.is_some() && !procs::port_open(host.ip, layout::AGENT_PORT) {
+                    waiting.push((host, "quorate-agent", "quorate-agent is not listening"));
+                }
+            }
             if waiting.is_empty() {
                 return Ok(());
             }
@@ -545,6 +618,29 @@ impl Lab {
     /// Stops everything the lab started and checks that nothing of it is left: no port
     /// listening (flat hosts), no process, namespace, link or mount (hosts as namespaces).
     pub fn down(&mut self) -> anyhow::Result<()> {
+        let api: Vec<Host> = self
+            .state
+            .apiservers
+            .iter()
+            .map(|a| a.host.clone())
+            .collect();
+        let api_agents: Vec<u32> = self
+            .state
+            .apiservers
+            .iter()
+            .map(|a| a.agent.unwrap_or(0))
+            .collect();
+        let api_kubelets: Vec<u32> = self
+            .state
+            .apiservers
+            .iter()
+            .map(|a| a.kubelet.unwrap_or(0))
+            .collect();
+        stop_processes(&api, &api_agents, "quorate-agent", Duration::from_secs(10));
+        stop_processes(&api, &api_kubelets, "kubelet", Duration::from_secs(15));
+        for host in &api {
+            stop_leftovers(host);
+        }
         let hosts = self.state.hosts.clone();
         let stop_all = |pids: &[u32], what: &str, patience: Duration| {
             let ours: Vec<(usize, u32)> = hosts
@@ -603,7 +699,8 @@ impl Lab {
     /// Removes every host's namespaces, the mounts the lab made under the lab dir, and the bridge.
     fn remove_namespaces(&mut self) -> anyhow::Result<()> {
         let mut errors = Vec::new();
-        for host in &self.state.hosts {
+        let api = self.state.apiservers.iter().map(|a| &a.host);
+        for host in self.state.hosts.iter().chain(api) {
             if let Some(ns) = &host.ns {
                 let left = ns.pids();
                 if !left.is_empty() {
@@ -746,6 +843,29 @@ fn is_ours(host: &Host, pid: u32, what: &str) -> bool {
     }
 }
 
+/// SIGTERM to each of `pids` (one per host, 0: none) that is the lab's `what` on its host,
+/// SIGKILL to those still running after `patience`.
+fn stop_processes(hosts: &[Host], pids: &[u32], what: &str, patience: Duration) {
+    let ours: Vec<(&Host, u32)> = hosts
+        .iter()
+        .zip(pids)
+        .filter(|(h, pid)| **pid != 0 && is_ours(h, **pid, what))
+        .map(|(h, pid)| (h, *pid))
+        .collect();
+    for (_, pid) in &ours {
+        procs::signal(*pid, Signal::SIGTERM);
+    }
+    let deadline = Instant::now() + patience;
+    for (host, pid) in ours {
+        while is_ours(host, pid, what) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if is_ours(host, pid, what) {
+            procs::signal(pid, Signal::SIGKILL);
+        }
+    }
+}
+
 /// Ends whatever still runs on `host` (pods whose kubelet died without stopping them): SIGTERM,
 /// then SIGKILL after 20 s. On a flat host, only the pods whose pid files it holds.
 fn stop_leftovers(host: &Host) {
@@ -850,19 +970,30 @@ fn spawn_agent(
     spawn_logged(host, &bin, &args, &host.log_of("quorate-agent"), &env)
 }
 
-/// Writes a host's static pod manifests as kubeadm does: etcd (`etcd` as given), kube-apiserver,
-/// kube-controller-manager and kube-scheduler.
-fn write_manifests(host: &Host, tools: &EtcdTools, etcd: &[String]) -> anyhow::Result<()> {
+/// Writes a host's static pod manifests as kubeadm does: etcd (`etcd` as given), kube-apiserver
+/// (using the local member), kube-controller-manager and kube-scheduler.
+fn write_manifests(
+    host: &Host,
+    tools: &EtcdTools,
+    etcd: &[String],
+    no_anonymous_auth: bool,
+) -> anyhow::Result<()> {
     fs::create_dir_all(host.manifests_dir())?;
-    for (file, text) in [
-        ("etcd.yaml", host.etcd_manifest(tools, etcd)),
-        (
-            "kube-apiserver.yaml",
-            layout::static_pod(host, "kube-apiserver", &host.apiserver_command(), 5),
-        ),
-    ] {
-        write_atomic(&host.manifests_dir().join(file), &text)?;
-    }
+    write_atomic(
+        &host.manifests_dir().join("etcd.yaml"),
+        &host.etcd_manifest(tools, etcd),
+    )?;
+    let apiserver = host.apiserver_command_for(&host.local_etcd_url(), no_anonymous_auth);
+    write_control_plane(host, &apiserver)
+}
+
+/// Writes kube-apiserver (running `apiserver`), kube-controller-manager and kube-scheduler.
+fn write_control_plane(host: &Host, apiserver: &[String]) -> anyhow::Result<()> {
+    fs::create_dir_all(host.manifests_dir())?;
+    write_atomic(
+        &host.manifests_dir().join("kube-apiserver.yaml"),
+        &layout::static_pod(host, "kube-apiserver", apiserver, 5),
+    )?;
     for controller in layout::CONTROLLERS {
         let command = host.controller_command(controller);
         write_atomic(
@@ -1068,6 +1199,41 @@ fn mount_disk(dir: &Path, host: &Host, rel: &str, disk: Disk) -> anyhow::Result<
         }
     }
     Ok(())
+}
+
+/// The agent's config on a control-plane host of an external etcd cluster: its apiserver, no
+/// etcd. Returns the path as the host sees it.
+fn write_apiserver_agent_config(host: &Host) -> anyhow::Result<PathBuf> {
+    let q = |f: &str| host.inner_str(&format!("etc/quorate/pki/{f}"));
+    let text = format!(
+        r#"# quorate-agent on lab control-plane host {name} (external etcd: no etcd here)
+listen = "{ip}:{port}"
+state_dir = {state:?}
+allowed_clients = ["{coordinator}"]
+
+[tls]
+cert = {cert:?}
+key = {key:?}
+client_ca = {ca:?}
+
+[apiserver]
+runtime = "static-pod"
+manifest = {manifest:?}
+ca = {api_ca:?}
+"#,
+        name = host.name,
+        ip = host.ip,
+        port = layout::AGENT_PORT,
+        state = host.inner_str("var/lib/quorate-agent"),
+        coordinator = crate::pki::COORDINATOR_NAME,
+        cert = q("agent.crt"),
+        key = q("agent.key"),
+        ca = q("ca.crt"),
+        manifest = host.inner_str("etc/kubernetes/manifests/kube-apiserver.yaml"),
+        api_ca = host.inner_str("etc/kubernetes/pki/ca.crt"),
+    );
+    write_atomic(&host.path("etc/quorate/agent.toml"), &text)?;
+    Ok(host.inner("etc/quorate/agent.toml"))
 }
 
 /// Refuses a net whose bridge or host namespaces exist (another lab on it).

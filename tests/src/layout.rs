@@ -39,6 +39,18 @@ impl Host {
         }
     }
 
+    /// Control-plane host `index` (1-based) of an external etcd cluster: `api-<index>` at
+    /// `127.0.<net>.(20+index)`, with kube-apiserver and no etcd.
+    pub fn apiserver(lab_dir: &Path, net: u8, index: u8) -> Self {
+        let name = format!("api-{index}");
+        Self {
+            root: lab_dir.join("hosts").join(&name),
+            ip: Ipv4Addr::new(127, 0, net, 20 + index),
+            name,
+            ns: None,
+        }
+    }
+
     /// True when the host is its own network and mount namespace (kubeadm-faithful paths).
     pub fn faithful(&self) -> bool {
         self.ns.is_some()
@@ -276,22 +288,34 @@ impl Host {
         ]
     }
 
-    /// The apiserver stand-in's command line (kube-apiserver's flags; stacked etcd: the local
-    /// member first, as kubeadm writes it).
-    pub fn apiserver_command(&self) -> Vec<String> {
+    /// The apiserver stand-in's command line with kube-apiserver's flags, as kubeadm writes
+    /// them (sorted): `etcd_servers` is the local member on stacked etcd, every member on
+    /// external etcd. `no_anonymous_auth`: `--anonymous-auth=false`, as hardened clusters set.
+    pub fn apiserver_command_for(
+        &self,
+        etcd_servers: &str,
+        no_anonymous_auth: bool,
+    ) -> Vec<String> {
         let pki = |f: &str| self.inner_str(&format!("etc/kubernetes/pki/{f}"));
-        vec![
-            "kube-apiserver".into(),
+        let mut flags = vec![
             format!("--advertise-address={}", self.ip),
+            format!("--client-ca-file={}", pki("ca.crt")),
             format!("--etcd-cafile={}", pki("etcd/ca.crt")),
             format!("--etcd-certfile={}", pki("apiserver-etcd-client.crt")),
             format!("--etcd-keyfile={}", pki("apiserver-etcd-client.key")),
-            format!("--etcd-servers={}", self.local_etcd_url()),
+            format!("--etcd-servers={etcd_servers}"),
             format!("--node-name={}", self.name),
             format!("--secure-port={APISERVER_PORT}"),
             format!("--tls-cert-file={}", pki("apiserver.crt")),
             format!("--tls-private-key-file={}", pki("apiserver.key")),
-        ]
+        ];
+        if no_anonymous_auth {
+            flags.push("--anonymous-auth=false".into());
+        }
+        flags.sort();
+        std::iter::once("kube-apiserver".to_owned())
+            .chain(flags)
+            .collect()
     }
 
     /// kubeadm's etcd static pod for this host.

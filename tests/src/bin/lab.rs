@@ -70,6 +70,17 @@ enum Cmd {
         /// ... on a mount of its own: tmpfs or ext4 (implies --wal-dir).
         #[arg(long)]
         wal_mount: Option<Disk>,
+        /// stacked (kubeadm: etcd beside each apiserver) or external (etcd hosts under systemd,
+        /// and --apiserver-hosts control-plane hosts whose apiservers use every member).
+        #[arg(long, default_value = "stacked")]
+        topology: Topology,
+        /// Control-plane hosts (api-1, ... at 127.0.<net>.(20+i)) of an external topology.
+        #[arg(long, default_value_t = 2)]
+        apiserver_hosts: u8,
+        /// The apiservers' --anonymous-auth (false: /readyz needs credentials, as on hardened
+        /// clusters).
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        anonymous_auth: bool,
     },
     /// Run a command on one host (inside its namespaces: its /etc, /var/lib/etcd, 127.0.0.1).
     ///
@@ -161,6 +172,13 @@ enum Cmd {
     Systemctl(systemctl::SystemctlArgs),
 }
 
+/// Where etcd runs relative to the apiservers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Topology {
+    Stacked,
+    External,
+}
+
 fn humantime_duration(s: &str) -> Result<Duration, String> {
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
     let n: u64 = num
@@ -233,7 +251,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             data_mount,
             wal_dir,
             wal_mount,
+            topology,
+            apiserver_hosts,
+            anonymous_auth,
         } => {
+            let external = topology == Topology::External;
+            let runtime = if external {
+                LabRuntime::Systemd
+            } else {
+                runtime
+            };
             let lab_bin = std::env::current_exe().context("locating the lab binary")?;
             let started = Instant::now();
             let agent_bin = (!no_agents).then(|| lab_bin.with_file_name("quorate-agent"));
@@ -251,6 +278,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     data_mount,
                     wal_dir: wal_dir || wal_mount.is_some(),
                     wal_mount,
+                    apiserver_hosts: if external { apiserver_hosts } else { 0 },
+                    no_anonymous_auth: !anonymous_auth,
                 },
             })
             .await?;
@@ -271,6 +300,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     host.ip,
                     host.client_url(),
                     host.root.display()
+                );
+            }
+            for a in &lab.state.apiservers {
+                println!(
+                    "  {:<5} {}  apiserver {} (etcd: every member)  root {}",
+                    a.host.name,
+                    a.host.ip,
+                    a.host.apiserver_url(),
+                    a.host.root.display()
+                );
+            }
+            if !lab.hosts().iter().any(|h| h.faithful()) {
+                println!(
+                    "  note: flat hosts (not root, or --flat): one loopback, paths under each host's dir; not kubeadm-faithful"
                 );
             }
             println!(
