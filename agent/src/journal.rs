@@ -56,12 +56,33 @@ pub struct StepRecord {
     pub at: u64,
 }
 
-/// What PRESERVE needs to undo itself and RESTORE needs to copy.
+/// How PRESERVE moved one of etcd's dirs aside.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "kind")]
+pub enum Moved {
+    /// The dir itself was renamed to `preserved`, a sibling on its filesystem. Journals written
+    /// before mount points were supported have no `moved` field: they always renamed, so its
+    /// absence records this case and nothing else.
+    #[default]
+    Renamed,
+    /// The dir is a mount point (which cannot be renamed): it stays where it is, and the entries
+    /// named, etcd's own, were moved into `preserved`, a hidden dir inside it on the same
+    /// filesystem. Listed before the first move, so a repeat after a crash knows them all.
+    Entries { names: Vec<String> },
+}
+
+/// What PRESERVE needs to undo itself and RESTORE needs to copy: one of etcd's dirs (its data
+/// dir, or its `--wal-dir` in [`Journal::preserved_wal`]) and where its original content went.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PreservedDir {
+    /// The dir etcd uses (the field keeps its first name for older journals).
     pub data_dir: PathBuf,
     pub preserved: PathBuf,
+    /// Owner and mode the restored copy gets: those of the dir when renamed, of the first entry
+    /// moved when its entries were.
     pub owner: Ownership,
+    #[serde(default)]
+    pub moved: Moved,
 }
 
 /// A manifest moved (or about to be moved) out of the watched dir.
@@ -93,6 +114,12 @@ pub struct Journal {
     pub last: Option<Step>,
     #[serde(default)]
     pub preserved: Option<PreservedDir>,
+    /// etcd's `--wal-dir` when it lies outside the data dir: preserved and restored beside it.
+    #[serde(default)]
+    pub preserved_wal: Option<PreservedDir>,
+    /// etcd's `--wal-dir` relative to the data dir when it lies inside it (it moves with it).
+    #[serde(default)]
+    pub wal_in_data: Option<PathBuf>,
     /// Keyed by component ("etcd", "kube-apiserver").
     #[serde(default)]
     pub manifests: BTreeMap<String, ManifestMove>,
@@ -114,6 +141,8 @@ impl Journal {
             steps: BTreeMap::new(),
             last: None,
             preserved: None,
+            preserved_wal: None,
+            wal_in_data: None,
             manifests: BTreeMap::new(),
             set_aside: Vec::new(),
             staged: None,
