@@ -295,7 +295,10 @@ spec:
         };
         assert_eq!(with("--wal-dir=/w"), Some(PathBuf::from("/w")));
         assert_eq!(with("--wal-dir="), None);
-        let env = format!("--{}=/env/wal", etcd_flag_of_env("ETCD_WAL_DIR").expect("flag"));
+        let env = format!(
+            "--{}=/env/wal",
+            etcd_flag_of_env("ETCD_WAL_DIR").expect("flag")
+        );
         assert_eq!(with(&env), Some(PathBuf::from("/env/wal")));
         let file = config_flags("wal-dir: /cfg/wal\nname: x\n", Path::new("c.yaml")).expect("yaml");
         assert_eq!(with(&file[0]), Some(PathBuf::from("/cfg/wal")));

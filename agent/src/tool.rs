@@ -325,7 +325,10 @@ mod tests {
         assert!(!argv.iter().any(|a| a == "--wal-dir"));
         args.wal_dir = Some(Path::new("/w/.quorate-x.restoring"));
         let argv = args.argv();
-        let at = argv.iter().position(|a| a == "--wal-dir").expect("--wal-dir");
+        let at = argv
+            .iter()
+            .position(|a| a == "--wal-dir")
+            .expect("--wal-dir");
         assert_eq!(argv[at + 1], "/w/.quorate-x.restoring");
         args.wal_dir = None;
         args.bump_revision = 7;

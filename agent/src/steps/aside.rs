@@ -74,7 +74,10 @@ pub fn etcd_names(role: Role, dir: &Path, wal_in_data: Option<&Path>) -> Vec<Str
             names.retain(|n| fsutil::exists(&dir.join(n)));
             names
         }
-        Role::Wal => entries(dir).into_iter().filter(|n| is_wal_entry(n)).collect(),
+        Role::Wal => entries(dir)
+            .into_iter()
+            .filter(|n| is_wal_entry(n))
+            .collect(),
     }
 }
 

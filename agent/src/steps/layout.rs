@@ -22,7 +22,10 @@ pub fn wal_in_data(data_dir: &Path, wal_dir: &Path) -> Option<PathBuf> {
             .filter(|c| !matches!(c, Component::CurDir))
             .collect()
     };
-    let rel = clean(wal_dir).strip_prefix(clean(data_dir)).ok()?.to_owned();
+    let rel = clean(wal_dir)
+        .strip_prefix(clean(data_dir))
+        .ok()?
+        .to_owned();
     (!rel.as_os_str().is_empty()).then_some(rel)
 }
 
@@ -64,10 +67,7 @@ impl Dir {
         if !self.place.fs_type.is_empty() {
             parts.push(self.place.fs_type.clone());
         }
-        parts.push(format!(
-            "{:.1} GB free",
-            self.place.free_bytes as f64 / 1e9
-        ));
+        parts.push(format!("{:.1} GB free", self.place.free_bytes as f64 / 1e9));
         format!("{} ({})", self.path.display(), parts.join(", "))
     }
 
@@ -147,7 +147,12 @@ impl Layout {
                 data.path.display()
             ));
         }
-        check_dir("data dir", "--data-dir (or etcd.data_dir in the agent config)", data, &mut out);
+        check_dir(
+            "data dir",
+            "--data-dir (or etcd.data_dir in the agent config)",
+            data,
+            &mut out,
+        );
         match &self.wal {
             Some(Wal::Own(wal)) => {
                 check_dir("wal dir", "--wal-dir", wal, &mut out);
@@ -249,7 +254,10 @@ mod tests {
             Some(PathBuf::from("member/wal"))
         );
         assert_eq!(
-            wal_in_data(Path::new("/var/lib/etcd/"), Path::new("/var/lib/./etcd/wal")),
+            wal_in_data(
+                Path::new("/var/lib/etcd/"),
+                Path::new("/var/lib/./etcd/wal")
+            ),
             Some(PathBuf::from("wal"))
         );
         assert_eq!(wal_in_data(d, Path::new("/var/lib/etcd-wal")), None);
@@ -277,17 +285,22 @@ mod tests {
             "{p:?}"
         );
 
-        let same = Layout::detect(&root.join("data"), Some(&root.join("link/../data")))
-            .expect("layout");
+        let same =
+            Layout::detect(&root.join("data"), Some(&root.join("link/../data"))).expect("layout");
         assert!(
-            same.problems().iter().any(|p| p.contains("is the data dir")),
+            same.problems()
+                .iter()
+                .any(|p| p.contains("is the data dir")),
             "{:?}",
             same.problems()
         );
-        let outer = Layout::detect(&root.join("data/wal"), Some(&root.join("data")))
-            .expect("layout");
+        let outer =
+            Layout::detect(&root.join("data/wal"), Some(&root.join("data"))).expect("layout");
         assert!(
-            outer.problems().iter().any(|p| p.contains("lies inside wal dir")),
+            outer
+                .problems()
+                .iter()
+                .any(|p| p.contains("lies inside wal dir")),
             "{:?}",
             outer.problems()
         );

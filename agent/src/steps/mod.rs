@@ -20,8 +20,8 @@ pub mod layout;
 mod preserve;
 mod restore;
 
-pub use preserve::{spots, start_refusal};
 use preserve::{preserve, unpreserve};
+pub use preserve::{spots, start_refusal};
 use restore::{restore, set_aside_restored};
 
 /// The volatile context of one step.
@@ -84,8 +84,22 @@ pub fn precheck(engine: &Engine, plan: &Plan) -> Result<()> {
                 plan.member.name
             )));
         }
+        (Step::Preserve, Op::Run) if plan.journal.preserved.is_none() => {
+            let layout = layout::Layout::detect(&plan.data_dir, plan.member.wal_dir.as_deref())?;
+            let problems = layout.problems();
+            if !problems.is_empty() {
+                return Err(AgentError::Precondition(format!(
+                    "{}: {}",
+                    plan.member.name,
+                    problems.join("; ")
+                )));
+            }
+        }
         (Step::Preserve, Op::Revert) => {
-            if let Some(c) = spots(&plan.journal, id).iter().find_map(aside::Spot::conflict) {
+            if let Some(c) = spots(&plan.journal, id)
+                .iter()
+                .find_map(aside::Spot::conflict)
+            {
                 return Err(AgentError::Precondition(c));
             }
         }

@@ -101,7 +101,8 @@ fn install(ctx: &Ctx<'_>, spot: &Spot) -> Result<()> {
             .map_err(|e| AgentError::io(format!("moving {} to", from.display()), &to, e))?;
     }
     fsutil::fsync_dir(spot.home())?;
-    std::fs::remove_dir(&restoring).map_err(|e| AgentError::io("removing empty dir", &restoring, e))?;
+    std::fs::remove_dir(&restoring)
+        .map_err(|e| AgentError::io("removing empty dir", &restoring, e))?;
     fsutil::fsync_dir(spot.home())
 }
 
@@ -130,10 +131,12 @@ fn journaled_spots(ctx: &Ctx<'_>) -> Result<Vec<Spot>> {
         ));
     }
     let show = |p: Option<&Path>| p.map_or("unset".to_owned(), |p| p.display().to_string());
-    let then = spots
-        .get(1)
-        .map(|w| w.home().to_owned())
-        .or_else(|| ctx.journal.wal_in_data.as_ref().map(|r| data.home().join(r)));
+    let then = spots.get(1).map(|w| w.home().to_owned()).or_else(|| {
+        ctx.journal
+            .wal_in_data
+            .as_ref()
+            .map(|r| data.home().join(r))
+    });
     if then.as_deref() != ctx.member.wal_dir.as_deref()
         && !(then.is_none() && ctx.member.wal_dir.is_none())
     {
