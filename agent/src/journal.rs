@@ -322,4 +322,59 @@ mod tests {
         state.clear_active().expect("unlock twice");
         assert_eq!(state.active().expect("lock"), None);
     }
+
+    /// A journal written before mount points and `--wal-dir` were supported: its data dir was
+    /// renamed, and it has no WAL dir of its own.
+    #[test]
+    fn an_older_journal_reads_as_a_renamed_data_dir() {
+        let old = r#"{"restore_id":"7f1c3a52-9d7e-4c1b-8f7a-0b6a6f0e2a11",
+            "preserved":{"data_dir":"/var/lib/etcd",
+                "preserved":"/var/lib/etcd.quorate-7f1c3a52-9d7e-4c1b-8f7a-0b6a6f0e2a11",
+                "owner":{"uid":0,"gid":0,"mode":448}}}"#;
+        let j: Journal = serde_json::from_str(old).expect("older journal");
+        let p = j.preserved.expect("preserved");
+        assert_eq!(p.moved, Moved::Renamed);
+        assert_eq!(p.owner.mode, 0o700);
+        assert_eq!((j.preserved_wal, j.wal_in_data), (None, None));
+    }
+
+    /// The records of a mount-point data dir with a `--wal-dir` of its own, pinned.
+    #[test]
+    fn mount_point_and_wal_records_are_pinned() {
+        let id: RestoreId = "7f1c3a52-9d7e-4c1b-8f7a-0b6a6f0e2a11"
+            .parse()
+            .expect("uuid");
+        let mut j = Journal::new(id);
+        let owner = Ownership {
+            uid: 0,
+            gid: 0,
+            mode: 0o700,
+        };
+        j.preserved = Some(PreservedDir {
+            data_dir: "/var/lib/etcd".into(),
+            preserved: format!("/var/lib/etcd/.quorate-{id}").into(),
+            owner,
+            moved: Moved::Entries {
+                names: vec!["member".into()],
+            },
+        });
+        j.preserved_wal = Some(PreservedDir {
+            data_dir: "/var/lib/etcd-wal".into(),
+            preserved: format!("/var/lib/etcd-wal.quorate-{id}").into(),
+            owner,
+            moved: Moved::Renamed,
+        });
+        let json = serde_json::to_value(&j).expect("json");
+        assert_eq!(
+            json["preserved"]["moved"],
+            serde_json::json!({"kind": "entries", "names": ["member"]})
+        );
+        assert_eq!(
+            json["preserved_wal"]["moved"],
+            serde_json::json!({"kind": "renamed"})
+        );
+        assert_eq!(json["wal_in_data"], serde_json::Value::Null);
+        let back: Journal = serde_json::from_value(json).expect("round trip");
+        assert_eq!(back, j);
+    }
 }

@@ -634,3 +634,81 @@ fn interrupted_moves_resume_or_revert() {
     assert_eq!(m.get("after").as_deref(), Some("3"));
     m.step(id, Step::Claim, Op::Revert, &sha);
 }
+
+/// Refusals that need neither root nor etcd: a fake runtime and tool on a temp dir.
+mod refusals {
+    use super::common::{self, Member};
+    use quorate_agent::journal::Op;
+    use quorate_proto::model::{RestoreId, Step};
+
+    fn add_flag(m: &Member, flag: &str) {
+        let manifest = m.root().join("etc/kubernetes/manifests/etcd.yaml");
+        let text = std::fs::read_to_string(&manifest).expect("manifest");
+        std::fs::write(&manifest, format!("{text}    - {flag}\n")).expect("manifest");
+    }
+
+    #[test]
+    fn a_symlinked_data_dir_is_refused_before_anything_moves() {
+        let m = Member::new();
+        let real = m.root().join("srv/etcd");
+        std::fs::create_dir_all(real.parent().expect("parent")).expect("mkdir");
+        std::fs::rename(m.data_dir(), &real).expect("move");
+        std::os::unix::fs::symlink(&real, m.data_dir()).expect("symlink");
+        let engine = m.engine();
+        let d = quorate_agent::describe::describe(&engine).expect("describe");
+        assert!(
+            d.layout_problems.len() == 1 && d.layout_problems[0].contains("is a symlink to"),
+            "{:?}",
+            d.layout_problems
+        );
+        let id = RestoreId::new();
+        let sha = m.stage(id, b"SNAP:");
+        for step in [Step::Claim, Step::Fence, Step::Halt] {
+            let o = engine
+                .execute(&common::request(id, step, &sha), Op::Run, &|_| {})
+                .expect("step");
+            assert!(o.ok, "{step}: {}", o.message);
+        }
+        let err = engine
+            .execute(&common::request(id, Step::Preserve, &sha), Op::Run, &|_| {})
+            .expect_err("refused");
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+        assert!(
+            err.to_string().contains("cp-1:")
+                && err.to_string().contains(&format!("{}", real.display())),
+            "{err}"
+        );
+        assert!(m.data_dir().is_symlink() && real.join("member/snap/db").is_file());
+        assert!(engine.state.load(id).expect("journal").preserved.is_none());
+    }
+
+    #[test]
+    fn etcd_is_not_started_on_a_wal_dir_without_a_wal() {
+        let m = Member::new();
+        let wal = m.root().join("wal");
+        std::fs::create_dir_all(&wal).expect("mkdir");
+        add_flag(&m, &format!("--wal-dir={}", wal.display()));
+        let engine = m.engine();
+        let id = RestoreId::new();
+        let sha = m.stage(id, b"SNAP:");
+        for step in [Step::Claim, Step::Fence, Step::Halt] {
+            let o = engine
+                .execute(&common::request(id, step, &sha), Op::Run, &|_| {})
+                .expect("step");
+            assert!(o.ok, "{step}: {}", o.message);
+        }
+        let err = engine
+            .execute(&common::request(id, Step::Halt, &sha), Op::Revert, &|_| {})
+            .expect_err("refused");
+        assert!(
+            err.to_string().contains("holds no *.wal file")
+                && err.to_string().contains("emptying that dir"),
+            "{err}"
+        );
+        std::fs::write(wal.join("0000000000000000-0000000000000000.wal"), b"w").expect("wal");
+        let o = engine
+            .execute(&common::request(id, Step::Halt, &sha), Op::Revert, &|_| {})
+            .expect("start");
+        assert!(o.ok, "{}", o.message);
+    }
+}
