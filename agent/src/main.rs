@@ -153,13 +153,8 @@ fn check_config(path: &Path) -> anyhow::Result<()> {
     );
     let layout =
         quorate_agent::steps::layout::Layout::detect(&data_dir, member.wal_dir.as_deref())?;
-    println!(
-        "data dir        {} ({} bytes)",
-        layout.data.summary(),
-        layout.data.bytes
-    );
-    for line in layout.moves() {
-        println!("  {line}");
+    for (label, line) in layout.report() {
+        println!("{label:<16}{line}");
     }
     let layout_problems = layout.problems();
     for p in &layout_problems {

@@ -180,16 +180,27 @@ impl Layout {
         out
     }
 
-    /// How PRESERVE and RESTORE will move things here, for `check-config`.
-    pub fn moves(&self) -> Vec<String> {
-        let mut out = vec![moves_of("data dir", &self.data, "member/")];
+    /// What `check-config` prints: `(label, line)` pairs saying where each dir is and how
+    /// PRESERVE and RESTORE will move it.
+    pub fn report(&self) -> Vec<(&'static str, String)> {
+        let mut out = vec![(
+            "data dir",
+            format!("{}, {} bytes", self.data.summary(), self.data.bytes),
+        )];
+        out.push(("", moves_of(&self.data, "member/")));
         match &self.wal {
-            None => out.push("wal dir  <data-dir>/member/wal (moves with the data dir)".into()),
-            Some(Wal::InData { dir, .. }) => out.push(format!(
-                "wal dir  {} is inside the data dir: it moves with it",
-                dir.display()
+            None => out.push((
+                "wal dir",
+                "<data-dir>/member/wal (moves with the data dir)".into(),
             )),
-            Some(Wal::Own(w)) => out.push(moves_of("wal dir ", w, "*.wal files")),
+            Some(Wal::InData { dir, .. }) => out.push((
+                "wal dir",
+                format!("{} (inside the data dir: moves with it)", dir.display()),
+            )),
+            Some(Wal::Own(w)) => {
+                out.push(("wal dir", w.summary()));
+                out.push(("", moves_of(w, "its *.wal files")));
+            }
         }
         out
     }
@@ -222,22 +233,17 @@ fn check_dir(what: &str, flag: &str, dir: &Dir, out: &mut Vec<String>) {
     }
 }
 
-fn moves_of(what: &str, dir: &Dir, entries: &str) -> String {
+fn moves_of(dir: &Dir, entries: &str) -> String {
+    let path = dir.path.display();
     if dir.place.mount_point {
         format!(
-            "{what} {} is a mount point: never renamed; PRESERVE moves {entries} into {}/.quorate-<id>/ \
-             and RESTORE prepares the copy in {}/.quorate-<id>.restoring/, both on that filesystem",
-            dir.summary(),
-            dir.path.display(),
-            dir.path.display()
+            "a mount point, never renamed: PRESERVE moves {entries} into {path}/.quorate-<id>/ and \
+             RESTORE prepares the copy in {path}/.quorate-<id>.restoring/, on that filesystem"
         )
     } else {
         format!(
-            "{what} {}: PRESERVE renames it to {}.quorate-<id>; RESTORE prepares the copy in \
-             {}.quorate-<id>.restoring",
-            dir.summary(),
-            dir.path.display(),
-            dir.path.display()
+            "PRESERVE renames it to {path}.quorate-<id>; RESTORE prepares the copy in \
+             {path}.quorate-<id>.restoring"
         )
     }
 }
@@ -275,8 +281,9 @@ mod tests {
         let ok = Layout::detect(&root.join("data"), Some(&root.join("data/wal"))).expect("layout");
         assert!(ok.problems().is_empty(), "{:?}", ok.problems());
         assert!(matches!(ok.wal, Some(Wal::InData { .. })));
-        assert!(ok.moves()[1].contains("moves with it"), "{:?}", ok.moves());
-        assert!(ok.moves()[0].contains("renames it to"), "{:?}", ok.moves());
+        let report = ok.report();
+        assert!(report[1].1.contains("renames it to"), "{report:?}");
+        assert!(report[2].1.contains("moves with it"), "{report:?}");
 
         let link = Layout::detect(&root.join("link"), None).expect("layout");
         let p = link.problems();

@@ -137,9 +137,7 @@ fn journaled_spots(ctx: &Ctx<'_>) -> Result<Vec<Spot>> {
             .as_ref()
             .map(|r| data.home().join(r))
     });
-    if then.as_deref() != ctx.member.wal_dir.as_deref()
-        && !(then.is_none() && ctx.member.wal_dir.is_none())
-    {
+    if then.as_deref() != ctx.member.wal_dir.as_deref() {
         return Err(changed(
             "--wal-dir",
             show(then.as_deref()),
