@@ -356,7 +356,7 @@ impl Plan {
                 m.restore_tool,
                 m.apiserver_runtime
             );
-            let _ = writeln!(out, "           {}", m.layout_line());
+            let _ = writeln!(out, "           layout: {}", m.layout_line());
         }
         let _ = writeln!(
             out,
