@@ -4,7 +4,7 @@ use quorate_proto::pb;
 
 use crate::engine::Engine;
 use crate::error::Result;
-use crate::fsutil;
+use crate::steps::layout::{Dir, Layout};
 use crate::tool::{self, ToolKind};
 
 fn hostname() -> String {
@@ -43,6 +43,7 @@ pub fn describe(engine: &Engine) -> Result<pb::DescribeResponse> {
                 .unwrap_or_default();
         }
     }
+    let layout = Layout::detect(&data_dir, member.wal_dir.as_deref())?;
     let etcd_aside = active.map(|id| engine.etcd_aside(id));
     let api_aside = active.and_then(|id| engine.apiserver_aside(id));
     Ok(pb::DescribeResponse {
@@ -65,8 +66,8 @@ pub fn describe(engine: &Engine) -> Result<pb::DescribeResponse> {
             .map_or("none", |a| a.kind())
             .into(),
         data_dir: data_dir.display().to_string(),
-        data_dir_bytes: fsutil::tree_size(&data_dir),
-        free_bytes: fsutil::free_bytes(&data_dir)?,
+        data_dir_bytes: layout.data.bytes,
+        free_bytes: layout.data.place.free_bytes,
         etcd_running: engine.etcd.is_running(etcd_aside.as_deref()),
         apiserver_running: engine
             .apiserver
@@ -77,5 +78,9 @@ pub fn describe(engine: &Engine) -> Result<pb::DescribeResponse> {
         active_step_state,
         metrics_url: member.metrics_url.clone().unwrap_or_default(),
         apiserver_present: engine.apiserver.is_some(),
+        data_layout: Some(layout.data.to_proto()),
+        wal_layout: layout.own_wal().map(Dir::to_proto),
+        wal_dir: layout.wal_flag(),
+        layout_problems: layout.problems(),
     })
 }

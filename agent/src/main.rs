@@ -7,7 +7,6 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use quorate_agent::config::AgentConfig;
-use quorate_agent::fsutil;
 use quorate_agent::service::engine_from_config;
 
 /// Runs on every etcd member and carries out the steps of a quorate restore there: stop and start
@@ -152,12 +151,15 @@ fn check_config(path: &Path) -> anyhow::Result<()> {
             .as_deref()
             .unwrap_or("version unknown: cannot run it with --version")
     );
-    println!(
-        "data dir        {} ({} bytes, {} bytes free)",
-        data_dir.display(),
-        fsutil::tree_size(&data_dir),
-        fsutil::free_bytes(&data_dir)?
-    );
+    let layout =
+        quorate_agent::steps::layout::Layout::detect(&data_dir, member.wal_dir.as_deref())?;
+    for (label, line) in layout.report() {
+        println!("{label:<16}{line}");
+    }
+    let layout_problems = layout.problems();
+    for p in &layout_problems {
+        println!("layout          UNSUPPORTED: {p}");
+    }
     match &engine.apiserver {
         Some(a) => {
             let api = quorate_agent::manifest::Apiserver::from_command(
@@ -195,6 +197,12 @@ fn check_config(path: &Path) -> anyhow::Result<()> {
             ""
         }
     );
+    if !layout_problems.is_empty() {
+        anyhow::bail!(
+            "this member's layout is not supported (see UNSUPPORTED above): preflight will refuse \
+             it until it is changed"
+        );
+    }
     println!("ok");
     Ok(())
 }

@@ -117,6 +117,9 @@ pub struct EtcdMember {
     pub command: PodCommand,
     pub name: String,
     pub data_dir: PathBuf,
+    /// `--wal-dir` (also `ETCD_WAL_DIR` or `wal-dir` in a config file, which the systemd
+    /// runtime turns into the flag); `None` when unset or empty.
+    pub wal_dir: Option<PathBuf>,
     pub peer_urls: Vec<String>,
     pub client_urls: Vec<String>,
     pub listen_urls: Vec<String>,
@@ -128,6 +131,10 @@ impl EtcdMember {
     pub fn from_command(command: PodCommand) -> Result<Self> {
         let name = command.required("name")?.to_owned();
         let data_dir = PathBuf::from(command.required("data-dir")?);
+        let wal_dir = command
+            .flag("wal-dir")
+            .filter(|w| !w.trim().is_empty())
+            .map(PathBuf::from);
         let peer_urls = command.flag_list("initial-advertise-peer-urls");
         if peer_urls.is_empty() {
             command.required("initial-advertise-peer-urls")?;
@@ -142,6 +149,7 @@ impl EtcdMember {
             command,
             name,
             data_dir,
+            wal_dir,
             peer_urls,
             client_urls,
             listen_urls,
@@ -268,8 +276,32 @@ spec:
         let m = EtcdMember::from_command(PodCommand::parse(text, Path::new("x")).expect("parse"))
             .expect("member");
         assert_eq!(m.name, "m1");
+        assert_eq!(m.wal_dir, None);
         assert_eq!(m.peer_urls.len(), 2);
         assert_eq!(m.metrics_url, None);
+    }
+
+    #[test]
+    fn wal_dir_from_a_flag_an_environment_variable_or_a_config_file() {
+        use crate::runtime::unit::{config_flags, etcd_flag_of_env};
+        let with = |extra: &str| {
+            let text = ETCD.replace(
+                "    - --name=cp-1\n",
+                &format!("    - --name=cp-1\n    - \"{extra}\"\n"),
+            );
+            EtcdMember::from_command(PodCommand::parse(&text, Path::new("/m")).expect("parse"))
+                .expect("member")
+                .wal_dir
+        };
+        assert_eq!(with("--wal-dir=/w"), Some(PathBuf::from("/w")));
+        assert_eq!(with("--wal-dir="), None);
+        let env = format!(
+            "--{}=/env/wal",
+            etcd_flag_of_env("ETCD_WAL_DIR").expect("flag")
+        );
+        assert_eq!(with(&env), Some(PathBuf::from("/env/wal")));
+        let file = config_flags("wal-dir: /cfg/wal\nname: x\n", Path::new("c.yaml")).expect("yaml");
+        assert_eq!(with(&file[0]), Some(PathBuf::from("/cfg/wal")));
     }
 
     #[test]

@@ -11,8 +11,9 @@ use crate::inventory::{Inventory, Member};
 use crate::revision::{self, RevisionPlan};
 use crate::snapshot::CheckedSnapshot;
 
-/// Room a restored member needs beyond twice the snapshot: etcd preallocates a 64 MB WAL.
-const WAL_PREALLOCATION: u64 = 64 << 20;
+mod layout;
+
+pub use layout::DirPlan;
 
 /// One member as planned.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -30,6 +31,15 @@ pub struct MemberPlan {
     pub etcd_runtime: String,
     pub apiserver_runtime: String,
     pub restore_tool: String,
+    /// The data dir's filesystem; `None` in plans made before agents reported it.
+    #[serde(default)]
+    pub data_layout: Option<DirPlan>,
+    /// etcd's `--wal-dir`; empty when not set.
+    #[serde(default)]
+    pub wal_dir: String,
+    /// The WAL dir's filesystem when it lies outside the data dir.
+    #[serde(default)]
+    pub wal_layout: Option<DirPlan>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -141,7 +151,6 @@ pub fn build(
             n - 1
         ));
     }
-    let needed = 2 * snapshot.size + WAL_PREALLOCATION;
     let mut members = Vec::new();
     let mut versions = Vec::new();
     let mut lacking_bump: Option<(String, String)> = None;
@@ -156,7 +165,8 @@ pub fn build(
                 continue;
             }
         };
-        check_member(m, d, needed, &mut problems);
+        check_member(m, d, &mut problems);
+        problems.extend(layout::problems(&m.name, d, snapshot.size));
         if lacking_bump.is_none()
             && !d
                 .restore_tool
@@ -181,6 +191,9 @@ pub fn build(
             etcd_runtime: d.etcd_runtime.clone(),
             apiserver_runtime: d.apiserver_runtime.clone(),
             restore_tool: tool_name(d.restore_tool.as_ref()).unwrap_or_else(|| "none".into()),
+            data_layout: d.data_layout.as_ref().map(DirPlan::from),
+            wal_dir: d.wal_dir.clone(),
+            wal_layout: d.wal_layout.as_ref().map(DirPlan::from),
         });
     }
     if let Some((first_name, first)) = versions.first() {
@@ -258,7 +271,7 @@ pub fn build(
     })
 }
 
-fn check_member(m: &Member, d: &pb::DescribeResponse, needed: u64, problems: &mut Vec<String>) {
+fn check_member(m: &Member, d: &pb::DescribeResponse, problems: &mut Vec<String>) {
     if d.member_name != m.name {
         problems.push(format!(
             "member {}: its agent reports etcd member name {:?} (from its etcd manifest); fix the inventory or the agent's config",
@@ -279,15 +292,6 @@ fn check_member(m: &Member, d: &pb::DescribeResponse, needed: u64, problems: &mu
         problems.push(format!(
             "member {}: no restore tool found (etcdutl for etcd 3.5+, etcdctl for 3.4); install it or set etcd.etcdutl / etcd.etcdctl in the agent's config",
             m.name
-        ));
-    }
-    if d.free_bytes < needed {
-        problems.push(format!(
-            "member {}: {} MB free beside {}, {} MB needed (twice the snapshot plus etcd's 64 MB WAL); free some space",
-            m.name,
-            d.free_bytes >> 20,
-            d.data_dir,
-            needed >> 20
         ));
     }
     if !d.active_restore_id.is_empty() {
@@ -352,6 +356,7 @@ impl Plan {
                 m.restore_tool,
                 m.apiserver_runtime
             );
+            let _ = writeln!(out, "           layout: {}", m.layout_line());
         }
         let _ = writeln!(
             out,
@@ -362,7 +367,7 @@ impl Plan {
             "stage      claim each member for this restore; stream the snapshot to every agent; sha256 checked on arrival".to_owned(),
             "fence      stop every kube-apiserver and wait until it is down".to_owned(),
             "halt       stop etcd everywhere; wait until the processes are gone and ports closed".to_owned(),
-            "preserve   move each data dir aside to <data-dir>.quorate-<id>".to_owned(),
+            "preserve   move each data dir (and wal dir) aside: renamed to <dir>.quorate-<id>, or, for a mount point, its etcd entries moved into <dir>/.quorate-<id>/".to_owned(),
             "restore    restore the snapshot with each member's name and peer URL under the new token".to_owned(),
             format!("quorum     start {} together, wait for a leader; then the rest", self.quorum_first.join(", ")),
             "verify     member list, health, identical HashKV at one revision, revision of the snapshot".to_owned(),
@@ -390,7 +395,7 @@ mod tests {
     use super::*;
     use crate::inventory::ClusterSection;
 
-    fn inventory(n: usize) -> Inventory {
+    pub(super) fn inventory(n: usize) -> Inventory {
         Inventory {
             cluster: ClusterSection { name: "t".into() },
             agent_tls: TlsFiles {
@@ -411,7 +416,7 @@ mod tests {
         }
     }
 
-    fn healthy(m: &Member) -> pb::DescribeResponse {
+    pub(super) fn healthy(m: &Member) -> pb::DescribeResponse {
         pb::DescribeResponse {
             member_name: m.name.clone(),
             peer_urls: m.peer_urls.clone(),
@@ -427,7 +432,7 @@ mod tests {
         }
     }
 
-    fn snapshot() -> CheckedSnapshot {
+    pub(super) fn snapshot() -> CheckedSnapshot {
         CheckedSnapshot {
             path: PathBuf::from("/x/snap.db"),
             size: 100 << 20,
@@ -437,7 +442,7 @@ mod tests {
     }
 
     /// What preflight learns of a 3.5 snapshot with a trailer.
-    fn options() -> Options {
+    pub(super) fn options() -> Options {
         Options {
             snapshot_etcd_version: Some("3.5.0".into()),
             ..Options::default()

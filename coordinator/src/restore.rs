@@ -498,12 +498,7 @@ impl<C: AgentClient, P: ClusterProbe> Restore<'_, C, P> {
                 .plan
                 .members
                 .iter()
-                .map(|m| {
-                    (
-                        m.name.clone(),
-                        format!("{}.quorate-{}", m.data_dir, self.plan.restore_id),
-                    )
-                })
+                .map(|m| (m.name.clone(), m.preserved_text(self.plan.restore_id)))
                 .collect(),
         })
     }
