@@ -201,9 +201,9 @@ impl ApiserverSection {
 fn units(unit_root: Option<&PathBuf>, unit_dir: Option<&PathBuf>) -> UnitSource {
     match (unit_dir, unit_root) {
         (Some(dir), _) => UnitSource::Dir(dir.clone()),
-        (None, root) => UnitSource::Root(
-            root.map_or_else(|| PathBuf::from(DEFAULT_UNIT_ROOT), Clone::clone),
-        ),
+        (None, root) => {
+            UnitSource::Root(root.map_or_else(|| PathBuf::from(DEFAULT_UNIT_ROOT), Clone::clone))
+        }
     }
 }
 
@@ -227,13 +227,11 @@ fn definition(
         RuntimeKind::StaticPod => Definition::StaticPod {
             manifest: manifest.cloned().unwrap_or_default(),
         },
-        RuntimeKind::Systemd => {
-            Definition::Systemd {
-                unit: unit_name(unit.map_or("", String::as_str)),
-                units,
-                systemctl: systemctl.map_or_else(|| PathBuf::from("systemctl"), Clone::clone),
-            }
-        }
+        RuntimeKind::Systemd => Definition::Systemd {
+            unit: unit_name(unit.map_or("", String::as_str)),
+            units,
+            systemctl: systemctl.map_or_else(|| PathBuf::from("systemctl"), Clone::clone),
+        },
     }
 }
 

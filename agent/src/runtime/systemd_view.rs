@@ -185,3 +185,7 @@ fn from_shown(shown: &Shown, name: &str, host: &HostFacts) -> Result<Unit> {
     }
     Ok(unit)
 }
+
+#[cfg(test)]
+#[path = "systemd_view_tests.rs"]
+mod tests;

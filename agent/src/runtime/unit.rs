@@ -8,9 +8,9 @@
 use std::path::{Path, PathBuf};
 
 pub use super::unit_files::{UnitFiles, UnitSource};
+use super::unit_specifiers::Specifiers;
 pub use super::unit_specifiers::{HostFacts, UnitName};
 pub use super::unit_syntax::{EnvLine, env_line, parse_env_file, split_words};
-use super::unit_specifiers::Specifiers;
 use super::unit_syntax::{is_var_name, logical_lines, next_word, set_env};
 use crate::error::{AgentError, Result};
 use crate::fsutil;

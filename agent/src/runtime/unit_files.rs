@@ -198,10 +198,11 @@ fn alias_of(name: &UnitName, fragment: &Path) -> (UnitName, Vec<UnitName>) {
 }
 
 /// The `*.conf` files of `dirs` (earlier dirs first), one per file name: the first dir that has
-/// a name wins, an empty or /dev/null one masks it; sorted by file name.
+/// a name wins, so an empty one or a link to /dev/null there masks the same name further down
+/// (systemd lists the masking file itself, which sets nothing); sorted by file name.
 fn conf_files(dirs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut seen_dirs = HashSet::new();
-    let mut by_name: BTreeMap<String, Option<PathBuf>> = BTreeMap::new();
+    let mut by_name: BTreeMap<String, PathBuf> = BTreeMap::new();
     for dir in dirs {
         let Ok(canonical) = std::fs::canonicalize(dir) else {
             continue;
@@ -219,12 +220,14 @@ fn conf_files(dirs: &[PathBuf]) -> Result<Vec<PathBuf>> {
         names.sort();
         for n in names {
             let path = dir.join(&n);
-            if by_name.contains_key(&n) {
-                continue;
+            if path.is_file() || masked(&path) {
+                by_name.entry(n).or_insert(path);
             }
-            let usable = path.is_file() && !masked(&path);
-            by_name.insert(n, usable.then_some(path));
         }
     }
-    Ok(by_name.into_values().flatten().collect())
+    Ok(by_name.into_values().collect())
 }
+
+#[cfg(test)]
+#[path = "unit_files_tests.rs"]
+mod tests;

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 /// Specifiers quorate resolves; any other is refused rather than guessed.
 pub const SUPPORTED: &str = "%n %N %p %P %i %I %j %J %f %y %Y %H %l %m %b %v %t %S %C %L %E %T %V \
-                             %h %u %U %g %G %s %%";
+                             %u %U %g %G %%";
 
 /// A unit's name taken apart.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,7 +108,9 @@ pub fn unescape(s: &str) -> String {
         match bytes[i] {
             b'-' => out.push(b'/'),
             b'\\' if bytes.get(i + 1) == Some(&b'x') => {
-                let hex = s.get(i + 2..i + 4).and_then(|h| u8::from_str_radix(h, 16).ok());
+                let hex = s
+                    .get(i + 2..i + 4)
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
                 match hex {
                     Some(b) => {
                         out.push(b);
@@ -197,9 +199,8 @@ impl Specifiers<'_> {
             .rsplit_once('-')
             .map_or(n.prefix.as_str(), |(_, l)| l)
             .to_owned();
-        let host = |v: &Option<String>, what| {
-            v.clone().ok_or(SpecifierError::Unavailable(spec, what))
-        };
+        let host =
+            |v: &Option<String>, what| v.clone().ok_or(SpecifierError::Unavailable(spec, what));
         Ok(match spec {
             '%' => "%".into(),
             'n' => n.full.clone(),
@@ -241,10 +242,10 @@ impl Specifiers<'_> {
             'E' => "/etc".into(),
             'T' => "/tmp".into(),
             'V' => "/var/tmp".into(),
-            'h' => "/root".into(),
+            // The system manager's user. (%h and %s depend on the manager's environment: not
+            // resolved.)
             'u' | 'g' => "root".into(),
             'U' | 'G' => "0".into(),
-            's' => "/bin/sh".into(),
             other => return Err(SpecifierError::Unsupported(other)),
         })
     }

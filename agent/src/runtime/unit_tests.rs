@@ -160,7 +160,10 @@ fn a_unit_without_one_exec_start_is_refused_naming_its_files() {
     let err = load(&root, "etcd.service")
         .expect_err("no ExecStart")
         .to_string();
-    assert!(err.contains("ExecStart") && err.contains("etcd.service"), "{err}");
+    assert!(
+        err.contains("ExecStart") && err.contains("etcd.service"),
+        "{err}"
+    );
     // Reset by an empty assignment in a drop-in.
     let (_d, root) = host_with(KUBESPRAY_UNIT, KUBESPRAY_ENV);
     let d = root.join("etc/systemd/system/etcd.service.d");
@@ -182,14 +185,57 @@ fn a_unit_without_one_exec_start_is_refused_naming_its_files() {
 fn exec_start_prefixes() {
     let dir = tempfile::tempdir().expect("tempdir");
     let root = dir.path();
-    let cases: [(&str, &[&str], &str, bool, bool, Option<&str>); 6] = [
-        // (ExecStart=, argv as started, program, ignore failure, no expansion, privileges)
-        ("-/usr/bin/etcd --name=$N", &["/usr/bin/etcd", "--name=$N"], "/usr/bin/etcd", true, false, None),
-        ("@/usr/bin/etcd etcd-main --x", &["etcd-main", "--x"], "/usr/bin/etcd", false, false, None),
-        (":/usr/bin/etcd $N ${N}", &["/usr/bin/etcd", "$N", "${N}"], "/usr/bin/etcd", false, true, None),
-        ("+/usr/bin/etcd", &["/usr/bin/etcd"], "/usr/bin/etcd", false, false, Some("+")),
-        ("!!-@/usr/bin/etcd e", &["e"], "/usr/bin/etcd", true, false, Some("!!")),
-        ("-:@+/opt/etcd a1 b", &["a1", "b"], "/opt/etcd", true, true, Some("+")),
+    /// ExecStart=, argv as started, program, ignore failure, no expansion, privileges.
+    type Case<'a> = (&'a str, &'a [&'a str], &'a str, bool, bool, Option<&'a str>);
+    let cases: [Case<'_>; 6] = [
+        (
+            "-/usr/bin/etcd --name=$N",
+            &["/usr/bin/etcd", "--name=$N"],
+            "/usr/bin/etcd",
+            true,
+            false,
+            None,
+        ),
+        (
+            "@/usr/bin/etcd etcd-main --x",
+            &["etcd-main", "--x"],
+            "/usr/bin/etcd",
+            false,
+            false,
+            None,
+        ),
+        (
+            ":/usr/bin/etcd $N ${N}",
+            &["/usr/bin/etcd", "$N", "${N}"],
+            "/usr/bin/etcd",
+            false,
+            true,
+            None,
+        ),
+        (
+            "+/usr/bin/etcd",
+            &["/usr/bin/etcd"],
+            "/usr/bin/etcd",
+            false,
+            false,
+            Some("+"),
+        ),
+        (
+            "!!-@/usr/bin/etcd e",
+            &["e"],
+            "/usr/bin/etcd",
+            true,
+            false,
+            Some("!!"),
+        ),
+        (
+            "-:@+/opt/etcd a1 b",
+            &["a1", "b"],
+            "/opt/etcd",
+            true,
+            true,
+            Some("+"),
+        ),
     ];
     for (exec, argv, program, ignore, no_expand, privileges) in cases {
         write_unit(root, "etcd.service", &format!("ExecStart={exec}"));
@@ -206,7 +252,11 @@ fn exec_start_prefixes() {
     write_unit(root, "etcd.service", "ExecStart=:/usr/bin/etcd $N ${N} $$");
     let u = load(root, "etcd.service").expect("no expansion");
     assert_eq!(u.argv(&env), ["/usr/bin/etcd", "$N", "${N}", "$$"]);
-    write_unit(root, "etcd.service", "ExecStart=/usr/bin/etcd $N x${N}y $$N $UNSET \"$N\" a$N");
+    write_unit(
+        root,
+        "etcd.service",
+        "ExecStart=/usr/bin/etcd $N x${N}y $$N $UNSET \"$N\" a$N",
+    );
     let u = load(root, "etcd.service").expect("expansion");
     assert_eq!(
         u.argv(&env),
@@ -228,11 +278,22 @@ fn exec_start_prefixes() {
     write_unit(root, "etcd.service", "ExecStart=sh -c true");
     let u = load(root, "etcd.service").expect("bare");
     assert_eq!(u.exec_start().argv[0], "sh");
-    assert!(u.program().ends_with("/sh") && u.program().starts_with('/'), "{}", u.program());
-    for bad in ["ExecStart=-", "ExecStart=@/usr/bin/etcd", "ExecStart=/usr/bin/etcd \"open"] {
+    assert!(
+        u.program().ends_with("/sh") && u.program().starts_with('/'),
+        "{}",
+        u.program()
+    );
+    for bad in [
+        "ExecStart=-",
+        "ExecStart=@/usr/bin/etcd",
+        "ExecStart=/usr/bin/etcd \"open",
+    ] {
         write_unit(root, "etcd.service", bad);
         let err = load(root, "etcd.service").expect_err(bad).to_string();
-        assert!(err.contains("etcd.service") && err.contains("fix the line"), "{bad}: {err}");
+        assert!(
+            err.contains("etcd.service") && err.contains("fix the line"),
+            "{bad}: {err}"
+        );
     }
 }
 
@@ -247,7 +308,11 @@ fn words_quotes_and_escapes_as_systemd_reads_them() {
     assert!(split_words("end\\").is_err());
     // A ; alone separates commands; \; is a literal ;.
     let dir = tempfile::tempdir().expect("tempdir");
-    write_unit(dir.path(), "x.service", "Type=oneshot\nExecStart=/bin/a \\; b ; /bin/c");
+    write_unit(
+        dir.path(),
+        "x.service",
+        "Type=oneshot\nExecStart=/bin/a \\; b ; /bin/c",
+    );
     let err = load(dir.path(), "x.service").expect_err("two").to_string();
     assert!(err.contains("2 ExecStart="), "{err}");
 }
@@ -259,7 +324,7 @@ fn specifiers_on_exec_start_environment_and_environment_files() {
     write_unit(
         root,
         "etcd@a\\x2db-c.service",
-        "Environment=\"ALL=%n|%N|%p|%P|%i|%I|%j|%J|%f|%H|%l|%m|%b|%v|%t|%S|%C|%L|%E|%T|%V|%h|%u|%U|%g|%G|%s|%%\"\n\
+        "Environment=\"ALL=%n|%N|%p|%P|%i|%I|%j|%J|%f|%H|%l|%m|%b|%v|%t|%S|%C|%L|%E|%T|%V|%u|%U|%g|%G|%%\"\n\
          EnvironmentFile=-%E/etcd/%i.env\n\
          ExecStart=/usr/bin/etcd --name=%i --data-dir=%S/etcd/%I --host=%H --unit=%n --y=%y",
     );
@@ -272,7 +337,7 @@ fn specifiers_on_exec_start_environment_and_environment_files() {
             "etcd@a\\x2db-c.service|etcd@a\\x2db-c|etcd|etcd|a\\x2db-c|a-b/c|etcd|etcd|/a-b/c|\
              node1.example.com|node1|0123456789abcdef0123456789abcdef|\
              fedcba9876543210fedcba9876543210|6.1.0-test|/run|/var/lib|/var/cache|/var/log|/etc|\
-             /tmp|/var/tmp|/root|root|0|root|0|/bin/sh|%"
+             /tmp|/var/tmp|root|0|root|0|%"
                 .to_owned()
         )]
     );
@@ -288,25 +353,44 @@ fn specifiers_on_exec_start_environment_and_environment_files() {
             "--data-dir=/var/lib/etcd/a-b/c".into(),
             "--host=node1.example.com".into(),
             "--unit=etcd@a\\x2db-c.service".into(),
-            format!("--y={}", std::fs::canonicalize(&fragment).expect("fragment").display()),
+            format!(
+                "--y={}",
+                std::fs::canonicalize(&fragment)
+                    .expect("fragment")
+                    .display()
+            ),
         ]
     );
     // %j is the last dash-separated part of the prefix.
-    write_unit(root, "kube-etcd-main.service", "ExecStart=/usr/bin/etcd %j %J %p %f");
+    write_unit(
+        root,
+        "kube-etcd-main.service",
+        "ExecStart=/usr/bin/etcd %j %J %p %f",
+    );
     let u = load(root, "kube-etcd-main.service").expect("dashes");
     assert_eq!(
         u.exec_start().argv,
-        ["/usr/bin/etcd", "main", "main", "kube-etcd-main", "/kube/etcd/main"]
+        [
+            "/usr/bin/etcd",
+            "main",
+            "main",
+            "kube-etcd-main",
+            "/kube/etcd/main"
+        ]
     );
     // Unknown or unresolvable specifiers are refused, naming the specifier and the line.
     for (line, says) in [
         ("ExecStart=/usr/bin/etcd --x=%q", "%q"),
         ("Environment=A=%o", "%o"),
+        ("Environment=A=%h", "%h"),
         ("ExecStart=/usr/bin/etcd 100%", "lone %"),
     ] {
         write_unit(root, "etcd.service", line);
         let err = load(root, "etcd.service").expect_err(line).to_string();
-        assert!(err.contains(says) && err.contains("etcd.service"), "{line}: {err}");
+        assert!(
+            err.contains(says) && err.contains("etcd.service"),
+            "{line}: {err}"
+        );
     }
     write_unit(root, "etcd.service", "ExecStart=/usr/bin/etcd --name=%H");
     let no_host = HostFacts::default();
@@ -333,7 +417,10 @@ fn environment_assignments_replace_in_place_and_reset() {
     let u = load(root, "etcd.service").expect("unit");
     assert_eq!(
         u.environment,
-        [("A".to_owned(), "one two".to_owned()), ("B".into(), "2".into())]
+        [
+            ("A".to_owned(), "one two".to_owned()),
+            ("B".into(), "2".into())
+        ]
     );
     assert_eq!(
         u.environment().expect("env"),
@@ -349,13 +436,18 @@ fn environment_assignments_replace_in_place_and_reset() {
         "Environment=A=1\nEnvironment=\nEnvironmentFile=/nonexistent\nEnvironmentFile=\nExecStart=/usr/bin/etcd",
     );
     let u = load(root, "etcd.service").expect("reset");
-    assert!(u.environment.is_empty() && u.environment_files.is_empty(), "{u:?}");
+    assert!(
+        u.environment.is_empty() && u.environment_files.is_empty(),
+        "{u:?}"
+    );
     write_unit(
         root,
         "etcd.service",
         "EnvironmentFile=relative.env\nExecStart=/usr/bin/etcd",
     );
-    let err = load(root, "etcd.service").expect_err("relative").to_string();
+    let err = load(root, "etcd.service")
+        .expect_err("relative")
+        .to_string();
     assert!(err.contains("absolute"), "{err}");
     // A required environment file that is missing fails when the environment is read.
     write_unit(
