@@ -145,11 +145,21 @@ async fn a_restore_bumps_the_revision_above_the_live_one_and_compacts_below_it()
             )
             .await
             .expect("watch");
-        let resp = tokio::time::timeout(PATIENCE, watch.message())
-            .await
-            .expect("a watch answer")
-            .expect("watch stream")
-            .expect("a watch response");
+        // The first answer may only confirm the watch was created; the refusal follows.
+        let resp = tokio::time::timeout(PATIENCE, async {
+            loop {
+                let resp = watch
+                    .message()
+                    .await
+                    .expect("watch stream")
+                    .expect("a watch response");
+                if resp.canceled() || resp.compact_revision() > 0 || !resp.events().is_empty() {
+                    return resp;
+                }
+            }
+        })
+        .await
+        .expect("a watch answer");
         assert!(
             resp.canceled() && resp.compact_revision() >= snap_rev + bump,
             "{}: a watch from revision {before} is cancelled as compacted at {}",
