@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::runtime::UnitSource;
+
 /// Problems loading the configuration; each names the file and says what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -77,8 +79,8 @@ impl RuntimeKind {
     }
 }
 
-/// Where systemd keeps unit files unless `unit_dir` says otherwise.
-pub const DEFAULT_UNIT_DIR: &str = "/etc/systemd/system";
+/// The root of systemd's unit search path unless `unit_root` says otherwise.
+pub const DEFAULT_UNIT_ROOT: &str = "/";
 
 /// How a component is found and controlled: its static-pod manifest, or its systemd unit.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,10 +89,10 @@ pub enum Definition {
         manifest: PathBuf,
     },
     Systemd {
-        /// The unit's name, e.g. `etcd.service`.
+        /// The unit's name, e.g. `etcd.service` or `etcd@member1.service`.
         unit: String,
-        /// The dir the unit file (and its `<unit>.d/` drop-ins) are read from.
-        unit_dir: PathBuf,
+        /// Where the unit file and its drop-ins are looked up.
+        units: UnitSource,
         /// `systemctl` to run; default `systemctl` on PATH.
         systemctl: PathBuf,
     },
@@ -103,10 +105,16 @@ pub struct EtcdSection {
     /// static-pod: the etcd manifest, e.g. /etc/kubernetes/manifests/etcd.yaml.
     #[serde(default)]
     pub manifest: Option<PathBuf>,
-    /// systemd: the unit, e.g. `etcd.service`.
+    /// systemd: the unit, e.g. `etcd.service` or `etcd@member1.service`.
     #[serde(default)]
     pub unit: Option<String>,
-    /// systemd: where the unit file is read from; default /etc/systemd/system.
+    /// systemd: the root under which systemd's unit search path (`/etc/systemd/system`,
+    /// `/run/systemd/system`, `/usr/lib/systemd/system`, ...) is read; default `/`. Where it is
+    /// `/` and systemd runs, systemd's own view (`systemctl show`) is read first.
+    #[serde(default)]
+    pub unit_root: Option<PathBuf>,
+    /// systemd (older configs): read the unit and its `<unit>.d/` drop-ins from this one
+    /// directory only, instead of the search path under `unit_root`.
     #[serde(default)]
     pub unit_dir: Option<PathBuf>,
     /// systemd: the `systemctl` program; default `systemctl` on PATH.
@@ -139,6 +147,10 @@ pub struct ApiserverSection {
     /// systemd: the unit, e.g. `kube-apiserver.service`.
     #[serde(default)]
     pub unit: Option<String>,
+    /// As `etcd.unit_root`.
+    #[serde(default)]
+    pub unit_root: Option<PathBuf>,
+    /// As `etcd.unit_dir`.
     #[serde(default)]
     pub unit_dir: Option<PathBuf>,
     #[serde(default)]
@@ -167,7 +179,7 @@ impl EtcdSection {
             self.runtime,
             self.manifest.as_ref(),
             self.unit.as_ref(),
-            self.unit_dir.as_ref(),
+            units(self.unit_root.as_ref(), self.unit_dir.as_ref()),
             self.systemctl.as_ref(),
         )
     }
@@ -179,9 +191,28 @@ impl ApiserverSection {
             self.runtime,
             self.manifest.as_ref(),
             self.unit.as_ref(),
-            self.unit_dir.as_ref(),
+            units(self.unit_root.as_ref(), self.unit_dir.as_ref()),
             self.systemctl.as_ref(),
         )
+    }
+}
+
+/// `unit_dir` (one directory, older configs) or the search path under `unit_root`.
+fn units(unit_root: Option<&PathBuf>, unit_dir: Option<&PathBuf>) -> UnitSource {
+    match (unit_dir, unit_root) {
+        (Some(dir), _) => UnitSource::Dir(dir.clone()),
+        (None, root) => {
+            UnitSource::Root(root.map_or_else(|| PathBuf::from(DEFAULT_UNIT_ROOT), Clone::clone))
+        }
+    }
+}
+
+/// `etcd` → `etcd.service` (as `systemctl stop etcd` means).
+fn unit_name(unit: &str) -> String {
+    if unit.contains('.') {
+        unit.to_owned()
+    } else {
+        format!("{unit}.service")
     }
 }
 
@@ -189,26 +220,35 @@ fn definition(
     runtime: RuntimeKind,
     manifest: Option<&PathBuf>,
     unit: Option<&String>,
-    unit_dir: Option<&PathBuf>,
+    units: UnitSource,
     systemctl: Option<&PathBuf>,
 ) -> Definition {
     match runtime {
         RuntimeKind::StaticPod => Definition::StaticPod {
             manifest: manifest.cloned().unwrap_or_default(),
         },
-        RuntimeKind::Systemd => {
-            let unit = unit.cloned().unwrap_or_default();
-            Definition::Systemd {
-                // `systemctl stop etcd` means etcd.service.
-                unit: if unit.contains('.') {
-                    unit
-                } else {
-                    format!("{unit}.service")
-                },
-                unit_dir: unit_dir.map_or_else(|| PathBuf::from(DEFAULT_UNIT_DIR), Clone::clone),
-                systemctl: systemctl.map_or_else(|| PathBuf::from("systemctl"), Clone::clone),
-            }
-        }
+        RuntimeKind::Systemd => Definition::Systemd {
+            unit: unit_name(unit.map_or("", String::as_str)),
+            units,
+            systemctl: systemctl.map_or_else(|| PathBuf::from("systemctl"), Clone::clone),
+        },
+    }
+}
+
+/// The systemd keys of a section, for [`check_runtime`].
+struct SystemdKeys<'a> {
+    unit: Option<&'a String>,
+    unit_root: Option<&'a PathBuf>,
+    unit_dir: Option<&'a PathBuf>,
+    systemctl: Option<&'a PathBuf>,
+}
+
+impl SystemdKeys<'_> {
+    fn any(&self) -> bool {
+        self.unit.is_some()
+            || self.unit_root.is_some()
+            || self.unit_dir.is_some()
+            || self.systemctl.is_some()
     }
 }
 
@@ -218,8 +258,7 @@ fn check_runtime(
     section: &str,
     runtime: RuntimeKind,
     manifest: Option<&PathBuf>,
-    unit: Option<&String>,
-    systemd_only: bool,
+    keys: &SystemdKeys<'_>,
 ) -> Result<(), String> {
     match runtime {
         RuntimeKind::StaticPod => {
@@ -232,25 +271,40 @@ fn check_runtime(
             if m.file_name().is_none() {
                 return Err(format!("{section}.manifest must name a file"));
             }
-            if unit.is_some() || systemd_only {
+            if keys.any() {
                 return Err(format!(
-                    "{section}.unit, unit_dir and systemctl are for runtime = \"systemd\"; \
-                     remove them or change {section}.runtime"
+                    "{section}.unit, unit_root, unit_dir and systemctl are for runtime = \
+                     \"systemd\"; remove them or change {section}.runtime"
                 ));
             }
         }
         RuntimeKind::Systemd => {
-            let Some(u) = unit else {
+            let Some(u) = keys.unit else {
                 return Err(format!(
                     "{section}.runtime = \"systemd\" needs {section}.unit (the unit's name, e.g. \
                      \"etcd.service\")"
                 ));
             };
             let bad = u.is_empty() || u.contains('/') || u.starts_with('.') || u.contains('\0');
-            if bad {
+            let parsed = crate::runtime::unit::UnitName::parse(&unit_name(u));
+            if bad || parsed.is_none() {
                 return Err(format!(
                     "{section}.unit = {u:?} is not a unit name: give the name only, e.g. \
-                     \"etcd.service\", and the directory as {section}.unit_dir"
+                     \"etcd.service\" or \"etcd@member1.service\", and the root of the unit \
+                     search path as {section}.unit_root"
+                ));
+            }
+            if parsed.is_some_and(|n| n.is_template()) {
+                return Err(format!(
+                    "{section}.unit = {u:?} is a template, not a unit that runs: name the \
+                     instance, e.g. \"etcd@member1.service\""
+                ));
+            }
+            if keys.unit_root.is_some() && keys.unit_dir.is_some() {
+                return Err(format!(
+                    "{section}.unit_root and {section}.unit_dir are both set: keep unit_root \
+                     (the root of systemd's unit search path, e.g. \"/\"); unit_dir reads one \
+                     directory only"
                 ));
             }
             if manifest.is_some() {
@@ -306,6 +360,7 @@ impl AgentConfig {
         let optional = [
             ("etcd.manifest", &e.manifest),
             ("etcd.data_dir", &e.data_dir),
+            ("etcd.unit_root", &e.unit_root),
             ("etcd.unit_dir", &e.unit_dir),
         ];
         absolute.extend(
@@ -317,13 +372,18 @@ impl AgentConfig {
             "etcd",
             e.runtime,
             e.manifest.as_ref(),
-            e.unit.as_ref(),
-            e.unit_dir.is_some() || e.systemctl.is_some(),
+            &SystemdKeys {
+                unit: e.unit.as_ref(),
+                unit_root: e.unit_root.as_ref(),
+                unit_dir: e.unit_dir.as_ref(),
+                systemctl: e.systemctl.as_ref(),
+            },
         )
         .map_err(&invalid)?;
         if let Some(a) = &self.apiserver {
             let optional = [
                 ("apiserver.manifest", &a.manifest),
+                ("apiserver.unit_root", &a.unit_root),
                 ("apiserver.unit_dir", &a.unit_dir),
             ];
             absolute.extend(
@@ -336,8 +396,12 @@ impl AgentConfig {
                 "apiserver",
                 a.runtime,
                 a.manifest.as_ref(),
-                a.unit.as_ref(),
-                a.unit_dir.is_some() || a.systemctl.is_some(),
+                &SystemdKeys {
+                    unit: a.unit.as_ref(),
+                    unit_root: a.unit_root.as_ref(),
+                    unit_dir: a.unit_dir.as_ref(),
+                    systemctl: a.systemctl.as_ref(),
+                },
             )
             .map_err(&invalid)?;
         }
@@ -463,7 +527,19 @@ start_timeout = "2m"
             c.etcd.definition(),
             Definition::Systemd {
                 unit: "etcd.service".into(),
-                unit_dir: PathBuf::from(DEFAULT_UNIT_DIR),
+                units: UnitSource::Root(PathBuf::from("/")),
+                systemctl: PathBuf::from("systemctl"),
+            }
+        );
+        // The search path under another root (a lab host), and a template's instance.
+        let text = format!(
+            "{base}[etcd]\nruntime = \"systemd\"\nunit = \"etcd@member1.service\"\nunit_root = \"/srv/host1\"\n"
+        );
+        assert_eq!(
+            parse(&text).expect("unit_root").etcd.definition(),
+            Definition::Systemd {
+                unit: "etcd@member1.service".into(),
+                units: UnitSource::Root(PathBuf::from("/srv/host1")),
                 systemctl: PathBuf::from("systemctl"),
             }
         );
@@ -472,7 +548,7 @@ start_timeout = "2m"
         );
         assert!(matches!(
             parse(&text).expect("full").etcd.definition(),
-            Definition::Systemd { unit_dir, .. } if unit_dir == Path::new("/lib/systemd/system")
+            Definition::Systemd { units: UnitSource::Dir(d), .. } if d == Path::new("/lib/systemd/system")
         ));
         let refused = [
             ("runtime = \"systemd\"\n", "etcd.unit"),
@@ -492,6 +568,22 @@ start_timeout = "2m"
             (
                 "runtime = \"systemd\"\nunit = \"etcd\"\nunit_dir = \"units\"\n",
                 "etcd.unit_dir",
+            ),
+            (
+                "runtime = \"systemd\"\nunit = \"etcd\"\nunit_root = \"host\"\n",
+                "etcd.unit_root",
+            ),
+            (
+                "runtime = \"systemd\"\nunit = \"etcd\"\nunit_root = \"/\"\nunit_dir = \"/u\"\n",
+                "both set",
+            ),
+            (
+                "runtime = \"systemd\"\nunit = \"etcd@.service\"\n",
+                "is a template",
+            ),
+            (
+                "runtime = \"static-pod\"\nmanifest = \"/m.yaml\"\nunit_root = \"/\"\n",
+                "unit_root",
             ),
         ];
         for (section, says) in refused {

@@ -49,12 +49,12 @@ fn runtime_of(
         }),
         Definition::Systemd {
             unit,
-            unit_dir,
+            units,
             systemctl,
         } => Box::new(Systemd::new(
             component,
             unit,
-            unit_dir,
+            units,
             systemctl,
             stop_timeout,
             start_timeout,
