@@ -1103,8 +1103,8 @@ fn agent_runtime_sections(host: &Host, tool: &str, runtime: LabRuntime) -> Strin
             format!("[etcd]\nruntime = \"systemd\"\nunit = \"{ETCD_UNIT}\"\n{tool}\n")
         }
         LabRuntime::Systemd => format!(
-            "[etcd]\nruntime = \"systemd\"\nunit = \"{ETCD_UNIT}\"\nunit_dir = {}\nsystemctl = {}\n{tool}\n",
-            s(host.unit_dir()),
+            "[etcd]\nruntime = \"systemd\"\nunit = \"{ETCD_UNIT}\"\nunit_root = {}\nsystemctl = {}\n{tool}\n",
+            s(host.root.clone()),
             s(host.systemctl()),
         ),
         LabRuntime::StaticPod => format!(

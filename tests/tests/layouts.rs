@@ -17,7 +17,10 @@ use quorate_lab::tools::EtcdVersion;
 use quorate_lab::{load, procs, scenario};
 
 /// A lab with `layout`, loaded, with a snapshot of it, and the snapshot's data.
-async fn setup(runtime: LabRuntime, layout: LabLayout) -> Option<(TestLab, std::path::PathBuf, BTreeMap<Vec<u8>, Vec<u8>>)> {
+async fn setup(
+    runtime: LabRuntime,
+    layout: LabLayout,
+) -> Option<(TestLab, std::path::PathBuf, BTreeMap<Vec<u8>, Vec<u8>>)> {
     if !quorate_lab::realfaults::root_or_skip("layouts with their own disks and hosts") {
         return None;
     }
@@ -60,24 +63,50 @@ async fn fail_then_restore(
 ) {
     scenario::mutate(lab).await.expect("mutate");
     let original: ClusterState = faults::cluster_state(lab).await.expect("state before");
-    assert_ne!(&original.data, snapshot_data, "the data differs from the snapshot");
+    assert_ne!(
+        &original.data, snapshot_data,
+        "the data differs from the snapshot"
+    );
     check(lab, "before");
 
     let (ok, text) = restore(lab, snapshot, "coordinator::after-quorum=return(injected)");
     assert!(!ok, "the injected failure fails the restore:\n{text}");
-    let now = faults::cluster_state(lab).await.expect("state after rollback");
-    assert_eq!(now.cluster_id, original.cluster_id, "rolled back: the original cluster ID");
-    assert_eq!(now.member_ids, original.member_ids, "rolled back: the original member IDs");
-    assert!(now.data == original.data, "rolled back: every member holds the original data");
-    scenario::wait_apiservers(lab, PATIENCE).await.expect("apiservers back");
+    let now = faults::cluster_state(lab)
+        .await
+        .expect("state after rollback");
+    assert_eq!(
+        now.cluster_id, original.cluster_id,
+        "rolled back: the original cluster ID"
+    );
+    assert_eq!(
+        now.member_ids, original.member_ids,
+        "rolled back: the original member IDs"
+    );
+    assert!(
+        now.data == original.data,
+        "rolled back: every member holds the original data"
+    );
+    scenario::wait_apiservers(lab, PATIENCE)
+        .await
+        .expect("apiservers back");
     check(lab, "after rollback");
 
     let (ok, text) = restore(lab, snapshot, "");
     assert!(ok, "the restore succeeds:\n{text}");
-    let now = faults::cluster_state(lab).await.expect("state after restore");
-    assert_ne!(now.cluster_id, original.cluster_id, "restored: a new cluster ID");
-    assert!(&now.data == snapshot_data, "restored: every member holds the snapshot's data");
-    scenario::wait_apiservers(lab, PATIENCE).await.expect("apiservers ready");
+    let now = faults::cluster_state(lab)
+        .await
+        .expect("state after restore");
+    assert_ne!(
+        now.cluster_id, original.cluster_id,
+        "restored: a new cluster ID"
+    );
+    assert!(
+        &now.data == snapshot_data,
+        "restored: every member holds the snapshot's data"
+    );
+    scenario::wait_apiservers(lab, PATIENCE)
+        .await
+        .expect("apiservers ready");
     check(lab, "after restore");
 }
 
@@ -93,9 +122,21 @@ async fn data_dir_on_its_own_ext4_disk() {
     fail_then_restore(&lab, &snapshot, &data, |lab, when| {
         for host in lab.hosts() {
             let dir = host.data_dir();
-            assert!(hostns::is_mount_point(&dir), "{when}: {}'s data dir is still its disk", host.name);
-            assert!(dir.join("lost+found").is_dir(), "{when}: {}'s lost+found stays", host.name);
-            assert!(dir.join("member/snap/db").is_file(), "{when}: {} has a member dir", host.name);
+            assert!(
+                hostns::is_mount_point(&dir),
+                "{when}: {}'s data dir is still its disk",
+                host.name
+            );
+            assert!(
+                dir.join("lost+found").is_dir(),
+                "{when}: {}'s lost+found stays",
+                host.name
+            );
+            assert!(
+                dir.join("member/snap/db").is_file(),
+                "{when}: {} has a member dir",
+                host.name
+            );
         }
     })
     .await;
@@ -108,7 +149,11 @@ async fn data_dir_on_its_own_ext4_disk() {
                 let name = e.file_name().to_string_lossy().into_owned();
                 name.starts_with(".quorate-") && e.path().join("member/snap/db").is_file()
             });
-        assert!(kept, "{}: the original member dir is kept on its disk", host.name);
+        assert!(
+            kept,
+            "{}: the original member dir is kept on its disk",
+            host.name
+        );
     }
 }
 
@@ -125,7 +170,11 @@ async fn wal_dir_on_its_own_disk() {
     fail_then_restore(&lab, &snapshot, &data, |lab, when| {
         for host in lab.hosts() {
             let mount = host.path(WAL_MOUNT);
-            assert!(hostns::is_mount_point(&mount), "{when}: {}'s WAL disk is mounted", host.name);
+            assert!(
+                hostns::is_mount_point(&mount),
+                "{when}: {}'s WAL disk is mounted",
+                host.name
+            );
             let wals = std::fs::read_dir(mount.join("wal"))
                 .expect("wal dir")
                 .flatten()
@@ -183,11 +232,18 @@ async fn external_etcd_with_apiservers_on_other_hosts() {
             .collect()
     };
     let before = pids(&lab);
-    assert!(before.iter().all(Option::is_some), "every apiserver host runs its apiserver");
+    assert!(
+        before.iter().all(Option::is_some),
+        "every apiserver host runs its apiserver"
+    );
     fail_then_restore(&lab, &snapshot, &data, |_, _| {}).await;
     // Fenced and unfenced by their agents: each apiserver was stopped and started again.
     let after = pids(&lab);
     for (i, (b, a)) in before.iter().zip(&after).enumerate() {
-        assert!(a.is_some() && a != b, "api-{}'s apiserver was restarted: {b:?} then {a:?}", i + 1);
+        assert!(
+            a.is_some() && a != b,
+            "api-{}'s apiserver was restarted: {b:?} then {a:?}",
+            i + 1
+        );
     }
 }

