@@ -3,6 +3,9 @@
 //! - `/readyz` over HTTPS answers 200 only when a linearizable read from etcd succeeds within
 //!   1 s, so it tells whether the etcd cluster has a quorum and a leader; otherwise 503 with the
 //!   reason. `/livez` answers 200 whenever the process serves.
+//! - `--anonymous-auth=false`: a request without a client certificate signed by
+//!   `--client-ca-file` gets 401 with the `Status` JSON a real apiserver sends, on every path.
+//!   Client certificates are requested but optional at the TLS layer, as kube-apiserver does.
 //! - Every second it renews a Lease under `/registry/leases/kube-system/`, writing to etcd the
 //!   way a live apiserver does.
 //!
@@ -58,6 +61,14 @@ pub struct ApiserverArgs {
     /// The node this apiserver runs on (names its Lease; not a real kube-apiserver flag).
     #[arg(long)]
     pub node_name: String,
+    /// Serve requests without a client certificate (as `system:anonymous`); `false` answers them
+    /// 401.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1,
+          default_missing_value = "true")]
+    pub anonymous_auth: bool,
+    /// The CA whose client certificates authenticate a request.
+    #[arg(long)]
+    pub client_ca_file: Option<PathBuf>,
 }
 
 /// Serves until SIGTERM or SIGINT.
@@ -82,15 +93,9 @@ pub async fn run_until(
 ) -> anyhow::Result<()> {
     quorate_proto::tls::install_default_provider();
     let options = etcd_options(&args)?;
-    let mut config = quorate_proto::tls::server_config(
-        &args.tls_cert_file,
-        &args.tls_private_key_file,
-        None,
-        &[],
-    )
-    .context("building the serving TLS configuration")?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let config = serving_config(&args).context("building the serving TLS configuration")?;
     let acceptor = TlsAcceptor::from(Arc::new(config));
+    let anonymous = args.anonymous_auth;
     let addr = SocketAddr::new(args.advertise_address, args.secure_port);
     let listener = TcpListener::bind(addr)
         .await
@@ -109,7 +114,7 @@ pub async fn run_until(
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer)) => {
-                    connections.spawn(serve_connection(acceptor.clone(), tcp, peer, etcd.clone()));
+                    connections.spawn(serve_connection(acceptor.clone(), tcp, peer, etcd.clone(), anonymous));
                 }
                 Err(e) => {
                     tracing::warn!("accept on {addr}: {e}");
@@ -121,6 +126,48 @@ pub async fn run_until(
     }
     tracing::info!("kube-apiserver stand-in stopped");
     Ok(())
+}
+
+/// The serving certificate; with `--client-ca-file`, client certificates from that CA are
+/// requested and verified when given (kube-apiserver's `VerifyClientCertIfGiven`).
+fn serving_config(args: &ApiserverArgs) -> anyhow::Result<rustls::ServerConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let Some(ca) = &args.client_ca_file else {
+        let mut config = quorate_proto::tls::server_config(
+            &args.tls_cert_file,
+            &args.tls_private_key_file,
+            None,
+            &[],
+        )?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        return Ok(config);
+    };
+    let chain = CertificateDer::pem_file_iter(&args.tls_cert_file)
+        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+        .with_context(|| format!("reading {}", args.tls_cert_file.display()))?;
+    let key = PrivateKeyDer::from_pem_file(&args.tls_private_key_file)
+        .with_context(|| format!("reading {}", args.tls_private_key_file.display()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in
+        CertificateDer::pem_file_iter(ca).with_context(|| format!("reading {}", ca.display()))?
+    {
+        roots.add(cert.with_context(|| format!("reading {}", ca.display()))?)?;
+    }
+    let provider = quorate_proto::tls::provider();
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .allow_unauthenticated()
+    .build()
+    .with_context(|| format!("--client-ca-file={}", ca.display()))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
 }
 
 fn etcd_options(args: &ApiserverArgs) -> anyhow::Result<ConnectOptions> {
@@ -196,16 +243,32 @@ impl Etcd {
     }
 }
 
-async fn serve_connection(acceptor: TlsAcceptor, tcp: TcpStream, peer: SocketAddr, etcd: Etcd) {
+async fn serve_connection(
+    acceptor: TlsAcceptor,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    etcd: Etcd,
+    anonymous_auth: bool,
+) {
     let exchange = async {
         let mut tls = acceptor.accept(tcp).await.context("TLS handshake")?;
+        // A certificate is here only if the verifier accepted it (signed by --client-ca-file).
+        let authenticated = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .is_some_and(|c| !c.is_empty());
         let head = read_head(&mut tls).await?;
-        let (status, body) = match request_path(&head) {
-            Some(path) => respond(route(path), &etcd).await,
-            None => (400, "bad request\n".to_owned()),
+        let text = match request_path(&head) {
+            _ if !anonymous_auth && !authenticated => unauthorized(),
+            Some(path) => {
+                let (status, body) = respond(route(path), &etcd).await;
+                response(status, &body)
+            }
+            None => response(400, "bad request\n"),
         };
-        tracing::debug!(%peer, status, request = head.lines().next().unwrap_or(""), "served");
-        tls.write_all(response(status, &body).as_bytes()).await?;
+        tracing::debug!(%peer, authenticated, status = text.split(' ').nth(1).unwrap_or(""), request = head.lines().next().unwrap_or(""), "served");
+        tls.write_all(text.as_bytes()).await?;
         tls.shutdown().await?;
         anyhow::Ok(())
     };
@@ -278,6 +341,25 @@ fn response(status: u16, body: &str) -> String {
     };
     format!(
         "HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// What kube-apiserver answers a request it cannot authenticate.
+fn unauthorized() -> String {
+    let body = serde_json::json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": "Unauthorized",
+        "reason": "Unauthorized",
+        "code": 401,
+    })
+    .to_string();
+    format!(
+        "HTTP/1.1 401 Unauthorized\r\nContent-Type: application/json\r\n\
          Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
@@ -395,6 +477,33 @@ mod tests {
         assert_eq!(cli.args.secure_port, 6443);
         assert_eq!(cli.args.etcd_servers.len(), 2);
         assert_eq!(cli.args.node_name, "cp-1");
+        assert!(cli.args.anonymous_auth, "kube-apiserver's default");
+        assert_eq!(cli.args.client_ca_file, None);
+        let base = [
+            "kube-apiserver",
+            "--advertise-address=127.0.1.1",
+            "--etcd-servers=https://127.0.1.1:2379",
+            "--etcd-cafile=/c",
+            "--etcd-certfile=/c",
+            "--etcd-keyfile=/c",
+            "--tls-cert-file=/c",
+            "--tls-private-key-file=/c",
+            "--node-name=cp-1",
+        ];
+        let hardened = Cli::try_parse_from(
+            base.iter()
+                .copied()
+                .chain(["--anonymous-auth=false", "--client-ca-file=/pki/ca.crt"]),
+        )
+        .expect("hardened flags parse");
+        assert!(!hardened.args.anonymous_auth);
+        assert_eq!(
+            hardened.args.client_ca_file.as_deref(),
+            Some(std::path::Path::new("/pki/ca.crt"))
+        );
+        let bare = Cli::try_parse_from(base.iter().copied().chain(["--anonymous-auth"]))
+            .expect("a bare bool flag parses");
+        assert!(bare.args.anonymous_auth);
     }
 
     #[test]
@@ -433,13 +542,24 @@ mod tests {
         assert_eq!(value["spec"]["renewTime"], "2023-11-14T22:13:20.000000Z");
     }
 
-    /// A CA, a serving certificate for 127.0.0.1 and a client certificate, written to `dir`.
+    /// A CA, a serving certificate for 127.0.0.1 and a client certificate, written to `dir`;
+    /// and a client certificate from another CA (`stranger`).
     fn write_certs(dir: &std::path::Path) {
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let other =
+            CertifiedIssuer::self_signed(ca_params.clone(), KeyPair::generate().expect("key"))
+                .expect("other ca");
         let ca_key = KeyPair::generate().expect("ca key");
         let ca = CertifiedIssuer::self_signed(ca_params, ca_key).expect("ca");
         std::fs::write(dir.join("ca.crt"), ca.pem()).expect("write ca");
+        let key = KeyPair::generate().expect("key");
+        let stranger = CertificateParams::new(vec!["stranger.test".to_owned()])
+            .expect("params")
+            .signed_by(&key, &other)
+            .expect("sign");
+        std::fs::write(dir.join("stranger.crt"), stranger.pem()).expect("write cert");
+        std::fs::write(dir.join("stranger.key"), key.serialize_pem()).expect("write key");
         for (stem, ip) in [("server", true), ("client", false)] {
             let mut params = CertificateParams::new(vec![format!("{stem}.test")]).expect("params");
             if ip {
@@ -476,6 +596,8 @@ mod tests {
             tls_cert_file: path("server.crt"),
             tls_private_key_file: path("server.key"),
             node_name: "cp-1".to_owned(),
+            anonymous_auth: true,
+            client_ca_file: None,
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(run_until(args, async {
@@ -501,6 +623,139 @@ mod tests {
         assert_eq!(readyz.status, 503, "{}", readyz.body);
         assert!(readyz.body.contains("etcd"), "{}", readyz.body);
         assert_eq!(get("/version").await.expect("/version answers").status, 404);
+
+        stop.send(()).expect("server listening");
+        server.await.expect("server task").expect("server result");
+    }
+
+    /// Standard base64, for a kubeconfig's `client-certificate-data` as kubeadm writes it.
+    fn base64(bytes: &[u8]) -> String {
+        const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut out = String::new();
+        for chunk in bytes.chunks(3) {
+            let n = chunk
+                .iter()
+                .enumerate()
+                .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+            for i in 0..4 {
+                if i <= chunk.len() {
+                    out.push(char::from(ABC[(n >> (18 - 6 * i) & 63) as usize]));
+                } else {
+                    out.push('=');
+                }
+            }
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn without_anonymous_auth_readyz_needs_a_client_certificate_from_its_ca() {
+        use quorate_agent::health::{self, ReadyzConfig, ReadyzCredentials};
+        quorate_proto::tls::install_default_provider();
+        let dir = tempfile::tempdir().expect("tempdir");
+        write_certs(dir.path());
+        let path = |f: &str| dir.path().join(f);
+        let port = free_port();
+        let args = ApiserverArgs {
+            advertise_address: IpAddr::from([127, 0, 0, 1]),
+            secure_port: port,
+            etcd_servers: vec![format!("https://127.0.0.1:{}", free_port())],
+            etcd_cafile: path("ca.crt"),
+            etcd_certfile: path("client.crt"),
+            etcd_keyfile: path("client.key"),
+            tls_cert_file: path("server.crt"),
+            tls_private_key_file: path("server.key"),
+            node_name: "cp-1".to_owned(),
+            anonymous_auth: false,
+            client_ca_file: Some(path("ca.crt")),
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(run_until(args, async {
+            let _ = stopped.await;
+        }));
+        let config = |identity: Option<(&str, &str)>| {
+            let identity = identity.map(|(c, k)| (path(c), path(k)));
+            let pair = identity.as_ref().map(|(c, k)| (c.as_path(), k.as_path()));
+            Some(Arc::new(
+                quorate_proto::tls::client_config(&path("ca.crt"), pair).expect("tls"),
+            ))
+        };
+        let get = |p: &str, tls| {
+            let url = format!("https://127.0.0.1:{port}{p}");
+            async move { quorate_proto::probe::get(&url, tls, Duration::from_secs(3)).await }
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let anonymous = loop {
+            match get("/readyz", config(None)).await {
+                Ok(r) => break r,
+                Err(e) => assert!(std::time::Instant::now() < deadline, "no answer: {e:#}"),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(anonymous.status, 401, "{}", anonymous.body);
+        let status: serde_json::Value = serde_json::from_str(&anonymous.body).expect("JSON");
+        assert_eq!(
+            (
+                status["kind"].as_str(),
+                status["reason"].as_str(),
+                status["code"].as_u64()
+            ),
+            (Some("Status"), Some("Unauthorized"), Some(401))
+        );
+        let livez = get("/livez", config(None)).await.expect("/livez");
+        assert_eq!(livez.status, 401, "every path needs authentication");
+        // Authenticated: past the 401, not ready because etcd is down.
+        let client = get("/readyz", config(Some(("client.crt", "client.key"))))
+            .await
+            .expect("/readyz with a client certificate");
+        assert_eq!(client.status, 503, "{}", client.body);
+        assert!(
+            get("/readyz", config(Some(("stranger.crt", "stranger.key"))))
+                .await
+                .is_err(),
+            "a certificate from another CA fails the handshake"
+        );
+
+        // The agent's own probe: kubeadm's admin.conf by default, refused without one.
+        let manifest = format!(
+            "spec:\n  containers:\n  - command: [kube-apiserver, --advertise-address=127.0.0.1, \
+             --secure-port={port}, --anonymous-auth=false]\n"
+        );
+        let api = quorate_agent::manifest::Apiserver::from_command(
+            quorate_agent::manifest::PodCommand::parse(&manifest, &path("kube-apiserver.yaml"))
+                .expect("manifest"),
+        )
+        .expect("apiserver");
+        let mut readyz = ReadyzConfig::new(path("ca.crt"), ReadyzCredentials::Unset);
+        readyz.default_kubeconfig = path("admin.conf");
+        let refused = health::readyz_probe(&readyz, &api)
+            .err()
+            .expect("no credentials")
+            .to_string();
+        assert!(
+            refused.contains("--anonymous-auth=false") && refused.contains("apiserver.kubeconfig"),
+            "{refused}"
+        );
+        let read = |f: &str| std::fs::read(path(f)).expect("read");
+        let admin_conf = format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: kubernetes-admin@kubernetes\n\
+             contexts:\n- context: {{cluster: kubernetes, user: kubernetes-admin}}\n  name: kubernetes-admin@kubernetes\n\
+             users:\n- name: kubernetes-admin\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\n",
+            base64(&read("client.crt")),
+            base64(&read("client.key"))
+        );
+        std::fs::write(path("admin.conf"), admin_conf).expect("write admin.conf");
+        let probe = health::readyz_probe(&readyz, &api).expect("admin.conf credentials");
+        let answer = health::probe_readyz(&probe).await;
+        assert_eq!(answer.status, Some(503), "{answer:?}");
+        assert!(answer.auth.contains("admin.conf"), "{}", answer.auth);
+        readyz.credentials = ReadyzCredentials::ClientCert {
+            cert: path("client.crt"),
+            key: path("client.key"),
+        };
+        let answer =
+            health::probe_readyz(&health::readyz_probe(&readyz, &api).expect("cert")).await;
+        assert_eq!(answer.status, Some(503), "{answer:?}");
 
         stop.send(()).expect("server listening");
         server.await.expect("server task").expect("server result");
