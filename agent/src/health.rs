@@ -569,3 +569,7 @@ pub fn block_on<F: std::future::Future>(future: F) -> Option<F::Output> {
             .map(|rt| rt.block_on(future)),
     }
 }
+
+#[cfg(test)]
+#[path = "health_tests.rs"]
+mod tests;
