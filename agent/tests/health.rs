@@ -6,9 +6,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use quorate_agent::AgentService;
+use quorate_agent::engine::Engine;
 use quorate_agent::health::{self, EtcdCredentials};
+use quorate_agent::journal::StateDir;
 use quorate_agent::manifest::{EtcdMember, PodCommand};
+use quorate_agent::runtime::{Component, StaticPod};
+use quorate_agent::tool::CliTool;
 use quorate_proto::model::{EtcdHealthState, HealthEndpointKind, MemberHealth};
+use quorate_proto::pb::{self, agent_server::Agent as _};
 
 const IP: &str = "127.0.0.232";
 
@@ -98,12 +104,26 @@ async fn not_answering_then_no_leader_then_healthy() {
     );
     let yaml = |argv: &[String]| {
         format!(
-            "spec:\n  containers:\n  - command:\n{}",
+            "spec:\n  containers:\n  - image: registry.k8s.io/etcd\n    command:\n{}",
             argv.iter()
                 .map(|a| format!("    - \"{a}\"\n"))
                 .collect::<String>()
         )
     };
+    let manifest = dir.path().join("etcd.yaml");
+    std::fs::write(&manifest, yaml(&lonely)).expect("manifest");
+    let service = AgentService::new(Engine {
+        state: StateDir::new(dir.path().join("state")),
+        data_dir: None,
+        etcd: Box::new(StaticPod {
+            component: Component::Etcd,
+            manifest: manifest.clone(),
+            stop_timeout: Duration::from_secs(10),
+            start_timeout: Duration::from_secs(10),
+        }),
+        apiserver: None,
+        tool: Box::new(CliTool::default()),
+    });
     let member = EtcdMember::from_command(
         PodCommand::parse(&yaml(&lonely), Path::new("etcd.yaml")).expect("pod"),
     )
@@ -134,6 +154,55 @@ async fn not_answering_then_no_leader_then_healthy() {
         .expect("the running etcd says its version");
     assert_eq!(reported, version);
     assert_eq!(source, format!("http://{IP}:22381/metrics"));
+
+    // Through the agent's own handlers.
+    let answer = service
+        .health(tonic::Request::new(pb::HealthRequest {}))
+        .await
+        .expect("Health")
+        .into_inner();
+    let seen = MemberHealth::try_from(answer).expect("a valid health report");
+    assert_eq!(
+        (seen.member_name.as_str(), seen.state()),
+        ("q1", EtcdHealthState::NoLeader)
+    );
+    let described = service
+        .describe(tonic::Request::new(pb::DescribeRequest {}))
+        .await
+        .expect("Describe")
+        .into_inner();
+    assert_eq!(
+        described.health_probe,
+        format!("metrics http://{IP}:22381/health")
+    );
+    assert_eq!(described.health_problem, "");
+    // The image has no tag: the running etcd says its version.
+    assert_eq!(described.etcd_version, version, "{described:?}");
+    assert!(
+        described.etcd_version_source.starts_with(&format!(
+            "running etcd (http://{IP}:22381/metrics); image registry.k8s.io/etcd has no tag"
+        )),
+        "{}",
+        described.etcd_version_source
+    );
+    // With a tag, the image says it, as on a kubeadm host where etcd's binary is in the image.
+    std::fs::write(
+        &manifest,
+        yaml(&lonely).replace("registry.k8s.io/etcd\n", "registry.k8s.io/etcd:3.5.16-0\n"),
+    )
+    .expect("manifest");
+    let described = service
+        .describe(tonic::Request::new(pb::DescribeRequest {}))
+        .await
+        .expect("Describe")
+        .into_inner();
+    assert_eq!(
+        (
+            described.etcd_version.as_str(),
+            described.etcd_version_source.as_str()
+        ),
+        ("3.5.16", "image registry.k8s.io/etcd:3.5.16-0")
+    );
     drop(etcd);
 
     std::fs::remove_dir_all(&data_dir).expect("fresh data dir");
