@@ -107,7 +107,7 @@ pub fn describe_with(
     {
         None => (String::new(), String::new()),
         Some(Ok(p)) => (p.auth, String::new()),
-        Some(Err((_, problem))) => (String::new(), problem),
+        Some(Err(e)) => (String::new(), e.problem),
     };
     Ok(pb::DescribeResponse {
         agent_version: env!("CARGO_PKG_VERSION").into(),

@@ -492,18 +492,31 @@ pub async fn probe_readyz(p: &ReadyzProbe) -> ApiserverReadiness {
     }
 }
 
+/// Why this host's `/readyz` cannot be probed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadyzUnavailable {
+    /// The URL it would probe; empty when even that is unknown.
+    pub url: String,
+    /// Why, with the fix.
+    pub problem: String,
+}
+
+fn unavailable(url: String, problem: String) -> ReadyzUnavailable {
+    ReadyzUnavailable { url, problem }
+}
+
 /// The readyz probe of this host's apiserver: `None` without one; `Some(Err)` when it cannot
-/// be probed (why, with the fix). Blocking (reads the manifest and credentials).
+/// be probed. Blocking (reads the manifest and credentials).
 pub fn apiserver_readyz(
     engine: &Engine,
     config: &HealthConfig,
-) -> Option<std::result::Result<ReadyzProbe, (String, String)>> {
+) -> Option<std::result::Result<ReadyzProbe, ReadyzUnavailable>> {
     let runtime = engine.apiserver.as_ref()?;
-    let resolve = || -> std::result::Result<ReadyzProbe, (String, String)> {
+    let resolve = || -> std::result::Result<ReadyzProbe, ReadyzUnavailable> {
         let active = engine
             .state
             .active()
-            .map_err(|e| (String::new(), e.to_string()))?;
+            .map_err(|e| unavailable(String::new(), e.to_string()))?;
         let asides: Vec<PathBuf> = active
             .and_then(|id| engine.apiserver_aside(id))
             .into_iter()
@@ -511,14 +524,14 @@ pub fn apiserver_readyz(
         let api = runtime
             .command(&asides)
             .and_then(Apiserver::from_command)
-            .map_err(|e| (String::new(), format!("kube-apiserver: {e}")))?;
+            .map_err(|e| unavailable(String::new(), format!("kube-apiserver: {e}")))?;
         let readyz = config.readyz.as_ref().ok_or_else(|| {
-            (
+            unavailable(
                 api.readyz_url(),
                 "the agent config has no [apiserver] section to probe /readyz with".to_owned(),
             )
         })?;
-        readyz_probe(readyz, &api).map_err(|e| (api.readyz_url(), e.to_string()))
+        readyz_probe(readyz, &api).map_err(|e| unavailable(api.readyz_url(), e.to_string()))
     };
     Some(resolve())
 }
@@ -537,7 +550,7 @@ pub async fn member_health(engine: Arc<Engine>, config: Arc<HealthConfig>) -> Re
     let apiserver = match readyz {
         None => None,
         Some(Ok(p)) => Some(probe_readyz(&p).await),
-        Some(Err((url, problem))) => Some(ApiserverReadiness {
+        Some(Err(ReadyzUnavailable { url, problem })) => Some(ApiserverReadiness {
             url,
             status: None,
             detail: problem,

@@ -160,10 +160,14 @@ fn material(
 ) -> Result<Option<Vec<u8>>, String> {
     if let Some(data) = data.filter(|d| !d.trim().is_empty()) {
         let compact: String = data.split_whitespace().collect();
+        // The decoder's error quotes a byte of the data: never for a key.
         return base64::engine::general_purpose::STANDARD
             .decode(compact)
             .map(Some)
-            .map_err(|e| format!("{what}-data is not base64: {e}"));
+            .map_err(|e| match what {
+                "client-key" => format!("{what}-data is not base64"),
+                _ => format!("{what}-data is not base64: {e}"),
+            });
     }
     match file.filter(|f| !f.as_os_str().is_empty()) {
         Some(file) => {

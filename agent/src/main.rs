@@ -179,9 +179,9 @@ fn check_config(path: &Path) -> anyhow::Result<()> {
             p.url,
             p.auth
         ),
-        Some(Err((url, problem))) => {
-            println!("kube-apiserver  {url}: {problem}");
-            problems.push(problem);
+        Some(Err(e)) => {
+            println!("kube-apiserver  {}: {}", e.url, e.problem);
+            problems.push(e.problem);
         }
         None => println!("kube-apiserver  none on this host"),
     }
