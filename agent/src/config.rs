@@ -60,6 +60,17 @@ impl fmt::Debug for ServerTls {
     }
 }
 
+/// The path of a private key: shown as hidden in `Debug`, like every key-related setting.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct KeyPath(pub PathBuf);
+
+impl fmt::Debug for KeyPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<path hidden>")
+    }
+}
+
 /// How a component is run on this host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -129,6 +140,16 @@ pub struct EtcdSection {
     /// Used when there is no etcdutl (etcd 3.4): `ETCDCTL_API=3 etcdctl snapshot restore`.
     #[serde(default)]
     pub etcdctl: Option<PathBuf>,
+    /// CA of etcd's serving certificate, for probing https listeners; default etcd's
+    /// `--trusted-ca-file`.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// Client certificate for etcd's https listeners (health when etcd has no plain metrics
+    /// URL); default kubeadm's `healthcheck-client.crt` beside `--trusted-ca-file`.
+    #[serde(default)]
+    pub client_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub client_key: Option<KeyPath>,
     /// How long etcd may take to exit once asked to stop.
     #[serde(default = "default_stop", with = "humantime_serde")]
     pub stop_timeout: Duration,
@@ -157,6 +178,16 @@ pub struct ApiserverSection {
     pub systemctl: Option<PathBuf>,
     /// CA of the apiserver's serving certificate, to probe `/readyz`.
     pub ca: PathBuf,
+    /// A kubeconfig whose current user has a client certificate (kubeadm's
+    /// /etc/kubernetes/admin.conf), presented on `/readyz`. Default: none, or admin.conf when the
+    /// apiserver runs with `--anonymous-auth=false`.
+    #[serde(default)]
+    pub kubeconfig: Option<PathBuf>,
+    /// Or a client certificate and key presented on `/readyz`.
+    #[serde(default)]
+    pub client_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub client_key: Option<KeyPath>,
     #[serde(default = "default_stop", with = "humantime_serde")]
     pub stop_timeout: Duration,
     #[serde(default = "default_start", with = "humantime_serde")]
@@ -170,6 +201,20 @@ fn default_stop() -> Duration {
 
 fn default_start() -> Duration {
     Duration::from_secs(60)
+}
+
+impl AgentConfig {
+    /// What the agent probes health with.
+    pub fn health(&self) -> crate::health::HealthConfig {
+        crate::health::HealthConfig {
+            etcd: crate::health::EtcdCredentials {
+                ca: self.etcd.ca.clone(),
+                client_cert: self.etcd.client_cert.clone(),
+                client_key: self.etcd.client_key.as_ref().map(|k| k.0.clone()),
+            },
+            readyz: self.apiserver.as_ref().map(ApiserverSection::readyz),
+        }
+    }
 }
 
 impl EtcdSection {
@@ -186,6 +231,20 @@ impl EtcdSection {
 }
 
 impl ApiserverSection {
+    /// The `/readyz` settings (see [`AgentConfig::check`]: at most one kind of credentials).
+    pub fn readyz(&self) -> crate::health::ReadyzConfig {
+        use crate::health::{ReadyzConfig, ReadyzCredentials};
+        let credentials = match (&self.kubeconfig, &self.client_cert, &self.client_key) {
+            (Some(k), _, _) => ReadyzCredentials::Kubeconfig(k.clone()),
+            (None, Some(cert), Some(key)) => ReadyzCredentials::ClientCert {
+                cert: cert.clone(),
+                key: key.0.clone(),
+            },
+            _ => ReadyzCredentials::Unset,
+        };
+        ReadyzConfig::new(self.ca.clone(), credentials)
+    }
+
     pub fn definition(&self) -> Definition {
         definition(
             self.runtime,
@@ -318,6 +377,17 @@ fn check_runtime(
     Ok(())
 }
 
+/// A client certificate needs its key, and a key its certificate.
+fn check_pair(section: &str, cert: bool, key: bool) -> Result<(), String> {
+    if cert == key {
+        Ok(())
+    } else {
+        Err(format!(
+            "{section}.client_cert and {section}.client_key go together: set both or neither"
+        ))
+    }
+}
+
 impl AgentConfig {
     /// Reads and checks `path`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -357,12 +427,17 @@ impl AgentConfig {
             ("tls.client_ca", &self.tls.client_ca),
         ];
         let e = &self.etcd;
+        let etcd_key = e.client_key.as_ref().map(|k| k.0.clone());
         let optional = [
             ("etcd.manifest", &e.manifest),
             ("etcd.data_dir", &e.data_dir),
             ("etcd.unit_root", &e.unit_root),
             ("etcd.unit_dir", &e.unit_dir),
+            ("etcd.ca", &e.ca),
+            ("etcd.client_cert", &e.client_cert),
+            ("etcd.client_key", &etcd_key),
         ];
+        check_pair("etcd", e.client_cert.is_some(), e.client_key.is_some()).map_err(&invalid)?;
         absolute.extend(
             optional
                 .into_iter()
@@ -380,11 +455,27 @@ impl AgentConfig {
             },
         )
         .map_err(&invalid)?;
+        let api_key = self
+            .apiserver
+            .as_ref()
+            .and_then(|a| a.client_key.as_ref().map(|k| k.0.clone()));
         if let Some(a) = &self.apiserver {
+            check_pair("apiserver", a.client_cert.is_some(), a.client_key.is_some())
+                .map_err(&invalid)?;
+            if a.kubeconfig.is_some() && a.client_cert.is_some() {
+                return Err(invalid(
+                    "apiserver.kubeconfig and apiserver.client_cert both give /readyz \
+                     credentials: keep one"
+                        .into(),
+                ));
+            }
             let optional = [
                 ("apiserver.manifest", &a.manifest),
                 ("apiserver.unit_root", &a.unit_root),
                 ("apiserver.unit_dir", &a.unit_dir),
+                ("apiserver.kubeconfig", &a.kubeconfig),
+                ("apiserver.client_cert", &a.client_cert),
+                ("apiserver.client_key", &api_key),
             ];
             absolute.extend(
                 optional
@@ -512,6 +603,72 @@ start_timeout = "2m"
             include_str!("../../deploy/agent.systemd.example.toml"),
         ] {
             parse(text).expect("a deploy example");
+        }
+    }
+
+    #[test]
+    fn readyz_and_etcd_credentials() {
+        use crate::health::ReadyzCredentials;
+        let c = parse(EXAMPLE).expect("example");
+        let readyz = c.health().readyz.expect("apiserver section");
+        assert_eq!(readyz.credentials, ReadyzCredentials::Unset);
+        assert_eq!(
+            readyz.default_kubeconfig,
+            Path::new(crate::health::KUBEADM_ADMIN_CONF)
+        );
+        let text = format!("{EXAMPLE}kubeconfig = \"/etc/kubernetes/admin.conf\"\n");
+        assert_eq!(
+            parse(&text)
+                .expect("kubeconfig")
+                .health()
+                .readyz
+                .expect("readyz")
+                .credentials,
+            ReadyzCredentials::Kubeconfig("/etc/kubernetes/admin.conf".into())
+        );
+        let text = format!(
+            "{EXAMPLE}client_cert = \"/pki/readyz.crt\"\nclient_key = \"/pki/readyz.key\"\n"
+        );
+        let c = parse(&text).expect("client cert");
+        assert_eq!(
+            c.health().readyz.expect("readyz").credentials,
+            ReadyzCredentials::ClientCert {
+                cert: "/pki/readyz.crt".into(),
+                key: "/pki/readyz.key".into()
+            }
+        );
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("readyz.key"), "{debug}");
+        let etcd = EXAMPLE.replace(
+            "stop_timeout = \"45s\"",
+            "client_cert = \"/pki/hc.crt\"\nclient_key = \"/pki/hc.key\"\nca = \"/pki/ca.crt\"",
+        );
+        let h = parse(&etcd).expect("etcd creds").health();
+        assert_eq!(h.etcd.client_key.as_deref(), Some(Path::new("/pki/hc.key")));
+        assert!(!format!("{h:?}").contains("hc.key"));
+        let refused = [
+            (
+                format!("{EXAMPLE}client_cert = \"/pki/a.crt\"\n"),
+                "go together",
+            ),
+            (
+                format!(
+                    "{EXAMPLE}kubeconfig = \"/k\"\nclient_cert = \"/a\"\nclient_key = \"/b\"\n"
+                ),
+                "keep one",
+            ),
+            (
+                format!("{EXAMPLE}kubeconfig = \"admin.conf\"\n"),
+                "apiserver.kubeconfig",
+            ),
+            (
+                EXAMPLE.replace("stop_timeout = \"45s\"", "client_key = \"/k\""),
+                "etcd.client_cert and etcd.client_key",
+            ),
+        ];
+        for (text, says) in refused {
+            let err = parse(&text).expect_err(says).to_string();
+            assert!(err.contains(says), "{says}: {err}");
         }
     }
 

@@ -132,50 +132,60 @@ fn check_config(path: &Path) -> anyhow::Result<()> {
         member.peer_urls.join(",")
     );
     println!("client urls     {}", member.client_urls.join(","));
-    println!(
-        "metrics url     {}",
-        member
-            .metrics_url
-            .as_deref()
-            .unwrap_or("(none: no http:// --listen-metrics-urls)")
+    let health_config = config.health();
+    let endpoints = quorate_agent::health::etcd_endpoints(&member, &health_config.etcd);
+    let mut problems = Vec::new();
+    match &endpoints {
+        Ok(e) => println!(
+            "etcd health     {}",
+            e.iter()
+                .map(quorate_agent::health::EtcdEndpoint::describe)
+                .collect::<Vec<_>>()
+                .join("; ")
+        ),
+        Err(e) => {
+            println!("etcd health     cannot be probed: {e}");
+            problems.push(e.to_string());
+        }
+    }
+    let running = engine
+        .etcd
+        .is_running(active.map(|id| engine.etcd_aside(id)).as_deref());
+    let (version, source) = quorate_agent::describe::etcd_version(
+        &engine,
+        &member,
+        endpoints.as_deref().unwrap_or_default(),
+        running,
     );
-    let etcd_version = member
-        .command
-        .argv
-        .first()
-        .and_then(|b| quorate_agent::tool::etcd_version(b));
     println!(
-        "etcd            {} ({})",
-        member.command.argv.first().map_or("", String::as_str),
-        etcd_version
-            .as_deref()
-            .unwrap_or("version unknown: cannot run it with --version")
+        "etcd            {} ({source})",
+        if version.is_empty() {
+            "version unknown"
+        } else {
+            &version
+        }
     );
     let layout =
         quorate_agent::steps::layout::Layout::detect(&data_dir, member.wal_dir.as_deref())?;
     for (label, line) in layout.report() {
         println!("{label:<16}{line}");
     }
-    let layout_problems = layout.problems();
-    for p in &layout_problems {
+    for p in layout.problems() {
         println!("layout          UNSUPPORTED: {p}");
+        problems.push(format!(
+            "layout not supported (preflight will refuse it until it is changed): {p}"
+        ));
     }
-    match &engine.apiserver {
-        Some(a) => {
-            let api = quorate_agent::manifest::Apiserver::from_command(
-                a.command(
-                    &active
-                        .and_then(|id| engine.apiserver_aside(id))
-                        .into_iter()
-                        .collect::<Vec<_>>(),
-                )?,
-            )?;
-            println!(
-                "kube-apiserver  {} {} ({})",
-                a.kind(),
-                a.definition().display(),
-                api.readyz_url()
-            );
+    match quorate_agent::health::apiserver_readyz(&engine, &health_config) {
+        Some(Ok(p)) => println!(
+            "kube-apiserver  {} ({}, {})",
+            engine.apiserver.as_ref().map_or("", |a| a.kind()),
+            p.url,
+            p.auth
+        ),
+        Some(Err(e)) => {
+            println!("kube-apiserver  {}: {}", e.url, e.problem);
+            problems.push(e.problem);
         }
         None => println!("kube-apiserver  none on this host"),
     }
@@ -197,11 +207,8 @@ fn check_config(path: &Path) -> anyhow::Result<()> {
             ""
         }
     );
-    if !layout_problems.is_empty() {
-        anyhow::bail!(
-            "this member's layout is not supported (see UNSUPPORTED above): preflight will refuse \
-             it until it is changed"
-        );
+    if !problems.is_empty() {
+        anyhow::bail!("{}", problems.join("; "));
     }
     println!("ok");
     Ok(())

@@ -8,6 +8,7 @@ use quorate_proto::pb;
 use serde::{Deserialize, Serialize};
 
 use crate::inventory::{Inventory, Member};
+use crate::member_checks::{self, major_minor};
 use crate::revision::{self, RevisionPlan};
 use crate::snapshot::CheckedSnapshot;
 
@@ -22,7 +23,6 @@ pub struct MemberPlan {
     pub agent: String,
     pub peer_urls: Vec<String>,
     pub client_urls: Vec<String>,
-    pub metrics_url: String,
     pub hostname: String,
     pub data_dir: String,
     pub data_dir_bytes: u64,
@@ -40,6 +40,16 @@ pub struct MemberPlan {
     /// The WAL dir's filesystem when it lies outside the data dir.
     #[serde(default)]
     pub wal_layout: Option<DirPlan>,
+    /// Where `etcd_version` was read (image tag, binary), or why it is unknown.
+    #[serde(default)]
+    pub etcd_version_source: String,
+    /// What the member's agent probes for etcd's health, from the member's host.
+    #[serde(default)]
+    pub health_probe: String,
+    /// How the agent checks `/readyz` ("anonymous", a client certificate); empty without an
+    /// apiserver.
+    #[serde(default)]
+    pub readiness: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -97,17 +107,6 @@ fn tool_name(tool: Option<&pb::RestoreTool>) -> Option<String> {
     }
 }
 
-/// `3.5.1` → `3.5`, `v3.4.23` → `3.4`.
-fn major_minor(version: &str) -> String {
-    version
-        .trim()
-        .trim_start_matches('v')
-        .split('.')
-        .take(2)
-        .collect::<Vec<_>>()
-        .join(".")
-}
-
 /// Checks the etcd version a snapshot was taken at against the version the members run: a
 /// problem when their major.minor differ (etcd restores its own minor's data format only), a
 /// warning when either is unknown, nothing when they match.
@@ -129,7 +128,7 @@ pub fn snapshot_version_check(
             unread.unwrap_or("it records no clusterVersion")
         ))),
         (Some(snap), None) => Ok(Some(format!(
-            "the members' etcd version is unknown (their agents could not run `etcd --version`): check that they run etcd {} as the snapshot was taken on (clusterVersion {snap})",
+            "the members' etcd version is unknown (see each member's etcd version source): check that they run etcd {} as the snapshot was taken on (clusterVersion {snap})",
             major_minor(snap)
         ))),
     }
@@ -167,6 +166,7 @@ pub fn build(
         };
         check_member(m, d, &mut problems);
         problems.extend(layout::problems(&m.name, d, snapshot.size));
+        member_checks::check(&m.name, d, &mut problems, &mut warnings);
         if lacking_bump.is_none()
             && !d
                 .restore_tool
@@ -176,13 +176,14 @@ pub fn build(
             let tool = tool_name(d.restore_tool.as_ref()).unwrap_or_else(|| "none".into());
             lacking_bump = Some((m.name.clone(), tool));
         }
-        versions.push((m.name.clone(), d.etcd_version.clone()));
+        if !d.etcd_version.trim().is_empty() {
+            versions.push((m.name.clone(), d.etcd_version.clone()));
+        }
         members.push(MemberPlan {
             name: m.name.clone(),
             agent: m.agent.clone(),
             peer_urls: m.peer_urls.clone(),
             client_urls: m.client_urls.clone(),
-            metrics_url: d.metrics_url.clone(),
             hostname: d.hostname.clone(),
             data_dir: d.data_dir.clone(),
             data_dir_bytes: d.data_dir_bytes,
@@ -194,6 +195,9 @@ pub fn build(
             data_layout: d.data_layout.as_ref().map(DirPlan::from),
             wal_dir: d.wal_dir.clone(),
             wal_layout: d.wal_layout.as_ref().map(DirPlan::from),
+            etcd_version_source: d.etcd_version_source.clone(),
+            health_probe: d.health_probe.clone(),
+            readiness: d.readiness_auth.clone(),
         });
     }
     if let Some((first_name, first)) = versions.first() {
@@ -357,6 +361,26 @@ impl Plan {
                 m.apiserver_runtime
             );
             let _ = writeln!(out, "           layout: {}", m.layout_line());
+            let _ = writeln!(
+                out,
+                "  {:<8} etcd version from {}; health probed by its agent: {}{}",
+                "",
+                if m.etcd_version_source.is_empty() {
+                    "?"
+                } else {
+                    &m.etcd_version_source
+                },
+                if m.health_probe.is_empty() {
+                    "?"
+                } else {
+                    &m.health_probe
+                },
+                if m.readiness.is_empty() {
+                    String::new()
+                } else {
+                    format!("; /readyz: {}", m.readiness)
+                }
+            );
         }
         let _ = writeln!(
             out,
@@ -543,7 +567,12 @@ mod tests {
                 "version",
                 Box::new(|i, d| {
                     if i == 2 {
-                        d.etcd_version = "3.4.23".into()
+                        d.etcd_version = "3.4.23".into();
+                        d.restore_tool = Some(pb::RestoreTool {
+                            kind: pb::RestoreToolKind::Etcdctl as i32,
+                            version: "3.4.23".into(),
+                            supports_bump_revision: false,
+                        });
                     }
                 }),
                 "different etcd versions",
