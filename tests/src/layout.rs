@@ -70,6 +70,15 @@ impl Host {
         }
     }
 
+    /// A path as the host's processes report it (in a journal, a message), as the lab reaches
+    /// it: under the host's dir on a faithful host, unchanged on a flat one.
+    pub fn outside(&self, path: &Path) -> PathBuf {
+        match path.strip_prefix("/") {
+            Ok(rel) if self.faithful() => self.root.join(rel),
+            _ => path.to_owned(),
+        }
+    }
+
     /// [`Host::inner`] as a string, for command lines and config files.
     pub fn inner_str(&self, rel: &str) -> String {
         self.inner(rel).display().to_string()

@@ -1,42 +1,35 @@
-//! A hardened control plane: a kube-apiserver with `--anonymous-auth=false`. Without client
-//! credentials on its host the restore is refused before anything changes, naming the member and
-//! the setting; with a kubeconfig like kubeadm's admin.conf the restore completes and its agent
-//! waits for `/readyz` with that client certificate.
+//! A hardened control plane: kube-apiservers with `--anonymous-auth=false`. On a host without
+//! client credentials (no kubeadm admin.conf, nothing configured) the restore is refused before
+//! anything changes, naming the member and the setting; with a kubeconfig configured the restore
+//! completes and the agent waits for `/readyz` with its client certificate. (With kubeadm's
+//! admin.conf in place, see `layouts::apiservers_that_refuse_anonymous_requests`.)
 
 use std::path::Path;
 
 use quorate::certs::{Ca, Usage};
-use quorate_lab::lab::Lab;
+use quorate_lab::lab::{LabLayout, LabRuntime};
 use quorate_lab::layout::Host;
-use quorate_lab::testlab::{self, eventually};
+use quorate_lab::testlab;
 use quorate_lab::tools::EtcdVersion;
 use quorate_lab::{faults, scenario};
 
-/// Restarts `host`'s apiserver with `--anonymous-auth=false` and `--client-ca-file` (the
-/// kubelet stand-in runs the changed manifest), and waits until it refuses anonymous requests.
-async fn harden(lab: &Lab, host: &Host) {
-    let manifest = host.manifests_dir().join("kube-apiserver.yaml");
-    let text = std::fs::read_to_string(&manifest).expect("apiserver manifest");
-    let node = format!("    - --node-name={}\n", host.name);
-    assert!(text.contains(&node), "{text}");
-    let hardened = text.replace(
-        &node,
-        &format!(
-            "{node}    - --anonymous-auth=false\n    - --client-ca-file={}\n",
-            host.pki_dir().join("ca.crt").display()
-        ),
-    );
-    quorate_lab::lab::write_atomic(&manifest, &hardened).expect("write manifest");
-    eventually(
-        "the hardened apiserver to refuse anonymous /readyz",
-        || async { (lab.apiserver_readyz(host).await == Some(401)).then_some(()) },
+/// `/readyz` of `host`'s apiserver asked anonymously.
+async fn anonymous_readyz(host: &Host) -> Option<u16> {
+    let config = quorate_proto::tls::client_config(&host.pki_dir().join("ca.crt"), None).ok()?;
+    quorate_proto::probe::get(
+        &format!("{}/readyz", host.apiserver_url()),
+        Some(std::sync::Arc::new(config)),
+        std::time::Duration::from_secs(3),
     )
-    .await;
+    .await
+    .ok()
+    .map(|r| r.status)
 }
 
-/// Writes a kubeconfig shaped like kubeadm's admin.conf under the host's /etc/kubernetes, with a
-/// client certificate from the cluster CA (by relative path, as kubectl allows).
-fn write_admin_conf(host: &Host) -> std::path::PathBuf {
+/// Writes a kubeconfig shaped like kubeadm's admin.conf as /etc/kubernetes/quorate.conf on the
+/// host, with a client certificate from the cluster CA (by relative path, as kubectl allows);
+/// returns its path as the host sees it.
+fn write_kubeconfig(host: &Host) -> std::path::PathBuf {
     let pki = host.pki_dir();
     let read = |p: &Path| std::fs::read_to_string(p).expect("read CA");
     let ca = Ca::from_pem(&read(&pki.join("ca.crt")), &read(&pki.join("ca.key"))).expect("CA");
@@ -44,7 +37,7 @@ fn write_admin_conf(host: &Host) -> std::path::PathBuf {
         .issue("kubernetes-admin", &[], &[], Usage::Client)
         .expect("admin certificate");
     admin.write(&pki, "admin").expect("write admin cert");
-    let conf = host.path("etc/kubernetes/admin.conf");
+    let conf = host.path("etc/kubernetes/quorate.conf");
     let text = format!(
         "apiVersion: v1\nkind: Config\nclusters:\n- cluster:\n    server: https://{}:6443\n  name: kubernetes\n\
          contexts:\n- context:\n    cluster: kubernetes\n    user: kubernetes-admin\n  name: kubernetes-admin@kubernetes\n\
@@ -52,15 +45,26 @@ fn write_admin_conf(host: &Host) -> std::path::PathBuf {
          users:\n- name: kubernetes-admin\n  user:\n    client-certificate: pki/admin.crt\n    client-key: pki/admin.key\n",
         host.ip
     );
-    std::fs::write(&conf, text).expect("write admin.conf");
-    conf
+    std::fs::write(&conf, text).expect("write the kubeconfig");
+    host.inner("etc/kubernetes/quorate.conf")
 }
 
 #[tokio::test]
 async fn a_hardened_apiserver_is_refused_without_credentials_and_restored_with_a_kubeconfig() {
-    let mut lab = testlab::up(3, EtcdVersion::V35).await;
+    let layout = LabLayout {
+        no_anonymous_auth: true,
+        ..LabLayout::default()
+    };
+    let mut lab = testlab::up_layout(3, EtcdVersion::V35, LabRuntime::StaticPod, layout).await;
     let host = lab.hosts()[0].clone();
-    harden(&lab, &host).await;
+    assert_eq!(
+        anonymous_readyz(&host).await,
+        Some(401),
+        "anonymous /readyz is refused"
+    );
+    // A host without kubeadm's admin.conf (removed, or never there): the agent has no
+    // credentials for /readyz.
+    std::fs::remove_file(host.path("etc/kubernetes/admin.conf")).expect("remove admin.conf");
 
     let snapshot = lab.dir().join("snapshot.db");
     let snap_rev = scenario::save_snapshot(&lab, &host, &snapshot).expect("snapshot save");
@@ -94,8 +98,8 @@ async fn a_hardened_apiserver_is_refused_without_credentials_and_restored_with_a
         "the refused restore changed the cluster"
     );
 
-    // kubeadm's admin.conf, configured for cp-1's agent: the restore completes.
-    let conf = write_admin_conf(&host);
+    // A kubeconfig configured for cp-1's agent: the restore completes.
+    let conf = write_kubeconfig(&host);
     let config = host.path("etc/quorate/agent.toml");
     let agent_toml = std::fs::read_to_string(&config).expect("agent config");
     let with_kubeconfig = agent_toml.replace(
@@ -125,8 +129,8 @@ async fn a_hardened_apiserver_is_refused_without_credentials_and_restored_with_a
         );
     }
     // Still hardened, and ready (unfence waited for /readyz 200 with the client certificate).
-    assert_eq!(lab.apiserver_readyz(&host).await, Some(401));
-    for other in &lab.hosts()[1..] {
+    assert_eq!(anonymous_readyz(&host).await, Some(401));
+    for other in lab.hosts() {
         assert_eq!(
             lab.apiserver_readyz(other).await,
             Some(200),

@@ -243,11 +243,11 @@ async fn restore_round_trip(members: u8, version: EtcdVersion, keys: usize) {
             &std::fs::read(state.join(format!("restores/{id}/journal.json"))).expect("journal"),
         )
         .expect("journal json");
-        let kept = PathBuf::from(
+        let kept = host.outside(&PathBuf::from(
             journal["edits"][0]["original"]
                 .as_str()
                 .expect("the journal records the edit"),
-        );
+        ));
         assert!(
             kept.starts_with(&state),
             "{} kept in the state dir",
