@@ -343,6 +343,32 @@ async fn hosts_are_kubeadm_nodes_and_down_leaves_nothing() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+    // etcd runs in a container: the agents read its version from the image, and probe its
+    // health on the host's own loopback; quorate, outside every host, says so in its plan.
+    let snapshot = lab.dir().join("snapshot.db");
+    quorate_lab::scenario::save_snapshot(&lab, &lab.hosts()[0], &snapshot).expect("snapshot");
+    let out = std::process::Command::new(quorate_lab::scenario::quorate_bin(&lab))
+        .arg("plan")
+        .arg("--inventory")
+        .arg(lab.dir().join("inventory.toml"))
+        .arg("--snapshot")
+        .arg(&snapshot)
+        .output()
+        .expect("quorate plan");
+    let plan =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{plan}");
+    let image = format!(
+        "etcd version from image registry.k8s.io/etcd:{}-0",
+        tools.full_version
+    );
+    assert_eq!(plan.matches(&image).count(), 3, "{plan}");
+    assert_eq!(
+        plan.matches("http://127.0.0.1:2381/health").count(),
+        3,
+        "{plan}"
+    );
+    assert_eq!(plan.matches("data dir /var/lib/etcd").count(), 3, "{plan}");
     // kubeadm's metrics listener is each host's own loopback: nothing of it on the bastion's.
     assert!(
         !procs::port_open(std::net::Ipv4Addr::LOCALHOST, 2381),

@@ -16,15 +16,19 @@ use quorate_lab::testlab::{self, PATIENCE, TestLab};
 use quorate_lab::tools::EtcdVersion;
 use quorate_lab::{load, procs, scenario};
 
-/// A lab with `layout`, loaded, with a snapshot of it, and the snapshot's data.
-async fn setup(
-    runtime: LabRuntime,
-    layout: LabLayout,
-) -> Option<(TestLab, std::path::PathBuf, BTreeMap<Vec<u8>, Vec<u8>>)> {
+/// What a case starts from: the lab, a snapshot file, and the snapshot's data.
+type Setup = (TestLab, std::path::PathBuf, BTreeMap<Vec<u8>, Vec<u8>>);
+
+/// A lab of three with `layout`, loaded, with a snapshot of it, and the snapshot's data.
+async fn setup(runtime: LabRuntime, layout: LabLayout) -> Option<Setup> {
+    setup_n(3, runtime, layout).await
+}
+
+async fn setup_n(members: u8, runtime: LabRuntime, layout: LabLayout) -> Option<Setup> {
     if !quorate_lab::realfaults::root_or_skip("layouts with their own disks and hosts") {
         return None;
     }
-    let lab = testlab::up_layout(3, EtcdVersion::V35, runtime, layout).await;
+    let lab = testlab::up_layout(members, EtcdVersion::V35, runtime, layout).await;
     let cp1 = lab.hosts()[0].clone();
     let client = member_client(&cp1.client_url(), &lab.etcd_tls())
         .await
@@ -108,6 +112,25 @@ async fn fail_then_restore(
         .await
         .expect("apiservers ready");
     check(lab, "after restore");
+}
+
+/// kubeadm's own layout on five hosts: rolled back after quorum, then restored.
+#[tokio::test]
+async fn five_kubeadm_members() {
+    let Some((lab, snapshot, data)) = setup_n(5, LabRuntime::StaticPod, LabLayout::default()).await
+    else {
+        return;
+    };
+    fail_then_restore(&lab, &snapshot, &data, |lab, when| {
+        for host in lab.hosts() {
+            assert!(
+                host.data_dir().join("member/snap/db").is_file(),
+                "{when}: {} has its data dir",
+                host.name
+            );
+        }
+    })
+    .await;
 }
 
 #[tokio::test]
