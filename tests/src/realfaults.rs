@@ -224,6 +224,39 @@ pub fn disk_usage(path: &Path) -> u64 {
     own + children
 }
 
+/// Binds `host`'s `port` on its address (inside its network namespace when it has one) as soon
+/// as it is free, within 10 s: a squatter on a member's port.
+pub fn bind_when_free(host: &Host, port: u16) -> anyhow::Result<std::net::TcpListener> {
+    let netns = host
+        .ns
+        .as_ref()
+        .map(|ns| Path::new("/run/netns").join(&ns.netns));
+    let ip = host.ip;
+    // A thread of its own enters the host's namespace: the socket stays in it, the test's
+    // other threads stay where they are.
+    std::thread::spawn(move || {
+        if let Some(path) = netns {
+            let file =
+                fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+                .with_context(|| format!("entering {}", path.display()))?;
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match std::net::TcpListener::bind((ip, port)) {
+                Ok(l) => return Ok(l),
+                Err(e) if Instant::now() < deadline => {
+                    tracing::debug!("{ip}:{port} not free yet: {e}");
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => bail!("{ip}:{port} never became free: {e}"),
+            }
+        }
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the binding thread panicked"))?
+}
+
 /// Free bytes on the filesystem holding `path`.
 pub fn free_bytes(path: &Path) -> anyhow::Result<u64> {
     let stat =

@@ -196,19 +196,22 @@ async fn bad_inventories_snapshots_and_agents_are_refused_before_anything_change
     // An agent without a restore tool.
     let config = lab.hosts()[1].path("etc/quorate/agent.toml");
     let original_config = std::fs::read_to_string(&config).expect("agent config");
-    let tool = lab
-        .state
-        .tools
-        .etcdutl
-        .clone()
-        .expect("etcdutl")
-        .display()
-        .to_string();
-    std::fs::write(
-        &config,
-        original_config.replace(&tool, "/nonexistent/etcdutl"),
-    )
-    .expect("write config");
+    let without_tool: String = original_config
+        .lines()
+        .map(|l| {
+            if l.starts_with("etcdutl = ") {
+                "etcdutl = \"/nonexistent/etcdutl\"".to_owned()
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert_ne!(
+        without_tool, original_config,
+        "the agent config names its etcdutl"
+    );
+    std::fs::write(&config, without_tool + "\n").expect("write config");
     lab.kill_agent(1).expect("kill");
     lab.start_agent(1, None).await.expect("start");
     refused(

@@ -9,10 +9,9 @@
 #![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, TcpListener};
 use std::path::PathBuf;
 use std::process::Output;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use quorate_lab::etcd::member_client;
 use quorate_lab::faults::{self, ClusterState};
@@ -116,21 +115,6 @@ async fn assert_back_to(lab: &Lab, original: &ClusterState, case: &str) {
         .unwrap_or_else(|e| panic!("{case}: {e:#}"));
 }
 
-/// Binds `ip:port` as soon as it is free (std sets SO_REUSEADDR on Linux listeners).
-async fn bind_when_free(ip: Ipv4Addr, port: u16) -> TcpListener {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match TcpListener::bind((ip, port)) {
-            Ok(l) => return l,
-            Err(e) if Instant::now() < deadline => {
-                tracing::debug!("{ip}:{port} not free yet: {e}");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            Err(e) => panic!("{ip}:{port} never became free: {e}"),
-        }
-    }
-}
-
 #[tokio::test]
 async fn a_taken_client_port_fails_the_quorum_phase_on_that_member_and_rolls_back() {
     let case = "cp-2's client port taken while its etcd is down";
@@ -144,7 +128,7 @@ async fn a_taken_client_port_fails_the_quorum_phase_on_that_member_and_rolls_bac
     let mut run = RestoreRun::start(&lab, &s.snapshot, "").expect("quorate");
     let halted = faults::wait_agent_step(&lab, victim, "halt", "done").await;
     run.expect(halted, "cp-2's etcd halted");
-    let squatter = bind_when_free(host.ip, CLIENT_PORT).await;
+    let squatter = realfaults::bind_when_free(&host, CLIENT_PORT).expect("take the port");
     assert_eq!(
         realfaults::agent_step_state(&lab, victim, "start"),
         None,
