@@ -30,7 +30,7 @@ pub async fn run(
         dir,
         members,
         version: etcd,
-        net: 0,
+        net: 251,
         agent_bin: Some(lab_bin.with_file_name("quorate-agent")),
         lab_bin,
         patience: Duration::from_secs(60),

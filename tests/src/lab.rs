@@ -182,6 +182,11 @@ impl Lab {
         if !(1..=9).contains(&opts.members) {
             bail!("--members {} is out of range (1 to 9)", opts.members);
         }
+        if opts.faithful && opts.net == 0 {
+            bail!(
+                "--net 0 would route 127.0.0.x to the lab's bridge (a local resolver on 127.0.0.53 with it): pick --net 1 to 255"
+            );
+        }
         if opts.faithful && !nix::unistd::geteuid().is_root() {
             bail!("hosts as namespaces need root; run as root, or without them (flat hosts)");
         }

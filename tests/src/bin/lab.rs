@@ -47,7 +47,9 @@ enum Cmd {
         #[arg(long)]
         dir: PathBuf,
         /// Hosts get 127.0.<net>.(10+i).
-        #[arg(long, default_value_t = 0)]
+        /// (1 to 255; the tests take 1 to 250. Not 0: 127.0.0.x routed to a bridge would take
+        /// addresses such as a local resolver's 127.0.0.53 off this machine's loopback.)
+        #[arg(long, default_value_t = 251, value_parser = clap::value_parser!(u8).range(1..))]
         net: u8,
         /// How long to wait for the lab to become ready.
         #[arg(long, default_value = "60s", value_parser = humantime_duration)]
