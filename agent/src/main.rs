@@ -88,6 +88,7 @@ fn run(path: &Path) -> anyhow::Result<()> {
         let engine = engine_from_config(&config);
         let active = engine.state.active()?;
         match engine.member(active) {
+            _ if engine.apiserver_only() => tracing::info!(host = %engine.host_name, state_dir = %config.state_dir.display(), "quorate-agent starting on an apiserver-only host"),
             Ok(m) => tracing::info!(member = %m.name, state_dir = %config.state_dir.display(), "quorate-agent starting"),
             // Still serve: Describe then tells the coordinator (and the operator) what is wrong.
             Err(e) => tracing::error!("{e}"),
@@ -107,6 +108,33 @@ fn run(path: &Path) -> anyhow::Result<()> {
     })
 }
 
+/// Prints what the kube-apiserver's definition says, if this host runs one.
+fn check_apiserver(
+    engine: &quorate_agent::engine::Engine,
+    active: Option<quorate_proto::model::RestoreId>,
+) -> anyhow::Result<()> {
+    match &engine.apiserver {
+        Some(a) => {
+            let api = quorate_agent::manifest::Apiserver::from_command(
+                a.command(
+                    &active
+                        .and_then(|id| engine.apiserver_aside(id))
+                        .into_iter()
+                        .collect::<Vec<_>>(),
+                )?,
+            )?;
+            println!(
+                "kube-apiserver  {} {} ({})",
+                a.kind(),
+                a.definition().display(),
+                api.readyz_url()
+            );
+        }
+        None => println!("kube-apiserver  none on this host"),
+    }
+    Ok(())
+}
+
 fn check_config(path: &Path) -> anyhow::Result<()> {
     let config = AgentConfig::load(path)?;
     println!("config          {}", path.display());
@@ -119,12 +147,23 @@ fn check_config(path: &Path) -> anyhow::Result<()> {
     println!("tls             ok ({})", config.tls.cert.display());
     let engine = engine_from_config(&config);
     let active = engine.state.active()?;
+    if engine.apiserver_only() {
+        println!(
+            "role            apiserver-only host {} (no [etcd]: etcd steps are refused)",
+            engine.host_name
+        );
+        check_apiserver(&engine, active)?;
+        println!("state dir       {}", config.state_dir.display());
+        println!("ok");
+        return Ok(());
+    }
+    let etcd = engine.etcd()?;
     let member = engine.member(active)?;
     let data_dir = engine.data_dir_of(&member);
     println!(
         "etcd runtime    {} ({})",
-        engine.etcd.kind(),
-        engine.etcd.definition().display()
+        etcd.kind(),
+        etcd.definition().display()
     );
     println!("etcd settings   {}", member.command.source);
     println!(
@@ -158,25 +197,7 @@ fn check_config(path: &Path) -> anyhow::Result<()> {
         fsutil::tree_size(&data_dir),
         fsutil::free_bytes(&data_dir)?
     );
-    match &engine.apiserver {
-        Some(a) => {
-            let api = quorate_agent::manifest::Apiserver::from_command(
-                a.command(
-                    &active
-                        .and_then(|id| engine.apiserver_aside(id))
-                        .into_iter()
-                        .collect::<Vec<_>>(),
-                )?,
-            )?;
-            println!(
-                "kube-apiserver  {} {} ({})",
-                a.kind(),
-                a.definition().display(),
-                api.readyz_url()
-            );
-        }
-        None => println!("kube-apiserver  none on this host"),
-    }
+    check_apiserver(&engine, active)?;
     println!("state dir       {}", config.state_dir.display());
     if let Some(id) = active {
         println!(

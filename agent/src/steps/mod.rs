@@ -24,7 +24,10 @@ pub struct Ctx<'a> {
     pub engine: &'a Engine,
     pub req: &'a StepRequest,
     pub journal: Journal,
-    pub member: EtcdMember,
+    /// This etcd member; `None` on an apiserver-only host.
+    pub member: Option<EtcdMember>,
+    /// Who this host is in messages: the member's name, or the apiserver-only host's.
+    pub name: String,
     pub data_dir: PathBuf,
     pub progress: Progress<'a>,
 }
@@ -62,10 +65,26 @@ pub(crate) fn sibling(data_dir: &Path, req: &StepRequest, suffix: &str) -> PathB
     ))
 }
 
+/// The steps an apiserver-only host runs: claim, fence, unfence, finish (and their reverts).
+/// Anything that touches etcd is refused there before anything changes.
+pub fn refuse_on_apiserver_host(req: &StepRequest, host_name: &str) -> Result<()> {
+    match req.step {
+        Step::Claim | Step::Fence | Step::Unfence | Step::Finish => Ok(()),
+        Step::Halt | Step::Preserve | Step::Restore | Step::Start => {
+            Err(AgentError::InvalidRequest(format!(
+                "step {} touches etcd, and {host_name} is an apiserver-only host (no [etcd] in its \
+                 agent config): list it as an [[apiserver]] host, not a [[member]], in the \
+                 inventory",
+                req.step
+            )))
+        }
+    }
+}
+
 /// Refusals that change nothing; seen by the caller as a gRPC error.
 pub fn precheck(engine: &Engine, plan: &Plan) -> Result<()> {
     let id = plan.req.restore_id;
-    let etcd_running = || engine.etcd.is_running(Some(&engine.etcd_aside(id)));
+    let etcd_running = || engine.etcd_running(id);
     let preserved = sibling(&plan.data_dir, &plan.req, "");
     match (plan.req.step, plan.op) {
         (Step::Claim, Op::Revert) => {
@@ -86,7 +105,7 @@ pub fn precheck(engine: &Engine, plan: &Plan) -> Result<()> {
         (Step::Preserve, Op::Run) | (Step::Restore, _) if etcd_running() => {
             return Err(AgentError::Precondition(format!(
                 "etcd is still running on {}: halt it first",
-                plan.member.name
+                plan.name
             )));
         }
         (Step::Preserve, Op::Revert)
@@ -103,7 +122,7 @@ pub fn precheck(engine: &Engine, plan: &Plan) -> Result<()> {
             if plan.journal.state(Step::Preserve) != Some(StepState::Done) {
                 return Err(AgentError::Precondition(format!(
                     "restore {id} has not preserved the data dir of {}: run the preserve step first",
-                    plan.member.name
+                    plan.name
                 )));
             }
         }
@@ -126,10 +145,7 @@ pub fn act(ctx: &mut Ctx<'_>, op: Op) -> Result<Done> {
     match (ctx.req.step, op) {
         (Step::Claim, Op::Run) => {
             engine.state.set_active(id)?;
-            Ok(done(format!(
-                "{} is claimed by restore {id}",
-                ctx.member.name
-            )))
+            Ok(done(format!("{} is claimed by restore {id}", ctx.name)))
         }
         (Step::Claim, Op::Revert) | (Step::Finish, Op::Run) => release(ctx),
         (Step::Finish, Op::Revert) => Ok(done("nothing to undo for finish".into())),
@@ -155,10 +171,10 @@ pub fn act(ctx: &mut Ctx<'_>, op: Op) -> Result<Done> {
             )),
         },
         (Step::Halt, Op::Run) | (Step::Start, Op::Revert) => {
-            control(ctx, "etcd", engine.etcd.as_ref(), Op::Run)
+            control(ctx, "etcd", engine.etcd()?, Op::Run)
         }
         (Step::Halt, Op::Revert) | (Step::Start, Op::Run) => {
-            control(ctx, "etcd", engine.etcd.as_ref(), Op::Revert)
+            control(ctx, "etcd", engine.etcd()?, Op::Revert)
         }
         (Step::Preserve, Op::Run) => preserve(ctx),
         (Step::Preserve, Op::Revert) => unpreserve(ctx),
@@ -173,7 +189,7 @@ fn release(ctx: &mut Ctx<'_>) -> Result<Done> {
     if state.active()? == Some(id) {
         state.clear_active()?;
     }
-    let mut message = format!("{} is no longer claimed by restore {id}", ctx.member.name);
+    let mut message = format!("{} is no longer claimed by restore {id}", ctx.name);
     if ctx.req.step == Step::Finish {
         snapshot::remove_staged(state, id)?;
         message.push_str("; the staged snapshot copy is deleted");

@@ -133,7 +133,7 @@ pub(super) fn restore(ctx: &mut Ctx<'_>) -> Result<Done> {
 /// Sets the new token and initial cluster in every settings file of etcd that restates them
 /// (journaled before each file changes; the original copied to the restore's state dir first).
 fn rewrite_settings(ctx: &mut Ctx<'_>) -> Result<Vec<FileEdit>> {
-    let files = ctx.engine.etcd.settings_files()?;
+    let files = ctx.engine.etcd()?.settings_files()?;
     let facts = ctx.req.facts.clone();
     let values = [
         (settings::CLUSTER_TOKEN, facts.cluster_token.as_str()),
