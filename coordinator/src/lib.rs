@@ -5,6 +5,7 @@ pub mod agent_client;
 pub mod certs;
 pub mod inventory;
 pub mod journal;
+pub mod membership;
 pub mod ops;
 pub mod plan;
 pub mod restore;

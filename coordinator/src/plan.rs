@@ -408,6 +408,7 @@ mod tests {
                     client_urls: vec![format!("https://127.0.0.{}:2379", 10 + i)],
                 })
                 .collect(),
+            apiservers: vec![],
         }
     }
 

@@ -158,6 +158,7 @@ fn inventory(n: usize) -> Inventory {
                 client_urls: vec![format!("https://127.0.0.{}:2379", 10 + i)],
             })
             .collect(),
+        apiservers: vec![],
     }
 }
 

@@ -245,6 +245,7 @@ impl Lab {
                     client_urls: vec![h.client_url()],
                 })
                 .collect(),
+            apiservers: Vec::new(),
         }
     }
 
