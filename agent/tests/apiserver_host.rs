@@ -132,8 +132,7 @@ fn every_etcd_step_and_a_wrong_identity_are_refused_before_anything_changes() {
     }
     let err = engine
         .execute(&request(id, Step::Fence, "cp-1"), Op::Run, &|_| {})
-        .err()
-        .expect("another name");
+        .expect_err("another name");
     assert!(
         err.to_string()
             .contains("this apiserver-only host is \"api-1\""),
@@ -143,8 +142,7 @@ fn every_etcd_step_and_a_wrong_identity_are_refused_before_anything_changes() {
     with_peers.facts.peer_urls = vec!["https://10.0.0.21:2380".into()];
     let err = engine
         .execute(&with_peers, Op::Run, &|_| {})
-        .err()
-        .expect("peer URLs");
+        .expect_err("peer URLs");
     assert!(err.to_string().contains("not a [[member]]"), "{err}");
     assert!(host.running(), "nothing was stopped");
     assert_eq!(host.apiserver.stops.load(Ordering::SeqCst), 0);

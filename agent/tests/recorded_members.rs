@@ -186,8 +186,11 @@ fn wait_healthy(etcd: &Etcd, ip: &str) {
     }
 }
 
-/// (id, name, peer URLs) of each member as etcd's member list reports it, sorted by id.
-fn member_list(etcd: &Etcd, ip: &str) -> Vec<(u64, String, Vec<String>)> {
+/// (id, name, peer URLs) of a member.
+type Listed = (u64, String, Vec<String>);
+
+/// Each member as etcd's member list reports it, sorted by id.
+fn member_list(etcd: &Etcd, ip: &str) -> Vec<Listed> {
     let json: serde_json::Value =
         serde_json::from_str(&etcdctl(etcd, ip, &["member", "list", "-w", "json"])).expect("json");
     let mut list: Vec<_> = json["members"]
@@ -209,7 +212,7 @@ fn member_list(etcd: &Etcd, ip: &str) -> Vec<(u64, String, Vec<String>)> {
     list
 }
 
-fn recorded(members: &[DbMember]) -> Vec<(u64, String, Vec<String>)> {
+fn recorded(members: &[DbMember]) -> Vec<Listed> {
     let mut list: Vec<_> = members
         .iter()
         .map(|m| (m.id, m.name.clone(), m.peer_urls.clone()))
@@ -223,10 +226,7 @@ fn recorded(members: &[DbMember]) -> Vec<(u64, String, Vec<String>)> {
 fn removed_and_added(
     etcd: &Etcd,
     ips: [&str; 4],
-) -> (
-    Vec<(u64, String, Vec<String>)>,
-    [Result<Membership, MembershipError>; 2],
-) {
+) -> (Vec<Listed>, [Result<Membership, MembershipError>; 2]) {
     let root = tempfile::tempdir().expect("tempdir");
     let mut members = start(etcd, root.path(), &["m1", "m2", "m3"], &ips[..3]);
     for ip in &ips[..3] {

@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 pub mod agent_client;
+pub mod apiserver_hosts;
 pub mod certs;
 pub mod inventory;
 pub mod journal;

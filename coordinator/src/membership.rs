@@ -104,28 +104,32 @@ pub async fn live(inventory: &Inventory) -> Option<Membership> {
     join_all(asked).await.into_iter().flatten().next()
 }
 
+/// What the members' data dirs record.
+#[derive(Debug, Clone, Default)]
+pub struct DataDirs {
+    /// The newest record, when any data dir has one.
+    pub newest: Option<Membership>,
+    /// One warning per other record: the data dirs that hold it missed a change.
+    pub disagreements: Vec<String>,
+    /// Members whose record is unknown, and why.
+    pub unread: Vec<(String, String)>,
+}
+
 /// What the data dirs record, from the members' Describe (`described[i]` is inventory member
-/// i; `None` when its agent did not answer). Returns the newest record, if any data dir had one,
-/// and a warning for each data dir that could not be read or records something else.
-pub fn from_data_dirs(
-    members: &[Member],
-    described: &[Option<&pb::DescribeResponse>],
-) -> (Option<Membership>, Vec<String>) {
-    let mut warnings = Vec::new();
+/// i; `None` when its agent did not answer).
+pub fn from_data_dirs(members: &[Member], described: &[Option<&pb::DescribeResponse>]) -> DataDirs {
+    let mut found = DataDirs::default();
     // Each distinct record → the highest raft index it was seen at, and the data dirs holding it.
     let mut records: BTreeMap<Vec<Known>, (u64, Vec<String>)> = BTreeMap::new();
     for (m, d) in members.iter().zip(described) {
         let Some(d) = d else { continue };
         if !d.recorded_members_error.is_empty() || d.recorded_members.is_empty() {
             let why = if d.recorded_members_error.is_empty() {
-                "its agent reports none (an agent older than this coordinator?)"
+                "its agent reports none (an agent older than this coordinator?)".to_owned()
             } else {
-                &d.recorded_members_error
+                d.recorded_members_error.clone()
             };
-            warnings.push(format!(
-                "member {}: the membership its data dir records is unknown: {why}",
-                m.name
-            ));
+            found.unread.push((m.name.clone(), why));
             continue;
         }
         let mut known: Vec<Known> = d
@@ -148,12 +152,12 @@ pub fn from_data_dirs(
         .max_by_key(|(_, (index, names))| (*index, names.len()))
         .map(|(k, v)| (k.clone(), v.clone()))
     else {
-        return (None, warnings);
+        return found;
     };
     for (known, (other_index, names)) in &records {
         if *known != newest {
             let list: Vec<String> = known.iter().map(Known::label).collect();
-            warnings.push(format!(
+            found.disagreements.push(format!(
                 "the data dir of {} records another membership ({}; raft index {other_index}) than the newest, of {} (raft index {index}): it missed a membership change or was left behind; the newest is compared with the inventory",
                 names.join(", "),
                 list.join("; "),
@@ -161,11 +165,64 @@ pub fn from_data_dirs(
             ));
         }
     }
-    let membership = Membership {
+    found.newest = Some(Membership {
         source: Source::DataDirs { members: holders },
         members: newest,
+    });
+    found
+}
+
+/// Compares the inventory's `members` with the live cluster's membership, else with what their
+/// data dirs record (`described[i]` is member i's Describe). Each difference is a problem, or a
+/// warning with `--allow-membership-change`. Returns where the membership came from (`None`:
+/// unknown) and how many differences were let through.
+pub fn check(
+    members: &[Member],
+    described: &[Option<&pb::DescribeResponse>],
+    live: Option<&Membership>,
+    allow_change: bool,
+    problems: &mut Vec<String>,
+    warnings: &mut Vec<String>,
+) -> (Option<Source>, usize) {
+    let known = match live {
+        Some(live) => live.clone(),
+        None => {
+            let dirs = from_data_dirs(members, described);
+            let unread: Vec<String> = dirs
+                .unread
+                .iter()
+                .map(|(name, why)| format!("{name}: {why}"))
+                .collect();
+            let Some(newest) = dirs.newest else {
+                warnings.push(format!(
+                    "the inventory was not checked against the cluster's membership: the cluster does not answer and no data dir records it ({}); check by hand that the inventory lists every member (one left out would keep the old data), e.g. against each member's --initial-cluster",
+                    unread.join("; ")
+                ));
+                return (None, 0);
+            };
+            warnings.extend(dirs.disagreements);
+            if !unread.is_empty() {
+                warnings.push(format!(
+                    "the membership some data dirs record is unknown, and was not compared: {}",
+                    unread.join("; ")
+                ));
+            }
+            newest
+        }
     };
-    (Some(membership), warnings)
+    let differences = compare(members, &known);
+    let count = differences.len();
+    if allow_change {
+        warnings.extend(
+            differences
+                .into_iter()
+                .map(|d| format!("--allow-membership-change: {d}")),
+        );
+        (Some(known.source), count)
+    } else {
+        problems.extend(differences);
+        (Some(known.source), 0)
+    }
 }
 
 fn sorted(urls: &[String]) -> Vec<String> {

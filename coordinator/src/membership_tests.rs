@@ -161,9 +161,9 @@ fn data_dirs_that_agree_are_the_source_and_name_themselves() {
     let all: Vec<Known> = (1..=3).map(known).collect();
     let d: Vec<_> = (0..3).map(|_| recorded(42, &all)).collect();
     let described: Vec<Option<&pb::DescribeResponse>> = d.iter().map(Some).collect();
-    let (m, warnings) = from_data_dirs(&inventory(3), &described);
-    let m = m.expect("a record");
-    assert!(warnings.is_empty(), "{warnings:?}");
+    let dirs = from_data_dirs(&inventory(3), &described);
+    assert!(dirs.disagreements.is_empty() && dirs.unread.is_empty());
+    let m = dirs.newest.expect("a record");
     assert_eq!(m.members, all);
     assert_eq!(
         m.source.describe(),
@@ -187,28 +187,27 @@ fn of_data_dirs_that_disagree_the_newest_is_used_and_the_others_named() {
         Some(&unreadable),
         None,
     ];
-    let (m, warnings) = from_data_dirs(&inventory(5), &described);
-    let m = m.expect("a record");
+    let dirs = from_data_dirs(&inventory(5), &described);
+    let [w] = dirs.disagreements.as_slice() else {
+        panic!("one other record: {:?}", dirs.disagreements)
+    };
+    assert!(
+        w.contains("the data dir of cp-3 records another membership")
+            && w.contains("raft index 40")
+            && w.contains("of cp-1, cp-2 (raft index 90)"),
+        "{w}"
+    );
+    assert_eq!(
+        dirs.unread,
+        [("cp-4".to_owned(), "no such file".to_owned())]
+    );
+    let m = dirs.newest.expect("a record");
     assert_eq!(m.members, all, "the newest record wins");
     assert_eq!(
         m.source,
         Source::DataDirs {
             members: vec!["cp-1".into(), "cp-2".into()]
         }
-    );
-    assert_eq!(warnings.len(), 2, "{warnings:?}");
-    assert!(
-        warnings.iter().any(
-            |w| w.contains("the data dir of cp-3 records another membership")
-                && w.contains("raft index 40")
-                && w.contains("of cp-1, cp-2 (raft index 90)")
-        ),
-        "{warnings:?}"
-    );
-    assert!(
-        warnings.iter().any(|w| w
-            .contains("member cp-4: the membership its data dir records is unknown: no such file")),
-        "{warnings:?}"
     );
     // The newest record, compared with an inventory of cp-1..cp-3, finds cp-4 left out.
     let found = compare(&inventory(3), &m);
@@ -220,12 +219,62 @@ fn of_data_dirs_that_disagree_the_newest_is_used_and_the_others_named() {
 }
 
 #[test]
-fn no_readable_data_dir_is_no_record() {
+fn no_readable_data_dir_is_no_record_and_a_warning_saying_why() {
     let unreadable = pb::DescribeResponse {
         recorded_members_error: "etcd 3.4".into(),
         ..Default::default()
     };
-    let (m, warnings) = from_data_dirs(&inventory(1), &[Some(&unreadable)]);
-    assert!(m.is_none());
-    assert_eq!(warnings.len(), 1);
+    let dirs = from_data_dirs(&inventory(1), &[Some(&unreadable)]);
+    assert!(dirs.newest.is_none());
+    assert_eq!(dirs.unread.len(), 1);
+    let (mut problems, mut warnings) = (Vec::new(), Vec::new());
+    let checked = check(
+        &inventory(1),
+        &[Some(&unreadable)],
+        None,
+        false,
+        &mut problems,
+        &mut warnings,
+    );
+    assert_eq!(checked, (None, 0));
+    assert!(problems.is_empty());
+    let [w] = warnings.as_slice() else {
+        panic!("{warnings:?}")
+    };
+    assert!(
+        w.contains("not checked against the cluster's membership") && w.contains("cp-1: etcd 3.4"),
+        "{w}"
+    );
+}
+
+#[test]
+fn differences_are_problems_unless_a_membership_change_is_allowed() {
+    let cluster = live((1..=4).map(known).collect());
+    let (mut problems, mut warnings) = (Vec::new(), Vec::new());
+    let checked = check(
+        &inventory(3),
+        &[],
+        Some(&cluster),
+        false,
+        &mut problems,
+        &mut warnings,
+    );
+    assert_eq!(checked, (Some(cluster.source.clone()), 0));
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(warnings.is_empty());
+    let (mut problems, mut warnings) = (Vec::new(), Vec::new());
+    let checked = check(
+        &inventory(3),
+        &[],
+        Some(&cluster),
+        true,
+        &mut problems,
+        &mut warnings,
+    );
+    assert_eq!(checked, (Some(cluster.source.clone()), 1));
+    assert!(problems.is_empty());
+    assert!(
+        warnings[0].starts_with("--allow-membership-change: the cluster has cp-4"),
+        "{warnings:?}"
+    );
 }
