@@ -50,11 +50,11 @@ pub enum Source {
 }
 
 impl Source {
-    /// For the plan: "membership from the live cluster (member list from cp-1)".
+    /// For the plan: "membership from the live cluster (cp-1's member list)".
     pub fn describe(&self) -> String {
         match self {
             Source::Live { via } => {
-                format!("membership from the live cluster (member list from {via})")
+                format!("membership from the live cluster ({via}'s member list)")
             }
             Source::DataDirs { members } => {
                 format!("membership from the data dirs of {}", members.join(", "))
@@ -251,7 +251,7 @@ pub fn compare(members: &[Member], membership: &Membership) -> Vec<String> {
                 let k = unmatched.remove(i);
                 if sorted(&k.peer_urls) != sorted(&m.peer_urls) {
                     differences.push(format!(
-                        "member {}: peer URLs {} in the inventory, {} in the cluster ({from}): fix peer_urls in the inventory (they must match the member's manifest and the cluster), or pass --allow-membership-change to restore it at the inventory's URLs",
+                        "member {}: peer URLs {} in the inventory, {} in the {from}: fix peer_urls in the inventory (they must match the member's manifest and the cluster), or pass --allow-membership-change to restore it at the inventory's URLs",
                         m.name,
                         m.peer_urls.join(","),
                         k.peer_urls.join(",")
@@ -261,14 +261,14 @@ pub fn compare(members: &[Member], membership: &Membership) -> Vec<String> {
             Some((i, _)) => {
                 let k = unmatched.remove(i);
                 differences.push(format!(
-                    "member {} (peer {}) is {} in the cluster ({from}): fix the name in the inventory (it must be the member's --name), or pass --allow-membership-change to restore it under the inventory's name",
+                    "member {} (peer {}) is {} in the {from}: fix the name in the inventory (it must be the member's --name), or pass --allow-membership-change to restore it under the inventory's name",
                     m.name,
                     m.peer_urls.join(","),
                     k.label()
                 ));
             }
             None => differences.push(format!(
-                "member {} (peer {}) is in the inventory but not in the cluster ({from}): remove it from the inventory, or pass --allow-membership-change to restore onto the inventory's members",
+                "member {} (peer {}) is in the inventory but not in the {from}: remove it from the inventory, or pass --allow-membership-change to restore onto the inventory's members",
                 m.name,
                 m.peer_urls.join(",")
             )),
@@ -276,7 +276,7 @@ pub fn compare(members: &[Member], membership: &Membership) -> Vec<String> {
     }
     for k in unmatched {
         differences.push(format!(
-            "the cluster has {} ({from}), which the inventory leaves out: a restore would leave it on the old data, cut off from the restored cluster. Add it as a [[member]] with its agent; or, if it is gone for good, remove it (`etcdctl member remove {:x}` while the cluster runs) or pass --allow-membership-change and make sure it never starts again with its old data",
+            "the {from} has {}, which the inventory leaves out: a restore would leave it on the old data, cut off from the restored cluster. Add it as a [[member]] with its agent; or, if it is gone for good, remove it (`etcdctl member remove {:x}` while the cluster runs) or pass --allow-membership-change and make sure it never starts again with its old data",
             k.label(),
             k.id
         ));

@@ -62,8 +62,7 @@ fn a_member_the_inventory_leaves_out_refuses_the_restore_unless_allowed() {
     let text = err.to_string();
     assert!(
         text.contains("nothing was changed")
-            && text.contains("the cluster has cp-4 (ID 4, peer https://127.0.0.14:2380)")
-            && text.contains("membership from the live cluster (member list from cp-2)"),
+            && text.contains("the membership from the live cluster (cp-2's member list) has cp-4 (ID 4, peer https://127.0.0.14:2380), which the inventory leaves out"),
         "{text}"
     );
     opts.allow_membership_change = true;
@@ -72,13 +71,13 @@ fn a_member_the_inventory_leaves_out_refuses_the_restore_unless_allowed() {
     assert!(
         plan.warnings
             .iter()
-            .any(|w| w.starts_with("--allow-membership-change: the cluster has cp-4")),
+            .any(|w| w.starts_with("--allow-membership-change: the membership from the live cluster (cp-2's member list) has cp-4")),
         "{:?}",
         plan.warnings
     );
     let rendered = plan.render();
     assert!(
-        rendered.contains("differ from the membership from the live cluster (member list from cp-2) (1 difference, let through by --allow-membership-change"),
+        rendered.contains("differ from the membership from the live cluster (cp-2's member list) (1 difference, let through by --allow-membership-change"),
         "{rendered}"
     );
 }
@@ -127,7 +126,7 @@ fn a_cluster_that_does_not_answer_is_compared_with_its_data_dirs_and_the_plan_sa
     let err = build(&inv, &described, snapshot(), &opts).expect_err("cp-4 left out");
     assert!(
         err.to_string()
-            .contains("the cluster has cp-4 (ID 4, peer https://127.0.0.14:2380) (membership from the data dirs of cp-3)"),
+            .contains("the membership from the data dirs of cp-3 has cp-4 (ID 4, peer https://127.0.0.14:2380)"),
         "{err}"
     );
 }
