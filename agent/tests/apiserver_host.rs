@@ -164,3 +164,40 @@ fn describe_says_it_is_an_apiserver_host_and_names_it() {
     assert_eq!(d.active_restore_id, id.to_string());
     assert_eq!(d.active_step, "claim");
 }
+
+/// Through the gRPC handlers, as the coordinator calls them: a request without peer URLs passes
+/// the boundary checks for a fence, and a halt is refused as an invalid argument.
+#[tokio::test]
+async fn the_service_runs_a_fence_and_refuses_a_halt_as_invalid_argument() {
+    use quorate_proto::pb::agent_server::Agent as _;
+    use tokio_stream::StreamExt as _;
+
+    let host = Host::new();
+    let svc = quorate_agent::AgentService::new(host.engine());
+    let id = RestoreId::new();
+    for step in [Step::Claim, Step::Fence] {
+        let stream = svc
+            .run(tonic::Request::new(request(id, step, "api-1").into()))
+            .await
+            .unwrap_or_else(|e| panic!("{step}: {e}"))
+            .into_inner();
+        let events: Vec<_> = stream.collect().await;
+        let last = events.last().expect("events").as_ref().expect("event");
+        assert!(
+            matches!(&last.event, Some(pb::step_event::Event::Outcome(o)) if o.ok),
+            "{step}: {last:?}"
+        );
+    }
+    assert!(!host.running());
+    let status = svc
+        .run(tonic::Request::new(request(id, Step::Halt, "api-1").into()))
+        .await
+        .expect_err("halt");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status}");
+    let d = svc
+        .describe(tonic::Request::new(pb::DescribeRequest {}))
+        .await
+        .expect("describe")
+        .into_inner();
+    assert_eq!(d.role, pb::AgentRole::ApiserverHost as i32);
+}
