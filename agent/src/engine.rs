@@ -64,6 +64,20 @@ pub struct Plan {
     pub data_dir: PathBuf,
 }
 
+impl Plan {
+    /// This etcd member; refused on an apiserver-only host.
+    pub fn etcd_member(&self) -> Result<&EtcdMember> {
+        self.member.as_ref().ok_or_else(|| not_a_member(&self.name))
+    }
+}
+
+/// Asking an apiserver-only host for its etcd member.
+pub(crate) fn not_a_member(name: &str) -> AgentError {
+    AgentError::Precondition(format!(
+        "{name} is an apiserver-only host: it runs no etcd member"
+    ))
+}
+
 pub enum Prepared {
     /// Nothing to do: the recorded outcome (or "never ran" for a revert).
     Answer(Outcome),

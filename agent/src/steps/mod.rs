@@ -46,6 +46,14 @@ pub(crate) fn done(message: String) -> Done {
 }
 
 impl Ctx<'_> {
+    /// This etcd member; refused on an apiserver-only host (whose etcd steps are refused before
+    /// they act, so an etcd step never sees the error).
+    pub fn etcd_member(&self) -> Result<&EtcdMember> {
+        self.member
+            .as_ref()
+            .ok_or_else(|| crate::engine::not_a_member(&self.name))
+    }
+
     pub(crate) fn save(&self) -> Result<()> {
         self.engine.state.save(&self.journal)
     }
