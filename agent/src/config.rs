@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::runtime::UnitSource;
+
 /// Problems loading the configuration; each names the file and says what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -65,6 +67,17 @@ impl fmt::Debug for ServerTls {
     }
 }
 
+/// The path of a private key: shown as hidden in `Debug`, like every key-related setting.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct KeyPath(pub PathBuf);
+
+impl fmt::Debug for KeyPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<path hidden>")
+    }
+}
+
 /// How a component is run on this host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -84,8 +97,8 @@ impl RuntimeKind {
     }
 }
 
-/// Where systemd keeps unit files unless `unit_dir` says otherwise.
-pub const DEFAULT_UNIT_DIR: &str = "/etc/systemd/system";
+/// The root of systemd's unit search path unless `unit_root` says otherwise.
+pub const DEFAULT_UNIT_ROOT: &str = "/";
 
 /// How a component is found and controlled: its static-pod manifest, or its systemd unit.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,10 +107,10 @@ pub enum Definition {
         manifest: PathBuf,
     },
     Systemd {
-        /// The unit's name, e.g. `etcd.service`.
+        /// The unit's name, e.g. `etcd.service` or `etcd@member1.service`.
         unit: String,
-        /// The dir the unit file (and its `<unit>.d/` drop-ins) are read from.
-        unit_dir: PathBuf,
+        /// Where the unit file and its drop-ins are looked up.
+        units: UnitSource,
         /// `systemctl` to run; default `systemctl` on PATH.
         systemctl: PathBuf,
     },
@@ -110,10 +123,16 @@ pub struct EtcdSection {
     /// static-pod: the etcd manifest, e.g. /etc/kubernetes/manifests/etcd.yaml.
     #[serde(default)]
     pub manifest: Option<PathBuf>,
-    /// systemd: the unit, e.g. `etcd.service`.
+    /// systemd: the unit, e.g. `etcd.service` or `etcd@member1.service`.
     #[serde(default)]
     pub unit: Option<String>,
-    /// systemd: where the unit file is read from; default /etc/systemd/system.
+    /// systemd: the root under which systemd's unit search path (`/etc/systemd/system`,
+    /// `/run/systemd/system`, `/usr/lib/systemd/system`, ...) is read; default `/`. Where it is
+    /// `/` and systemd runs, systemd's own view (`systemctl show`) is read first.
+    #[serde(default)]
+    pub unit_root: Option<PathBuf>,
+    /// systemd (older configs): read the unit and its `<unit>.d/` drop-ins from this one
+    /// directory only, instead of the search path under `unit_root`.
     #[serde(default)]
     pub unit_dir: Option<PathBuf>,
     /// systemd: the `systemctl` program; default `systemctl` on PATH.
@@ -128,6 +147,16 @@ pub struct EtcdSection {
     /// Used when there is no etcdutl (etcd 3.4): `ETCDCTL_API=3 etcdctl snapshot restore`.
     #[serde(default)]
     pub etcdctl: Option<PathBuf>,
+    /// CA of etcd's serving certificate, for probing https listeners; default etcd's
+    /// `--trusted-ca-file`.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// Client certificate for etcd's https listeners (health when etcd has no plain metrics
+    /// URL); default kubeadm's `healthcheck-client.crt` beside `--trusted-ca-file`.
+    #[serde(default)]
+    pub client_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub client_key: Option<KeyPath>,
     /// How long etcd may take to exit once asked to stop.
     #[serde(default = "default_stop", with = "humantime_serde")]
     pub stop_timeout: Duration,
@@ -146,12 +175,26 @@ pub struct ApiserverSection {
     /// systemd: the unit, e.g. `kube-apiserver.service`.
     #[serde(default)]
     pub unit: Option<String>,
+    /// As `etcd.unit_root`.
+    #[serde(default)]
+    pub unit_root: Option<PathBuf>,
+    /// As `etcd.unit_dir`.
     #[serde(default)]
     pub unit_dir: Option<PathBuf>,
     #[serde(default)]
     pub systemctl: Option<PathBuf>,
     /// CA of the apiserver's serving certificate, to probe `/readyz`.
     pub ca: PathBuf,
+    /// A kubeconfig whose current user has a client certificate (kubeadm's
+    /// /etc/kubernetes/admin.conf), presented on `/readyz`. Default: none, or admin.conf when the
+    /// apiserver runs with `--anonymous-auth=false`.
+    #[serde(default)]
+    pub kubeconfig: Option<PathBuf>,
+    /// Or a client certificate and key presented on `/readyz`.
+    #[serde(default)]
+    pub client_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub client_key: Option<KeyPath>,
     #[serde(default = "default_stop", with = "humantime_serde")]
     pub stop_timeout: Duration,
     #[serde(default = "default_start", with = "humantime_serde")]
@@ -167,6 +210,21 @@ fn default_start() -> Duration {
     Duration::from_secs(60)
 }
 
+impl AgentConfig {
+    /// What the agent probes health with.
+    pub fn health(&self) -> crate::health::HealthConfig {
+        let etcd = self.etcd.as_ref();
+        crate::health::HealthConfig {
+            etcd: crate::health::EtcdCredentials {
+                ca: etcd.and_then(|e| e.ca.clone()),
+                client_cert: etcd.and_then(|e| e.client_cert.clone()),
+                client_key: etcd.and_then(|e| e.client_key.as_ref().map(|k| k.0.clone())),
+            },
+            readyz: self.apiserver.as_ref().map(ApiserverSection::readyz),
+        }
+    }
+}
+
 impl EtcdSection {
     /// The checked definition (see [`AgentConfig::check`]).
     pub fn definition(&self) -> Definition {
@@ -174,21 +232,54 @@ impl EtcdSection {
             self.runtime,
             self.manifest.as_ref(),
             self.unit.as_ref(),
-            self.unit_dir.as_ref(),
+            units(self.unit_root.as_ref(), self.unit_dir.as_ref()),
             self.systemctl.as_ref(),
         )
     }
 }
 
 impl ApiserverSection {
+    /// The `/readyz` settings (see [`AgentConfig::check`]: at most one kind of credentials).
+    pub fn readyz(&self) -> crate::health::ReadyzConfig {
+        use crate::health::{ReadyzConfig, ReadyzCredentials};
+        let credentials = match (&self.kubeconfig, &self.client_cert, &self.client_key) {
+            (Some(k), _, _) => ReadyzCredentials::Kubeconfig(k.clone()),
+            (None, Some(cert), Some(key)) => ReadyzCredentials::ClientCert {
+                cert: cert.clone(),
+                key: key.0.clone(),
+            },
+            _ => ReadyzCredentials::Unset,
+        };
+        ReadyzConfig::new(self.ca.clone(), credentials)
+    }
+
     pub fn definition(&self) -> Definition {
         definition(
             self.runtime,
             self.manifest.as_ref(),
             self.unit.as_ref(),
-            self.unit_dir.as_ref(),
+            units(self.unit_root.as_ref(), self.unit_dir.as_ref()),
             self.systemctl.as_ref(),
         )
+    }
+}
+
+/// `unit_dir` (one directory, older configs) or the search path under `unit_root`.
+fn units(unit_root: Option<&PathBuf>, unit_dir: Option<&PathBuf>) -> UnitSource {
+    match (unit_dir, unit_root) {
+        (Some(dir), _) => UnitSource::Dir(dir.clone()),
+        (None, root) => {
+            UnitSource::Root(root.map_or_else(|| PathBuf::from(DEFAULT_UNIT_ROOT), Clone::clone))
+        }
+    }
+}
+
+/// `etcd` → `etcd.service` (as `systemctl stop etcd` means).
+fn unit_name(unit: &str) -> String {
+    if unit.contains('.') {
+        unit.to_owned()
+    } else {
+        format!("{unit}.service")
     }
 }
 
@@ -196,26 +287,35 @@ fn definition(
     runtime: RuntimeKind,
     manifest: Option<&PathBuf>,
     unit: Option<&String>,
-    unit_dir: Option<&PathBuf>,
+    units: UnitSource,
     systemctl: Option<&PathBuf>,
 ) -> Definition {
     match runtime {
         RuntimeKind::StaticPod => Definition::StaticPod {
             manifest: manifest.cloned().unwrap_or_default(),
         },
-        RuntimeKind::Systemd => {
-            let unit = unit.cloned().unwrap_or_default();
-            Definition::Systemd {
-                // `systemctl stop etcd` means etcd.service.
-                unit: if unit.contains('.') {
-                    unit
-                } else {
-                    format!("{unit}.service")
-                },
-                unit_dir: unit_dir.map_or_else(|| PathBuf::from(DEFAULT_UNIT_DIR), Clone::clone),
-                systemctl: systemctl.map_or_else(|| PathBuf::from("systemctl"), Clone::clone),
-            }
-        }
+        RuntimeKind::Systemd => Definition::Systemd {
+            unit: unit_name(unit.map_or("", String::as_str)),
+            units,
+            systemctl: systemctl.map_or_else(|| PathBuf::from("systemctl"), Clone::clone),
+        },
+    }
+}
+
+/// The systemd keys of a section, for [`check_runtime`].
+struct SystemdKeys<'a> {
+    unit: Option<&'a String>,
+    unit_root: Option<&'a PathBuf>,
+    unit_dir: Option<&'a PathBuf>,
+    systemctl: Option<&'a PathBuf>,
+}
+
+impl SystemdKeys<'_> {
+    fn any(&self) -> bool {
+        self.unit.is_some()
+            || self.unit_root.is_some()
+            || self.unit_dir.is_some()
+            || self.systemctl.is_some()
     }
 }
 
@@ -225,8 +325,7 @@ fn check_runtime(
     section: &str,
     runtime: RuntimeKind,
     manifest: Option<&PathBuf>,
-    unit: Option<&String>,
-    systemd_only: bool,
+    keys: &SystemdKeys<'_>,
 ) -> Result<(), String> {
     match runtime {
         RuntimeKind::StaticPod => {
@@ -239,25 +338,40 @@ fn check_runtime(
             if m.file_name().is_none() {
                 return Err(format!("{section}.manifest must name a file"));
             }
-            if unit.is_some() || systemd_only {
+            if keys.any() {
                 return Err(format!(
-                    "{section}.unit, unit_dir and systemctl are for runtime = \"systemd\"; \
-                     remove them or change {section}.runtime"
+                    "{section}.unit, unit_root, unit_dir and systemctl are for runtime = \
+                     \"systemd\"; remove them or change {section}.runtime"
                 ));
             }
         }
         RuntimeKind::Systemd => {
-            let Some(u) = unit else {
+            let Some(u) = keys.unit else {
                 return Err(format!(
                     "{section}.runtime = \"systemd\" needs {section}.unit (the unit's name, e.g. \
                      \"etcd.service\")"
                 ));
             };
             let bad = u.is_empty() || u.contains('/') || u.starts_with('.') || u.contains('\0');
-            if bad {
+            let parsed = crate::runtime::unit::UnitName::parse(&unit_name(u));
+            if bad || parsed.is_none() {
                 return Err(format!(
                     "{section}.unit = {u:?} is not a unit name: give the name only, e.g. \
-                     \"etcd.service\", and the directory as {section}.unit_dir"
+                     \"etcd.service\" or \"etcd@member1.service\", and the root of the unit \
+                     search path as {section}.unit_root"
+                ));
+            }
+            if parsed.is_some_and(|n| n.is_template()) {
+                return Err(format!(
+                    "{section}.unit = {u:?} is a template, not a unit that runs: name the \
+                     instance, e.g. \"etcd@member1.service\""
+                ));
+            }
+            if keys.unit_root.is_some() && keys.unit_dir.is_some() {
+                return Err(format!(
+                    "{section}.unit_root and {section}.unit_dir are both set: keep unit_root \
+                     (the root of systemd's unit search path, e.g. \"/\"); unit_dir reads one \
+                     directory only"
                 ));
             }
             if manifest.is_some() {
@@ -302,6 +416,17 @@ fn valid_host_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
 }
 
+/// A client certificate needs its key, and a key its certificate.
+fn check_pair(section: &str, cert: bool, key: bool) -> Result<(), String> {
+    if cert == key {
+        Ok(())
+    } else {
+        Err(format!(
+            "{section}.client_cert and {section}.client_key go together: set both or neither"
+        ))
+    }
+}
+
 impl AgentConfig {
     /// Reads and checks `path`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -341,12 +466,22 @@ impl AgentConfig {
             ("tls.client_ca", &self.tls.client_ca),
         ];
         check_role(self).map_err(&invalid)?;
+        let etcd_key = self
+            .etcd
+            .as_ref()
+            .and_then(|e| e.client_key.as_ref().map(|k| k.0.clone()));
         if let Some(e) = &self.etcd {
             let optional = [
                 ("etcd.manifest", &e.manifest),
                 ("etcd.data_dir", &e.data_dir),
+                ("etcd.unit_root", &e.unit_root),
                 ("etcd.unit_dir", &e.unit_dir),
+                ("etcd.ca", &e.ca),
+                ("etcd.client_cert", &e.client_cert),
+                ("etcd.client_key", &etcd_key),
             ];
+            check_pair("etcd", e.client_cert.is_some(), e.client_key.is_some())
+                .map_err(&invalid)?;
             absolute.extend(
                 optional
                     .into_iter()
@@ -356,15 +491,36 @@ impl AgentConfig {
                 "etcd",
                 e.runtime,
                 e.manifest.as_ref(),
-                e.unit.as_ref(),
-                e.unit_dir.is_some() || e.systemctl.is_some(),
+                &SystemdKeys {
+                    unit: e.unit.as_ref(),
+                    unit_root: e.unit_root.as_ref(),
+                    unit_dir: e.unit_dir.as_ref(),
+                    systemctl: e.systemctl.as_ref(),
+                },
             )
             .map_err(&invalid)?;
         }
+        let api_key = self
+            .apiserver
+            .as_ref()
+            .and_then(|a| a.client_key.as_ref().map(|k| k.0.clone()));
         if let Some(a) = &self.apiserver {
+            check_pair("apiserver", a.client_cert.is_some(), a.client_key.is_some())
+                .map_err(&invalid)?;
+            if a.kubeconfig.is_some() && a.client_cert.is_some() {
+                return Err(invalid(
+                    "apiserver.kubeconfig and apiserver.client_cert both give /readyz \
+                     credentials: keep one"
+                        .into(),
+                ));
+            }
             let optional = [
                 ("apiserver.manifest", &a.manifest),
+                ("apiserver.unit_root", &a.unit_root),
                 ("apiserver.unit_dir", &a.unit_dir),
+                ("apiserver.kubeconfig", &a.kubeconfig),
+                ("apiserver.client_cert", &a.client_cert),
+                ("apiserver.client_key", &api_key),
             ];
             absolute.extend(
                 optional
@@ -376,8 +532,12 @@ impl AgentConfig {
                 "apiserver",
                 a.runtime,
                 a.manifest.as_ref(),
-                a.unit.as_ref(),
-                a.unit_dir.is_some() || a.systemctl.is_some(),
+                &SystemdKeys {
+                    unit: a.unit.as_ref(),
+                    unit_root: a.unit_root.as_ref(),
+                    unit_dir: a.unit_dir.as_ref(),
+                    systemctl: a.systemctl.as_ref(),
+                },
             )
             .map_err(&invalid)?;
         }
@@ -493,6 +653,72 @@ start_timeout = "2m"
     }
 
     #[test]
+    fn readyz_and_etcd_credentials() {
+        use crate::health::ReadyzCredentials;
+        let c = parse(EXAMPLE).expect("example");
+        let readyz = c.health().readyz.expect("apiserver section");
+        assert_eq!(readyz.credentials, ReadyzCredentials::Unset);
+        assert_eq!(
+            readyz.default_kubeconfig,
+            Path::new(crate::health::KUBEADM_ADMIN_CONF)
+        );
+        let text = format!("{EXAMPLE}kubeconfig = \"/etc/kubernetes/admin.conf\"\n");
+        assert_eq!(
+            parse(&text)
+                .expect("kubeconfig")
+                .health()
+                .readyz
+                .expect("readyz")
+                .credentials,
+            ReadyzCredentials::Kubeconfig("/etc/kubernetes/admin.conf".into())
+        );
+        let text = format!(
+            "{EXAMPLE}client_cert = \"/pki/readyz.crt\"\nclient_key = \"/pki/readyz.key\"\n"
+        );
+        let c = parse(&text).expect("client cert");
+        assert_eq!(
+            c.health().readyz.expect("readyz").credentials,
+            ReadyzCredentials::ClientCert {
+                cert: "/pki/readyz.crt".into(),
+                key: "/pki/readyz.key".into()
+            }
+        );
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("readyz.key"), "{debug}");
+        let etcd = EXAMPLE.replace(
+            "stop_timeout = \"45s\"",
+            "client_cert = \"/pki/hc.crt\"\nclient_key = \"/pki/hc.key\"\nca = \"/pki/ca.crt\"",
+        );
+        let h = parse(&etcd).expect("etcd creds").health();
+        assert_eq!(h.etcd.client_key.as_deref(), Some(Path::new("/pki/hc.key")));
+        assert!(!format!("{h:?}").contains("hc.key"));
+        let refused = [
+            (
+                format!("{EXAMPLE}client_cert = \"/pki/a.crt\"\n"),
+                "go together",
+            ),
+            (
+                format!(
+                    "{EXAMPLE}kubeconfig = \"/k\"\nclient_cert = \"/a\"\nclient_key = \"/b\"\n"
+                ),
+                "keep one",
+            ),
+            (
+                format!("{EXAMPLE}kubeconfig = \"admin.conf\"\n"),
+                "apiserver.kubeconfig",
+            ),
+            (
+                EXAMPLE.replace("stop_timeout = \"45s\"", "client_key = \"/k\""),
+                "etcd.client_cert and etcd.client_key",
+            ),
+        ];
+        for (text, says) in refused {
+            let err = parse(&text).expect_err(says).to_string();
+            assert!(err.contains(says), "{says}: {err}");
+        }
+    }
+
+    #[test]
     fn systemd_sections() {
         let base = EXAMPLE.split("[etcd]").next().expect("split");
         let c = parse(&format!(
@@ -504,7 +730,23 @@ start_timeout = "2m"
             c.etcd.expect("etcd section").definition(),
             Definition::Systemd {
                 unit: "etcd.service".into(),
-                unit_dir: PathBuf::from(DEFAULT_UNIT_DIR),
+                units: UnitSource::Root(PathBuf::from("/")),
+                systemctl: PathBuf::from("systemctl"),
+            }
+        );
+        // The search path under another root (a lab host), and a template's instance.
+        let text = format!(
+            "{base}[etcd]\nruntime = \"systemd\"\nunit = \"etcd@member1.service\"\nunit_root = \"/srv/host1\"\n"
+        );
+        assert_eq!(
+            parse(&text)
+                .expect("unit_root")
+                .etcd
+                .expect("etcd section")
+                .definition(),
+            Definition::Systemd {
+                unit: "etcd@member1.service".into(),
+                units: UnitSource::Root(PathBuf::from("/srv/host1")),
                 systemctl: PathBuf::from("systemctl"),
             }
         );
@@ -517,7 +759,7 @@ start_timeout = "2m"
                 .etcd
                 .expect("etcd section")
                 .definition(),
-            Definition::Systemd { unit_dir, .. } if unit_dir == Path::new("/lib/systemd/system")
+            Definition::Systemd { units: UnitSource::Dir(d), .. } if d == Path::new("/lib/systemd/system")
         ));
         let refused = [
             ("runtime = \"systemd\"\n", "etcd.unit"),
@@ -537,6 +779,22 @@ start_timeout = "2m"
             (
                 "runtime = \"systemd\"\nunit = \"etcd\"\nunit_dir = \"units\"\n",
                 "etcd.unit_dir",
+            ),
+            (
+                "runtime = \"systemd\"\nunit = \"etcd\"\nunit_root = \"host\"\n",
+                "etcd.unit_root",
+            ),
+            (
+                "runtime = \"systemd\"\nunit = \"etcd\"\nunit_root = \"/\"\nunit_dir = \"/u\"\n",
+                "both set",
+            ),
+            (
+                "runtime = \"systemd\"\nunit = \"etcd@.service\"\n",
+                "is a template",
+            ),
+            (
+                "runtime = \"static-pod\"\nmanifest = \"/m.yaml\"\nunit_root = \"/\"\n",
+                "unit_root",
             ),
         ];
         for (section, says) in refused {

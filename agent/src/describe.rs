@@ -7,7 +7,9 @@ use quorate_proto::{etcd_db, pb};
 
 use crate::engine::Engine;
 use crate::error::Result;
-use crate::fsutil;
+use crate::health::{self, EtcdEndpoint, HealthConfig};
+use crate::manifest::{self, EtcdMember};
+use crate::steps::layout::{Dir, Layout};
 use crate::tool::{self, ToolKind};
 
 /// The OS hostname (empty when unreadable).
@@ -17,10 +19,59 @@ pub fn hostname() -> String {
         .unwrap_or_default()
 }
 
-/// Gathers the facts. Blocking (runs the tools, walks the data dir).
+/// The etcd version this member runs and where it was read (or why it is unknown): a static
+/// pod's image tag (etcd runs in a container: its binary is not on the host), a systemd unit's
+/// binary `--version`; when neither says, the running etcd itself through `endpoints`.
+pub fn etcd_version(
+    engine: &Engine,
+    member: &EtcdMember,
+    endpoints: &[EtcdEndpoint],
+    running: bool,
+) -> (String, String) {
+    let declared = if engine.etcd.as_deref().map(|e| e.kind()) == Some("static-pod") {
+        match manifest::load_image(&member.command.path) {
+            Ok(Some(image)) => {
+                manifest::image_version(&image).map(|v| (v, format!("image {image}")))
+            }
+            Ok(None) => Err(format!("{} names no image", member.command.source)),
+            Err(e) => Err(e.to_string()),
+        }
+    } else {
+        let binary = member.command.argv.first().map_or("", String::as_str);
+        tool::etcd_version(binary)
+            .map(|v| (v, format!("{binary} --version")))
+            .ok_or_else(|| format!("cannot run {binary} --version"))
+    };
+    let why = match declared {
+        Ok(found) => return found,
+        Err(why) => why,
+    };
+    let asked = if running && !endpoints.is_empty() {
+        health::block_on(health::running_version(endpoints)).flatten()
+    } else {
+        None
+    };
+    match asked {
+        Some((v, url)) => (v, format!("running etcd ({url}); {why}")),
+        None => (
+            String::new(),
+            format!("unknown: {why}, and the running etcd did not say"),
+        ),
+    }
+}
+
+/// Gathers the facts with the default health settings (no credentials configured).
 pub fn describe(engine: &Engine) -> Result<pb::DescribeResponse> {
+    describe_with(engine, &HealthConfig::default())
+}
+
+/// Gathers the facts. Blocking (runs the tools, walks the data dir, may ask etcd its version).
+pub fn describe_with(
+    engine: &Engine,
+    health_config: &HealthConfig,
+) -> Result<pb::DescribeResponse> {
     if engine.apiserver_only() {
-        return describe_apiserver_host(engine);
+        return describe_apiserver_host(engine, health_config);
     }
     let etcd = engine.etcd()?;
     let active = engine.state.active()?;
@@ -41,20 +92,24 @@ pub fn describe(engine: &Engine) -> Result<pb::DescribeResponse> {
         }
     };
     let (active_step, active_step_state) = active_step(engine, active)?;
-    let etcd_aside = active.map(|id| engine.state.manifest_aside(id, etcd.definition()));
+    let layout = Layout::detect(&data_dir, member.wal_dir.as_deref())?;
+    let etcd_aside = active.map(|id| engine.etcd_aside(id)).transpose()?;
     let api_aside = active.and_then(|id| engine.apiserver_aside(id));
+    let etcd_running = etcd.is_running(etcd_aside.as_deref());
+    let (endpoints, health_problem) = match health::etcd_endpoints(&member, &health_config.etcd) {
+        Ok(e) => (e, String::new()),
+        Err(e) => (Vec::new(), e.to_string()),
+    };
+    let (etcd_version, etcd_version_source) =
+        etcd_version(engine, &member, &endpoints, etcd_running);
+    let (readiness_auth, readiness_problem) = readiness(engine, health_config);
     Ok(pb::DescribeResponse {
         agent_version: env!("CARGO_PKG_VERSION").into(),
         hostname: hostname(),
         member_name: member.name.clone(),
         peer_urls: member.peer_urls.clone(),
         client_urls: member.client_urls.clone(),
-        etcd_version: member
-            .command
-            .argv
-            .first()
-            .and_then(|b| tool::etcd_version(b))
-            .unwrap_or_default(),
+        etcd_version,
         restore_tool: Some(restore_tool),
         etcd_runtime: etcd.kind().into(),
         apiserver_runtime: engine
@@ -63,9 +118,9 @@ pub fn describe(engine: &Engine) -> Result<pb::DescribeResponse> {
             .map_or("none", |a| a.kind())
             .into(),
         data_dir: data_dir.display().to_string(),
-        data_dir_bytes: fsutil::tree_size(&data_dir),
-        free_bytes: fsutil::free_bytes(&data_dir)?,
-        etcd_running: etcd.is_running(etcd_aside.as_deref()),
+        data_dir_bytes: layout.data.bytes,
+        free_bytes: layout.data.place.free_bytes,
+        etcd_running,
         apiserver_running: engine
             .apiserver
             .as_ref()
@@ -75,6 +130,19 @@ pub fn describe(engine: &Engine) -> Result<pb::DescribeResponse> {
         active_step_state,
         metrics_url: member.metrics_url.clone().unwrap_or_default(),
         apiserver_present: engine.apiserver.is_some(),
+        data_layout: Some(layout.data.to_proto()),
+        wal_layout: layout.own_wal().map(Dir::to_proto),
+        wal_dir: layout.wal_flag(),
+        layout_problems: layout.problems(),
+        readiness_problem,
+        readiness_auth,
+        etcd_version_source,
+        health_probe: endpoints
+            .iter()
+            .map(EtcdEndpoint::describe)
+            .collect::<Vec<_>>()
+            .join("; "),
+        health_problem,
         ..recorded_membership(&data_dir)
     })
 }
@@ -117,11 +185,25 @@ fn active_step(engine: &Engine, active: Option<RestoreId>) -> Result<(String, St
     }))
 }
 
-/// An apiserver-only host: its name, its kube-apiserver, its lock; no etcd facts.
-fn describe_apiserver_host(engine: &Engine) -> Result<pb::DescribeResponse> {
+/// How `/readyz` is checked, or why it cannot be (both empty without a kube-apiserver).
+fn readiness(engine: &Engine, health_config: &HealthConfig) -> (String, String) {
+    match health::apiserver_readyz(engine, health_config) {
+        None => (String::new(), String::new()),
+        Some(Ok(p)) => (p.auth, String::new()),
+        Some(Err(e)) => (String::new(), e.problem),
+    }
+}
+
+/// An apiserver-only host: its name, its kube-apiserver and how its `/readyz` is checked, its
+/// lock; no etcd facts.
+fn describe_apiserver_host(
+    engine: &Engine,
+    health_config: &HealthConfig,
+) -> Result<pb::DescribeResponse> {
     let active = engine.state.active()?;
     let (active_step, active_step_state) = active_step(engine, active)?;
     let api_aside = active.and_then(|id| engine.apiserver_aside(id));
+    let (readiness_auth, readiness_problem) = readiness(engine, health_config);
     Ok(pb::DescribeResponse {
         agent_version: env!("CARGO_PKG_VERSION").into(),
         hostname: hostname(),
@@ -139,6 +221,8 @@ fn describe_apiserver_host(engine: &Engine) -> Result<pb::DescribeResponse> {
         active_restore_id: active.map(|id| id.to_string()).unwrap_or_default(),
         active_step,
         active_step_state,
+        readiness_problem,
+        readiness_auth,
         role: pb::AgentRole::ApiserverHost as i32,
         host_name: engine.host_name.clone(),
         ..Default::default()

@@ -56,12 +56,33 @@ pub struct StepRecord {
     pub at: u64,
 }
 
-/// What PRESERVE needs to undo itself and RESTORE needs to copy.
+/// How PRESERVE moved one of etcd's dirs aside.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "kind")]
+pub enum Moved {
+    /// The dir itself was renamed to `preserved`, a sibling on its filesystem. Journals written
+    /// before mount points were supported have no `moved` field: they always renamed, so its
+    /// absence records this case and nothing else.
+    #[default]
+    Renamed,
+    /// The dir is a mount point (which cannot be renamed): it stays where it is, and the entries
+    /// named, etcd's own, were moved into `preserved`, a hidden dir inside it on the same
+    /// filesystem. Listed before the first move, so a repeat after a crash knows them all.
+    Entries { names: Vec<String> },
+}
+
+/// What PRESERVE needs to undo itself and RESTORE needs to copy: one of etcd's dirs (its data
+/// dir, or its `--wal-dir` in [`Journal::preserved_wal`]) and where its original content went.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PreservedDir {
+    /// The dir etcd uses (the field keeps its first name for older journals).
     pub data_dir: PathBuf,
     pub preserved: PathBuf,
+    /// Owner and mode the restored copy gets: those of the dir when renamed, of the first entry
+    /// moved when its entries were.
     pub owner: Ownership,
+    #[serde(default)]
+    pub moved: Moved,
 }
 
 /// A manifest moved (or about to be moved) out of the watched dir.
@@ -93,6 +114,12 @@ pub struct Journal {
     pub last: Option<Step>,
     #[serde(default)]
     pub preserved: Option<PreservedDir>,
+    /// etcd's `--wal-dir` when it lies outside the data dir: preserved and restored beside it.
+    #[serde(default)]
+    pub preserved_wal: Option<PreservedDir>,
+    /// etcd's `--wal-dir` relative to the data dir when it lies inside it (it moves with it).
+    #[serde(default)]
+    pub wal_in_data: Option<PathBuf>,
     /// Keyed by component ("etcd", "kube-apiserver").
     #[serde(default)]
     pub manifests: BTreeMap<String, ManifestMove>,
@@ -114,6 +141,8 @@ impl Journal {
             steps: BTreeMap::new(),
             last: None,
             preserved: None,
+            preserved_wal: None,
+            wal_in_data: None,
             manifests: BTreeMap::new(),
             set_aside: Vec::new(),
             staged: None,
@@ -292,5 +321,60 @@ mod tests {
         state.clear_active().expect("unlock");
         state.clear_active().expect("unlock twice");
         assert_eq!(state.active().expect("lock"), None);
+    }
+
+    /// A journal written before mount points and `--wal-dir` were supported: its data dir was
+    /// renamed, and it has no WAL dir of its own.
+    #[test]
+    fn an_older_journal_reads_as_a_renamed_data_dir() {
+        let old = r#"{"restore_id":"7f1c3a52-9d7e-4c1b-8f7a-0b6a6f0e2a11",
+            "preserved":{"data_dir":"/var/lib/etcd",
+                "preserved":"/var/lib/etcd.quorate-7f1c3a52-9d7e-4c1b-8f7a-0b6a6f0e2a11",
+                "owner":{"uid":0,"gid":0,"mode":448}}}"#;
+        let j: Journal = serde_json::from_str(old).expect("older journal");
+        let p = j.preserved.expect("preserved");
+        assert_eq!(p.moved, Moved::Renamed);
+        assert_eq!(p.owner.mode, 0o700);
+        assert_eq!((j.preserved_wal, j.wal_in_data), (None, None));
+    }
+
+    /// The records of a mount-point data dir with a `--wal-dir` of its own, pinned.
+    #[test]
+    fn mount_point_and_wal_records_are_pinned() {
+        let id: RestoreId = "7f1c3a52-9d7e-4c1b-8f7a-0b6a6f0e2a11"
+            .parse()
+            .expect("uuid");
+        let mut j = Journal::new(id);
+        let owner = Ownership {
+            uid: 0,
+            gid: 0,
+            mode: 0o700,
+        };
+        j.preserved = Some(PreservedDir {
+            data_dir: "/var/lib/etcd".into(),
+            preserved: format!("/var/lib/etcd/.quorate-{id}").into(),
+            owner,
+            moved: Moved::Entries {
+                names: vec!["member".into()],
+            },
+        });
+        j.preserved_wal = Some(PreservedDir {
+            data_dir: "/var/lib/etcd-wal".into(),
+            preserved: format!("/var/lib/etcd-wal.quorate-{id}").into(),
+            owner,
+            moved: Moved::Renamed,
+        });
+        let json = serde_json::to_value(&j).expect("json");
+        assert_eq!(
+            json["preserved"]["moved"],
+            serde_json::json!({"kind": "entries", "names": ["member"]})
+        );
+        assert_eq!(
+            json["preserved_wal"]["moved"],
+            serde_json::json!({"kind": "renamed"})
+        );
+        assert_eq!(json["wal_in_data"], serde_json::Value::Null);
+        let back: Journal = serde_json::from_value(json).expect("round trip");
+        assert_eq!(back, j);
     }
 }

@@ -7,6 +7,7 @@
 //! - [`runtime`] stops and starts etcd and the kube-apiserver (static pods or systemd units).
 //! - [`settings`] keeps etcd's environment/config file truthful across a restore.
 //! - [`tool`] wraps `etcdutl` / `etcdctl` snapshot restore.
+//! - [`health`] probes etcd's `/health` and the apiserver's `/readyz` from this host.
 //! - [`service`] and [`server`] are the gRPC service and its mTLS listener.
 #![forbid(unsafe_code)]
 
@@ -15,7 +16,9 @@ pub mod describe;
 pub mod engine;
 pub mod error;
 pub mod fsutil;
+pub mod health;
 pub mod journal;
+pub mod kubeconfig;
 pub mod manifest;
 pub mod runtime;
 pub mod server;

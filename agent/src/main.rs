@@ -7,7 +7,6 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use quorate_agent::config::AgentConfig;
-use quorate_agent::fsutil;
 use quorate_agent::service::engine_from_config;
 
 /// Runs on every etcd member and carries out the steps of a quorate restore there: stop and start
@@ -108,31 +107,26 @@ fn run(path: &Path) -> anyhow::Result<()> {
     })
 }
 
-/// Prints what the kube-apiserver's definition says, if this host runs one.
+/// Prints how this host's kube-apiserver's `/readyz` is checked, if it runs one; a reason it
+/// cannot be goes to `problems`.
 fn check_apiserver(
     engine: &quorate_agent::engine::Engine,
-    active: Option<quorate_proto::model::RestoreId>,
-) -> anyhow::Result<()> {
-    match &engine.apiserver {
-        Some(a) => {
-            let api = quorate_agent::manifest::Apiserver::from_command(
-                a.command(
-                    &active
-                        .and_then(|id| engine.apiserver_aside(id))
-                        .into_iter()
-                        .collect::<Vec<_>>(),
-                )?,
-            )?;
-            println!(
-                "kube-apiserver  {} {} ({})",
-                a.kind(),
-                a.definition().display(),
-                api.readyz_url()
-            );
+    health_config: &quorate_agent::health::HealthConfig,
+    problems: &mut Vec<String>,
+) {
+    match quorate_agent::health::apiserver_readyz(engine, health_config) {
+        Some(Ok(p)) => println!(
+            "kube-apiserver  {} ({}, {})",
+            engine.apiserver.as_ref().map_or("", |a| a.kind()),
+            p.url,
+            p.auth
+        ),
+        Some(Err(e)) => {
+            println!("kube-apiserver  {}: {}", e.url, e.problem);
+            problems.push(e.problem);
         }
         None => println!("kube-apiserver  none on this host"),
     }
-    Ok(())
 }
 
 fn check_config(path: &Path) -> anyhow::Result<()> {
@@ -147,13 +141,23 @@ fn check_config(path: &Path) -> anyhow::Result<()> {
     println!("tls             ok ({})", config.tls.cert.display());
     let engine = engine_from_config(&config);
     let active = engine.state.active()?;
+    let health_config = config.health();
+    let mut problems = Vec::new();
     if engine.apiserver_only() {
         println!(
             "role            apiserver-only host {} (no [etcd]: etcd steps are refused)",
             engine.host_name
         );
-        check_apiserver(&engine, active)?;
+        check_apiserver(&engine, &health_config, &mut problems);
         println!("state dir       {}", config.state_dir.display());
+        if let Some(id) = active {
+            println!(
+                "active restore  {id} (finish it with `quorate resume {id}` or `quorate rollback {id}`)"
+            );
+        }
+        if !problems.is_empty() {
+            anyhow::bail!("{}", problems.join("; "));
+        }
         println!("ok");
         return Ok(());
     }
@@ -172,32 +176,52 @@ fn check_config(path: &Path) -> anyhow::Result<()> {
         member.peer_urls.join(",")
     );
     println!("client urls     {}", member.client_urls.join(","));
-    println!(
-        "metrics url     {}",
-        member
-            .metrics_url
-            .as_deref()
-            .unwrap_or("(none: no http:// --listen-metrics-urls)")
+    let endpoints = quorate_agent::health::etcd_endpoints(&member, &health_config.etcd);
+    match &endpoints {
+        Ok(e) => println!(
+            "etcd health     {}",
+            e.iter()
+                .map(quorate_agent::health::EtcdEndpoint::describe)
+                .collect::<Vec<_>>()
+                .join("; ")
+        ),
+        Err(e) => {
+            println!("etcd health     cannot be probed: {e}");
+            problems.push(e.to_string());
+        }
+    }
+    let running = etcd.is_running(
+        active
+            .map(|id| engine.etcd_aside(id))
+            .transpose()?
+            .as_deref(),
     );
-    let etcd_version = member
-        .command
-        .argv
-        .first()
-        .and_then(|b| quorate_agent::tool::etcd_version(b));
-    println!(
-        "etcd            {} ({})",
-        member.command.argv.first().map_or("", String::as_str),
-        etcd_version
-            .as_deref()
-            .unwrap_or("version unknown: cannot run it with --version")
+    let (version, source) = quorate_agent::describe::etcd_version(
+        &engine,
+        &member,
+        endpoints.as_deref().unwrap_or_default(),
+        running,
     );
     println!(
-        "data dir        {} ({} bytes, {} bytes free)",
-        data_dir.display(),
-        fsutil::tree_size(&data_dir),
-        fsutil::free_bytes(&data_dir)?
+        "etcd            {} ({source})",
+        if version.is_empty() {
+            "version unknown"
+        } else {
+            &version
+        }
     );
-    check_apiserver(&engine, active)?;
+    let layout =
+        quorate_agent::steps::layout::Layout::detect(&data_dir, member.wal_dir.as_deref())?;
+    for (label, line) in layout.report() {
+        println!("{label:<16}{line}");
+    }
+    for p in layout.problems() {
+        println!("layout          UNSUPPORTED: {p}");
+        problems.push(format!(
+            "layout not supported (preflight will refuse it until it is changed): {p}"
+        ));
+    }
+    check_apiserver(&engine, &health_config, &mut problems);
     println!("state dir       {}", config.state_dir.display());
     if let Some(id) = active {
         println!(
@@ -216,6 +240,9 @@ fn check_config(path: &Path) -> anyhow::Result<()> {
             ""
         }
     );
+    if !problems.is_empty() {
+        anyhow::bail!("{}", problems.join("; "));
+    }
     println!("ok");
     Ok(())
 }

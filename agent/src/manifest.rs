@@ -21,6 +21,9 @@ struct Spec {
 
 #[derive(Deserialize)]
 struct Container {
+    /// The container image, e.g. `registry.k8s.io/etcd:3.5.16-0`.
+    #[serde(default)]
+    image: Option<String>,
     #[serde(default)]
     command: Vec<String>,
     #[serde(default)]
@@ -72,6 +75,26 @@ impl PodCommand {
         })
     }
 
+    /// A boolean flag as Go's flag package reads it (`--k`, `--k=true|1|t|T|TRUE|True`, and the
+    /// false forms); `default` when absent, and for a value Go would refuse.
+    pub fn bool_flag(&self, name: &str, default: bool) -> bool {
+        let long = format!("--{name}");
+        let eq = format!("{long}=");
+        let mut value = None;
+        for arg in self.argv.iter().skip(1) {
+            if *arg == long {
+                value = Some(true);
+            } else if let Some(v) = arg.strip_prefix(&eq) {
+                value = match v {
+                    "1" | "t" | "T" | "true" | "TRUE" | "True" => Some(true),
+                    "0" | "f" | "F" | "false" | "FALSE" | "False" => Some(false),
+                    _ => value,
+                };
+            }
+        }
+        value.unwrap_or(default)
+    }
+
     /// The value of `--name=v` or `--name v`; the last occurrence wins, as in Go's flag package.
     pub fn flag(&self, name: &str) -> Option<&str> {
         let long = format!("--{name}");
@@ -117,17 +140,33 @@ pub struct EtcdMember {
     pub command: PodCommand,
     pub name: String,
     pub data_dir: PathBuf,
+    /// `--wal-dir` (also `ETCD_WAL_DIR` or `wal-dir` in a config file, which the systemd
+    /// runtime turns into the flag); `None` when unset or empty.
+    pub wal_dir: Option<PathBuf>,
     pub peer_urls: Vec<String>,
     pub client_urls: Vec<String>,
     pub listen_urls: Vec<String>,
     /// First plain-HTTP `--listen-metrics-urls` entry, where `/health` answers without a leader.
     pub metrics_url: Option<String>,
+    /// Every `--listen-metrics-urls` entry (http or https).
+    pub metrics_urls: Vec<String>,
+    /// `--listen-client-urls`.
+    pub client_listen_urls: Vec<String>,
+    /// `--trusted-ca-file`: the CA of client certificates (kubeadm's etcd CA signs the server
+    /// certificate too).
+    pub trusted_ca_file: Option<PathBuf>,
+    /// `--client-cert-auth`: clients must present a certificate from `trusted_ca_file`.
+    pub client_cert_auth: bool,
 }
 
 impl EtcdMember {
     pub fn from_command(command: PodCommand) -> Result<Self> {
         let name = command.required("name")?.to_owned();
         let data_dir = PathBuf::from(command.required("data-dir")?);
+        let wal_dir = command
+            .flag("wal-dir")
+            .filter(|w| !w.trim().is_empty())
+            .map(PathBuf::from);
         let peer_urls = command.flag_list("initial-advertise-peer-urls");
         if peer_urls.is_empty() {
             command.required("initial-advertise-peer-urls")?;
@@ -135,17 +174,25 @@ impl EtcdMember {
         let client_urls = command.flag_list("advertise-client-urls");
         let metrics = command.flag_list("listen-metrics-urls");
         let metrics_url = metrics.iter().find(|u| u.starts_with("http://")).cloned();
-        let mut listen_urls = command.flag_list("listen-client-urls");
+        let client_listen_urls = command.flag_list("listen-client-urls");
+        let mut listen_urls = client_listen_urls.clone();
         listen_urls.extend(command.flag_list("listen-peer-urls"));
-        listen_urls.extend(metrics);
+        listen_urls.extend(metrics.iter().cloned());
+        let trusted_ca_file = command.flag("trusted-ca-file").map(PathBuf::from);
+        let client_cert_auth = command.bool_flag("client-cert-auth", false);
         Ok(Self {
             command,
             name,
             data_dir,
+            wal_dir,
             peer_urls,
             client_urls,
             listen_urls,
             metrics_url,
+            metrics_urls: metrics,
+            client_listen_urls,
+            trusted_ca_file,
+            client_cert_auth,
         })
     }
 
@@ -168,6 +215,8 @@ pub struct Apiserver {
     pub command: PodCommand,
     pub address: String,
     pub port: u16,
+    /// `--anonymous-auth` (default true): false means `/readyz` needs client credentials.
+    pub anonymous_auth: bool,
 }
 
 impl Apiserver {
@@ -182,10 +231,12 @@ impl Apiserver {
                 ))
             })?,
         };
+        let anonymous_auth = command.bool_flag("anonymous-auth", true);
         Ok(Self {
             command,
             address,
             port,
+            anonymous_auth,
         })
     }
 
@@ -196,6 +247,58 @@ impl Apiserver {
             format!("https://{}:{}/readyz", self.address, self.port)
         }
     }
+}
+
+/// The image of a static pod's first container; `None` when it names none.
+pub fn load_image(path: &Path) -> Result<Option<String>> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| AgentError::io("reading manifest", path, e))?;
+    let pod: Pod = serde_yaml_ng::from_str(&text).map_err(|e| {
+        AgentError::Precondition(format!(
+            "static-pod manifest {} is not a Pod: {e}",
+            path.display()
+        ))
+    })?;
+    Ok(pod.spec.containers.into_iter().next().and_then(|c| c.image))
+}
+
+/// The etcd version an image reference names by its tag: `registry.k8s.io/etcd:3.5.16-0`,
+/// `quay.io/coreos/etcd:v3.5.16`, `my.registry:5000/etcd:3.5.16-0@sha256:...` → `3.5.16`. An
+/// image without a version tag (`:latest`, none, a digest only) gives why it says nothing.
+pub fn image_version(image: &str) -> std::result::Result<String, String> {
+    let (name_tag, digest) = match image.split_once('@') {
+        Some((n, d)) => (n, Some(d)),
+        None => (image, None),
+    };
+    let last_slash = name_tag.rfind('/');
+    let tag = name_tag
+        .rfind(':')
+        .filter(|&i| last_slash.is_none_or(|s| i > s))
+        .map(|i| &name_tag[i + 1..]);
+    let Some(tag) = tag else {
+        return Err(match digest {
+            Some(_) => format!(
+                "image {image} is pinned by digest only: its etcd version cannot be read from it"
+            ),
+            None => format!("image {image} has no tag (latest): its etcd version is unknown"),
+        });
+    };
+    version_of_tag(tag).ok_or_else(|| {
+        format!("the tag {tag:?} of image {image} is not an etcd version (like 3.5.16-0)")
+    })
+}
+
+/// `3.5.16-0`, `v3.5.16`, `3.5.16-debian-12-r5`, `3.5` → the dotted numbers.
+fn version_of_tag(tag: &str) -> Option<String> {
+    let rest = tag.strip_prefix('v').unwrap_or(tag);
+    let end = rest
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(rest.len());
+    let (version, suffix) = rest.split_at(end);
+    let parts: Vec<&str> = version.split('.').collect();
+    let numeric = parts.iter().all(|p| !p.is_empty() && p.len() <= 6);
+    let separated = suffix.is_empty() || suffix.starts_with(['-', '_', '+']);
+    (numeric && (2..=3).contains(&parts.len()) && separated).then(|| version.to_owned())
 }
 
 /// `scheme://host:port[/...]` → (host, port).
@@ -268,8 +371,32 @@ spec:
         let m = EtcdMember::from_command(PodCommand::parse(text, Path::new("x")).expect("parse"))
             .expect("member");
         assert_eq!(m.name, "m1");
+        assert_eq!(m.wal_dir, None);
         assert_eq!(m.peer_urls.len(), 2);
         assert_eq!(m.metrics_url, None);
+    }
+
+    #[test]
+    fn wal_dir_from_a_flag_an_environment_variable_or_a_config_file() {
+        use crate::runtime::unit::{config_flags, etcd_flag_of_env};
+        let with = |extra: &str| {
+            let text = ETCD.replace(
+                "    - --name=cp-1\n",
+                &format!("    - --name=cp-1\n    - \"{extra}\"\n"),
+            );
+            EtcdMember::from_command(PodCommand::parse(&text, Path::new("/m")).expect("parse"))
+                .expect("member")
+                .wal_dir
+        };
+        assert_eq!(with("--wal-dir=/w"), Some(PathBuf::from("/w")));
+        assert_eq!(with("--wal-dir="), None);
+        let env = format!(
+            "--{}=/env/wal",
+            etcd_flag_of_env("ETCD_WAL_DIR").expect("flag")
+        );
+        assert_eq!(with(&env), Some(PathBuf::from("/env/wal")));
+        let file = config_flags("wal-dir: /cfg/wal\nname: x\n", Path::new("c.yaml")).expect("yaml");
+        assert_eq!(with(&file[0]), Some(PathBuf::from("/cfg/wal")));
     }
 
     #[test]
@@ -293,5 +420,80 @@ spec:
         let a = Apiserver::from_command(PodCommand::parse(text, Path::new("a")).expect("parse"))
             .expect("apiserver");
         assert_eq!(a.readyz_url(), "https://10.0.0.1:6443/readyz");
+        assert!(
+            a.anonymous_auth,
+            "anonymous auth is kube-apiserver's default"
+        );
+        for (flag, anonymous) in [
+            ("--anonymous-auth=false", false),
+            ("--anonymous-auth=False", false),
+            ("--anonymous-auth=0", false),
+            ("--anonymous-auth=true", true),
+            ("--anonymous-auth", true),
+            ("--anonymous-auth=maybe", true),
+        ] {
+            let text = text.replace("--secure-port=6443", flag);
+            let a =
+                Apiserver::from_command(PodCommand::parse(&text, Path::new("a")).expect("parse"))
+                    .expect("apiserver");
+            assert_eq!(a.anonymous_auth, anonymous, "{flag}");
+        }
+    }
+
+    #[test]
+    fn kubeadm_manifest_image_and_health_flags() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("etcd.yaml");
+        std::fs::write(&path, ETCD).expect("write");
+        assert_eq!(
+            load_image(&path).expect("image").as_deref(),
+            Some("registry.k8s.io/etcd:3.5.1-0")
+        );
+        let m = EtcdMember::load(&path).expect("member");
+        assert!(m.client_cert_auth);
+        assert_eq!(m.trusted_ca_file, None);
+        assert_eq!(m.metrics_urls, vec!["http://127.0.0.11:2381"]);
+        assert_eq!(
+            m.client_listen_urls,
+            vec!["https://127.0.0.1:2379", "https://127.0.0.11:2379"]
+        );
+        std::fs::write(&path, "spec:\n  containers:\n  - command: [etcd]\n").expect("write");
+        assert_eq!(load_image(&path).expect("no image"), None);
+    }
+
+    #[test]
+    fn etcd_version_from_the_image_tag() {
+        let known = [
+            ("registry.k8s.io/etcd:3.5.16-0", "3.5.16"),
+            ("registry.k8s.io/etcd:3.5.1-0", "3.5.1"),
+            ("k8s.gcr.io/etcd:3.4.13-0", "3.4.13"),
+            ("quay.io/coreos/etcd:v3.5.16", "3.5.16"),
+            ("gcr.io/etcd-development/etcd:v3.5.17-arm64", "3.5.17"),
+            ("bitnami/etcd:3.5.16-debian-12-r5", "3.5.16"),
+            ("etcd:3.5", "3.5"),
+            ("my.registry:5000/k8s/etcd:3.5.16-0", "3.5.16"),
+            (
+                "my.registry:5000/etcd:3.5.16-0@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+                "3.5.16",
+            ),
+        ];
+        for (image, version) in known {
+            assert_eq!(image_version(image).as_deref(), Ok(version), "{image}");
+        }
+        let unknown = [
+            (
+                "registry.k8s.io/etcd@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+                "pinned by digest only",
+            ),
+            ("my.registry:5000/etcd", "has no tag"),
+            ("registry.k8s.io/etcd", "has no tag"),
+            ("registry.k8s.io/etcd:latest", "not an etcd version"),
+            ("registry.k8s.io/etcd:3", "not an etcd version"),
+            ("registry.k8s.io/etcd:3.5.16rc1", "not an etcd version"),
+        ];
+        for (image, says) in unknown {
+            let why = image_version(image).expect_err(image);
+            assert!(why.contains(says) && why.contains(image), "{image}: {why}");
+        }
     }
 }

@@ -16,10 +16,11 @@ use tracing::field::display;
 use crate::config::{AgentConfig, Definition};
 use crate::engine::{Engine, Outcome, Prepared};
 use crate::error::AgentError;
+use crate::health::HealthConfig;
 use crate::journal::{Op, StateDir};
 use crate::runtime::{Component, Runtime, StaticPod, Systemd};
 use crate::tool::CliTool;
-use crate::{describe, snapshot};
+use crate::{describe, health, snapshot};
 
 type EventStream = ReceiverStream<Result<pb::StepEvent, Status>>;
 
@@ -27,6 +28,8 @@ type EventStream = ReceiverStream<Result<pb::StepEvent, Status>>;
 #[derive(Clone)]
 pub struct AgentService {
     engine: Arc<Engine>,
+    /// How health and readiness are probed.
+    health: Arc<HealthConfig>,
     /// One step at a time on this member.
     step_lock: Arc<Mutex<()>>,
     /// One snapshot transfer at a time.
@@ -49,12 +52,12 @@ fn runtime_of(
         }),
         Definition::Systemd {
             unit,
-            unit_dir,
+            units,
             systemctl,
         } => Box::new(Systemd::new(
             component,
             unit,
-            unit_dir,
+            units,
             systemctl,
             stop_timeout,
             start_timeout,
@@ -75,7 +78,7 @@ pub fn engine_from_config(config: &AgentConfig) -> Engine {
     let apiserver = config.apiserver.as_ref().map(|a| {
         runtime_of(
             a.definition(),
-            Component::Apiserver { ca: a.ca.clone() },
+            Component::Apiserver { readyz: a.readyz() },
             a.stop_timeout,
             a.start_timeout,
         )
@@ -107,16 +110,22 @@ fn outcome_event(o: Outcome) -> Result<pb::StepEvent, Status> {
 }
 
 impl AgentService {
+    /// A service probing health with the default settings (no credentials configured).
     pub fn new(engine: Engine) -> Self {
+        Self::with_health(engine, HealthConfig::default())
+    }
+
+    pub fn with_health(engine: Engine, health: HealthConfig) -> Self {
         Self {
             engine: Arc::new(engine),
+            health: Arc::new(health),
             step_lock: Arc::new(Mutex::new(())),
             push_lock: Arc::new(Mutex::new(())),
         }
     }
 
     pub fn from_config(config: &AgentConfig) -> Self {
-        Self::new(engine_from_config(config))
+        Self::with_health(engine_from_config(config), config.health())
     }
 
     pub fn engine(&self) -> &Engine {
@@ -178,11 +187,24 @@ impl pb::agent_server::Agent for AgentService {
         &self,
         _request: Request<pb::DescribeRequest>,
     ) -> Result<Response<pb::DescribeResponse>, Status> {
-        let engine = Arc::clone(&self.engine);
-        let response = tokio::task::spawn_blocking(move || describe::describe(&engine))
-            .await
-            .map_err(join_error)??;
+        let (engine, health) = (Arc::clone(&self.engine), Arc::clone(&self.health));
+        let response =
+            tokio::task::spawn_blocking(move || describe::describe_with(&engine, &health))
+                .await
+                .map_err(join_error)??;
         Ok(Response::new(response))
+    }
+
+    #[tracing::instrument(skip_all, fields(restore_id, member, step = "health"))]
+    async fn health(
+        &self,
+        _request: Request<pb::HealthRequest>,
+    ) -> Result<Response<pb::HealthResponse>, Status> {
+        let health = health::member_health(Arc::clone(&self.engine), Arc::clone(&self.health))
+            .await
+            .inspect_err(|e| tracing::info!("cannot probe health: {e}"))?;
+        tracing::debug!(state = ?health.state(), "{}", health.summary());
+        Ok(Response::new(health.into()))
     }
 
     #[tracing::instrument(skip_all, fields(restore_id, member, step = "push-snapshot"))]

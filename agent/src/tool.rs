@@ -48,6 +48,8 @@ pub struct SnapshotStatus {
 pub struct RestoreArgs<'a> {
     pub snapshot: &'a Path,
     pub data_dir: &'a Path,
+    /// `--wal-dir` (etcdutl and 3.4's etcdctl both take it); `None`: `<data_dir>/member/wal`.
+    pub wal_dir: Option<&'a Path>,
     pub name: &'a str,
     pub initial_cluster: &'a str,
     pub cluster_token: &'a str,
@@ -69,6 +71,11 @@ impl RestoreArgs<'_> {
             self.snapshot.display().to_string(),
             "--data-dir".into(),
             self.data_dir.display().to_string(),
+        ];
+        if let Some(wal) = self.wal_dir {
+            argv.extend(["--wal-dir".into(), wal.display().to_string()]);
+        }
+        argv.extend([
             "--name".into(),
             self.name.into(),
             "--initial-cluster".into(),
@@ -77,7 +84,7 @@ impl RestoreArgs<'_> {
             self.cluster_token.into(),
             "--initial-advertise-peer-urls".into(),
             self.peer_urls.join(","),
-        ];
+        ]);
         if self.skip_hash_check {
             argv.push("--skip-hash-check".into());
         }
@@ -259,9 +266,12 @@ impl RestoreTool for CliTool {
         })?;
         if !out.status.success() {
             return Err(AgentError::CommandFailed(format!(
-                "{} snapshot restore into {} failed ({}): {}",
+                "{} snapshot restore into {}{} failed ({}): {}",
                 info.kind.name(),
                 args.data_dir.display(),
+                args.wal_dir
+                    .map(|w| format!(" (wal dir {})", w.display()))
+                    .unwrap_or_default(),
                 out.status,
                 tail(&out.stderr)
             )));
@@ -298,6 +308,7 @@ mod tests {
         let mut args = RestoreArgs {
             snapshot: Path::new("/s/snapshot.db"),
             data_dir: Path::new("/d"),
+            wal_dir: None,
             name: "cp-1",
             initial_cluster: "cp-1=https://a:2380",
             cluster_token: "quorate-x",
@@ -311,6 +322,15 @@ mod tests {
                 .iter()
                 .any(|a| a.contains("skip-hash-check") || a.contains("bump"))
         );
+        assert!(!argv.iter().any(|a| a == "--wal-dir"));
+        args.wal_dir = Some(Path::new("/w/.quorate-x.restoring"));
+        let argv = args.argv();
+        let at = argv
+            .iter()
+            .position(|a| a == "--wal-dir")
+            .expect("--wal-dir");
+        assert_eq!(argv[at + 1], "/w/.quorate-x.restoring");
+        args.wal_dir = None;
         args.bump_revision = 7;
         assert!(args.argv().ends_with(&[
             "--bump-revision".into(),

@@ -166,7 +166,8 @@ fn describe_says_it_is_an_apiserver_host_and_names_it() {
 }
 
 /// Through the gRPC handlers, as the coordinator calls them: a request without peer URLs passes
-/// the boundary checks for a fence, and a halt is refused as an invalid argument.
+/// the boundary checks for a fence, and a halt is refused as an invalid argument; Describe and
+/// Health answer without etcd.
 #[tokio::test]
 async fn the_service_runs_a_fence_and_refuses_a_halt_as_invalid_argument() {
     use quorate_proto::pb::agent_server::Agent as _;
@@ -200,4 +201,26 @@ async fn the_service_runs_a_fence_and_refuses_a_halt_as_invalid_argument() {
         .expect("describe")
         .into_inner();
     assert_eq!(d.role, pb::AgentRole::ApiserverHost as i32);
+    assert!(d.health_probe.is_empty() && d.health_problem.is_empty());
+    assert!(
+        d.readiness_problem.contains("no [apiserver] section"),
+        "{}",
+        d.readiness_problem
+    );
+    // Health: the host's name and its kube-apiserver's /readyz, no etcd endpoint.
+    let h = svc
+        .health(tonic::Request::new(pb::HealthRequest {}))
+        .await
+        .expect("health")
+        .into_inner();
+    assert_eq!(h.member_name, "api-1");
+    assert!(h.etcd.is_empty(), "{:?}", h.etcd);
+    let readyz = h.apiserver.expect("the apiserver's readiness");
+    assert_eq!(readyz.url, "https://10.0.0.21:6443/readyz");
+    let h = quorate_proto::model::MemberHealth::try_from(pb::HealthResponse {
+        apiserver: Some(readyz),
+        ..h
+    })
+    .expect("a valid answer for the coordinator");
+    assert!(!h.healthy());
 }

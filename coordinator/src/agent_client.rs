@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
 
-use quorate_proto::model::{RestoreId, StepRequest};
+use quorate_proto::model::{MemberHealth, RestoreId, StepRequest};
 use quorate_proto::pb;
 use quorate_proto::tls::TlsFiles;
 use tokio::io::AsyncReadExt;
@@ -79,6 +79,11 @@ pub trait AgentClient: Send + Sync {
         &self,
         deadline: Duration,
     ) -> impl Future<Output = Result<pb::DescribeResponse, CallError>> + Send;
+    /// The member's etcd health and its host's `/readyz`, probed by the agent from that host.
+    fn health(
+        &self,
+        deadline: Duration,
+    ) -> impl Future<Output = Result<MemberHealth, CallError>> + Send;
     fn push_snapshot(
         &self,
         restore_id: RestoreId,
@@ -177,6 +182,22 @@ impl AgentClient for GrpcAgent {
             Ok(r) => Ok(r?.into_inner()),
             Err(_) => Err(CallError::Timeout(deadline)),
         }
+    }
+
+    async fn health(&self, deadline: Duration) -> Result<MemberHealth, CallError> {
+        let mut client = self.client.clone();
+        let mut req = tonic::Request::new(pb::HealthRequest {});
+        req.set_timeout(deadline);
+        let response = match tokio::time::timeout(deadline, client.health(req)).await {
+            Ok(r) => r?.into_inner(),
+            Err(_) => return Err(CallError::Timeout(deadline)),
+        };
+        MemberHealth::try_from(response).map_err(|e| {
+            CallError::Failed(format!(
+                "the agent of {} sent a health report that breaks the contract: {e}",
+                self.member
+            ))
+        })
     }
 
     async fn push_snapshot(

@@ -6,6 +6,7 @@ pub mod apiserver_hosts;
 pub mod certs;
 pub mod inventory;
 pub mod journal;
+pub mod member_checks;
 pub mod membership;
 pub mod ops;
 pub mod plan;

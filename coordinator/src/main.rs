@@ -468,7 +468,7 @@ async fn drive(
 ) -> anyhow::Result<ExitCode> {
     let Settings { output, deadlines } = settings;
     let printer = Printer(output);
-    let probe = EtcdProbe { inventory, plan };
+    let probe = EtcdProbe { inventory };
     let restore = Restore {
         inventory,
         plan,

@@ -9,12 +9,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::apiserver_hosts::{self, HostPlan};
 use crate::inventory::{Inventory, Member};
+use crate::member_checks::{self, major_minor};
 use crate::membership::{self, Membership, Source};
 use crate::revision::{self, RevisionPlan};
 use crate::snapshot::CheckedSnapshot;
 
-/// Room a restored member needs beyond twice the snapshot: etcd preallocates a 64 MB WAL.
-const WAL_PREALLOCATION: u64 = 64 << 20;
+mod layout;
+
+pub use layout::DirPlan;
 
 /// One member as planned.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -23,7 +25,6 @@ pub struct MemberPlan {
     pub agent: String,
     pub peer_urls: Vec<String>,
     pub client_urls: Vec<String>,
-    pub metrics_url: String,
     pub hostname: String,
     pub data_dir: String,
     pub data_dir_bytes: u64,
@@ -32,6 +33,25 @@ pub struct MemberPlan {
     pub etcd_runtime: String,
     pub apiserver_runtime: String,
     pub restore_tool: String,
+    /// The data dir's filesystem; `None` in plans made before agents reported it.
+    #[serde(default)]
+    pub data_layout: Option<DirPlan>,
+    /// etcd's `--wal-dir`; empty when not set.
+    #[serde(default)]
+    pub wal_dir: String,
+    /// The WAL dir's filesystem when it lies outside the data dir.
+    #[serde(default)]
+    pub wal_layout: Option<DirPlan>,
+    /// Where `etcd_version` was read (image tag, binary), or why it is unknown.
+    #[serde(default)]
+    pub etcd_version_source: String,
+    /// What the member's agent probes for etcd's health, from the member's host.
+    #[serde(default)]
+    pub health_probe: String,
+    /// How the agent checks `/readyz` ("anonymous", a client certificate); empty without an
+    /// apiserver.
+    #[serde(default)]
+    pub readiness: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -103,17 +123,6 @@ fn tool_name(tool: Option<&pb::RestoreTool>) -> Option<String> {
     }
 }
 
-/// `3.5.1` → `3.5`, `v3.4.23` → `3.4`.
-fn major_minor(version: &str) -> String {
-    version
-        .trim()
-        .trim_start_matches('v')
-        .split('.')
-        .take(2)
-        .collect::<Vec<_>>()
-        .join(".")
-}
-
 /// Checks the etcd version a snapshot was taken at against the version the members run: a
 /// problem when their major.minor differ (etcd restores its own minor's data format only), a
 /// warning when either is unknown, nothing when they match.
@@ -135,7 +144,7 @@ pub fn snapshot_version_check(
             unread.unwrap_or("it records no clusterVersion")
         ))),
         (Some(snap), None) => Ok(Some(format!(
-            "the members' etcd version is unknown (their agents could not run `etcd --version`): check that they run etcd {} as the snapshot was taken on (clusterVersion {snap})",
+            "the members' etcd version is unknown (see each member's etcd version source): check that they run etcd {} as the snapshot was taken on (clusterVersion {snap})",
             major_minor(snap)
         ))),
     }
@@ -158,7 +167,6 @@ pub fn build(
             n - 1
         ));
     }
-    let needed = 2 * snapshot.size + WAL_PREALLOCATION;
     let mut members = Vec::new();
     let mut versions = Vec::new();
     let mut lacking_bump: Option<(String, String)> = None;
@@ -177,7 +185,9 @@ pub fn build(
             problems.push(problem);
             continue;
         }
-        check_member(m, d, needed, &mut problems);
+        check_member(m, d, &mut problems);
+        problems.extend(layout::problems(&m.name, d, snapshot.size));
+        member_checks::check(&m.name, d, &mut problems, &mut warnings);
         if lacking_bump.is_none()
             && !d
                 .restore_tool
@@ -187,13 +197,14 @@ pub fn build(
             let tool = tool_name(d.restore_tool.as_ref()).unwrap_or_else(|| "none".into());
             lacking_bump = Some((m.name.clone(), tool));
         }
-        versions.push((m.name.clone(), d.etcd_version.clone()));
+        if !d.etcd_version.trim().is_empty() {
+            versions.push((m.name.clone(), d.etcd_version.clone()));
+        }
         members.push(MemberPlan {
             name: m.name.clone(),
             agent: m.agent.clone(),
             peer_urls: m.peer_urls.clone(),
             client_urls: m.client_urls.clone(),
-            metrics_url: d.metrics_url.clone(),
             hostname: d.hostname.clone(),
             data_dir: d.data_dir.clone(),
             data_dir_bytes: d.data_dir_bytes,
@@ -202,6 +213,12 @@ pub fn build(
             etcd_runtime: d.etcd_runtime.clone(),
             apiserver_runtime: d.apiserver_runtime.clone(),
             restore_tool: tool_name(d.restore_tool.as_ref()).unwrap_or_else(|| "none".into()),
+            data_layout: d.data_layout.as_ref().map(DirPlan::from),
+            wal_dir: d.wal_dir.clone(),
+            wal_layout: d.wal_layout.as_ref().map(DirPlan::from),
+            etcd_version_source: d.etcd_version_source.clone(),
+            health_probe: d.health_probe.clone(),
+            readiness: d.readiness_auth.clone(),
         });
     }
     if let Some((first_name, first)) = versions.first() {
@@ -301,7 +318,7 @@ pub fn build(
     })
 }
 
-fn check_member(m: &Member, d: &pb::DescribeResponse, needed: u64, problems: &mut Vec<String>) {
+fn check_member(m: &Member, d: &pb::DescribeResponse, problems: &mut Vec<String>) {
     if d.member_name != m.name {
         problems.push(format!(
             "member {}: its agent reports etcd member name {:?} (from its etcd manifest); fix the inventory or the agent's config",
@@ -322,15 +339,6 @@ fn check_member(m: &Member, d: &pb::DescribeResponse, needed: u64, problems: &mu
         problems.push(format!(
             "member {}: no restore tool found (etcdutl for etcd 3.5+, etcdctl for 3.4); install it or set etcd.etcdutl / etcd.etcdctl in the agent's config",
             m.name
-        ));
-    }
-    if d.free_bytes < needed {
-        problems.push(format!(
-            "member {}: {} MB free beside {}, {} MB needed (twice the snapshot plus etcd's 64 MB WAL); free some space",
-            m.name,
-            d.free_bytes >> 20,
-            d.data_dir,
-            needed >> 20
         ));
     }
     if !d.active_restore_id.is_empty() {
@@ -413,6 +421,27 @@ impl Plan {
                 m.restore_tool,
                 m.apiserver_runtime
             );
+            let _ = writeln!(out, "           layout: {}", m.layout_line());
+            let _ = writeln!(
+                out,
+                "  {:<8} etcd version from {}; health probed by its agent: {}{}",
+                "",
+                if m.etcd_version_source.is_empty() {
+                    "?"
+                } else {
+                    &m.etcd_version_source
+                },
+                if m.health_probe.is_empty() {
+                    "?"
+                } else {
+                    &m.health_probe
+                },
+                if m.readiness.is_empty() {
+                    String::new()
+                } else {
+                    format!("; /readyz: {}", m.readiness)
+                }
+            );
         }
         if !self.apiserver_hosts.is_empty() {
             let _ = writeln!(
@@ -447,7 +476,7 @@ impl Plan {
             "stage      claim each member for this restore; stream the snapshot to every agent; sha256 checked on arrival".to_owned(),
             format!("fence      stop every kube-apiserver{hosts} and wait until it is down"),
             "halt       stop etcd everywhere; wait until the processes are gone and ports closed".to_owned(),
-            "preserve   move each data dir aside to <data-dir>.quorate-<id>".to_owned(),
+            "preserve   move each data dir (and wal dir) aside: renamed to <dir>.quorate-<id>, or, for a mount point, its etcd entries moved into <dir>/.quorate-<id>/".to_owned(),
             "restore    restore the snapshot with each member's name and peer URL under the new token".to_owned(),
             format!("quorum     start {} together, wait for a leader; then the rest", self.quorum_first.join(", ")),
             "verify     member list, health, identical HashKV at one revision, revision of the snapshot".to_owned(),
@@ -643,7 +672,12 @@ mod tests {
                 "version",
                 Box::new(|i, d| {
                     if i == 2 {
-                        d.etcd_version = "3.4.23".into()
+                        d.etcd_version = "3.4.23".into();
+                        d.restore_tool = Some(pb::RestoreTool {
+                            kind: pb::RestoreToolKind::Etcdctl as i32,
+                            version: "3.4.23".into(),
+                            supports_bump_revision: false,
+                        });
                     }
                 }),
                 "different etcd versions",

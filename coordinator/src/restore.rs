@@ -57,6 +57,9 @@ impl Phase {
     }
 }
 
+/// The longest one Health call may take while waiting for members to become healthy.
+const HEALTH_CALL: Duration = Duration::from_secs(5);
+
 /// Per-phase deadlines.
 #[derive(Debug, Clone)]
 pub struct Deadlines {
@@ -134,11 +137,11 @@ pub trait Observer: Sync {
     fn note(&self, text: &str);
 }
 
-/// How the coordinator sees etcd itself: health while members start, and the final verification.
-/// Behind a trait so the phase logic can be unit-tested without etcd.
+/// How the coordinator sees etcd itself through its advertised client URLs: the final
+/// verification and each member's identity before the restore. Behind a trait so the phase logic
+/// can be unit-tested without etcd. Health while members start is asked of each member's agent
+/// (`AgentClient::health`): metrics listeners are often on the member's loopback only.
 pub trait ClusterProbe: Sync {
-    /// Member `i` (inventory order) is healthy: it has a leader and serves.
-    fn healthy(&self, i: usize) -> impl Future<Output = bool> + Send;
     fn verify(
         &self,
         snapshot_revision: Option<i64>,
@@ -147,25 +150,12 @@ pub trait ClusterProbe: Sync {
     fn observe(&self) -> impl Future<Output = Vec<MemberView>> + Send;
 }
 
-/// The real probe: metrics `/health` (answers even without a leader) and etcd-client.
+/// The real probe: etcd-client on each member's advertised client URL.
 pub struct EtcdProbe<'a> {
     pub inventory: &'a Inventory,
-    pub plan: &'a Plan,
 }
 
 impl ClusterProbe for EtcdProbe<'_> {
-    async fn healthy(&self, i: usize) -> bool {
-        let url = &self.plan.members[i].metrics_url;
-        if url.is_empty() {
-            let m = &self.inventory.members[i];
-            verify::view(&m.name, &m.client_urls[0], self.inventory.etcd_tls.as_ref())
-                .await
-                .is_ok_and(|v| v.leader != 0)
-        } else {
-            verify::metrics_healthy(url).await
-        }
-    }
-
     async fn verify(&self, snapshot_revision: Option<i64>) -> Result<Verified, String> {
         let expected: Vec<Expect<'_>> = self
             .inventory
@@ -355,26 +345,52 @@ impl<C: AgentClient, P: ClusterProbe> Restore<'_, C, P> {
         Ok(revisions.first().copied().filter(|r| *r > 0))
     }
 
+    /// Asks the agents of `which` for their etcd's health until every one is healthy. What each
+    /// member's agent last saw is logged as it changes and named at the deadline.
     pub(crate) async fn wait_healthy(
         &self,
         which: &[usize],
         deadline: Duration,
     ) -> Result<(), Vec<(String, String)>> {
         let started = Instant::now();
+        let mut last: Vec<String> = vec![String::new(); which.len()];
         loop {
-            let healthy = join_all(which.iter().map(|&i| self.probe.healthy(i))).await;
-            if healthy.iter().all(|h| *h) {
+            let call = HEALTH_CALL.min(
+                deadline
+                    .saturating_sub(started.elapsed())
+                    .max(Duration::from_millis(200)),
+            );
+            let seen = join_all(which.iter().map(|&i| self.agents[i].health(call))).await;
+            let mut waiting = Vec::new();
+            for ((k, &i), answer) in which.iter().enumerate().zip(seen) {
+                let name = &self.inventory.members[i].name;
+                let why = match answer {
+                    Ok(h) if h.member_name != *name => format!(
+                        "its agent reports the health of member {}, not {name}: fix the inventory or the agent",
+                        h.member_name
+                    ),
+                    Ok(h) if h.healthy() => continue,
+                    Ok(h) => h.summary(),
+                    Err(e) => format!("its agent did not report health: {e}"),
+                };
+                if last[k] != why {
+                    tracing::info!(member = %name, "waiting: {why}");
+                    last[k] = why.clone();
+                }
+                waiting.push((name.clone(), why));
+            }
+            if waiting.is_empty() {
                 return Ok(());
             }
             if started.elapsed() >= deadline {
-                return Err(which
-                    .iter()
-                    .zip(healthy)
-                    .filter(|(_, h)| !h)
-                    .map(|(&i, _)| {
+                return Err(waiting
+                    .into_iter()
+                    .map(|(name, why)| {
                         (
-                            self.inventory.members[i].name.clone(),
-                            format!("etcd not healthy (no leader or not serving) after {deadline:?}; see its etcd log on that host"),
+                            name,
+                            format!(
+                                "etcd not healthy after {deadline:?}, as its agent sees it from its host: {why}; see the etcd log on that host"
+                            ),
                         )
                     })
                     .collect());
@@ -534,12 +550,7 @@ impl<C: AgentClient, P: ClusterProbe> Restore<'_, C, P> {
                 .plan
                 .members
                 .iter()
-                .map(|m| {
-                    (
-                        m.name.clone(),
-                        format!("{}.quorate-{}", m.data_dir, self.plan.restore_id),
-                    )
-                })
+                .map(|m| (m.name.clone(), m.preserved_text(self.plan.restore_id)))
                 .collect(),
         })
     }

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use quorate_proto::model::{RestoreId, Step, StepRequest};
+use quorate_proto::model::{
+    EndpointHealth, EtcdHealthState, HealthEndpointKind, MemberHealth, RestoreId, Step, StepRequest,
+};
 use quorate_proto::pb;
 use quorate_proto::tls::TlsFiles;
 
@@ -19,6 +21,9 @@ use crate::snapshot::CheckedSnapshot;
 #[derive(Default)]
 struct World {
     log: Mutex<Vec<(String, Step)>>,
+    /// Steps reverted, in order.
+    reverted: Mutex<Vec<(usize, Step)>>,
+    /// Members whose etcd runs (started, or the original brought back by a rollback).
     started: Mutex<Vec<usize>>,
     /// (member, step) → how the step behaves.
     script: BTreeMap<(usize, Step), Behaviour>,
@@ -26,6 +31,38 @@ struct World {
     /// Every step run or reverted and every verification, in order: "cp-1 fence",
     /// "api-1 revert fence", "verify".
     timeline: Mutex<Vec<String>>,
+    /// member → what its agent's Health says instead of the truth.
+    health: BTreeMap<usize, HealthScript>,
+    health_calls: Mutex<BTreeMap<usize, u32>>,
+}
+
+#[derive(Clone, Copy)]
+enum HealthScript {
+    /// etcd answers its metrics /health with 503 RAFT NO LEADER, forever.
+    NoLeader,
+    /// The agent does not answer Health.
+    AgentDown,
+}
+
+/// What the agent of a member at 127.0.0.1:2381 reports.
+fn health(name: &str, state: EtcdHealthState) -> MemberHealth {
+    let (status, detail) = match state {
+        EtcdHealthState::Healthy => (Some(200), ""),
+        EtcdHealthState::NoLeader => (Some(503), "RAFT NO LEADER"),
+        EtcdHealthState::Unhealthy => (Some(503), "ALARM NOSPACE"),
+        EtcdHealthState::NotAnswering => (None, "connect: Connection refused (os error 111)"),
+    };
+    MemberHealth {
+        member_name: name.to_owned(),
+        etcd: vec![EndpointHealth {
+            url: "http://127.0.0.1:2381/health".into(),
+            kind: HealthEndpointKind::Metrics,
+            state,
+            status,
+            detail: detail.into(),
+        }],
+        apiserver: None,
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -39,12 +76,53 @@ enum Behaviour {
 struct FakeAgent<'w> {
     index: usize,
     name: String,
+    /// How many etcd members there are (agents from `members` on are apiserver hosts).
+    members: usize,
     world: &'w World,
 }
 
 impl AgentClient for FakeAgent<'_> {
     async fn describe(&self, _: Duration) -> Result<pb::DescribeResponse, CallError> {
         unreachable!("preflight is not part of these tests")
+    }
+
+    /// The truth as the member's own host sees it: a started member has a leader once a
+    /// majority of the claimed members runs; unless the script says otherwise.
+    async fn health(&self, _: Duration) -> Result<MemberHealth, CallError> {
+        *self
+            .world
+            .health_calls
+            .lock()
+            .expect("lock")
+            .entry(self.index)
+            .or_default() += 1;
+        match self.world.health.get(&self.index) {
+            Some(HealthScript::NoLeader) => {
+                return Ok(health(&self.name, EtcdHealthState::NoLeader));
+            }
+            Some(HealthScript::AgentDown) => {
+                return Err(CallError::Unreachable("connection refused".into()));
+            }
+            None => {}
+        }
+        let started = self.world.started.lock().expect("lock");
+        let claimed = self
+            .world
+            .log
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|(_, s)| *s == Step::Claim)
+            .count()
+            .min(self.members);
+        let state = if !started.contains(&self.index) {
+            EtcdHealthState::NotAnswering
+        } else if started.len() * 2 > claimed {
+            EtcdHealthState::Healthy
+        } else {
+            EtcdHealthState::NoLeader
+        };
+        Ok(health(&self.name, state))
     }
 
     async fn push_snapshot(
@@ -106,12 +184,18 @@ impl AgentClient for FakeAgent<'_> {
 
     async fn revert(&self, request: StepRequest, _: Duration) -> Result<Outcome, CallError> {
         let step = request.step;
+        tokio::time::sleep(Duration::from_millis(5 * (self.index as u64 + 1))).await;
+        self.world
+            .reverted
+            .lock()
+            .expect("lock")
+            .push((self.index, step));
         self.world
             .timeline
             .lock()
             .expect("lock")
             .push(format!("{} revert {step}", self.name));
-        // Reverting halt starts the original etcd.
+        // Reverting HALT starts the original etcd.
         if step == Step::Halt {
             self.world.started.lock().expect("lock").push(self.index);
         }
@@ -123,15 +207,10 @@ impl AgentClient for FakeAgent<'_> {
     }
 }
 
-/// The cluster of `.1` etcd members as the coordinator sees it.
-struct FakeProbe<'w>(&'w World, usize);
+/// The cluster as the coordinator sees it through etcd's client URLs.
+struct FakeProbe<'w>(&'w World);
 
 impl ClusterProbe for FakeProbe<'_> {
-    async fn healthy(&self, i: usize) -> bool {
-        let started = self.0.started.lock().expect("lock");
-        // A started member has a leader only once a majority has started.
-        started.contains(&i) && started.len() * 2 > self.1
-    }
     async fn verify(&self, snapshot_revision: Option<i64>) -> Result<Verified, String> {
         self.0.timeline.lock().expect("lock").push("verify".into());
         Ok(Verified {
@@ -211,12 +290,14 @@ fn plan_for(inv: &Inventory) -> plan::Plan {
     plan::build(inv, &described, snapshot, &plan::Options::default()).expect("plan")
 }
 
+/// Runs a restore; with `rollback`, rolls it back when it fails.
 async fn run(
     n: usize,
     world: &World,
     deadlines: Deadlines,
 ) -> (Result<Report, RestoreError>, tempfile::TempDir) {
-    run_external(n, 0, world, deadlines, false).await
+    let (result, _, dir) = run_then(n, 0, world, deadlines, false).await;
+    (result, dir)
 }
 
 /// A restore of `n` members and `hosts` apiserver hosts; with `rollback`, a failed restore is
@@ -228,6 +309,26 @@ async fn run_external(
     deadlines: Deadlines,
     rollback: bool,
 ) -> (Result<Report, RestoreError>, tempfile::TempDir) {
+    let (result, rolled, dir) = run_then(n, hosts, world, deadlines, rollback).await;
+    if let Some(r) = rolled {
+        r.expect("rollback");
+    }
+    (result, dir)
+}
+
+/// A restore of `n` members and `hosts` apiserver hosts; with `rollback`, a failed restore is
+/// rolled back and the rollback's result returned too.
+async fn run_then(
+    n: usize,
+    hosts: usize,
+    world: &World,
+    deadlines: Deadlines,
+    rollback: bool,
+) -> (
+    Result<Report, RestoreError>,
+    Option<Result<crate::rollback::RollbackReport, RestoreError>>,
+    tempfile::TempDir,
+) {
     let mut inv = inventory(n);
     inv.apiservers = (1..=hosts)
         .map(|j| crate::inventory::ApiserverHost {
@@ -244,12 +345,13 @@ async fn run_external(
         .map(|(index, a)| FakeAgent {
             index,
             name: a.name.to_owned(),
+            members: n,
             world,
         })
         .collect();
     let dir = tempfile::tempdir().expect("tempdir");
     let mut journal = crate::journal::Journal::create(dir.path(), &plan, &inv).expect("journal");
-    let probe = FakeProbe(world, n);
+    let probe = FakeProbe(world);
     let restore = Restore {
         inventory: &inv,
         plan: &plan,
@@ -260,13 +362,12 @@ async fn run_external(
     };
     let mut progress = Progress::default();
     let result = restore.run(&mut journal, &mut progress).await;
-    if rollback && result.is_err() {
-        restore
-            .rollback(&mut journal, &mut progress)
-            .await
-            .expect("rollback");
-    }
-    (result, dir)
+    let rolled = if rollback && result.is_err() {
+        Some(restore.rollback(&mut journal, &mut progress).await)
+    } else {
+        None
+    };
+    (result, rolled, dir)
 }
 
 fn fast() -> Deadlines {
@@ -332,6 +433,96 @@ async fn a_majority_starts_first_and_the_rest_only_after_it_is_healthy() {
     let mut rest = rest.to_vec();
     rest.sort();
     assert_eq!(rest, [3, 4]);
+}
+
+#[tokio::test]
+async fn the_quorum_waits_on_agent_health_and_names_a_member_without_a_leader() {
+    let mut world = World::default();
+    world.health.insert(2, HealthScript::NoLeader);
+    let (result, _dir) = run(5, &world, fast()).await;
+    let err = result.expect_err("cp-3 never gets a leader");
+    assert_eq!(err.phase, "quorum");
+    assert_eq!(err.failures.len(), 1, "{:?}", err.failures);
+    let (member, why) = &err.failures[0];
+    assert_eq!(member, "cp-3");
+    assert!(
+        why.contains("as its agent sees it from its host")
+            && why.contains(
+                "answers but has no leader (http://127.0.0.1:2381/health answered 503: RAFT NO LEADER)"
+            ),
+        "{why}"
+    );
+    // The rest of the members were never started: the first majority was not healthy.
+    let started = world.started.lock().expect("lock").clone();
+    assert!(
+        !started.contains(&3) && !started.contains(&4),
+        "{started:?}"
+    );
+    assert!(
+        world.health_calls.lock().expect("lock")[&2] > 1,
+        "health was asked again until the deadline"
+    );
+}
+
+#[tokio::test]
+async fn an_agent_that_does_not_report_health_is_named_at_the_deadline() {
+    let mut world = World::default();
+    world.health.insert(0, HealthScript::AgentDown);
+    let (result, _dir) = run(3, &world, fast()).await;
+    let err = result.expect_err("cp-1's agent is down");
+    assert_eq!(err.phase, "quorum");
+    assert_eq!(err.failures[0].0, "cp-1");
+    assert!(
+        err.failures[0]
+            .1
+            .contains("its agent did not report health: unreachable: connection refused"),
+        "{}",
+        err.failures[0].1
+    );
+}
+
+#[tokio::test]
+async fn a_rollback_restarts_the_original_etcd_a_majority_first_waiting_on_agent_health() {
+    let mut world = World::default();
+    world.script.insert((4, Step::Restore), Behaviour::Fail);
+    let (result, rolled, _dir) = run_then(5, 0, &world, fast(), true).await;
+    assert_eq!(result.expect_err("restore fails on cp-5").phase, "restore");
+    let report = rolled.expect("rolled back").expect("rollback");
+    let phases: Vec<Phase> = report.reverted.iter().map(|t| t.phase).collect();
+    assert_eq!(
+        phases,
+        [
+            Phase::Restore,
+            Phase::Preserve,
+            Phase::Halt,
+            Phase::Fence,
+            Phase::Stage
+        ]
+    );
+    let halts: Vec<usize> = world
+        .reverted
+        .lock()
+        .expect("lock")
+        .iter()
+        .filter(|(_, s)| *s == Step::Halt)
+        .map(|(i, _)| *i)
+        .collect();
+    let (first, rest) = halts.split_at(3);
+    let mut first = first.to_vec();
+    first.sort();
+    assert_eq!(first, [0, 1, 2], "a majority of originals first: {halts:?}");
+    let mut rest = rest.to_vec();
+    rest.sort();
+    assert_eq!(
+        rest,
+        [3, 4],
+        "then the rest, once it was healthy: {halts:?}"
+    );
+    let calls = world.health_calls.lock().expect("lock").clone();
+    assert!(
+        (0..5).all(|i| calls.get(&i).is_some_and(|n| *n >= 1)),
+        "every member's agent was asked: {calls:?}"
+    );
 }
 
 #[tokio::test]

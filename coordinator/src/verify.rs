@@ -9,7 +9,9 @@ use etcd_client::{Certificate, Client, ConnectOptions, GetOptions, Identity, Tls
 use quorate_proto::tls::TlsFiles;
 use serde::{Deserialize, Serialize};
 
-/// `/health` on a member's plain-HTTP metrics URL: answers even while it has no leader.
+/// `/health` on a plain-HTTP metrics URL of an etcd on this host (snapshot verification's
+/// scratch member): answers even while it has no leader. Cluster members are never probed this
+/// way: their metrics URLs are often on their own loopback, so their agents probe them.
 pub async fn metrics_healthy(metrics_url: &str) -> bool {
     let url = format!("{}/health", metrics_url.trim_end_matches('/'));
     quorate_proto::probe::get(&url, None, Duration::from_secs(2))

@@ -57,6 +57,11 @@ impl From<ModelError> for tonic::Status {
     }
 }
 
+mod health;
+pub use health::{
+    ApiserverReadiness, EndpointHealth, EtcdHealthState, HealthEndpointKind, MemberHealth,
+};
+
 /// One step on one member.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,

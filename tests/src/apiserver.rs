@@ -3,6 +3,9 @@
 //! - `/readyz` over HTTPS answers 200 only when a linearizable read from etcd succeeds within
 //!   1 s, so it tells whether the etcd cluster has a quorum and a leader; otherwise 503 with the
 //!   reason. `/livez` answers 200 whenever the process serves.
+//! - `--anonymous-auth=false`: a request without a client certificate signed by
+//!   `--client-ca-file` gets 401 with the `Status` JSON a real apiserver sends, on every path.
+//!   Client certificates are requested but optional at the TLS layer, as kube-apiserver does.
 //! - Every second it renews a Lease under `/registry/leases/kube-system/`, writing to etcd the
 //!   way a live apiserver does.
 //!
@@ -58,6 +61,14 @@ pub struct ApiserverArgs {
     /// The node this apiserver runs on (names its Lease; not a real kube-apiserver flag).
     #[arg(long)]
     pub node_name: String,
+    /// Serve requests without a client certificate (as `system:anonymous`); `false` answers them
+    /// 401.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1,
+          default_missing_value = "true")]
+    pub anonymous_auth: bool,
+    /// The CA whose client certificates authenticate a request.
+    #[arg(long)]
+    pub client_ca_file: Option<PathBuf>,
 }
 
 /// Serves until SIGTERM or SIGINT.
@@ -82,15 +93,9 @@ pub async fn run_until(
 ) -> anyhow::Result<()> {
     quorate_proto::tls::install_default_provider();
     let options = etcd_options(&args)?;
-    let mut config = quorate_proto::tls::server_config(
-        &args.tls_cert_file,
-        &args.tls_private_key_file,
-        None,
-        &[],
-    )
-    .context("building the serving TLS configuration")?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let config = serving_config(&args).context("building the serving TLS configuration")?;
     let acceptor = TlsAcceptor::from(Arc::new(config));
+    let anonymous = args.anonymous_auth;
     let addr = SocketAddr::new(args.advertise_address, args.secure_port);
     let listener = TcpListener::bind(addr)
         .await
@@ -109,7 +114,7 @@ pub async fn run_until(
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer)) => {
-                    connections.spawn(serve_connection(acceptor.clone(), tcp, peer, etcd.clone()));
+                    connections.spawn(serve_connection(acceptor.clone(), tcp, peer, etcd.clone(), anonymous));
                 }
                 Err(e) => {
                     tracing::warn!("accept on {addr}: {e}");
@@ -121,6 +126,48 @@ pub async fn run_until(
     }
     tracing::info!("kube-apiserver stand-in stopped");
     Ok(())
+}
+
+/// The serving certificate; with `--client-ca-file`, client certificates from that CA are
+/// requested and verified when given (kube-apiserver's `VerifyClientCertIfGiven`).
+fn serving_config(args: &ApiserverArgs) -> anyhow::Result<rustls::ServerConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let Some(ca) = &args.client_ca_file else {
+        let mut config = quorate_proto::tls::server_config(
+            &args.tls_cert_file,
+            &args.tls_private_key_file,
+            None,
+            &[],
+        )?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        return Ok(config);
+    };
+    let chain = CertificateDer::pem_file_iter(&args.tls_cert_file)
+        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+        .with_context(|| format!("reading {}", args.tls_cert_file.display()))?;
+    let key = PrivateKeyDer::from_pem_file(&args.tls_private_key_file)
+        .with_context(|| format!("reading {}", args.tls_private_key_file.display()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in
+        CertificateDer::pem_file_iter(ca).with_context(|| format!("reading {}", ca.display()))?
+    {
+        roots.add(cert.with_context(|| format!("reading {}", ca.display()))?)?;
+    }
+    let provider = quorate_proto::tls::provider();
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .allow_unauthenticated()
+    .build()
+    .with_context(|| format!("--client-ca-file={}", ca.display()))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
 }
 
 fn etcd_options(args: &ApiserverArgs) -> anyhow::Result<ConnectOptions> {
@@ -196,16 +243,32 @@ impl Etcd {
     }
 }
 
-async fn serve_connection(acceptor: TlsAcceptor, tcp: TcpStream, peer: SocketAddr, etcd: Etcd) {
+async fn serve_connection(
+    acceptor: TlsAcceptor,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    etcd: Etcd,
+    anonymous_auth: bool,
+) {
     let exchange = async {
         let mut tls = acceptor.accept(tcp).await.context("TLS handshake")?;
+        // A certificate is here only if the verifier accepted it (signed by --client-ca-file).
+        let authenticated = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .is_some_and(|c| !c.is_empty());
         let head = read_head(&mut tls).await?;
-        let (status, body) = match request_path(&head) {
-            Some(path) => respond(route(path), &etcd).await,
-            None => (400, "bad request\n".to_owned()),
+        let text = match request_path(&head) {
+            _ if !anonymous_auth && !authenticated => unauthorized(),
+            Some(path) => {
+                let (status, body) = respond(route(path), &etcd).await;
+                response(status, &body)
+            }
+            None => response(400, "bad request\n"),
         };
-        tracing::debug!(%peer, status, request = head.lines().next().unwrap_or(""), "served");
-        tls.write_all(response(status, &body).as_bytes()).await?;
+        tracing::debug!(%peer, authenticated, status = text.split(' ').nth(1).unwrap_or(""), request = head.lines().next().unwrap_or(""), "served");
+        tls.write_all(text.as_bytes()).await?;
         tls.shutdown().await?;
         anyhow::Ok(())
     };
@@ -278,6 +341,25 @@ fn response(status: u16, body: &str) -> String {
     };
     format!(
         "HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// What kube-apiserver answers a request it cannot authenticate.
+fn unauthorized() -> String {
+    let body = serde_json::json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": "Unauthorized",
+        "reason": "Unauthorized",
+        "code": 401,
+    })
+    .to_string();
+    format!(
+        "HTTP/1.1 401 Unauthorized\r\nContent-Type: application/json\r\n\
          Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
@@ -367,142 +449,5 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use clap::Parser;
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, SanType};
-
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        args: ApiserverArgs,
-    }
-
-    #[test]
-    fn flags_read_like_kube_apiserver() {
-        let cli = Cli::try_parse_from([
-            "kube-apiserver",
-            "--advertise-address=127.0.1.1",
-            "--etcd-servers=https://127.0.1.1:2379,https://127.0.1.2:2379",
-            "--etcd-cafile=/pki/etcd/ca.crt",
-            "--etcd-certfile=/pki/apiserver-etcd-client.crt",
-            "--etcd-keyfile=/pki/apiserver-etcd-client.key",
-            "--tls-cert-file=/pki/apiserver.crt",
-            "--tls-private-key-file=/pki/apiserver.key",
-            "--node-name=cp-1",
-        ])
-        .expect("flags parse");
-        assert_eq!(cli.args.secure_port, 6443);
-        assert_eq!(cli.args.etcd_servers.len(), 2);
-        assert_eq!(cli.args.node_name, "cp-1");
-    }
-
-    #[test]
-    fn routes_requests_and_formats_responses() {
-        assert_eq!(
-            request_path("GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n"),
-            Some("/readyz")
-        );
-        assert_eq!(
-            request_path("GET /readyz?verbose HTTP/1.1\r\n\r\n"),
-            Some("/readyz")
-        );
-        assert_eq!(request_path("garbage\r\n\r\n"), None);
-        assert_eq!(route("/readyz"), Route::Readyz);
-        assert_eq!(route("/livez"), Route::Livez);
-        assert_eq!(route("/api/v1/pods"), Route::NotFound);
-        assert_eq!(
-            response(200, "ok"),
-            "HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\n\
-             Content-Length: 2\r\nConnection: close\r\n\r\nok"
-        );
-    }
-
-    #[test]
-    fn lease_carries_the_node_the_sequence_and_a_utc_renew_time() {
-        assert_eq!(rfc3339_micros(UNIX_EPOCH), "1970-01-01T00:00:00.000000Z");
-        let leap_day = UNIX_EPOCH + Duration::from_micros(951_782_400_000_001);
-        assert_eq!(rfc3339_micros(leap_day), "2000-02-29T00:00:00.000001Z");
-        let later = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        assert_eq!(rfc3339_micros(later), "2023-11-14T22:13:20.000000Z");
-
-        let value = lease("cp-1", 7, later);
-        assert_eq!(value["metadata"]["name"], "apiserver-cp-1");
-        assert_eq!(value["spec"]["holderIdentity"], "kube-apiserver-cp-1");
-        assert_eq!(value["spec"]["seq"], 7);
-        assert_eq!(value["spec"]["renewTime"], "2023-11-14T22:13:20.000000Z");
-    }
-
-    /// A CA, a serving certificate for 127.0.0.1 and a client certificate, written to `dir`.
-    fn write_certs(dir: &std::path::Path) {
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let ca_key = KeyPair::generate().expect("ca key");
-        let ca = CertifiedIssuer::self_signed(ca_params, ca_key).expect("ca");
-        std::fs::write(dir.join("ca.crt"), ca.pem()).expect("write ca");
-        for (stem, ip) in [("server", true), ("client", false)] {
-            let mut params = CertificateParams::new(vec![format!("{stem}.test")]).expect("params");
-            if ip {
-                let localhost = IpAddr::from([127, 0, 0, 1]);
-                params.subject_alt_names.push(SanType::IpAddress(localhost));
-            }
-            let key = KeyPair::generate().expect("key");
-            let cert = params.signed_by(&key, &ca).expect("sign");
-            std::fs::write(dir.join(format!("{stem}.crt")), cert.pem()).expect("write cert");
-            std::fs::write(dir.join(format!("{stem}.key")), key.serialize_pem())
-                .expect("write key");
-        }
-    }
-
-    fn free_port() -> u16 {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        listener.local_addr().expect("local addr").port()
-    }
-
-    #[tokio::test]
-    async fn serves_over_tls_and_is_not_ready_while_etcd_is_down() {
-        quorate_proto::tls::install_default_provider();
-        let dir = tempfile::tempdir().expect("tempdir");
-        write_certs(dir.path());
-        let path = |f: &str| dir.path().join(f);
-        let port = free_port();
-        let args = ApiserverArgs {
-            advertise_address: IpAddr::from([127, 0, 0, 1]),
-            secure_port: port,
-            etcd_servers: vec![format!("https://127.0.0.1:{}", free_port())],
-            etcd_cafile: path("ca.crt"),
-            etcd_certfile: path("client.crt"),
-            etcd_keyfile: path("client.key"),
-            tls_cert_file: path("server.crt"),
-            tls_private_key_file: path("server.key"),
-            node_name: "cp-1".to_owned(),
-        };
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(run_until(args, async {
-            let _ = stopped.await;
-        }));
-
-        let tls = Arc::new(quorate_proto::tls::client_config(&path("ca.crt"), None).expect("tls"));
-        let get = |p: &str| {
-            let url = format!("https://127.0.0.1:{port}{p}");
-            let tls = Some(tls.clone());
-            async move { quorate_proto::probe::get(&url, tls, Duration::from_secs(3)).await }
-        };
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        let livez = loop {
-            match get("/livez").await {
-                Ok(r) => break r,
-                Err(e) => assert!(std::time::Instant::now() < deadline, "no /livez: {e:#}"),
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
-        assert_eq!((livez.status, livez.body.as_str()), (200, "ok"));
-        let readyz = get("/readyz").await.expect("/readyz answers");
-        assert_eq!(readyz.status, 503, "{}", readyz.body);
-        assert!(readyz.body.contains("etcd"), "{}", readyz.body);
-        assert_eq!(get("/version").await.expect("/version answers").status, 404);
-
-        stop.send(()).expect("server listening");
-        server.await.expect("server task").expect("server result");
-    }
-}
+#[path = "apiserver_tests.rs"]
+mod tests;

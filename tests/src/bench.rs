@@ -166,7 +166,7 @@ async fn runbook(lab: &Lab, snapshot: &Path) -> anyhow::Result<(Duration, Durati
     }
     for host in lab.hosts() {
         wait_until("etcd to be healthy", async || {
-            Lab::member_healthy(host).await
+            lab.member_healthy(host).await
         })
         .await?;
     }

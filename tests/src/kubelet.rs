@@ -36,13 +36,16 @@ const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(30);
 /// How long to wait for a process to be reaped after SIGKILL before giving up on it.
 const KILL_PATIENCE: Duration = Duration::from_secs(5);
 
+/// Where a node keeps container images, under its root (the default of `--images`).
+pub const IMAGES_DIR: &str = "var/lib/containerd/lab-images";
+
 /// Runs the static pods under `root` until the kubelet gets SIGTERM or SIGINT, then stops them
-/// all.
-pub async fn run(root: &Path) -> anyhow::Result<()> {
+/// all. Images are looked up in `images` (default `<root>/var/lib/containerd/lab-images`).
+pub async fn run(root: &Path, images: Option<&Path>) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    run_until(root, async move {
+    run_until(root, images, async move {
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM: stopping all pods"),
             _ = int.recv() => tracing::info!("SIGINT: stopping all pods"),
@@ -53,8 +56,12 @@ pub async fn run(root: &Path) -> anyhow::Result<()> {
 
 /// Runs the static pods under `root` until `shutdown` completes, then stops them all (each with
 /// SIGTERM, then SIGKILL after its grace period) and removes their pid files.
-pub async fn run_until(root: &Path, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let mut kubelet = Kubelet::new(Layout::new(root))?;
+pub async fn run_until(
+    root: &Path,
+    images: Option<&Path>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let mut kubelet = Kubelet::new(Layout::new(root, images))?;
     tracing::info!(manifests = %kubelet.layout.manifests.display(), "kubelet watching");
     tokio::pin!(shutdown);
     let mut tick = tokio::time::interval(POLL);
@@ -73,6 +80,8 @@ pub async fn run_until(root: &Path, shutdown: impl Future<Output = ()>) -> anyho
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Pod {
     name: String,
+    /// The container image; its root file system is where `program` is looked up.
+    image: Option<String>,
     program: String,
     args: Vec<String>,
     env: Vec<(String, String)>,
@@ -102,6 +111,7 @@ struct Spec {
 
 #[derive(Deserialize)]
 struct Container {
+    image: Option<String>,
     command: Option<Vec<String>>,
     args: Option<Vec<String>>,
     env: Option<Vec<EnvVar>>,
@@ -131,6 +141,7 @@ impl Pod {
             .into_iter()
             .next()
             .context("spec.containers is empty")?;
+        let image = container.image;
         let mut command = container.command.unwrap_or_default().into_iter();
         let program = command
             .next()
@@ -148,6 +159,7 @@ impl Pod {
             .map_or(DEFAULT_GRACE, Duration::from_secs);
         Ok(Self {
             name,
+            image,
             program,
             args,
             env,
@@ -192,14 +204,17 @@ fn content_hash(bytes: &[u8]) -> u64 {
 /// Where the kubelet reads manifests and writes logs and pid files.
 struct Layout {
     manifests: PathBuf,
+    /// Container images' root file systems (see [`image_rootfs`]).
+    images: PathBuf,
     logs: PathBuf,
     pids: PathBuf,
 }
 
 impl Layout {
-    fn new(root: &Path) -> Self {
+    fn new(root: &Path, images: Option<&Path>) -> Self {
         Self {
             manifests: root.join("etc/kubernetes/manifests"),
+            images: images.map_or_else(|| root.join(IMAGES_DIR), Path::to_owned),
             logs: root.join("var/log/pods"),
             pids: root.join("run/pods"),
         }
@@ -581,11 +596,79 @@ fn next_delay(backoff: &mut Duration) -> Duration {
     delay
 }
 
+/// Where an image's root file system is kept: `<images>/<registry>/<name>/<tag>/rootfs`.
+pub fn image_rootfs(images: &Path, image: &str) -> anyhow::Result<PathBuf> {
+    let (name, tag) = match image.rsplit_once(':') {
+        Some((n, t)) if !t.contains('/') => (n, t),
+        _ => (image, "latest"),
+    };
+    let ok = |s: &str| {
+        !s.is_empty()
+            && s.split('/')
+                .all(|part| !part.is_empty() && part != "." && part != "..")
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | '/'))
+    };
+    anyhow::ensure!(
+        ok(name) && ok(tag),
+        "image {image:?} is not a valid reference"
+    );
+    Ok(images.join(name).join(tag).join("rootfs"))
+}
+
+/// The program a container runs, as a container runtime finds it: `command[0]` looked up in the
+/// image's root file system (its PATH when the name has no slash). A pod without an image runs
+/// its command on the host as it is.
+fn resolve(images: &Path, pod: &Pod) -> anyhow::Result<PathBuf> {
+    let Some(image) = &pod.image else {
+        return Ok(PathBuf::from(&pod.program));
+    };
+    let rootfs = image_rootfs(images, image)?;
+    let program = Path::new(&pod.program);
+    // A test pod naming a host binary by its absolute path runs it from the host.
+    if program.is_absolute() && !rootfs.exists() {
+        return Ok(program.to_owned());
+    }
+    anyhow::ensure!(
+        rootfs.is_dir(),
+        "image {image} is not present on this node (ErrImageNeverPull: no {})",
+        rootfs.display()
+    );
+    let candidates: Vec<PathBuf> = if program.is_absolute() {
+        vec![rootfs.join(program.strip_prefix("/").unwrap_or(program))]
+    } else if pod.program.contains('/') {
+        anyhow::bail!("command {} is relative to no working dir", pod.program)
+    } else {
+        [
+            "usr/local/sbin",
+            "usr/local/bin",
+            "usr/sbin",
+            "usr/bin",
+            "sbin",
+            "bin",
+        ]
+        .iter()
+        .map(|d| rootfs.join(d).join(program))
+        .collect()
+    };
+    candidates
+        .into_iter()
+        .find(|c| c.is_file())
+        .with_context(|| {
+            format!(
+                "exec: {:?}: executable file not found in $PATH of image {image}",
+                pod.program
+            )
+        })
+}
+
 fn spawn(layout: &Layout, pod: &Pod) -> anyhow::Result<Running> {
+    let program = resolve(&layout.images, pod)?;
     let log = layout
         .open_log(&pod.name)
         .with_context(|| format!("opening {}", layout.log_path(&pod.name).display()))?;
-    let child = Command::new(&pod.program)
+    let child = Command::new(&program)
+        .arg0(&pod.program)
         .args(&pod.args)
         .envs(pod.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())

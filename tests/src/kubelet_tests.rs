@@ -51,7 +51,7 @@ impl Lab {
         let root = dir.path().to_owned();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            run_until(&root, async {
+            run_until(&root, None, async {
                 let _ = stopped.await;
             })
             .await
@@ -64,16 +64,34 @@ impl Lab {
     }
 
     fn layout(&self) -> Layout {
-        Layout::new(self.dir.path())
+        Layout::new(self.dir.path(), None)
     }
 
-    /// Writes a manifest the way tools should: a hidden temporary file, then a rename.
+    /// Writes a manifest the way tools should: a hidden temporary file, then a rename. Its
+    /// image is "pulled" first: a root file system whose `sh` is the host's.
     fn put(&self, file: &str, text: &str) {
+        for image in text
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("image: "))
+        {
+            self.pull(image, &[("bin/sh", Path::new("/bin/sh"))]);
+        }
         let dir = self.layout().manifests;
         std::fs::create_dir_all(&dir).expect("manifest dir");
         let tmp = dir.join(format!(".{file}.tmp"));
         std::fs::write(&tmp, text).expect("write manifest");
         std::fs::rename(&tmp, dir.join(file)).expect("rename manifest");
+    }
+
+    /// Makes `image` present on this node with `files` (path in the image, host file it links to).
+    fn pull(&self, image: &str, files: &[(&str, &Path)]) {
+        let rootfs = image_rootfs(&self.layout().images, image).expect("image reference");
+        for (inside, target) in files {
+            let path = rootfs.join(inside);
+            std::fs::create_dir_all(path.parent().expect("parent")).expect("image dir");
+            let _ = std::fs::remove_file(&path);
+            std::os::unix::fs::symlink(target, &path).expect("image file");
+        }
     }
 
     fn remove(&self, file: &str) {
@@ -311,4 +329,35 @@ async fn shutdown_stops_every_pod() {
     lab.stop().await;
     assert!(!group_alive(a) && !group_alive(b));
     assert!(!layout.pid_path("a").exists() && !layout.pid_path("b").exists());
+}
+
+/// A pod runs its command from its image (looked up in the image's PATH),
+/// and a pod whose image is not on the node does not run at all, saying so in its log.
+#[tokio::test]
+async fn command_comes_from_the_image_and_a_missing_image_runs_nothing() {
+    let lab = Lab::start();
+    let script = lab.dir.path().join("hello.sh");
+    std::fs::write(&script, "#!/bin/sh\necho from the image; exec sleep 1000\n").expect("script");
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    lab.pull("example.org/hello:1.0", &[("usr/local/bin/hello", &script)]);
+    let pod = |name: &str, image: &str| {
+        format!(
+            "metadata: {{name: {name}}}\nspec: {{containers: [{{image: \"{image}\", command: [hello]}}]}}\n"
+        )
+    };
+    let dir = lab.layout().manifests;
+    std::fs::create_dir_all(&dir).expect("manifest dir");
+    std::fs::write(dir.join("a.yaml"), pod("a", "example.org/hello:1.0")).expect("a");
+    std::fs::write(dir.join("b.yaml"), pod("b", "example.org/absent:1.0")).expect("b");
+    eventually("pod a's output", || {
+        lab.log("a").contains("from the image").then_some(())
+    })
+    .await;
+    eventually("pod b's error", || {
+        lab.log("b").contains("ErrImageNeverPull").then_some(())
+    })
+    .await;
+    assert_eq!(lab.pid("b"), None, "a pod without its image does not run");
+    lab.stop().await;
 }

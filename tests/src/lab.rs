@@ -15,9 +15,11 @@ use quorate::inventory::{ClusterSection, Inventory, Member};
 use quorate_proto::tls::TlsFiles;
 use serde::{Deserialize, Serialize};
 
-use crate::layout::{self, Host};
+use crate::hostns::{self, HostNs};
+use crate::layout::{self, ClusterState, Host};
 use crate::pki::LabPki;
 use crate::procs;
+use crate::store;
 use crate::tools::{EtcdTools, EtcdVersion};
 
 /// How the lab's hosts run etcd.
@@ -43,6 +45,56 @@ impl std::str::FromStr for LabRuntime {
     }
 }
 
+/// A file system the lab can give a host's data or WAL dir, mounted at that dir (as etcd on a
+/// dedicated disk is).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Disk {
+    Tmpfs,
+    /// A loop-mounted ext4 image (with its `lost+found`, as a real disk has).
+    Ext4,
+}
+
+impl std::str::FromStr for Disk {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        match s {
+            "tmpfs" => Ok(Self::Tmpfs),
+            "ext4" => Ok(Self::Ext4),
+            other => bail!("disk {other} is not one the lab knows (tmpfs or ext4)"),
+        }
+    }
+}
+
+/// The production layouts a lab can have, beyond kubeadm's defaults.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LabLayout {
+    /// The data dir (`/var/lib/etcd`) is a mount point of its own.
+    #[serde(default)]
+    pub data_mount: Option<Disk>,
+    /// etcd keeps its WAL apart, in `--wal-dir=/var/lib/etcd-wal`.
+    #[serde(default)]
+    pub wal_dir: bool,
+    /// ... and that WAL dir is a mount point of its own.
+    #[serde(default)]
+    pub wal_mount: Option<Disk>,
+    /// External etcd (etcd hosts under systemd) with this many control-plane hosts whose
+    /// apiservers use every etcd member; 0: stacked etcd or etcd alone.
+    #[serde(default)]
+    pub apiserver_hosts: u8,
+    /// The apiservers refuse anonymous requests (`--anonymous-auth=false`).
+    #[serde(default)]
+    pub no_anonymous_auth: bool,
+}
+
+/// Where a lab puts etcd's WAL when [`LabLayout::wal_dir`] is set: a dir on the WAL disk, not
+/// the disk's mount point itself, as etcd makes a new WAL by renaming a temporary dir over the
+/// WAL dir (a mount point cannot be renamed over: EBUSY).
+pub const WAL_DIR: &str = "var/lib/etcd-wal/wal";
+
+/// Where the WAL disk is mounted when [`LabLayout::wal_mount`] is set.
+pub const WAL_MOUNT: &str = "var/lib/etcd-wal";
+
 /// The etcd unit of a systemd lab host.
 pub const ETCD_UNIT: &str = "etcd.service";
 
@@ -56,11 +108,25 @@ pub struct LabState {
     pub hosts: Vec<Host>,
     #[serde(default)]
     pub runtime: LabRuntime,
+    #[serde(default)]
+    pub layout: LabLayout,
     /// The kubelet stand-in's PID per host, in host order (empty for a systemd lab).
     pub kubelets: Vec<u32>,
     /// The quorate agent's PID per host, in host order (empty when the lab runs no agents).
     #[serde(default)]
     pub agents: Vec<u32>,
+    /// External etcd: the control-plane hosts whose apiservers use the etcd hosts.
+    #[serde(default)]
+    pub apiservers: Vec<ApiserverHost>,
+}
+
+/// A control-plane host of an external etcd cluster: kube-apiserver, kube-controller-manager
+/// and kube-scheduler as static pods, its own quorate agent, no etcd.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApiserverHost {
+    pub host: Host,
+    pub kubelet: Option<u32>,
+    pub agent: Option<u32>,
 }
 
 #[derive(Debug, Clone)]
@@ -76,6 +142,30 @@ pub struct UpOptions {
     pub agent_bin: Option<PathBuf>,
     pub patience: Duration,
     pub runtime: LabRuntime,
+    /// Hosts as network and mount namespaces with kubeadm's real paths (needs root); `false`:
+    /// flat hosts on the shared loopback, paths under each host's dir (not kubeadm-faithful).
+    pub faithful: bool,
+    pub layout: LabLayout,
+}
+
+impl UpOptions {
+    /// Options for a lab of `members` on etcd `version` in `dir`: faithful hosts where this
+    /// process can make them (root), the `lab` and `quorate-agent` binaries beside this one.
+    pub fn new(dir: PathBuf, members: u8, version: EtcdVersion, net: u8) -> anyhow::Result<Self> {
+        let lab_bin = std::env::current_exe().context("locating the lab binary")?;
+        Ok(Self {
+            dir,
+            members,
+            version,
+            net,
+            agent_bin: Some(lab_bin.with_file_name("quorate-agent")),
+            lab_bin,
+            patience: Duration::from_secs(60),
+            runtime: LabRuntime::StaticPod,
+            faithful: hostns::available(),
+            layout: LabLayout::default(),
+        })
+    }
 }
 
 /// A running lab. Dropping it does not stop it; call [`Lab::down`] (tests use [`crate::TestLab`]).
@@ -92,54 +182,23 @@ impl Lab {
         if !(1..=9).contains(&opts.members) {
             bail!("--members {} is out of range (1 to 9)", opts.members);
         }
+        if opts.faithful && !nix::unistd::geteuid().is_root() {
+            bail!("hosts as namespaces need root; run as root, or without them (flat hosts)");
+        }
         let tools = EtcdTools::find(opts.version)?;
         prepare_dir(&opts.dir)?;
         let dir = fs::canonicalize(&opts.dir)?;
         let hosts: Vec<Host> = (1..=opts.members)
             .map(|i| Host::new(&dir, opts.net, i))
             .collect();
-        for host in &hosts {
-            for port in host.ports() {
-                if std::net::TcpListener::bind((host.ip, port)).is_err() {
-                    bail!(
-                        "{}:{port} is already in use (another lab on net {}? `lab down --dir` it, or pick another --net)",
-                        host.ip,
-                        opts.net
-                    );
-                }
-            }
+        if opts.faithful {
+            check_net_free(opts.net)?;
+        } else {
+            check_ports_free(&hosts, opts.net)?;
         }
         let pki = LabPki::new()?;
         pki.write_lab(&dir)?;
-        let initial_cluster = layout::initial_cluster(&hosts);
-        for host in &hosts {
-            pki.write_host(host)?;
-            if opts.runtime == LabRuntime::Systemd {
-                write_systemd_host(host, &tools, &initial_cluster, &opts.lab_bin)?;
-                continue;
-            }
-            fs::create_dir_all(host.manifests_dir())?;
-            fs::create_dir_all(host.data_dir().parent().expect("data dir has a parent"))?;
-            fs::create_dir_all(host.path("var/log/pods"))?;
-            fs::create_dir_all(host.path("run/pods"))?;
-            let etcd = host.etcd_command(&tools, &initial_cluster);
-            write_atomic(
-                &host.manifests_dir().join("etcd.yaml"),
-                &layout::static_pod("etcd", "etcd", &etcd, 30),
-            )?;
-            let apiserver = host.apiserver_command(&opts.lab_bin);
-            write_atomic(
-                &host.manifests_dir().join("kube-apiserver.yaml"),
-                &layout::static_pod("kube-apiserver", "kube-apiserver", &apiserver, 5),
-            )?;
-            for controller in layout::CONTROLLERS {
-                let command = host.controller_command(&opts.lab_bin, controller);
-                write_atomic(
-                    &host.manifests_dir().join(format!("{controller}.yaml")),
-                    &layout::static_pod(controller, controller, &command, 5),
-                )?;
-            }
-        }
+        store::write(&dir, &tools, opts)?;
         let mut lab = Self {
             state: LabState {
                 dir: dir.clone(),
@@ -148,38 +207,232 @@ impl Lab {
                 lab_bin: opts.lab_bin.clone(),
                 hosts,
                 runtime: opts.runtime,
+                layout: opts.layout.clone(),
                 kubelets: Vec::new(),
                 agents: Vec::new(),
+                apiservers: (1..=opts.layout.apiserver_hosts)
+                    .map(|i| ApiserverHost {
+                        host: Host::apiserver(&dir, opts.net, i),
+                        kubelet: None,
+                        agent: None,
+                    })
+                    .collect(),
             },
             children: Vec::new(),
         };
         lab.save()?;
-        for host in lab.state.hosts.clone() {
-            if opts.runtime == LabRuntime::Systemd {
-                if let Err(e) = systemctl(&host, "start") {
-                    let _ = lab.down();
-                    return Err(e);
-                }
-            } else {
-                let child = spawn_kubelet(&opts.lab_bin, &host)?;
-                lab.state.kubelets.push(child.id());
-                lab.children.push(child);
-            }
-            if let Some(agent_bin) = &opts.agent_bin {
-                let config = write_agent_config(&host, &lab.state.tools, opts.runtime)?;
-                let child = spawn_agent(agent_bin, &host, &config, None)?;
-                lab.state.agents.push(child.id());
-                lab.children.push(child);
-            }
-        }
-        lab.save()?;
-        write_atomic(&dir.join("inventory.toml"), &lab.inventory().to_toml())?;
-        write_atomic(&dir.join("lab.env"), &lab.env_file())?;
-        if let Err(e) = lab.wait_ready(opts.patience).await {
+        if let Err(e) = lab.start(opts, &pki).await {
             let _ = lab.down();
             return Err(e.context("the lab did not come up; everything it started was stopped"));
         }
         Ok(lab)
+    }
+
+    /// Lays out every host, makes their namespaces, and starts etcd, the control plane and the
+    /// agents; then waits until all are ready.
+    async fn start(&mut self, opts: &UpOptions, pki: &LabPki) -> anyhow::Result<()> {
+        let dir = self.state.dir.clone();
+        if opts.faithful {
+            hostns::create_bridge(opts.net)?;
+            let ns_dir = hostns::prepare_ns_dir(&dir)?;
+            for i in 0..self.state.hosts.len() {
+                let host = &self.state.hosts[i];
+                store::write_host_base(host)?;
+                store::install_on(&dir, host)?;
+                let index = u8::try_from(i + 1).expect("at most 9 hosts");
+                let ns = HostNs::create(&ns_dir, opts.net, index, &host.name, host.ip, &host.root)?;
+                self.state.hosts[i].ns = Some(ns);
+                self.save()?;
+            }
+            for i in 0..self.state.apiservers.len() {
+                let host = &self.state.apiservers[i].host;
+                store::write_host_base(host)?;
+                store::install_on(&dir, host)?;
+                let index = u8::try_from(i + 11).expect("at most 9 apiserver hosts");
+                let ns = HostNs::create(&ns_dir, opts.net, index, &host.name, host.ip, &host.root)?;
+                self.state.apiservers[i].host.ns = Some(ns);
+                self.save()?;
+            }
+        }
+        let hosts = self.state.hosts.clone();
+        let tools = self.state.tools.clone();
+        let all = layout::initial_cluster(&hosts);
+        for host in &hosts {
+            pki.write_host(host)?;
+            fs::create_dir_all(host.data_dir())?;
+            fs::create_dir_all(host.path("var/log/pods"))?;
+            if let Some(disk) = opts.layout.data_mount {
+                mount_disk(&dir, host, "var/lib/etcd", disk)?;
+            }
+            if opts.layout.wal_dir {
+                fs::create_dir_all(host.path(WAL_MOUNT))?;
+                if let Some(disk) = opts.layout.wal_mount {
+                    mount_disk(&dir, host, WAL_MOUNT, disk)?;
+                }
+            }
+            if opts.runtime == LabRuntime::Systemd {
+                write_systemd_host(host, &tools, &all, self.wal(), &opts.lab_bin)?;
+            }
+        }
+        match opts.runtime {
+            LabRuntime::Systemd => {
+                for host in &hosts {
+                    systemctl(host, "start")?;
+                }
+            }
+            LabRuntime::StaticPod if opts.faithful => self.kubeadm_join_all(&tools).await?,
+            LabRuntime::StaticPod => {
+                for host in &hosts {
+                    let etcd = host.etcd_command(&tools, &all, ClusterState::New, self.wal());
+                    write_manifests(host, &tools, &etcd, opts.layout.no_anonymous_auth)?;
+                    self.start_kubelet(host)?;
+                }
+            }
+        }
+        self.start_apiserver_hosts(pki, &tools)?;
+        if let Some(agent_bin) = &opts.agent_bin {
+            for host in &hosts {
+                let config = write_agent_config(host, &tools, opts.runtime)?;
+                let child = spawn_agent(agent_bin, host, &config, None)?;
+                self.state.agents.push(child.id());
+                self.children.push(child);
+            }
+            for i in 0..self.state.apiservers.len() {
+                let host = self.state.apiservers[i].host.clone();
+                let config = write_apiserver_agent_config(&host)?;
+                let child = spawn_agent(agent_bin, &host, &config, None)?;
+                self.state.apiservers[i].agent = Some(child.id());
+                self.children.push(child);
+            }
+        }
+        self.save()?;
+        write_atomic(&dir.join("inventory.toml"), &self.inventory().to_toml())?;
+        write_atomic(&dir.join("lab.env"), &self.env_file())?;
+        self.wait_ready(opts.patience).await
+    }
+
+    /// External etcd's control-plane hosts: kubeadm's files, and kube-apiserver (using every
+    /// etcd member), kube-controller-manager and kube-scheduler as static pods.
+    fn start_apiserver_hosts(&mut self, pki: &LabPki, tools: &EtcdTools) -> anyhow::Result<()> {
+        let servers: Vec<String> = self.state.hosts.iter().map(Host::client_url).collect();
+        for i in 0..self.state.apiservers.len() {
+            let host = self.state.apiservers[i].host.clone();
+            pki.write_host(&host)?;
+            fs::create_dir_all(host.path("var/log/pods"))?;
+            let apiserver =
+                host.apiserver_command_for(&servers.join(","), self.state.layout.no_anonymous_auth);
+            write_control_plane(&host, &apiserver)?;
+            let _ = tools;
+            let child = spawn_kubelet(&self.state.lab_bin, &self.state.dir, &host)?;
+            self.state.apiservers[i].kubelet = Some(child.id());
+            self.children.push(child);
+            self.save()?;
+        }
+        Ok(())
+    }
+
+    /// kubeadm's way: `kubeadm init` on the first host (a cluster of one), then `kubeadm join
+    /// --control-plane` on each other host in turn: the member is added through the running
+    /// cluster, and its manifest names the members known then, with
+    /// `--initial-cluster-state=existing`.
+    async fn kubeadm_join_all(&mut self, tools: &EtcdTools) -> anyhow::Result<()> {
+        let hosts = self.state.hosts.clone();
+        let first = &hosts[0];
+        let init = format!("{}={}", first.name, first.peer_url());
+        let anon = self.state.layout.no_anonymous_auth;
+        write_manifests(
+            first,
+            tools,
+            &first.etcd_command(tools, &init, ClusterState::Init, self.wal()),
+            anon,
+        )?;
+        self.start_kubelet(first)?;
+        self.wait_member(first, Duration::from_secs(60)).await?;
+        for (i, host) in hosts.iter().enumerate().skip(1) {
+            let endpoints: Vec<String> = hosts[..i].iter().map(Host::client_url).collect();
+            let mut client = etcd_client::Client::connect(
+                &endpoints,
+                Some(crate::etcd::connect_options(
+                    &self.etcd_tls(),
+                    Duration::from_secs(10),
+                )?),
+            )
+            .await
+            .with_context(|| format!("connecting to the cluster to add {}", host.name))?;
+            // etcd refuses a voting member until the leader has reached a quorum for 5 s
+            // ("unhealthy cluster"): kubeadm retries, so does the lab.
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let added = loop {
+                match client.member_add([host.peer_url()], None).await {
+                    Ok(added) => break added,
+                    Err(e)
+                        if e.to_string().contains("unhealthy cluster")
+                            && Instant::now() < deadline =>
+                    {
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                    Err(e) => {
+                        return Err(anyhow::Error::new(e)
+                            .context(format!("adding {} to the cluster", host.name)));
+                    }
+                }
+            };
+            let new_id = added.member().map(|m| m.id());
+            let initial: Vec<String> = added
+                .member_list()
+                .iter()
+                .flat_map(|m| {
+                    let name = if Some(m.id()) == new_id || m.name().is_empty() {
+                        host.name.clone()
+                    } else {
+                        m.name().to_owned()
+                    };
+                    m.peer_urls()
+                        .iter()
+                        .map(move |u| format!("{name}={u}"))
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            let etcd = host.etcd_command(
+                tools,
+                &initial.join(","),
+                ClusterState::Existing,
+                self.wal(),
+            );
+            write_manifests(host, tools, &etcd, anon)?;
+            self.start_kubelet(host)?;
+            self.wait_member(host, Duration::from_secs(60)).await?;
+        }
+        Ok(())
+    }
+
+    /// etcd's `--wal-dir`, relative to a host's root, when the lab keeps the WAL apart.
+    fn wal(&self) -> Option<&'static str> {
+        self.state.layout.wal_dir.then_some(WAL_DIR)
+    }
+
+    fn start_kubelet(&mut self, host: &Host) -> anyhow::Result<()> {
+        let child = spawn_kubelet(&self.state.lab_bin, &self.state.dir, host)?;
+        self.state.kubelets.push(child.id());
+        self.children.push(child);
+        self.save()
+    }
+
+    /// Waits until `host`'s etcd is healthy.
+    async fn wait_member(&self, host: &Host, patience: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + patience;
+        while !self.member_healthy(host).await {
+            if Instant::now() >= deadline {
+                bail!(
+                    "{}'s etcd is not healthy after {patience:?}; last lines of {}:\n{}",
+                    host.name,
+                    host.log_of("etcd").display(),
+                    procs::tail(&host.log_of("etcd"), 8)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(())
     }
 
     /// Opens a lab from `DIR/lab.json`.
@@ -245,7 +498,16 @@ impl Lab {
                     client_urls: vec![h.client_url()],
                 })
                 .collect(),
-            apiservers: Vec::new(),
+            apiservers: self
+                .state
+                .apiservers
+                .iter()
+                .map(|a| quorate::inventory::ApiserverHost {
+                    name: a.host.name.clone(),
+                    agent: a.host.agent_url(),
+                    agent_server_name: None,
+                })
+                .collect(),
         }
     }
 
@@ -274,23 +536,44 @@ impl Lab {
         )
     }
 
-    /// True when the member's metrics `/health` says healthy (answers even without a leader).
-    pub async fn member_healthy(host: &Host) -> bool {
-        let url = format!("{}/health", host.metrics_url());
-        quorate_proto::probe::get(&url, None, Duration::from_secs(2))
+    /// True when the member says it is healthy (it has a leader): etcd's `/health` on its
+    /// advertised client URL with the lab's etcd client certificate, reachable from outside
+    /// every host (kubeadm's metrics URL is the host's own loopback).
+    pub async fn member_healthy(&self, host: &Host) -> bool {
+        let tls = self.etcd_tls();
+        let Ok(config) = quorate_proto::tls::client_config(&tls.ca, Some((&tls.cert, &tls.key)))
+        else {
+            return false;
+        };
+        let url = format!("{}/health", host.client_url());
+        quorate_proto::probe::get(&url, Some(Arc::new(config)), Duration::from_secs(2))
             .await
             .is_ok_and(|r| r.status == 200 && r.body.contains("\"health\":\"true\""))
     }
 
-    /// The apiserver stand-in's `/readyz` status, or `None` when it does not answer.
+    /// The apiserver stand-in's `/readyz` status as the cluster admin sees it, or `None` when
+    /// it does not answer.
     pub async fn apiserver_readyz(&self, host: &Host) -> Option<u16> {
-        let config =
-            quorate_proto::tls::client_config(&host.pki_dir().join("ca.crt"), None).ok()?;
+        let pki = self.state.dir.join("pki");
+        let config = quorate_proto::tls::client_config(
+            &host.pki_dir().join("ca.crt"),
+            Some((&pki.join("admin.crt"), &pki.join("admin.key"))),
+        )
+        .ok()?;
         let url = format!("{}/readyz", host.apiserver_url());
         quorate_proto::probe::get(&url, Some(Arc::new(config)), Duration::from_secs(3))
             .await
             .ok()
             .map(|r| r.status)
+    }
+
+    /// A command that runs `program` on `host`: inside its namespaces when it has them, plainly
+    /// otherwise.
+    pub fn host_command(host: &Host, program: &str) -> Command {
+        match &host.ns {
+            Some(ns) => ns.command(program),
+            None => Command::new(program),
+        }
     }
 
     /// Waits until every member is healthy and every apiserver ready; on timeout, says which
@@ -302,13 +585,21 @@ impl Lab {
             let systemd = self.state.runtime == LabRuntime::Systemd;
             let etcd_log = if systemd { ETCD_UNIT } else { "etcd" };
             for host in &self.state.hosts {
-                if !Self::member_healthy(host).await {
+                if !self.member_healthy(host).await {
                     waiting.push((host, etcd_log, "etcd is not healthy"));
                 } else if !systemd && self.apiserver_readyz(host).await != Some(200) {
                     waiting.push((host, "kube-apiserver", "kube-apiserver is not ready"));
                 } else if !self.state.agents.is_empty()
                     && !procs::port_open(host.ip, layout::AGENT_PORT)
                 {
+                    waiting.push((host, "quorate-agent", "quorate-agent is not listening"));
+                }
+            }
+            for a in &self.state.apiservers {
+                let host = &a.host;
+                if self.apiserver_readyz(host).await != Some(200) {
+                    waiting.push((host, "kube-apiserver", "kube-apiserver is not ready"));
+                } else if a.agent.is_some() && !procs::port_open(host.ip, layout::AGENT_PORT) {
                     waiting.push((host, "quorate-agent", "quorate-agent is not listening"));
                 }
             }
@@ -334,52 +625,68 @@ impl Lab {
         }
     }
 
-    /// Stops everything the lab started and checks that no port is left listening.
+    /// Stops everything the lab started and checks that nothing of it is left: no port
+    /// listening (flat hosts), no process, namespace, link or mount (hosts as namespaces).
     pub fn down(&mut self) -> anyhow::Result<()> {
+        let api: Vec<Host> = self
+            .state
+            .apiservers
+            .iter()
+            .map(|a| a.host.clone())
+            .collect();
+        let api_agents: Vec<u32> = self
+            .state
+            .apiservers
+            .iter()
+            .map(|a| a.agent.unwrap_or(0))
+            .collect();
+        let api_kubelets: Vec<u32> = self
+            .state
+            .apiservers
+            .iter()
+            .map(|a| a.kubelet.unwrap_or(0))
+            .collect();
+        stop_processes(&api, &api_agents, "quorate-agent", Duration::from_secs(10));
+        stop_processes(&api, &api_kubelets, "kubelet", Duration::from_secs(15));
+        for host in &api {
+            stop_leftovers(host);
+        }
         let hosts = self.state.hosts.clone();
-        let marker = |h: &Host| h.root.display().to_string();
-        for (host, pid) in hosts.iter().zip(&self.state.agents) {
-            if procs::is_ours(*pid, &marker(host)) {
+        let stop_all = |pids: &[u32], what: &str, patience: Duration| {
+            let ours: Vec<(usize, u32)> = hosts
+                .iter()
+                .enumerate()
+                .zip(pids)
+                .filter(|((_, h), pid)| is_ours(h, **pid, what))
+                .map(|((i, _), pid)| (i, *pid))
+                .collect();
+            for (_, pid) in &ours {
                 procs::signal(*pid, Signal::SIGTERM);
             }
-        }
-        for (host, pid) in hosts.iter().zip(&self.state.agents) {
-            for left in procs::wait_gone(&[*pid], &marker(host), Duration::from_secs(10)) {
-                procs::signal(left, Signal::SIGKILL);
+            let deadline = Instant::now() + patience;
+            for (i, pid) in ours {
+                while is_ours(&hosts[i], pid, what) && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                if is_ours(&hosts[i], pid, what) {
+                    procs::signal(pid, Signal::SIGKILL);
+                }
             }
-        }
-        for (host, pid) in hosts.iter().zip(&self.state.kubelets) {
-            if procs::is_ours(*pid, &marker(host)) {
-                procs::signal(*pid, Signal::SIGTERM);
-            }
-        }
-        for (host, pid) in hosts.iter().zip(&self.state.kubelets) {
-            // The kubelet stops its pods (etcd may take ~15 s with a leader transfer) and exits.
-            for left in procs::wait_gone(&[*pid], &marker(host), Duration::from_secs(45)) {
-                procs::signal(left, Signal::SIGKILL);
-            }
-        }
+        };
+        stop_all(&self.state.agents, "quorate-agent", Duration::from_secs(10));
+        // The kubelet stops its pods (etcd may take ~15 s with a leader transfer) and exits.
+        stop_all(&self.state.kubelets, "kubelet", Duration::from_secs(45));
         for child in &mut self.children {
             let _ = child.try_wait();
         }
         if self.state.runtime == LabRuntime::Systemd {
             stop_units(&hosts)?;
         }
-        // Pods whose kubelet died without stopping them.
         for host in &hosts {
-            let pids: Vec<u32> = fs::read_dir(host.path("run/pods"))
-                .into_iter()
-                .flatten()
-                .flatten()
-                .filter_map(|e| procs::read_pid(&e.path()))
-                .filter(|p| procs::is_ours(*p, &marker(host)))
-                .collect();
-            for p in &pids {
-                procs::signal(*p, Signal::SIGTERM);
-            }
-            for left in procs::wait_gone(&pids, &marker(host), Duration::from_secs(20)) {
-                procs::signal(left, Signal::SIGKILL);
-            }
+            stop_leftovers(host);
+        }
+        if hosts.iter().any(Host::faithful) {
+            return self.remove_namespaces();
         }
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -399,14 +706,79 @@ impl Lab {
         }
     }
 
+    /// Removes every host's namespaces, the mounts the lab made under the lab dir, and the bridge.
+    fn remove_namespaces(&mut self) -> anyhow::Result<()> {
+        let mut errors = Vec::new();
+        let api = self.state.apiservers.iter().map(|a| &a.host);
+        for host in self.state.hosts.iter().chain(api) {
+            if let Some(ns) = &host.ns {
+                let left = ns.pids();
+                if !left.is_empty() {
+                    errors.push(format!(
+                        "{}: processes still running: {}",
+                        host.name,
+                        left.iter()
+                            .map(u32::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ));
+                    continue;
+                }
+                if let Err(e) = ns.destroy() {
+                    errors.push(format!("{}: {e:#}", host.name));
+                }
+            }
+            if let Err(e) = hostns::unmount_all(&host.root) {
+                errors.push(format!("{}: {e:#}", host.name));
+            }
+        }
+        if let Err(e) = hostns::unmount_all(&self.state.dir.join("ns")) {
+            errors.push(format!("{e:#}"));
+        }
+        if errors.is_empty()
+            && let Err(e) = hostns::delete_bridge(self.state.net)
+        {
+            errors.push(format!("{e:#}"));
+        }
+        if !errors.is_empty() {
+            bail!("lab down left things behind:\n  {}", errors.join("\n  "));
+        }
+        Ok(())
+    }
+
+    /// Runs `argv` on host `name` (inside its namespaces), with the terminal's stdio; returns
+    /// its exit status.
+    pub fn exec(&self, name: &str, argv: &[String]) -> anyhow::Result<std::process::ExitStatus> {
+        let host = self
+            .state
+            .hosts
+            .iter()
+            .find(|h| h.name == name)
+            .with_context(|| {
+                let names: Vec<&str> = self.state.hosts.iter().map(|h| h.name.as_str()).collect();
+                format!("no host {name} in this lab (hosts: {})", names.join(", "))
+            })?;
+        let (program, args) = argv.split_first().context("no command given")?;
+        let mut cmd = Self::host_command(host, program);
+        if !host.faithful() {
+            cmd.current_dir(&host.root);
+        }
+        cmd.args(args)
+            .status()
+            .with_context(|| format!("running {program} on {name}"))
+    }
+
     /// Kills host `i`'s agent with SIGKILL (a crash), and waits until it is gone.
     pub fn kill_agent(&mut self, i: usize) -> anyhow::Result<()> {
         let host = &self.state.hosts[i];
         let pid = *self.state.agents.get(i).context("the lab runs no agents")?;
-        let marker = host.root.display().to_string();
         procs::signal(pid, Signal::SIGKILL);
-        if !procs::wait_gone(&[pid], &marker, Duration::from_secs(10)).is_empty() {
-            bail!("{}'s agent (pid {pid}) survived SIGKILL", host.name);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while is_ours(host, pid, "quorate-agent") {
+            if Instant::now() > deadline {
+                bail!("{}'s agent (pid {pid}) survived SIGKILL", host.name);
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
         // An exiting process loses its command line before it closes its sockets: wait until
         // its port is really free, or the next agent cannot bind it.
@@ -428,7 +800,7 @@ impl Lab {
     pub async fn start_agent(&mut self, i: usize, failpoints: Option<&str>) -> anyhow::Result<()> {
         let host = self.state.hosts[i].clone();
         let agent_bin = self.state.lab_bin.with_file_name("quorate-agent");
-        let config = host.path("etc/quorate/agent.toml");
+        let config = host.inner("etc/quorate/agent.toml");
         let mut child = spawn_agent(&agent_bin, &host, &config, failpoints)?;
         let pid = child.id();
         self.state.agents[i] = pid;
@@ -471,8 +843,77 @@ impl Lab {
     }
 }
 
+/// True when `pid` is the lab's `what` (`quorate-agent`, `kubelet`) on `host`: on a host with
+/// namespaces, a process in its network namespace with that name in its command line; on a flat
+/// host, a process whose command line names the host's dir.
+fn is_ours(host: &Host, pid: u32, what: &str) -> bool {
+    match &host.ns {
+        Some(ns) => ns.holds(pid) && procs::is_ours(pid, what),
+        None => procs::is_ours(pid, &host.root.display().to_string()),
+    }
+}
+
+/// SIGTERM to each of `pids` (one per host, 0: none) that is the lab's `what` on its host,
+/// SIGKILL to those still running after `patience`.
+fn stop_processes(hosts: &[Host], pids: &[u32], what: &str, patience: Duration) {
+    let ours: Vec<(&Host, u32)> = hosts
+        .iter()
+        .zip(pids)
+        .filter(|(h, pid)| **pid != 0 && is_ours(h, **pid, what))
+        .map(|(h, pid)| (h, *pid))
+        .collect();
+    for (_, pid) in &ours {
+        procs::signal(*pid, Signal::SIGTERM);
+    }
+    let deadline = Instant::now() + patience;
+    for (host, pid) in ours {
+        while is_ours(host, pid, what) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if is_ours(host, pid, what) {
+            procs::signal(pid, Signal::SIGKILL);
+        }
+    }
+}
+
+/// Ends whatever still runs on `host` (pods whose kubelet died without stopping them): SIGTERM,
+/// then SIGKILL after 20 s. On a flat host, only the pods whose pid files it holds.
+fn stop_leftovers(host: &Host) {
+    let pids: Vec<u32> = match &host.ns {
+        Some(ns) => ns.pids(),
+        None => fs::read_dir(host.path("run/pods"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| procs::read_pid(&e.path()))
+            .filter(|p| procs::is_ours(*p, &host.root.display().to_string()))
+            .collect(),
+    };
+    for p in &pids {
+        procs::signal(*p, Signal::SIGTERM);
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let alive = |p: &u32| match &host.ns {
+        Some(ns) => ns.holds(*p),
+        None => procs::is_ours(*p, &host.root.display().to_string()),
+    };
+    while pids.iter().any(alive) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for p in pids.iter().filter(|p| alive(p)) {
+        procs::signal(*p, Signal::SIGKILL);
+    }
+    if let Some(ns) = &host.ns {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !ns.pids().is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
 fn spawn_logged(
-    bin: &Path,
+    host: &Host,
+    bin: &str,
     args: &[&std::ffi::OsStr],
     log: &Path,
     env: &[(&str, &str)],
@@ -483,7 +924,7 @@ fn spawn_logged(
         .append(true)
         .open(log)
         .with_context(|| format!("opening {}", log.display()))?;
-    Command::new(bin)
+    Lab::host_command(host, bin)
         .args(args)
         .envs(env.iter().copied())
         .stdin(Stdio::null())
@@ -491,12 +932,30 @@ fn spawn_logged(
         .stderr(file)
         .process_group(0)
         .spawn()
-        .with_context(|| format!("starting {}", bin.display()))
+        .with_context(|| format!("starting {bin} on {}", host.name))
 }
 
-fn spawn_kubelet(lab_bin: &Path, host: &Host) -> anyhow::Result<Child> {
-    let args = ["kubelet".as_ref(), "--root".as_ref(), host.root.as_os_str()];
-    spawn_logged(lab_bin, &args, &host.log_of("kubelet"), &[])
+fn spawn_kubelet(lab_bin: &Path, lab_dir: &Path, host: &Host) -> anyhow::Result<Child> {
+    if host.faithful() {
+        let args = ["kubelet".as_ref(), "--root".as_ref(), "/".as_ref()];
+        return spawn_logged(
+            host,
+            "/usr/local/bin/lab",
+            &args,
+            &host.log_of("kubelet"),
+            &[],
+        );
+    }
+    let images = lab_dir.join("images");
+    let args = [
+        "kubelet".as_ref(),
+        "--root".as_ref(),
+        host.root.as_os_str(),
+        "--images".as_ref(),
+        images.as_os_str(),
+    ];
+    let bin = lab_bin.display().to_string();
+    spawn_logged(host, &bin, &args, &host.log_of("kubelet"), &[])
 }
 
 fn spawn_agent(
@@ -513,15 +972,55 @@ fn spawn_agent(
     }
     let args = ["--config".as_ref(), config.as_os_str()];
     let env: Vec<(&str, &str)> = failpoints.map(|f| ("FAILPOINTS", f)).into_iter().collect();
-    spawn_logged(agent_bin, &args, &host.log_of("quorate-agent"), &env)
+    let bin = if host.faithful() {
+        "/usr/local/bin/quorate-agent".to_owned()
+    } else {
+        agent_bin.display().to_string()
+    };
+    spawn_logged(host, &bin, &args, &host.log_of("quorate-agent"), &env)
+}
+
+/// Writes a host's static pod manifests as kubeadm does: etcd (`etcd` as given), kube-apiserver
+/// (using the local member), kube-controller-manager and kube-scheduler.
+fn write_manifests(
+    host: &Host,
+    tools: &EtcdTools,
+    etcd: &[String],
+    no_anonymous_auth: bool,
+) -> anyhow::Result<()> {
+    fs::create_dir_all(host.manifests_dir())?;
+    write_atomic(
+        &host.manifests_dir().join("etcd.yaml"),
+        &host.etcd_manifest(tools, etcd),
+    )?;
+    let apiserver = host.apiserver_command_for(&host.local_etcd_url(), no_anonymous_auth);
+    write_control_plane(host, &apiserver)
+}
+
+/// Writes kube-apiserver (running `apiserver`), kube-controller-manager and kube-scheduler.
+fn write_control_plane(host: &Host, apiserver: &[String]) -> anyhow::Result<()> {
+    fs::create_dir_all(host.manifests_dir())?;
+    write_atomic(
+        &host.manifests_dir().join("kube-apiserver.yaml"),
+        &layout::static_pod(host, "kube-apiserver", apiserver, 5),
+    )?;
+    for controller in layout::CONTROLLERS {
+        let command = host.controller_command(controller);
+        write_atomic(
+            &host.manifests_dir().join(format!("{controller}.yaml")),
+            &layout::static_pod(host, controller, &command, 5),
+        )?;
+    }
+    Ok(())
 }
 
 /// A systemd lab host the kubespray way: `etcd.service` running the bare etcd binary with every
-/// setting in `/etc/etcd.env`, and the `systemctl` stand-in wrapper.
+/// setting in `/etc/etcd.env`, and the `systemctl` stand-in (on a flat host, a wrapper).
 fn write_systemd_host(
     host: &Host,
     tools: &EtcdTools,
     initial_cluster: &str,
+    wal: Option<&str>,
     lab_bin: &Path,
 ) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt as _;
@@ -529,35 +1028,38 @@ fn write_systemd_host(
         host.unit_dir(),
         host.path("run/systemd"),
         host.path("var/log"),
-        host.path("usr/bin"),
-        host.data_dir()
-            .parent()
-            .expect("data dir has a parent")
-            .to_owned(),
     ] {
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     write_atomic(
         &host.etcd_env_file(),
-        &host.etcd_env(tools, initial_cluster),
+        &host.etcd_env(tools, initial_cluster, wal),
     )?;
     write_atomic(&host.unit_dir().join(ETCD_UNIT), &host.etcd_unit(tools))?;
-    let wrapper = host.systemctl();
-    write_atomic(
-        &wrapper,
-        &crate::systemctl::wrapper_script(lab_bin, &host.root),
-    )?;
-    fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755))?;
+    if !host.faithful() {
+        let wrapper = host.systemctl();
+        fs::create_dir_all(wrapper.parent().expect("systemctl has a dir"))?;
+        write_atomic(
+            &wrapper,
+            &crate::systemctl::wrapper_script(lab_bin, &host.root),
+        )?;
+        fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755))?;
+    }
     Ok(())
 }
 
-/// `systemctl <verb> etcd.service` on `host`, through its stand-in wrapper.
+/// `systemctl <verb> etcd.service` on `host`, through its stand-in.
 fn systemctl(host: &Host, verb: &str) -> anyhow::Result<()> {
-    let out = Command::new(host.systemctl())
+    let program = if host.faithful() {
+        "systemctl".to_owned()
+    } else {
+        host.systemctl().display().to_string()
+    };
+    let out = Lab::host_command(host, &program)
         .args([verb, ETCD_UNIT])
         .stdin(Stdio::null())
         .output()
-        .with_context(|| format!("running {}", host.systemctl().display()))?;
+        .with_context(|| format!("running {program} on {}", host.name))?;
     if !out.status.success() {
         bail!(
             "systemctl {verb} {ETCD_UNIT} on {}: {} {}",
@@ -575,7 +1077,8 @@ fn stop_units(hosts: &[Host]) -> anyhow::Result<()> {
     let errors: Vec<String> = std::thread::scope(|s| {
         let stops: Vec<_> = hosts
             .iter()
-            .filter(|h| h.systemctl().is_file())
+            .filter(|h| h.path("etc/systemd/system").join(ETCD_UNIT).is_file())
+            .filter(|h| h.ns.as_ref().is_none_or(|ns| ns.netns_inode().is_some()))
             .map(|h| s.spawn(move || systemctl(h, "stop")))
             .collect();
         stops
@@ -601,35 +1104,47 @@ fn unit_running(host: &Host) -> bool {
         .is_some_and(|s| s.main_pid(&host.root).is_some())
 }
 
-/// The agent's `[etcd]` section (and `[apiserver]`, for static pods) on a lab host.
+/// The agent's `[etcd]` section (and `[apiserver]`, for static pods) on a lab host: on a
+/// faithful host, only what differs from the agent's production defaults.
 fn agent_runtime_sections(host: &Host, tool: &str, runtime: LabRuntime) -> String {
     let s = |p: PathBuf| format!("{:?}", p.display().to_string());
     match runtime {
+        LabRuntime::Systemd if host.faithful() => {
+            format!("[etcd]\nruntime = \"systemd\"\nunit = \"{ETCD_UNIT}\"\n{tool}\n")
+        }
         LabRuntime::Systemd => format!(
-            "[etcd]\nruntime = \"systemd\"\nunit = \"{ETCD_UNIT}\"\nunit_dir = {}\nsystemctl = {}\n{tool}\n",
-            s(host.unit_dir()),
+            "[etcd]\nruntime = \"systemd\"\nunit = \"{ETCD_UNIT}\"\nunit_root = {}\nsystemctl = {}\n{tool}\n",
+            s(host.root.clone()),
             s(host.systemctl()),
         ),
         LabRuntime::StaticPod => format!(
             "[etcd]\nruntime = \"static-pod\"\nmanifest = {}\n{tool}\n\n[apiserver]\nruntime = \"static-pod\"\nmanifest = {}\nca = {}\n",
-            s(host.manifests_dir().join("etcd.yaml")),
-            s(host.manifests_dir().join("kube-apiserver.yaml")),
-            s(host.pki_dir().join("ca.crt")),
+            s(host.inner("etc/kubernetes/manifests/etcd.yaml")),
+            s(host.inner("etc/kubernetes/manifests/kube-apiserver.yaml")),
+            s(host.inner("etc/kubernetes/pki/ca.crt")),
         ),
     }
 }
 
-/// The agent's config on a lab host: the runtime's sections, the lab's tools.
+/// The agent's config on a lab host: the runtime's sections, the restore tool. Written where
+/// the host has it (`/etc/quorate/agent.toml`); returns the path as the host sees it.
 fn write_agent_config(
     host: &Host,
     tools: &EtcdTools,
     runtime: LabRuntime,
 ) -> anyhow::Result<PathBuf> {
-    let q = host.quorate_pki_dir();
-    let tool = match &tools.etcdutl {
-        Some(etcdutl) => format!("etcdutl = {:?}", etcdutl.display().to_string()),
-        None => format!("etcdctl = {:?}", tools.etcdctl.display().to_string()),
+    let tool_path = |name: &str, outside: &Path| {
+        if host.faithful() {
+            format!("{}/{name}", store::RESTORE_TOOL_DIR)
+        } else {
+            outside.display().to_string()
+        }
     };
+    let tool = match &tools.etcdutl {
+        Some(etcdutl) => format!("etcdutl = {:?}", tool_path("etcdutl", etcdutl)),
+        None => format!("etcdctl = {:?}", tool_path("etcdctl", &tools.etcdctl)),
+    };
+    let q = |f: &str| host.inner_str(&format!("etc/quorate/pki/{f}"));
     let text = format!(
         r#"# quorate-agent on lab host {name}
 listen = "{ip}:{port}"
@@ -645,16 +1160,124 @@ client_ca = {ca:?}
         name = host.name,
         ip = host.ip,
         port = layout::AGENT_PORT,
-        state = host.path("var/lib/quorate-agent").display().to_string(),
+        state = host.inner_str("var/lib/quorate-agent"),
         coordinator = crate::pki::COORDINATOR_NAME,
-        cert = q.join("agent.crt").display().to_string(),
-        key = q.join("agent.key").display().to_string(),
-        ca = q.join("ca.crt").display().to_string(),
+        cert = q("agent.crt"),
+        key = q("agent.key"),
+        ca = q("ca.crt"),
         sections = agent_runtime_sections(host, &tool, runtime),
     );
     let path = host.path("etc/quorate/agent.toml");
     write_atomic(&path, &text)?;
-    Ok(path)
+    Ok(host.inner("etc/quorate/agent.toml"))
+}
+
+/// Mounts a fresh `disk` at `rel` on `host` (from outside: it appears on the host too), owned by
+/// root with mode 0700, as etcd wants its dirs.
+fn mount_disk(dir: &Path, host: &Host, rel: &str, disk: Disk) -> anyhow::Result<()> {
+    let target = host.path(rel);
+    fs::create_dir_all(&target)?;
+    let run = |cmd: &mut Command| -> anyhow::Result<()> {
+        let out = cmd
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("running {cmd:?}"))?;
+        if !out.status.success() {
+            bail!(
+                "{cmd:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
+    };
+    match disk {
+        Disk::Tmpfs => run(Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=1g,mode=700", "tmpfs"])
+            .arg(&target))?,
+        Disk::Ext4 => {
+            let disks = dir.join("disks");
+            fs::create_dir_all(&disks)?;
+            let image = disks.join(format!("{}-{}.img", host.name, rel.replace('/', "_")));
+            fs::File::create(&image)?.set_len(1 << 30)?;
+            run(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&image))?;
+            run(Command::new("mount")
+                .args(["-o", "loop"])
+                .arg(&image)
+                .arg(&target))?;
+            use std::os::unix::fs::PermissionsExt as _;
+            fs::set_permissions(&target, fs::Permissions::from_mode(0o700))?;
+        }
+    }
+    Ok(())
+}
+
+/// The agent's config on a control-plane host of an external etcd cluster: its apiserver, no
+/// etcd. Returns the path as the host sees it.
+fn write_apiserver_agent_config(host: &Host) -> anyhow::Result<PathBuf> {
+    let q = |f: &str| host.inner_str(&format!("etc/quorate/pki/{f}"));
+    let text = format!(
+        r#"# quorate-agent on lab control-plane host {name} (external etcd: no etcd here)
+listen = "{ip}:{port}"
+state_dir = {state:?}
+allowed_clients = ["{coordinator}"]
+host_name = "{name}"
+
+[tls]
+cert = {cert:?}
+key = {key:?}
+client_ca = {ca:?}
+
+[apiserver]
+runtime = "static-pod"
+manifest = {manifest:?}
+ca = {api_ca:?}
+"#,
+        name = host.name,
+        ip = host.ip,
+        port = layout::AGENT_PORT,
+        state = host.inner_str("var/lib/quorate-agent"),
+        coordinator = crate::pki::COORDINATOR_NAME,
+        cert = q("agent.crt"),
+        key = q("agent.key"),
+        ca = q("ca.crt"),
+        manifest = host.inner_str("etc/kubernetes/manifests/kube-apiserver.yaml"),
+        api_ca = host.inner_str("etc/kubernetes/pki/ca.crt"),
+    );
+    write_atomic(&host.path("etc/quorate/agent.toml"), &text)?;
+    Ok(host.inner("etc/quorate/agent.toml"))
+}
+
+/// Refuses a net whose bridge or host namespaces exist (another lab on it).
+fn check_net_free(net: u8) -> anyhow::Result<()> {
+    let bridge = hostns::bridge_name(net);
+    let prefix = format!("{bridge}-");
+    let taken = Path::new("/sys/class/net").join(&bridge).exists()
+        || fs::read_dir("/run/netns")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with(&prefix));
+    if taken {
+        bail!(
+            "net {net} is in use (bridge {bridge} or netns {prefix}* exists: another lab? `lab down --dir` it, or pick another --net)"
+        );
+    }
+    Ok(())
+}
+
+/// Refuses flat hosts whose addresses are already in use.
+fn check_ports_free(hosts: &[Host], net: u8) -> anyhow::Result<()> {
+    for host in hosts {
+        for port in host.ports() {
+            if std::net::TcpListener::bind((host.ip, port)).is_err() {
+                bail!(
+                    "{}:{port} is already in use (another lab on net {net}? `lab down --dir` it, or pick another --net)",
+                    host.ip
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Refuses a dir with a running lab; clears the files of a stopped one.
@@ -666,8 +1289,13 @@ fn prepare_dir(dir: &Path) -> anyhow::Result<()> {
             .hosts
             .iter()
             .zip(&old.state.kubelets)
-            .any(|(h, pid)| procs::is_ours(*pid, &h.root.display().to_string()))
-            || old.state.hosts.iter().any(unit_running);
+            .any(|(h, pid)| is_ours(h, *pid, "kubelet"))
+            || old.state.hosts.iter().any(unit_running)
+            || old
+                .state
+                .hosts
+                .iter()
+                .any(|h| h.ns.as_ref().is_some_and(|ns| ns.netns_inode().is_some()));
         if running {
             bail!(
                 "a lab is already running in {}: run `lab down --dir {}` first",
@@ -675,7 +1303,23 @@ fn prepare_dir(dir: &Path) -> anyhow::Result<()> {
                 dir.display()
             );
         }
-        for entry in ["hosts", "pki", "coordinator"] {
+        if !hostns::mounts_under(dir).is_empty() {
+            bail!(
+                "{} still has mounts of a lab under it: run `lab down --dir {}` first",
+                dir.display(),
+                dir.display()
+            );
+        }
+        for entry in [
+            "hosts",
+            "pki",
+            "coordinator",
+            "images",
+            "bin",
+            "opt",
+            "ns",
+            "disks",
+        ] {
             let path = dir.join(entry);
             if path.exists() {
                 fs::remove_dir_all(&path)

@@ -7,6 +7,8 @@
 //! DIR/coordinator/etcd-ca.crt, etcd-client.{crt,key}       coordinator → etcd (verify)
 //! HOST/etc/kubernetes/pki/ca.{crt,key}, apiserver.{crt,key}, apiserver-etcd-client.{crt,key}
 //! HOST/etc/kubernetes/pki/etcd/ca.{crt,key}, server, peer, healthcheck-client
+//! HOST/etc/kubernetes/admin.conf                            kubeadm's admin kubeconfig
+//! DIR/pki/admin.{crt,key}                                  the lab's own admin client certificate
 //! HOST/etc/quorate/pki/ca.crt, agent.{crt,key}              agent server certificate
 //! ```
 
@@ -51,7 +53,39 @@ impl LabPki {
         self.etcd_ca
             .issue("quorate", &["quorate"], &[], Usage::Client)?
             .write(&coord, "etcd-client")?;
+        self.admin()?.write(&pki, "admin")?;
         Ok(())
+    }
+
+    /// kubeadm's cluster admin client certificate (in `admin.conf`).
+    fn admin(&self) -> anyhow::Result<quorate::certs::Pem> {
+        Ok(self
+            .kubernetes_ca
+            .issue("kubernetes-admin", &[], &[], Usage::Client)?)
+    }
+
+    /// `/etc/kubernetes/admin.conf` as kubeadm writes it: the cluster's CA and an admin client
+    /// certificate, embedded.
+    fn admin_conf(&self, host: &Host) -> anyhow::Result<String> {
+        use base64::Engine as _;
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        let admin = self.admin()?;
+        Ok(format!(
+            "apiVersion: v1\n\
+             clusters:\n\
+             - cluster:\n    certificate-authority-data: {ca}\n    server: https://{ip}:6443\n  name: kubernetes\n\
+             contexts:\n\
+             - context:\n    cluster: kubernetes\n    user: kubernetes-admin\n  name: kubernetes-admin@kubernetes\n\
+             current-context: kubernetes-admin@kubernetes\n\
+             kind: Config\n\
+             preferences: {{}}\n\
+             users:\n\
+             - name: kubernetes-admin\n  user:\n    client-certificate-data: {cert}\n    client-key-data: {key}\n",
+            ca = b64(&self.kubernetes_ca.cert_pem()),
+            ip = host.ip,
+            cert = b64(&admin.cert),
+            key = b64(&admin.key),
+        ))
     }
 
     /// Writes one host's certificates in kubeadm's layout.
@@ -82,6 +116,12 @@ impl LabPki {
         self.etcd_ca
             .issue("kube-etcd-healthcheck-client", &[], &[], Usage::Client)?
             .write(&etcd, "healthcheck-client")?;
+        let conf = host.path("etc/kubernetes/admin.conf");
+        std::fs::write(&conf, self.admin_conf(host)?)?;
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(&conf, std::fs::Permissions::from_mode(0o600))?;
+        }
         let quorate = host.quorate_pki_dir();
         std::fs::create_dir_all(&quorate)?;
         std::fs::write(quorate.join("ca.crt"), self.quorate_ca.cert_pem())?;

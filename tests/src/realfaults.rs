@@ -350,10 +350,13 @@ impl Drop for SmallDiskLab {
 /// 127.0.0.1 (the kernel's source for loopback), so an address rule alone does not cut it off;
 /// the member's kubelet is moved into a cgroup of its own, inherited by every etcd it starts,
 /// and an input rule drops peer-port packets to sockets of that cgroup (the answers to its
-/// dials). Dropping the guard deletes the table and the cgroup.
+/// dials). Dropping the guard deletes the table and the cgroup. On a host with namespaces the
+/// table lives in the host's own network namespace and drops every peer-port packet there.
 pub struct Partition {
     table: String,
     ip: std::net::Ipv4Addr,
+    /// The host's netns, when it has one (then there is no cgroup).
+    netns: Option<String>,
     /// The cgroup, and its path as nft names it (relative to /sys/fs/cgroup).
     cgroup: PathBuf,
     nft_cgroup: String,
@@ -378,6 +381,17 @@ impl Partition {
     /// cgroup, so the etcd it starts next is in it.
     pub fn prepare(lab: &Lab, i: usize) -> anyhow::Result<Self> {
         let host = &lab.hosts()[i];
+        if let Some(ns) = &host.ns {
+            return Ok(Self {
+                table: format!("quorate_test_{}", std::process::id()),
+                ip: host.ip,
+                netns: Some(ns.netns.clone()),
+                cgroup: PathBuf::new(),
+                nft_cgroup: String::new(),
+                root_procs: PathBuf::new(),
+                cut: false,
+            });
+        }
         let mount = cgroup2_mount()?;
         let name = format!("quorate_test_{}", std::process::id());
         let relative = mount
@@ -388,6 +402,7 @@ impl Partition {
         let partition = Self {
             table: name.clone(),
             ip: host.ip,
+            netns: None,
             nft_cgroup: relative.join(&name).display().to_string(),
             root_procs: mount.join("cgroup.procs"),
             cgroup,
@@ -402,8 +417,25 @@ impl Partition {
     /// Drops the member's peer traffic from now on.
     pub fn cut(&mut self) -> anyhow::Result<()> {
         let (ip, port, cg) = (self.ip, layout::PEER_PORT, &self.nft_cgroup);
-        let script = format!(
-            "table inet {table} {{\n\
+        let script = if self.netns.is_some() {
+            format!(
+                "table inet {table} {{\n\
+                 \tchain input {{\n\
+                 \t\ttype filter hook input priority 0; policy accept;\n\
+                 \t\ttcp dport {port} drop\n\
+                 \t\ttcp sport {port} drop\n\
+                 \t}}\n\
+                 \tchain output {{\n\
+                 \t\ttype filter hook output priority 0; policy accept;\n\
+                 \t\ttcp dport {port} drop\n\
+                 \t\ttcp sport {port} drop\n\
+                 \t}}\n\
+                 }}\n",
+                table = self.table
+            )
+        } else {
+            format!(
+                "table inet {table} {{\n\
              \tchain input {{\n\
              \t\ttype filter hook input priority 0; policy accept;\n\
              \t\tip daddr {ip} tcp dport {port} drop\n\
@@ -416,9 +448,11 @@ impl Partition {
              \t\tip saddr {ip} tcp sport {port} drop\n\
              \t}}\n\
              }}\n",
-            table = self.table
-        );
-        let mut child = Command::new("nft")
+                table = self.table
+            )
+        };
+        let mut child = self
+            .nft()
             .args(["-f", "-"])
             .stdin(Stdio::piped())
             .stderr(Stdio::piped())
@@ -440,10 +474,22 @@ impl Partition {
         Ok(())
     }
 
+    /// `nft` in the partitioned host's network namespace (or the machine's).
+    fn nft(&self) -> Command {
+        match &self.netns {
+            Some(ns) => {
+                let mut cmd = Command::new("ip");
+                cmd.args(["netns", "exec", ns, "nft"]);
+                cmd
+            }
+            None => Command::new("nft"),
+        }
+    }
+
     /// Lets the member's peer traffic through again.
     pub fn heal(&mut self) -> anyhow::Result<()> {
         if self.cut {
-            run(Command::new("nft").args(["delete", "table", "inet", &self.table]))?;
+            run(self.nft().args(["delete", "table", "inet", &self.table]))?;
             self.cut = false;
         }
         Ok(())
@@ -454,6 +500,9 @@ impl Drop for Partition {
     fn drop(&mut self) {
         if let Err(e) = self.heal() {
             eprintln!("deleting nft table {}: {e:#}", self.table);
+        }
+        if self.netns.is_some() {
+            return;
         }
         let procs = fs::read_to_string(self.cgroup.join("cgroup.procs")).unwrap_or_default();
         for pid in procs.lines() {

@@ -128,10 +128,17 @@ pub fn quorate_restore(lab: &Lab, snapshot: &Path, extra: &[&str]) -> anyhow::Re
         .context("running quorate")
 }
 
-/// Waits until every apiserver answers `/readyz` with 200.
+/// Waits until every apiserver (on stacked members, or on an external cluster's control-plane
+/// hosts) answers `/readyz` with 200.
 pub async fn wait_apiservers(lab: &Lab, patience: Duration) -> anyhow::Result<()> {
     let deadline = std::time::Instant::now() + patience;
-    for host in lab.hosts() {
+    let stacked = lab.state.runtime == crate::lab::LabRuntime::StaticPod;
+    let hosts = lab
+        .hosts()
+        .iter()
+        .filter(|_| stacked)
+        .chain(lab.state.apiservers.iter().map(|a| &a.host));
+    for host in hosts {
         while lab.apiserver_readyz(host).await != Some(200) {
             if std::time::Instant::now() > deadline {
                 bail!("{}'s apiserver is not ready", host.name);

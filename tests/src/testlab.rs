@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use nix::fcntl::{Flock, FlockArg};
 
-use crate::lab::{Lab, LabRuntime, UpOptions};
+use crate::lab::{Lab, LabLayout, LabRuntime, UpOptions};
 use crate::tools::{EtcdTools, EtcdVersion};
 
 /// One patience setting for every wait in the tests.
@@ -113,6 +113,17 @@ pub async fn up(members: u8, version: EtcdVersion) -> TestLab {
 
 /// Brings up a lab of `members` on etcd `version`, run by `runtime`.
 pub async fn up_with(members: u8, version: EtcdVersion, runtime: LabRuntime) -> TestLab {
+    up_layout(members, version, runtime, LabLayout::default()).await
+}
+
+/// Brings up a lab of `members` on etcd `version`, run by `runtime`, with a production `layout`
+/// (a data dir on its own disk, a WAL dir apart, ...).
+pub async fn up_layout(
+    members: u8,
+    version: EtcdVersion,
+    runtime: LabRuntime,
+    layout: LabLayout,
+) -> TestLab {
     let (net, slot) = take_net_slot();
     let dir = tempfile::Builder::new()
         .prefix("quorate-lab-")
@@ -127,6 +138,8 @@ pub async fn up_with(members: u8, version: EtcdVersion, runtime: LabRuntime) -> 
         lab_bin: lab_bin(),
         patience: PATIENCE,
         runtime,
+        faithful: crate::hostns::available(),
+        layout,
     };
     let started = Instant::now();
     let lab = Lab::up(&opts).await.expect("lab up");

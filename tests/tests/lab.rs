@@ -40,7 +40,7 @@ async fn assert_cluster(lab: &Lab) {
             .await
             .expect("status through a client certificate");
         assert_ne!(status.leader(), 0, "{} knows a leader", host.name);
-        assert!(Lab::member_healthy(host).await, "{} /health", host.name);
+        assert!(lab.member_healthy(host).await, "{} /health", host.name);
         assert_eq!(
             lab.apiserver_readyz(host).await,
             Some(200),
@@ -176,12 +176,12 @@ async fn removing_a_manifest_stops_exactly_that_member_and_putting_it_back_resto
     )
     .await
     .expect("write with cp-2 down");
-    assert!(Lab::member_healthy(h3).await, "cp-3 stays healthy");
+    assert!(lab.member_healthy(h3).await, "cp-3 stays healthy");
 
     lab.restore_manifest(h2, "etcd")
         .expect("put cp-2's manifest back");
     eventually("cp-2 healthy again", || async {
-        Lab::member_healthy(h2).await.then_some(())
+        lab.member_healthy(h2).await.then_some(())
     })
     .await;
     let mut c2 = member_client(&h2.client_url(), &lab.etcd_tls())
@@ -258,5 +258,141 @@ async fn apiserver_readiness_follows_quorum_and_heartbeat_only_while_running() {
         heartbeat(&lab, h1, h2).await,
         Some(frozen),
         "a stopped apiserver wrote a heartbeat"
+    );
+}
+
+/// The flag `--name` of a manifest's etcd command, and so on.
+fn flag<'a>(command: &'a [String], name: &str) -> Option<&'a str> {
+    command
+        .iter()
+        .find_map(|a| a.strip_prefix(&format!("--{name}=")))
+}
+
+/// As root, every host is a kubeadm node: its own network, mount and UTS namespaces, kubeadm's
+/// paths and manifests (`etcd` from the image, loopback client and metrics URLs, members joined
+/// one by one with `--initial-cluster-state=existing`), nothing of etcd on its PATH; and `lab
+/// down` leaves no process, namespace, link or mount behind.
+#[tokio::test]
+async fn hosts_are_kubeadm_nodes_and_down_leaves_nothing() {
+    if !quorate_lab::realfaults::root_or_skip("hosts as namespaces") {
+        return;
+    }
+    let mut lab = testlab::up(3, EtcdVersion::V35).await;
+    let tools = lab.state.tools.clone();
+    for (i, host) in lab.hosts().iter().enumerate() {
+        let ns = host.ns.clone().expect("as root, hosts are namespaces");
+        let text =
+            std::fs::read_to_string(host.manifests_dir().join("etcd.yaml")).expect("etcd.yaml");
+        let pod: serde_json::Value = serde_yaml_ng::from_str(&text).expect("manifest YAML");
+        let c = &pod["spec"]["containers"][0];
+        assert_eq!(
+            c["image"].as_str(),
+            Some(format!("registry.k8s.io/etcd:{}-0", tools.full_version).as_str())
+        );
+        let command: Vec<String> =
+            serde_json::from_value(c["command"].clone()).expect("command is a list");
+        assert_eq!(command[0], "etcd", "kubeadm runs `etcd` from the image");
+        assert_eq!(flag(&command, "data-dir"), Some("/var/lib/etcd"));
+        assert_eq!(
+            flag(&command, "listen-client-urls"),
+            Some(format!("https://127.0.0.1:2379,{}", host.client_url()).as_str())
+        );
+        assert_eq!(
+            flag(&command, "listen-metrics-urls"),
+            Some("http://127.0.0.1:2381")
+        );
+        assert_eq!(
+            flag(&command, "cert-file"),
+            Some("/etc/kubernetes/pki/etcd/server.crt")
+        );
+        let members: Vec<&str> = flag(&command, "initial-cluster")
+            .expect("--initial-cluster")
+            .split(',')
+            .collect();
+        assert_eq!(
+            members.len(),
+            i + 1,
+            "{}: the members known when it joined",
+            host.name
+        );
+        let state = flag(&command, "initial-cluster-state");
+        assert_eq!(state, (i > 0).then_some("existing"), "{}", host.name);
+        assert_eq!(
+            c["livenessProbe"]["httpGet"]["host"].as_str(),
+            Some("127.0.0.1")
+        );
+        let volumes: Vec<&str> = pod["spec"]["volumes"]
+            .as_array()
+            .expect("volumes")
+            .iter()
+            .filter_map(|v| v["hostPath"]["path"].as_str())
+            .collect();
+        assert_eq!(volumes, ["/etc/kubernetes/pki/etcd", "/var/lib/etcd"]);
+
+        let out = ns
+            .command("sh")
+            .args(["-c", "hostname; command -v etcd || echo no-etcd; test -d /var/lib/etcd/member && echo data; test -f /etc/kubernetes/manifests/etcd.yaml && echo manifest"])
+            .output()
+            .expect("running a command on the host");
+        let seen = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            seen.lines().collect::<Vec<_>>(),
+            [host.name.as_str(), "no-etcd", "data", "manifest"],
+            "{}: {}",
+            host.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // kubeadm's metrics listener is each host's own loopback: nothing of it on the bastion's.
+    assert!(
+        !procs::port_open(std::net::Ipv4Addr::LOCALHOST, 2381),
+        "etcd's metrics listener is on a host's loopback, not on the bastion's"
+    );
+    let hosts = lab.hosts().to_vec();
+    let pids: Vec<u32> = hosts
+        .iter()
+        .flat_map(|h| h.ns.as_ref().expect("ns").pids())
+        .collect();
+    assert!(
+        pids.len() >= 3 * 6,
+        "kubelet, agent and 4 pods per host: {pids:?}"
+    );
+    let dir = lab.dir().to_owned();
+    lab.down().expect("lab down");
+    for pid in pids {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        assert!(
+            stat.is_empty()
+                || stat
+                    .rsplit_once(')')
+                    .is_some_and(|(_, r)| r.trim_start().starts_with('Z')),
+            "pid {pid} still runs after lab down"
+        );
+    }
+    for host in &hosts {
+        let ns = host.ns.as_ref().expect("ns");
+        assert!(
+            !std::path::Path::new("/run/netns").join(&ns.netns).exists(),
+            "{} netns left",
+            host.name
+        );
+        assert!(
+            !std::path::Path::new("/sys/class/net")
+                .join(&ns.veth)
+                .exists(),
+            "{} veth left",
+            host.name
+        );
+    }
+    let bridge = quorate_lab::hostns::bridge_name(lab.state.net);
+    assert!(
+        !std::path::Path::new("/sys/class/net")
+            .join(&bridge)
+            .exists(),
+        "bridge left"
+    );
+    assert_eq!(
+        quorate_lab::hostns::mounts_under(&dir),
+        Vec::<std::path::PathBuf>::new()
     );
 }

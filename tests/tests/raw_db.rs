@@ -82,7 +82,7 @@ async fn a_raw_db_copy_is_refused_without_skip_hash_check_and_restored_with_it()
     lab.restore_manifest(&h3, "etcd")
         .expect("put cp-3's manifest back");
     eventually("cp-3 healthy again", || async {
-        Lab::member_healthy(&h3).await.then_some(())
+        lab.member_healthy(&h3).await.then_some(())
     })
     .await;
     lab.wait_ready(testlab::PATIENCE)

@@ -3,26 +3,24 @@
 //! `/readyz` answers 200. A runtime's own success report (a moved manifest, systemctl's exit
 //! code) is never taken as proof.
 
-use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{Progress, find_processes_with_env, listening};
 use crate::error::{AgentError, Result};
+use crate::health::{self, ReadyzConfig};
 use crate::manifest::{Apiserver, EtcdMember, PodCommand};
 
 const POLL: Duration = Duration::from_millis(100);
 /// How often a wait repeats its progress message.
 const REPORT_EVERY: Duration = Duration::from_secs(5);
-const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Which component a runtime controls; decides which ports and probes mean "up".
 #[derive(Debug, Clone)]
 pub enum Component {
     Etcd,
-    /// With the CA of the apiserver's serving certificate, for `/readyz`.
+    /// With how its `/readyz` is probed (CA, client credentials).
     Apiserver {
-        ca: PathBuf,
+        readyz: ReadyzConfig,
     },
     /// Another control-plane static pod (kube-controller-manager, kube-scheduler): up means its
     /// process runs.
@@ -77,26 +75,23 @@ pub fn join(pids: &[u32]) -> String {
         .join(", ")
 }
 
+/// Why the apiserver is not ready yet, `None` when `/readyz` answers 200; an error when it
+/// cannot be probed at all (no credentials for an apiserver that refuses anonymous requests).
 fn readyz(component: &Component, command: &PodCommand) -> Result<Option<String>> {
-    let Component::Apiserver { ca } = component else {
+    let Component::Apiserver { readyz } = component else {
         return Ok(None);
     };
-    let url = Apiserver::from_command(command.clone())?.readyz_url();
-    let tls = quorate_proto::tls::client_config(ca, None).map_err(|e| {
-        AgentError::Precondition(format!("apiserver.ca: {e}; fix the agent config"))
-    })?;
-    let handle = tokio::runtime::Handle::try_current().map_err(|_| {
+    let probe = health::readyz_probe(readyz, &Apiserver::from_command(command.clone())?)?;
+    let answer = health::block_on(health::probe_readyz(&probe)).ok_or_else(|| {
         AgentError::Precondition("probing /readyz needs the agent's runtime".into())
     })?;
-    let answer = handle.block_on(quorate_proto::probe::get(
-        &url,
-        Some(Arc::new(tls)),
-        PROBE_TIMEOUT,
-    ));
-    Ok(match answer {
-        Ok(r) if r.status == 200 => None,
-        Ok(r) => Some(format!("GET {url} answered {}", r.status)),
-        Err(e) => Some(e.to_string()),
+    Ok(match answer.status {
+        Some(200) => None,
+        Some(status) => Some(format!(
+            "GET {} answered {status} ({}): {}",
+            answer.url, answer.auth, answer.detail
+        )),
+        None => Some(answer.detail),
     })
 }
 

@@ -8,7 +8,11 @@ mod checks;
 mod procs;
 mod static_pod;
 mod systemd;
+pub mod systemd_view;
 pub mod unit;
+mod unit_files;
+mod unit_specifiers;
+mod unit_syntax;
 
 use std::path::{Path, PathBuf};
 
@@ -16,6 +20,7 @@ pub use checks::{Component, Target};
 pub use procs::{find_processes, find_processes_with_env, listening};
 pub use static_pod::{StaticPod, move_manifest};
 pub use systemd::Systemd;
+pub use unit_files::UnitSource;
 
 use crate::error::{AgentError, Result};
 use crate::fsutil;

@@ -4,15 +4,28 @@
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, ToSocketAddrs};
 
-/// PIDs of live (non-zombie) processes whose argv equals `argv` exactly.
+/// PIDs of live (non-zombie) processes on this host whose argv equals `argv` exactly. "On this
+/// host" means in the agent's network namespace: control-plane static pods run with
+/// `hostNetwork`, etcd units in the host's namespace, and a process with the same command line
+/// in another network namespace (a pod, a container, another host sharing the kernel) listens
+/// on other addresses and is not this member's.
 pub fn find_processes(argv: &[String]) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
+    let own_net = std::fs::read_link("/proc/self/ns/net").ok();
     let mut pids: Vec<u32> = entries
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| argv_of(*pid).is_some_and(|a| a == argv) && !is_zombie(*pid))
+        // A namespace that cannot be read (another user's process, without root) counts as
+        // this host's: for "is it still running?" a false yes is the safe answer.
+        .filter(
+            |pid| match (&own_net, std::fs::read_link(format!("/proc/{pid}/ns/net"))) {
+                (Some(own), Ok(theirs)) => &theirs == own,
+                _ => true,
+            },
+        )
         .collect();
     pids.sort_unstable();
     pids

@@ -3,13 +3,18 @@
 //! ports (see [`super::checks`]), never by systemctl's exit code: `--no-block` returns once the
 //! job is queued, and an etcd unit of `Type=notify` would otherwise block `start` until the
 //! member has a quorum, which a restored member started alone never has.
+//!
+//! The unit is read as systemd resolves it: where systemd runs and the agent reads the host's
+//! own units, from systemd's view (`systemctl show`, see [`super::systemd_view`]); otherwise from
+//! the search path under the configured root (see [`super::unit_files`]).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use super::checks::{self, Component, Target};
-use super::unit::{self, Unit};
+use super::systemd_view;
+use super::unit::{self, HostFacts, Unit, UnitSource};
 use super::{Progress, Runtime, SettingsFile, SettingsFormat};
 use crate::error::{AgentError, Result};
 use crate::manifest::PodCommand;
@@ -22,13 +27,16 @@ const IDENTITY_ENV: [&str; 2] = ["ETCD_NAME", "ETCD_DATA_DIR"];
 #[derive(Debug, Clone)]
 pub struct Systemd {
     pub component: Component,
-    /// e.g. `etcd.service`.
+    /// e.g. `etcd.service`, `etcd@member1.service`.
     pub unit: String,
-    pub unit_dir: PathBuf,
+    /// Where the unit's files are looked up.
+    pub units: UnitSource,
     pub systemctl: PathBuf,
     pub stop_timeout: Duration,
     pub start_timeout: Duration,
-    /// `<unit_dir>/<unit>`.
+    /// Whether systemd's own view is asked first: the host's units, with systemd running.
+    pub ask_systemd: bool,
+    /// The unit's nominal file (see [`UnitSource::nominal_path`]); it never moves.
     path: PathBuf,
 }
 
@@ -36,16 +44,17 @@ impl Systemd {
     pub fn new(
         component: Component,
         unit: String,
-        unit_dir: PathBuf,
+        units: UnitSource,
         systemctl: PathBuf,
         stop_timeout: Duration,
         start_timeout: Duration,
     ) -> Self {
-        let path = unit_dir.join(&unit);
+        let path = units.nominal_path(&unit);
         Self {
             component,
             unit,
-            unit_dir,
+            ask_systemd: units.is_host_root() && systemd_view::systemd_runs(),
+            units,
             systemctl,
             stop_timeout,
             start_timeout,
@@ -54,7 +63,8 @@ impl Systemd {
     }
 
     fn load(&self) -> Result<Unit> {
-        Unit::load(&self.unit_dir, &self.unit)
+        let systemctl = self.ask_systemd.then_some(self.systemctl.as_path());
+        systemd_view::load_unit(&self.units, &self.unit, systemctl, &HostFacts::read())
     }
 
     /// The process as it runs and the flags it runs with, from the unit as it is now.
@@ -74,11 +84,14 @@ impl Systemd {
             Component::Apiserver { .. } => {
                 let command = PodCommand {
                     path: unit.path.clone(),
-                    argv: argv.clone(),
+                    argv: std::iter::once(unit.program())
+                        .chain(argv.iter().skip(1).cloned())
+                        .collect(),
                     source: format!(
-                        "systemd unit {} (ExecStart in {})",
+                        "systemd unit {} (ExecStart in {}; files as resolved by {})",
                         unit.name,
-                        unit.path.display()
+                        unit.files(),
+                        unit.resolved_by
                     ),
                 };
                 (command, Vec::new())

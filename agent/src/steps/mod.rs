@@ -8,15 +8,20 @@ use quorate_proto::model::{Step, StepRequest};
 
 use crate::engine::{Engine, Plan};
 use crate::error::{AgentError, Result};
-use crate::fsutil::{self, Ownership};
-use crate::journal::{Journal, ManifestMove, Op, PreservedDir, StepState};
+use crate::fsutil;
+use crate::journal::{Journal, ManifestMove, Op, StepState};
 use crate::manifest::EtcdMember;
 
 use crate::runtime::{Component, Progress, Runtime, StaticPod, move_manifest};
 use crate::snapshot;
 
+pub mod aside;
+pub mod layout;
+mod preserve;
 mod restore;
 
+use preserve::{preserve, unpreserve};
+pub use preserve::{spots, start_refusal};
 use restore::{restore, set_aside_restored};
 
 /// The volatile context of one step.
@@ -64,15 +69,6 @@ impl Ctx<'_> {
     }
 }
 
-/// `<data_dir>.quorate-<id><suffix>`: siblings on the same filesystem, so renames are atomic.
-pub(crate) fn sibling(data_dir: &Path, req: &StepRequest, suffix: &str) -> PathBuf {
-    PathBuf::from(format!(
-        "{}.quorate-{}{suffix}",
-        data_dir.display(),
-        req.restore_id
-    ))
-}
-
 /// The steps an apiserver-only host runs: claim, fence, unfence, finish (and their reverts).
 /// Anything that touches etcd is refused there before anything changes.
 pub fn refuse_on_apiserver_host(req: &StepRequest, host_name: &str) -> Result<()> {
@@ -93,7 +89,6 @@ pub fn refuse_on_apiserver_host(req: &StepRequest, host_name: &str) -> Result<()
 pub fn precheck(engine: &Engine, plan: &Plan) -> Result<()> {
     let id = plan.req.restore_id;
     let etcd_running = || engine.etcd_running(id);
-    let preserved = sibling(&plan.data_dir, &plan.req, "");
     match (plan.req.step, plan.op) {
         (Step::Claim, Op::Revert) => {
             let live: Vec<String> = plan
@@ -116,14 +111,25 @@ pub fn precheck(engine: &Engine, plan: &Plan) -> Result<()> {
                 plan.name
             )));
         }
-        (Step::Preserve, Op::Revert)
-            if fsutil::exists(&plan.data_dir) && fsutil::exists(&preserved) =>
-        {
-            return Err(AgentError::Precondition(format!(
-                "{} exists while the original is preserved at {}: revert the restore step first",
-                plan.data_dir.display(),
-                preserved.display()
-            )));
+        (Step::Preserve, Op::Run) if plan.journal.preserved.is_none() => {
+            let member = plan.etcd_member()?;
+            let layout = layout::Layout::detect(&plan.data_dir, member.wal_dir.as_deref())?;
+            let problems = layout.problems();
+            if !problems.is_empty() {
+                return Err(AgentError::Precondition(format!(
+                    "{}: {}",
+                    member.name,
+                    problems.join("; ")
+                )));
+            }
+        }
+        (Step::Preserve, Op::Revert) => {
+            if let Some(c) = spots(&plan.journal, id)
+                .iter()
+                .find_map(aside::Spot::conflict)
+            {
+                return Err(AgentError::Precondition(c));
+            }
         }
         (Step::Restore, Op::Run) => {
             snapshot::staged(&engine.state, id)?;
@@ -134,12 +140,11 @@ pub fn precheck(engine: &Engine, plan: &Plan) -> Result<()> {
                 )));
             }
         }
-        (Step::Start, Op::Run) | (Step::Halt, Op::Revert) if !fsutil::exists(&plan.data_dir) => {
-            return Err(AgentError::Precondition(format!(
-                "{} does not exist: etcd would start as an empty new member; run the restore step \
-                 (or revert the preserve step) first",
-                plan.data_dir.display()
-            )));
+        (Step::Start, Op::Run) | (Step::Halt, Op::Revert) => {
+            let wal_dir = plan.etcd_member()?.wal_dir.as_deref();
+            if let Some(why) = start_refusal(&plan.data_dir, wal_dir) {
+                return Err(AgentError::Precondition(why));
+            }
         }
         _ => {}
     }
@@ -201,10 +206,11 @@ fn release(ctx: &mut Ctx<'_>) -> Result<Done> {
     if ctx.req.step == Step::Finish {
         snapshot::remove_staged(state, id)?;
         message.push_str("; the staged snapshot copy is deleted");
-        if let Some(p) = &ctx.journal.preserved {
+        for spot in spots(&ctx.journal, id) {
             message.push_str(&format!(
-                "; the original data dir is kept at {}",
-                p.preserved.display()
+                "; the original {} is kept at {}",
+                spot.role.name(),
+                spot.preserved().display()
             ));
         }
     }
@@ -301,89 +307,3 @@ fn restart_controllers(
 }
 
 const CONTROLLER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
-
-fn preserve(ctx: &mut Ctx<'_>) -> Result<Done> {
-    let data_dir = ctx.data_dir.clone();
-    let preserved = sibling(&data_dir, ctx.req, "");
-    let (have_data, have_preserved) = (fsutil::exists(&data_dir), fsutil::exists(&preserved));
-    if !have_data && have_preserved && ctx.journal.preserved.is_some() {
-        return Ok(done(format!(
-            "{} is already preserved at {}",
-            data_dir.display(),
-            preserved.display()
-        )));
-    }
-    if have_preserved {
-        return Err(AgentError::Precondition(format!(
-            "both {} and {} exist: compare them by hand before going on",
-            data_dir.display(),
-            preserved.display()
-        )));
-    }
-    if !have_data {
-        return Err(AgentError::Precondition(format!(
-            "data dir {} does not exist: there is nothing to preserve; check etcd.data_dir / --data-dir",
-            data_dir.display()
-        )));
-    }
-    let owner = Ownership::of(&data_dir)?;
-    ctx.journal.preserved = Some(PreservedDir {
-        data_dir: data_dir.clone(),
-        preserved: preserved.clone(),
-        owner,
-    });
-    ctx.save()?;
-    let bytes = fsutil::tree_size(&data_dir);
-    ctx.progress(format!(
-        "moving {} to {}",
-        data_dir.display(),
-        preserved.display()
-    ));
-    fsutil::rename_durable(&data_dir, &preserved)?;
-    let mut d = done(format!(
-        "preserved {} at {} (owner {}:{}, mode {:o})",
-        data_dir.display(),
-        preserved.display(),
-        owner.uid,
-        owner.gid,
-        owner.mode
-    ));
-    d.details
-        .insert("preserved_dir".into(), preserved.display().to_string());
-    d.details
-        .insert("preserved_bytes".into(), bytes.to_string());
-    Ok(d)
-}
-
-fn unpreserve(ctx: &mut Ctx<'_>) -> Result<Done> {
-    let data_dir = ctx.data_dir.clone();
-    let preserved = sibling(&data_dir, ctx.req, "");
-    match (fsutil::exists(&data_dir), fsutil::exists(&preserved)) {
-        (true, false) => Ok(done(format!(
-            "{} is in place; nothing to move back",
-            data_dir.display()
-        ))),
-        (false, true) => {
-            ctx.progress(format!(
-                "moving {} back to {}",
-                preserved.display(),
-                data_dir.display()
-            ));
-            fsutil::rename_durable(&preserved, &data_dir)?;
-            Ok(done(format!(
-                "moved the original data dir back to {}",
-                data_dir.display()
-            )))
-        }
-        (true, true) => Err(AgentError::Precondition(format!(
-            "{} exists: revert the restore step first",
-            data_dir.display()
-        ))),
-        (false, false) => Err(AgentError::Precondition(format!(
-            "neither {} nor the preserved {} exists: the original data is not where this agent left \
-             it; look for it before doing anything else",
-            data_dir.display(),
-            preserved.display()
-        ))),
-    }
-}

@@ -1,9 +1,11 @@
-//! RESTORE and its inverse: restore into a fresh sibling, adopt the original's owner and mode,
-//! rename into place; on revert, move the restored dir away. Nothing is ever deleted.
+//! RESTORE and its inverse: restore into a fresh place on each dir's own filesystem (beside it,
+//! or inside it when it is a mount point), adopt the original's owner and mode, move into place;
+//! on revert, move the restored copy away. Nothing is ever deleted.
 
 use std::path::{Path, PathBuf};
 
-use super::{Ctx, Done, done, sibling};
+use super::aside::{Role, Spot};
+use super::{Ctx, Done, done, spots};
 use crate::error::{AgentError, Result};
 use crate::fsutil;
 use crate::settings::{self, FileEdit};
@@ -28,20 +30,136 @@ fn move_aside(ctx: &mut Ctx<'_>, dir: &Path, base: &Path, always_number: bool) -
     Ok(to)
 }
 
+/// A copy left in the restoring place by an interrupted attempt: removed when it is an empty
+/// dir, else kept as `.partial-<n>`.
+fn clear_restoring(ctx: &mut Ctx<'_>, spot: &Spot) -> Result<()> {
+    let restoring = spot.restoring();
+    if !fsutil::exists(&restoring) {
+        return Ok(());
+    }
+    if restoring.is_dir() && super::aside::entries(&restoring).is_empty() {
+        std::fs::remove_dir(&restoring)
+            .map_err(|e| AgentError::io("removing empty dir", &restoring, e))?;
+        return fsutil::fsync_dir(fsutil::parent(&restoring)?);
+    }
+    move_aside(ctx, &restoring, &spot.place(".partial"), true)?;
+    Ok(())
+}
+
+/// Moves a restored copy out of the dir etcd uses into `.failed[-<n>]` (journaled first);
+/// `None` when there is none. Only called while the original is preserved.
+fn set_aside_copy(ctx: &mut Ctx<'_>, spot: &Spot) -> Result<Option<PathBuf>> {
+    if !spot.holds_data() {
+        return Ok(None);
+    }
+    let base = spot.place(".failed");
+    if !spot.inside() {
+        return move_aside(ctx, spot.home(), &base, false).map(Some);
+    }
+    let to = fsutil::free_name(&base);
+    ctx.journal.set_aside.push(to.clone());
+    ctx.save()?;
+    fsutil::create_private_dir(&to, spot.home())?;
+    for name in spot.etcd_entries(spot.home()) {
+        let from = spot.home().join(&name);
+        ctx.progress(format!(
+            "moving {} aside to {}",
+            from.display(),
+            to.display()
+        ));
+        std::fs::rename(&from, to.join(&name))
+            .map_err(|e| AgentError::io(format!("moving {} to", from.display()), &to, e))?;
+    }
+    fsutil::fsync_dir(&to)?;
+    fsutil::fsync_dir(spot.home())?;
+    Ok(Some(to))
+}
+
+/// Gives the prepared copy the original's owner and mode and moves it into place.
+fn install(ctx: &Ctx<'_>, spot: &Spot) -> Result<()> {
+    let (restoring, own) = (spot.restoring(), spot.rec.owner);
+    ctx.progress(format!(
+        "setting owner {}:{} and mode {:o} on {}, syncing",
+        own.uid,
+        own.gid,
+        own.mode,
+        restoring.display()
+    ));
+    if !spot.inside() {
+        fsutil::adopt_tree(&restoring, own)?;
+        return fsutil::rename_durable(&restoring, spot.home());
+    }
+    let names = super::aside::entries(&restoring);
+    for name in &names {
+        fsutil::adopt_tree(&restoring.join(name), own)?;
+    }
+    fsutil::fsync_dir(&restoring)?;
+    for name in &names {
+        let (from, to) = (restoring.join(name), spot.home().join(name));
+        ctx.progress(format!("moving {} to {}", from.display(), to.display()));
+        std::fs::rename(&from, &to)
+            .map_err(|e| AgentError::io(format!("moving {} to", from.display()), &to, e))?;
+    }
+    fsutil::fsync_dir(spot.home())?;
+    std::fs::remove_dir(&restoring)
+        .map_err(|e| AgentError::io("removing empty dir", &restoring, e))?;
+    fsutil::fsync_dir(spot.home())
+}
+
+/// The dirs PRESERVE journaled, checked against etcd's settings now: a data dir or `--wal-dir`
+/// changed since then would restore into the wrong place.
+fn journaled_spots(ctx: &Ctx<'_>) -> Result<Vec<Spot>> {
+    let id = ctx.req.restore_id;
+    let member = ctx.etcd_member()?;
+    let spots = spots(&ctx.journal, id);
+    let Some(data) = spots.first() else {
+        return Err(AgentError::Precondition(format!(
+            "restore {id}: the journal has no preserved data dir"
+        )));
+    };
+    let changed = |what: &str, then: String, now: String| {
+        AgentError::Precondition(format!(
+            "etcd's {what} on {} changed since the preserve step (then {then}, now {now}): put it \
+             back, or roll back restore {id}",
+            member.name
+        ))
+    };
+    if data.home() != ctx.data_dir {
+        return Err(changed(
+            "data dir",
+            data.home().display().to_string(),
+            ctx.data_dir.display().to_string(),
+        ));
+    }
+    let show = |p: Option<&Path>| p.map_or("unset".to_owned(), |p| p.display().to_string());
+    let then = spots.get(1).map(|w| w.home().to_owned()).or_else(|| {
+        ctx.journal
+            .wal_in_data
+            .as_ref()
+            .map(|r| data.home().join(r))
+    });
+    if then.as_deref() != member.wal_dir.as_deref() {
+        return Err(changed(
+            "--wal-dir",
+            show(then.as_deref()),
+            show(member.wal_dir.as_deref()),
+        ));
+    }
+    for spot in &spots {
+        if !fsutil::exists(spot.preserved()) {
+            return Err(AgentError::Precondition(format!(
+                "the preserved original {} is missing: stop and look for it before restoring",
+                spot.preserved().display()
+            )));
+        }
+    }
+    Ok(spots)
+}
+
 pub(super) fn restore(ctx: &mut Ctx<'_>) -> Result<Done> {
     let engine = ctx.engine;
     let id = ctx.req.restore_id;
-    let original = ctx.journal.preserved.clone().ok_or_else(|| {
-        AgentError::Precondition(format!(
-            "restore {id}: the journal has no preserved data dir"
-        ))
-    })?;
-    if !fsutil::exists(&original.preserved) {
-        return Err(AgentError::Precondition(format!(
-            "the preserved original {} is missing: stop and look for it before restoring",
-            original.preserved.display()
-        )));
-    }
+    let spots = journaled_spots(ctx)?;
     let snapshot = snapshot::staged(&engine.state, id)?;
     let size = std::fs::metadata(&snapshot).map_or(0, |m| m.len());
     ctx.progress(format!(
@@ -51,25 +169,18 @@ pub(super) fn restore(ctx: &mut Ctx<'_>) -> Result<Done> {
     snapshot::check_sha256(&snapshot, &ctx.req.facts.snapshot_sha256)?;
     let tool = engine.tool.info()?;
 
-    let data_dir = ctx.data_dir.clone();
-    let restoring = sibling(&data_dir, ctx.req, ".restoring");
-    if fsutil::exists(&restoring) {
-        move_aside(
-            ctx,
-            &restoring,
-            &sibling(&data_dir, ctx.req, ".partial"),
-            true,
-        )?;
+    // What an earlier attempt left: a partial copy, or a restored copy already in place.
+    for spot in &spots {
+        clear_restoring(ctx, spot)?;
+        set_aside_copy(ctx, spot)?;
     }
-    if fsutil::exists(&data_dir) {
-        // The original is preserved; whatever is here came from an earlier attempt.
-        move_aside(
-            ctx,
-            &data_dir,
-            &sibling(&data_dir, ctx.req, ".failed"),
-            false,
-        )?;
-    }
+    let data = &spots[0];
+    let wal = spots.iter().find(|s| s.role == Role::Wal);
+    let wal_dir = match (wal, &ctx.journal.wal_in_data) {
+        (Some(w), _) => Some(w.restoring()),
+        (None, Some(rel)) => Some(data.restoring().join(rel)),
+        (None, None) => None,
+    };
     ctx.progress(format!(
         "restoring {} snapshot with {} {}",
         snapshot::human(size),
@@ -79,7 +190,8 @@ pub(super) fn restore(ctx: &mut Ctx<'_>) -> Result<Done> {
     let facts = &ctx.req.facts;
     engine.tool.restore(&RestoreArgs {
         snapshot: &snapshot,
-        data_dir: &restoring,
+        data_dir: &data.restoring(),
+        wal_dir: wal_dir.as_deref(),
         name: &facts.member_name,
         initial_cluster: &facts.initial_cluster,
         cluster_token: &facts.cluster_token,
@@ -87,18 +199,17 @@ pub(super) fn restore(ctx: &mut Ctx<'_>) -> Result<Done> {
         bump_revision: facts.bump_revision,
         skip_hash_check: facts.skip_hash_check,
     })?;
-    let own = original.owner;
-    ctx.progress(format!(
-        "setting owner {}:{} and mode {:o}, syncing",
-        own.uid, own.gid, own.mode
-    ));
-    fsutil::adopt_tree(&restoring, own)?;
-    fsutil::rename_durable(&restoring, &data_dir)?;
+    // The WAL first: the data dir's member/ in place is what lets etcd start.
+    for spot in spots.iter().rev() {
+        install(ctx, spot)?;
+    }
     let rewritten = rewrite_settings(ctx)?;
     let facts = &ctx.req.facts;
     let mut d = done(format!(
-        "restored the snapshot into {} as member {} with {} {}{}",
-        data_dir.display(),
+        "restored the snapshot into {}{} as member {} with {} {}{}",
+        data.home().display(),
+        wal.map(|w| format!(" (wal dir {})", w.home().display()))
+            .unwrap_or_default(),
         facts.member_name,
         tool.kind.name(),
         tool.version,
@@ -198,34 +309,53 @@ fn revert_settings(ctx: &mut Ctx<'_>) -> Result<Vec<String>> {
 }
 
 pub(super) fn set_aside_restored(ctx: &mut Ctx<'_>) -> Result<Done> {
-    let data_dir = ctx.data_dir.clone();
     let notes = revert_settings(ctx)?;
-    let note = notes.iter().map(|n| format!("; {n}")).collect::<String>();
-    if !fsutil::exists(&data_dir) {
+    let mut note = notes.iter().map(|n| format!("; {n}")).collect::<String>();
+    let spots = spots(&ctx.journal, ctx.req.restore_id);
+    if spots.is_empty() {
         return Ok(done(format!(
-            "{} does not exist; nothing to move away{note}",
-            data_dir.display()
+            "nothing was preserved by restore {}, so nothing was restored here{note}",
+            ctx.req.restore_id
         )));
     }
-    let preserved = sibling(&data_dir, ctx.req, "");
-    if !fsutil::exists(&preserved) {
-        return Err(AgentError::Precondition(format!(
-            "{} may be the original data (no preserved copy at {}); refusing to move it",
-            data_dir.display(),
-            preserved.display()
-        )));
+    for spot in &spots {
+        if spot.holds_data() && !fsutil::exists(spot.preserved()) {
+            return Err(AgentError::Precondition(format!(
+                "{} may hold the original data (no preserved copy at {}); refusing to move it",
+                spot.home().display(),
+                spot.preserved().display()
+            )));
+        }
     }
-    let to = move_aside(
-        ctx,
-        &data_dir,
-        &sibling(&data_dir, ctx.req, ".failed"),
-        false,
-    )?;
-    let mut d = done(format!(
-        "moved the restored data dir to {}{note}",
-        to.display()
-    ));
-    d.details
-        .insert("failed_dir".into(), to.display().to_string());
+    let mut d = done(String::new());
+    let mut moved = Vec::new();
+    // The data dir first: without member/ in place etcd cannot start on a half-moved copy.
+    for spot in &spots {
+        match set_aside_copy(ctx, spot)? {
+            Some(to) => {
+                moved.push(format!(
+                    "moved the restored {} to {}",
+                    spot.role.name(),
+                    to.display()
+                ));
+                let key = match spot.role {
+                    Role::Data => "failed_dir",
+                    Role::Wal => "failed_wal_dir",
+                };
+                d.details.insert(key.into(), to.display().to_string());
+            }
+            None => {
+                note.push_str(&format!(
+                    "; {} holds no restored copy; nothing to move away",
+                    spot.home().display()
+                ));
+            }
+        }
+    }
+    d.message = if moved.is_empty() {
+        note.trim_start_matches("; ").to_owned()
+    } else {
+        format!("{}{note}", moved.join("; "))
+    };
     Ok(d)
 }

