@@ -1,6 +1,7 @@
 //! The membership an etcd data dir records, read without starting etcd, against dbs that real
 //! etcd wrote: a 3-member cluster after `member remove` and `member add`, and a dir that
-//! `snapshot restore` made for a new cluster. etcd 3.5 records it truthfully; etcd 3.4's
+//! `snapshot restore` made for a new cluster. etcd 3.5 records it truthfully (the IDs and
+//! peer URLs; names only of the members that bootstrapped the cluster); etcd 3.4's
 //! `snapshot restore` leaves the snapshot's members in the db, so a 3.4 db is not trusted.
 //! Describe reports it.
 //!

@@ -19,17 +19,20 @@ use crate::verify;
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Known {
     pub id: u64,
-    /// Empty for a member added but never started.
+    /// Empty in a live member list for a member added but never started. Empty in a data dir's
+    /// record for every member that joined after the cluster bootstrapped (`member add`, kubeadm
+    /// join): etcd 3.5 writes a joined member's name only to its v2 store (WAL and `.snap`
+    /// files), never to the db's `members` bucket.
     pub name: String,
     pub peer_urls: Vec<String>,
 }
 
 impl Known {
-    fn label(&self) -> String {
-        let name = if self.name.is_empty() {
-            "an unstarted member".to_owned()
-        } else {
-            self.name.clone()
+    fn label(&self, source: &Source) -> String {
+        let name = match (self.name.is_empty(), source) {
+            (false, _) => self.name.clone(),
+            (true, Source::Live { .. }) => "an unstarted member".to_owned(),
+            (true, Source::DataDirs { .. }) => "a member whose name is not recorded".to_owned(),
         };
         format!(
             "{name} (ID {:x}, peer {})",
@@ -156,7 +159,10 @@ pub fn from_data_dirs(members: &[Member], described: &[Option<&pb::DescribeRespo
     };
     for (known, (other_index, names)) in &records {
         if *known != newest {
-            let list: Vec<String> = known.iter().map(Known::label).collect();
+            let source = Source::DataDirs {
+                members: names.clone(),
+            };
+            let list: Vec<String> = known.iter().map(|k| k.label(&source)).collect();
             found.disagreements.push(format!(
                 "the data dir of {} records another membership ({}; raft index {other_index}) than the newest, of {} (raft index {index}): it missed a membership change or was left behind; the newest is compared with the inventory",
                 names.join(", "),
@@ -260,11 +266,25 @@ pub fn compare(members: &[Member], membership: &Membership) -> Vec<String> {
             }
             Some((i, _)) => {
                 let k = unmatched.remove(i);
+                let unrecorded = matches!(membership.source, Source::DataDirs { .. });
+                if unrecorded && k.name.is_empty() {
+                    // A data dir does not record the names of joined members: the peer URLs are
+                    // all there is to check.
+                    if sorted(&k.peer_urls) != sorted(&m.peer_urls) {
+                        differences.push(format!(
+                            "member {}: peer URLs {} in the inventory, {} in the {from} (which does not record its name): fix peer_urls in the inventory (they must match the member's manifest and the cluster), or pass --allow-membership-change to restore it at the inventory's URLs",
+                            m.name,
+                            m.peer_urls.join(","),
+                            k.peer_urls.join(",")
+                        ));
+                    }
+                    continue;
+                }
                 differences.push(format!(
                     "member {} (peer {}) is {} in the {from}: fix the name in the inventory (it must be the member's --name), or pass --allow-membership-change to restore it under the inventory's name",
                     m.name,
                     m.peer_urls.join(","),
-                    k.label()
+                    k.label(&membership.source)
                 ));
             }
             None => differences.push(format!(
@@ -277,7 +297,7 @@ pub fn compare(members: &[Member], membership: &Membership) -> Vec<String> {
     for k in unmatched {
         differences.push(format!(
             "the {from} has {}, which the inventory leaves out: a restore would leave it on the old data, cut off from the restored cluster. Add it as a [[member]] with its agent; or, if it is gone for good, remove it (`etcdctl member remove {:x}` while the cluster runs) or pass --allow-membership-change and make sure it never starts again with its old data",
-            k.label(),
+            k.label(&membership.source),
             k.id
         ));
     }

@@ -124,6 +124,43 @@ fn an_unstarted_member_is_matched_by_peer_url_and_said_to_be_unstarted() {
 }
 
 #[test]
+fn a_data_dir_matches_joined_members_by_peer_url_and_says_their_name_is_not_recorded() {
+    // As etcd 3.5 records a kubeadm cluster: the first member by name, the joined ones without.
+    let mut members: Vec<Known> = (1..=3).map(known).collect();
+    for k in &mut members[1..] {
+        k.name.clear();
+    }
+    let dirs = |members: Vec<Known>| Membership {
+        source: Source::DataDirs {
+            members: vec!["cp-1".into(), "cp-2".into()],
+        },
+        members,
+    };
+    assert_eq!(
+        compare(&inventory(3), &dirs(members.clone())),
+        Vec::<String>::new()
+    );
+    let found = compare(&inventory(2), &dirs(members.clone()));
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(
+        found[0].contains(
+            "the membership from the data dirs of cp-1, cp-2 has a member whose name is not recorded (ID a3, peer https://10.0.0.13:2380), which the inventory leaves out"
+        ),
+        "{}",
+        found[0]
+    );
+    let mut moved = inventory(3);
+    moved[1].peer_urls.push("https://10.9.9.9:2380".into());
+    let found = compare(&moved, &dirs(members));
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(
+        found[0].starts_with("member cp-2: peer URLs https://10.0.0.12:2380,https://10.9.9.9:2380 in the inventory, https://10.0.0.12:2380 in the membership from the data dirs of cp-1, cp-2 (which does not record its name)"),
+        "{}",
+        found[0]
+    );
+}
+
+#[test]
 fn every_difference_is_reported_at_once() {
     let mut inv = inventory(3);
     inv[0].name = "renamed".into();

@@ -69,7 +69,8 @@ pub fn cluster_version(path: &Path) -> Result<Option<String>, BoltError> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DbMember {
     pub id: u64,
-    /// Empty for a member added but never started.
+    /// Empty for a member that did not bootstrap the cluster: etcd 3.5 writes the name of a member
+    /// that joined later (`member add`, kubeadm join) to its v2 store only, not to the db.
     pub name: String,
     pub peer_urls: Vec<String>,
     pub client_urls: Vec<String>,
