@@ -35,10 +35,17 @@ pub struct AgentConfig {
     /// DNS names (SAN) accepted on client certificates signed by `tls.client_ca`.
     pub allowed_clients: Vec<String>,
     pub tls: ServerTls,
-    pub etcd: EtcdSection,
+    /// Absent: this host runs no etcd member, only a kube-apiserver (an apiserver-only host of an
+    /// external etcd cluster); it is fenced and unfenced, and refuses every etcd step.
+    #[serde(default)]
+    pub etcd: Option<EtcdSection>,
     /// Absent: there is no kube-apiserver on this host.
     #[serde(default)]
     pub apiserver: Option<ApiserverSection>,
+    /// An apiserver-only host's name, as the inventory's `[[apiserver]]` entry gives it; default:
+    /// the hostname. Not for an etcd member, which is named by its `--name`.
+    #[serde(default)]
+    pub host_name: Option<String>,
 }
 
 /// The agent's server certificate and the CA its clients must be signed by.
@@ -206,11 +213,12 @@ fn default_start() -> Duration {
 impl AgentConfig {
     /// What the agent probes health with.
     pub fn health(&self) -> crate::health::HealthConfig {
+        let etcd = self.etcd.as_ref();
         crate::health::HealthConfig {
             etcd: crate::health::EtcdCredentials {
-                ca: self.etcd.ca.clone(),
-                client_cert: self.etcd.client_cert.clone(),
-                client_key: self.etcd.client_key.as_ref().map(|k| k.0.clone()),
+                ca: etcd.and_then(|e| e.ca.clone()),
+                client_cert: etcd.and_then(|e| e.client_cert.clone()),
+                client_key: etcd.and_then(|e| e.client_key.as_ref().map(|k| k.0.clone())),
             },
             readyz: self.apiserver.as_ref().map(ApiserverSection::readyz),
         }
@@ -377,6 +385,37 @@ fn check_runtime(
     Ok(())
 }
 
+/// An agent runs for an etcd member, an apiserver-only host, or both on one host (stacked); a
+/// name of its own only as an apiserver-only host.
+fn check_role(config: &AgentConfig) -> Result<(), String> {
+    match (&config.etcd, &config.apiserver, &config.host_name) {
+        (None, None, _) => Err(
+            "neither [etcd] nor [apiserver]: an etcd member's agent needs [etcd] (and [apiserver] \
+             when a kube-apiserver runs beside it); an apiserver-only host's agent needs \
+             [apiserver]"
+                .into(),
+        ),
+        (Some(_), _, Some(_)) => Err(
+            "host_name is for apiserver-only hosts (no [etcd] section): an etcd member answers to \
+             its --name; remove host_name"
+                .into(),
+        ),
+        (None, Some(_), Some(name)) if !valid_host_name(name) => Err(format!(
+            "host_name = {name:?} is not a name (letters, digits, - . _): give the name of this \
+             host's [[apiserver]] entry in the inventory"
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn valid_host_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+}
+
 /// A client certificate needs its key, and a key its certificate.
 fn check_pair(section: &str, cert: bool, key: bool) -> Result<(), String> {
     if cert == key {
@@ -426,35 +465,41 @@ impl AgentConfig {
             ("tls.key", &self.tls.key),
             ("tls.client_ca", &self.tls.client_ca),
         ];
-        let e = &self.etcd;
-        let etcd_key = e.client_key.as_ref().map(|k| k.0.clone());
-        let optional = [
-            ("etcd.manifest", &e.manifest),
-            ("etcd.data_dir", &e.data_dir),
-            ("etcd.unit_root", &e.unit_root),
-            ("etcd.unit_dir", &e.unit_dir),
-            ("etcd.ca", &e.ca),
-            ("etcd.client_cert", &e.client_cert),
-            ("etcd.client_key", &etcd_key),
-        ];
-        check_pair("etcd", e.client_cert.is_some(), e.client_key.is_some()).map_err(&invalid)?;
-        absolute.extend(
-            optional
-                .into_iter()
-                .filter_map(|(k, p)| Some((k, p.as_ref()?))),
-        );
-        check_runtime(
-            "etcd",
-            e.runtime,
-            e.manifest.as_ref(),
-            &SystemdKeys {
-                unit: e.unit.as_ref(),
-                unit_root: e.unit_root.as_ref(),
-                unit_dir: e.unit_dir.as_ref(),
-                systemctl: e.systemctl.as_ref(),
-            },
-        )
-        .map_err(&invalid)?;
+        check_role(self).map_err(&invalid)?;
+        let etcd_key = self
+            .etcd
+            .as_ref()
+            .and_then(|e| e.client_key.as_ref().map(|k| k.0.clone()));
+        if let Some(e) = &self.etcd {
+            let optional = [
+                ("etcd.manifest", &e.manifest),
+                ("etcd.data_dir", &e.data_dir),
+                ("etcd.unit_root", &e.unit_root),
+                ("etcd.unit_dir", &e.unit_dir),
+                ("etcd.ca", &e.ca),
+                ("etcd.client_cert", &e.client_cert),
+                ("etcd.client_key", &etcd_key),
+            ];
+            check_pair("etcd", e.client_cert.is_some(), e.client_key.is_some())
+                .map_err(&invalid)?;
+            absolute.extend(
+                optional
+                    .into_iter()
+                    .filter_map(|(k, p)| Some((k, p.as_ref()?))),
+            );
+            check_runtime(
+                "etcd",
+                e.runtime,
+                e.manifest.as_ref(),
+                &SystemdKeys {
+                    unit: e.unit.as_ref(),
+                    unit_root: e.unit_root.as_ref(),
+                    unit_dir: e.unit_dir.as_ref(),
+                    systemctl: e.systemctl.as_ref(),
+                },
+            )
+            .map_err(&invalid)?;
+        }
         let api_key = self
             .apiserver
             .as_ref()
@@ -538,11 +583,12 @@ start_timeout = "2m"
     #[test]
     fn example_parses_with_defaults_and_durations() {
         let c = parse(EXAMPLE).expect("example config");
-        assert_eq!(c.etcd.runtime, RuntimeKind::StaticPod);
-        assert_eq!(c.etcd.stop_timeout, Duration::from_secs(45));
-        assert_eq!(c.etcd.start_timeout, Duration::from_secs(60));
-        assert_eq!(c.etcd.data_dir, None);
-        assert_eq!(c.etcd.etcdutl, None);
+        let e = c.etcd.as_ref().expect("etcd section");
+        assert_eq!(e.runtime, RuntimeKind::StaticPod);
+        assert_eq!(e.stop_timeout, Duration::from_secs(45));
+        assert_eq!(e.start_timeout, Duration::from_secs(60));
+        assert_eq!(e.data_dir, None);
+        assert_eq!(e.etcdutl, None);
         let a = c.apiserver.expect("apiserver section");
         assert_eq!(a.stop_timeout, Duration::from_secs(30));
         assert_eq!(a.start_timeout, Duration::from_secs(120));
@@ -681,7 +727,7 @@ start_timeout = "2m"
         .expect("systemd etcd, no apiserver");
         assert_eq!(c.apiserver, None);
         assert_eq!(
-            c.etcd.definition(),
+            c.etcd.expect("etcd section").definition(),
             Definition::Systemd {
                 unit: "etcd.service".into(),
                 units: UnitSource::Root(PathBuf::from("/")),
@@ -693,7 +739,11 @@ start_timeout = "2m"
             "{base}[etcd]\nruntime = \"systemd\"\nunit = \"etcd@member1.service\"\nunit_root = \"/srv/host1\"\n"
         );
         assert_eq!(
-            parse(&text).expect("unit_root").etcd.definition(),
+            parse(&text)
+                .expect("unit_root")
+                .etcd
+                .expect("etcd section")
+                .definition(),
             Definition::Systemd {
                 unit: "etcd@member1.service".into(),
                 units: UnitSource::Root(PathBuf::from("/srv/host1")),
@@ -704,7 +754,11 @@ start_timeout = "2m"
             "{base}[etcd]\nruntime = \"systemd\"\nunit = \"etcd.service\"\nunit_dir = \"/lib/systemd/system\"\nsystemctl = \"/usr/bin/systemctl\"\n"
         );
         assert!(matches!(
-            parse(&text).expect("full").etcd.definition(),
+            parse(&text)
+                .expect("full")
+                .etcd
+                .expect("etcd section")
+                .definition(),
             Definition::Systemd { units: UnitSource::Dir(d), .. } if d == Path::new("/lib/systemd/system")
         ));
         let refused = [
@@ -749,5 +803,54 @@ start_timeout = "2m"
                 .to_string();
             assert!(err.contains(says), "{section}: {err}");
         }
+    }
+
+    /// The agent of an apiserver-only host (external etcd): `[apiserver]`, no `[etcd]`.
+    const APISERVER_ONLY: &str = r#"
+listen = "10.0.0.21:7443"
+state_dir = "/var/lib/quorate-agent"
+allowed_clients = ["quorate-coordinator"]
+host_name = "api-1"
+[tls]
+cert = "/etc/quorate/pki/agent.crt"
+key = "/etc/quorate/pki/agent.key"
+client_ca = "/etc/quorate/pki/ca.crt"
+[apiserver]
+runtime = "systemd"
+unit = "kube-apiserver.service"
+ca = "/etc/kubernetes/pki/ca.crt"
+"#;
+
+    #[test]
+    fn an_apiserver_only_host_needs_no_etcd_section() {
+        let c = parse(APISERVER_ONLY).expect("apiserver-only agent");
+        assert_eq!(c.etcd, None);
+        assert_eq!(c.host_name.as_deref(), Some("api-1"));
+        let unnamed = APISERVER_ONLY.replace("host_name = \"api-1\"\n", "");
+        assert_eq!(
+            parse(&unnamed).expect("hostname by default").host_name,
+            None
+        );
+        parse(include_str!("../../deploy/agent.apiserver.example.toml"))
+            .expect("the deploy example parses");
+    }
+
+    #[test]
+    fn an_agent_with_neither_etcd_nor_apiserver_or_a_misplaced_host_name_is_refused() {
+        let base = APISERVER_ONLY.split("[apiserver]").next().expect("split");
+        let err = parse(base).expect_err("neither").to_string();
+        assert!(
+            err.contains("neither [etcd] nor [apiserver]")
+                && err.contains("/etc/quorate/agent.toml"),
+            "{err}"
+        );
+        let stacked = format!("host_name = \"cp-1\"\n{EXAMPLE}");
+        let err = parse(&stacked)
+            .expect_err("host_name on a member")
+            .to_string();
+        assert!(err.contains("its --name"), "{err}");
+        let bad = APISERVER_ONLY.replace("\"api-1\"", "\"api 1;\"");
+        let err = parse(&bad).expect_err("bad name").to_string();
+        assert!(err.contains("host_name = \"api 1;\""), "{err}");
     }
 }

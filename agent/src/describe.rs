@@ -1,6 +1,9 @@
 //! `Describe`: read-only facts about this member, from its manifest, its disks and its journal.
 
-use quorate_proto::pb;
+use std::path::Path;
+
+use quorate_proto::model::RestoreId;
+use quorate_proto::{etcd_db, pb};
 
 use crate::engine::Engine;
 use crate::error::Result;
@@ -9,7 +12,8 @@ use crate::manifest::{self, EtcdMember};
 use crate::steps::layout::{Dir, Layout};
 use crate::tool::{self, ToolKind};
 
-fn hostname() -> String {
+/// The OS hostname (empty when unreadable).
+pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .unwrap_or_default()
@@ -24,7 +28,7 @@ pub fn etcd_version(
     endpoints: &[EtcdEndpoint],
     running: bool,
 ) -> (String, String) {
-    let declared = if engine.etcd.kind() == "static-pod" {
+    let declared = if engine.etcd.as_deref().map(|e| e.kind()) == Some("static-pod") {
         match manifest::load_image(&member.command.path) {
             Ok(Some(image)) => {
                 manifest::image_version(&image).map(|v| (v, format!("image {image}")))
@@ -66,6 +70,10 @@ pub fn describe_with(
     engine: &Engine,
     health_config: &HealthConfig,
 ) -> Result<pb::DescribeResponse> {
+    if engine.apiserver_only() {
+        return describe_apiserver_host(engine, health_config);
+    }
+    let etcd = engine.etcd()?;
     let active = engine.state.active()?;
     let member = engine.member(active)?;
     let data_dir = engine.data_dir_of(&member);
@@ -83,33 +91,18 @@ pub fn describe_with(
             pb::RestoreTool::default()
         }
     };
-    let (mut active_step, mut active_step_state) = (String::new(), String::new());
-    if let Some(id) = active {
-        let journal = engine.state.load(id)?;
-        if let Some(step) = journal.last {
-            active_step = step.to_string();
-            active_step_state = journal
-                .state(step)
-                .map(|s| s.name().to_owned())
-                .unwrap_or_default();
-        }
-    }
+    let (active_step, active_step_state) = active_step(engine, active)?;
     let layout = Layout::detect(&data_dir, member.wal_dir.as_deref())?;
-    let etcd_aside = active.map(|id| engine.etcd_aside(id));
+    let etcd_aside = active.map(|id| engine.etcd_aside(id)).transpose()?;
     let api_aside = active.and_then(|id| engine.apiserver_aside(id));
-    let etcd_running = engine.etcd.is_running(etcd_aside.as_deref());
+    let etcd_running = etcd.is_running(etcd_aside.as_deref());
     let (endpoints, health_problem) = match health::etcd_endpoints(&member, &health_config.etcd) {
         Ok(e) => (e, String::new()),
         Err(e) => (Vec::new(), e.to_string()),
     };
     let (etcd_version, etcd_version_source) =
         etcd_version(engine, &member, &endpoints, etcd_running);
-    let (readiness_auth, readiness_problem) = match health::apiserver_readyz(engine, health_config)
-    {
-        None => (String::new(), String::new()),
-        Some(Ok(p)) => (p.auth, String::new()),
-        Some(Err(e)) => (String::new(), e.problem),
-    };
+    let (readiness_auth, readiness_problem) = readiness(engine, health_config);
     Ok(pb::DescribeResponse {
         agent_version: env!("CARGO_PKG_VERSION").into(),
         hostname: hostname(),
@@ -118,7 +111,7 @@ pub fn describe_with(
         client_urls: member.client_urls.clone(),
         etcd_version,
         restore_tool: Some(restore_tool),
-        etcd_runtime: engine.etcd.kind().into(),
+        etcd_runtime: etcd.kind().into(),
         apiserver_runtime: engine
             .apiserver
             .as_ref()
@@ -150,5 +143,88 @@ pub fn describe_with(
             .collect::<Vec<_>>()
             .join("; "),
         health_problem,
+        ..recorded_membership(&data_dir)
+    })
+}
+
+/// The membership recorded in `data_dir`'s db (fields 30-33), read without starting etcd.
+fn recorded_membership(data_dir: &Path) -> pb::DescribeResponse {
+    let db = data_dir.join("member/snap/db");
+    let mut facts = pb::DescribeResponse {
+        role: pb::AgentRole::EtcdMember as i32,
+        ..Default::default()
+    };
+    match etcd_db::membership(&db) {
+        Ok(m) => {
+            facts.recorded_members = m
+                .members
+                .into_iter()
+                .map(|m| pb::RecordedMember {
+                    id: m.id,
+                    name: m.name,
+                    peer_urls: m.peer_urls,
+                    client_urls: m.client_urls,
+                    is_learner: m.is_learner,
+                })
+                .collect();
+            facts.recorded_applied_index = m.applied_index.unwrap_or(0);
+        }
+        Err(e) => facts.recorded_members_error = e.to_string(),
+    }
+    facts
+}
+
+/// The last step of the unfinished restore `active`, and its state.
+fn active_step(engine: &Engine, active: Option<RestoreId>) -> Result<(String, String)> {
+    let Some(journal) = active.map(|id| engine.state.load(id)).transpose()? else {
+        return Ok(Default::default());
+    };
+    Ok(journal.last.map_or_else(Default::default, |step| {
+        let state = journal.state(step).map(|s| s.name().to_owned());
+        (step.to_string(), state.unwrap_or_default())
+    }))
+}
+
+/// How `/readyz` is checked, or why it cannot be (both empty without a kube-apiserver).
+fn readiness(engine: &Engine, health_config: &HealthConfig) -> (String, String) {
+    match health::apiserver_readyz(engine, health_config) {
+        None => (String::new(), String::new()),
+        Some(Ok(p)) => (p.auth, String::new()),
+        Some(Err(e)) => (String::new(), e.problem),
+    }
+}
+
+/// An apiserver-only host: its name, its kube-apiserver and how its `/readyz` is checked, its
+/// lock; no etcd facts.
+fn describe_apiserver_host(
+    engine: &Engine,
+    health_config: &HealthConfig,
+) -> Result<pb::DescribeResponse> {
+    let active = engine.state.active()?;
+    let (active_step, active_step_state) = active_step(engine, active)?;
+    let api_aside = active.and_then(|id| engine.apiserver_aside(id));
+    let (readiness_auth, readiness_problem) = readiness(engine, health_config);
+    Ok(pb::DescribeResponse {
+        agent_version: env!("CARGO_PKG_VERSION").into(),
+        hostname: hostname(),
+        etcd_runtime: "none".into(),
+        apiserver_runtime: engine
+            .apiserver
+            .as_ref()
+            .map_or("none", |a| a.kind())
+            .into(),
+        apiserver_running: engine
+            .apiserver
+            .as_ref()
+            .is_some_and(|a| a.is_running(api_aside.as_deref())),
+        apiserver_present: engine.apiserver.is_some(),
+        active_restore_id: active.map(|id| id.to_string()).unwrap_or_default(),
+        active_step,
+        active_step_state,
+        readiness_problem,
+        readiness_auth,
+        role: pb::AgentRole::ApiserverHost as i32,
+        host_name: engine.host_name.clone(),
+        ..Default::default()
     })
 }

@@ -42,9 +42,13 @@ pub struct Engine {
     pub state: StateDir,
     /// `etcd.data_dir` from the config; `None` = `--data-dir` of the manifest.
     pub data_dir: Option<PathBuf>,
-    pub etcd: Box<dyn Runtime>,
+    /// `None` on an apiserver-only host (external etcd): it answers to `host_name` and refuses
+    /// every etcd step.
+    pub etcd: Option<Box<dyn Runtime>>,
     pub apiserver: Option<Box<dyn Runtime>>,
     pub tool: Box<dyn RestoreTool>,
+    /// The name an apiserver-only host answers to (the inventory's `[[apiserver]]` name).
+    pub host_name: String,
 }
 
 /// A checked request, ready to act.
@@ -52,8 +56,26 @@ pub struct Plan {
     pub req: StepRequest,
     pub op: Op,
     pub journal: Journal,
-    pub member: EtcdMember,
+    /// This etcd member; `None` on an apiserver-only host.
+    pub member: Option<EtcdMember>,
+    /// Who this host is in messages: the member's name, or the apiserver-only host's.
+    pub name: String,
+    /// The member's data dir; empty on an apiserver-only host, where no step touches it.
     pub data_dir: PathBuf,
+}
+
+impl Plan {
+    /// This etcd member; refused on an apiserver-only host.
+    pub fn etcd_member(&self) -> Result<&EtcdMember> {
+        self.member.as_ref().ok_or_else(|| not_a_member(&self.name))
+    }
+}
+
+/// Asking an apiserver-only host for its etcd member.
+pub(crate) fn not_a_member(name: &str) -> AgentError {
+    AgentError::Precondition(format!(
+        "{name} is an apiserver-only host: it runs no etcd member"
+    ))
 }
 
 pub enum Prepared {
@@ -63,9 +85,32 @@ pub enum Prepared {
 }
 
 impl Engine {
+    /// etcd's runtime; refused on an apiserver-only host.
+    pub fn etcd(&self) -> Result<&dyn Runtime> {
+        self.etcd.as_deref().ok_or_else(|| {
+            AgentError::Precondition(format!(
+                "{} is an apiserver-only host (its agent config has no [etcd] section): it runs no \
+                 etcd member; list it as an [[apiserver]] host in the inventory",
+                self.host_name
+            ))
+        })
+    }
+
+    /// True when this host runs no etcd member.
+    pub fn apiserver_only(&self) -> bool {
+        self.etcd.is_none()
+    }
+
     /// Where the etcd manifest waits while etcd is stopped for restore `id`.
-    pub fn etcd_aside(&self, id: RestoreId) -> PathBuf {
-        self.state.manifest_aside(id, self.etcd.definition())
+    pub fn etcd_aside(&self, id: RestoreId) -> Result<PathBuf> {
+        Ok(self.state.manifest_aside(id, self.etcd()?.definition()))
+    }
+
+    /// etcd runs here (looking for its definition set aside by restore `id` too).
+    pub fn etcd_running(&self, id: RestoreId) -> bool {
+        self.etcd
+            .as_deref()
+            .is_some_and(|e| e.is_running(Some(&self.state.manifest_aside(id, e.definition()))))
     }
 
     pub fn apiserver_aside(&self, id: RestoreId) -> Option<PathBuf> {
@@ -77,12 +122,13 @@ impl Engine {
     /// What etcd's definition says about this member: its manifest in the manifests dir or set
     /// aside by restore `id` (or by the restore holding the lock), or its systemd unit.
     pub fn member(&self, id: Option<RestoreId>) -> Result<EtcdMember> {
+        let etcd = self.etcd()?;
         let asides: Vec<PathBuf> = [id, self.state.active()?]
             .into_iter()
             .flatten()
-            .map(|id| self.etcd_aside(id))
+            .map(|id| self.state.manifest_aside(id, etcd.definition()))
             .collect();
-        let command = self.etcd.command(&asides).map_err(|e| match e {
+        let command = etcd.command(&asides).map_err(|e| match e {
             AgentError::Precondition(m) => AgentError::Precondition(format!("etcd: {m}")),
             other => other,
         })?;
@@ -105,8 +151,16 @@ impl Engine {
 
     /// Checks a request against this member, its lock and its journal. Changes nothing.
     pub fn prepare(&self, req: &StepRequest, op: Op) -> Result<Prepared> {
-        let member = self.member(Some(req.restore_id))?;
-        check_identity(req, &member)?;
+        let (member, name) = if self.apiserver_only() {
+            steps::refuse_on_apiserver_host(req, &self.host_name)?;
+            check_host_identity(req, &self.host_name)?;
+            (None, self.host_name.clone())
+        } else {
+            let member = self.member(Some(req.restore_id))?;
+            check_identity(req, &member)?;
+            let name = member.name.clone();
+            (Some(member), name)
+        };
         let journal = self.state.load(req.restore_id)?;
         let (step, id) = (req.step, req.restore_id);
         if let Some(rec) = journal.steps.get(&step) {
@@ -131,7 +185,7 @@ impl Engine {
         match active {
             Some(held) if held != id => {
                 return Err(AgentError::LockedByOther {
-                    member: member.name.clone(),
+                    member: name,
                     held,
                     wanted: id,
                 });
@@ -140,7 +194,7 @@ impl Engine {
                 return Err(AgentError::Precondition(format!(
                     "member {} is not claimed by restore {id}: run the claim step first (or the \
                      restore has finished here)",
-                    member.name
+                    name
                 )));
             }
             _ => {}
@@ -148,20 +202,21 @@ impl Engine {
         if op == Op::Revert && !journal.steps.contains_key(&step) {
             return Ok(Prepared::Answer(Outcome {
                 ok: true,
-                message: format!(
-                    "nothing to revert: {step} never ran on {} for restore {id}",
-                    member.name
-                ),
+                message: format!("nothing to revert: {step} never ran on {name} for restore {id}"),
                 replayed: false,
                 details: BTreeMap::new(),
             }));
         }
-        let data_dir = self.data_dir_of(&member);
+        let data_dir = member
+            .as_ref()
+            .map(|m| self.data_dir_of(m))
+            .unwrap_or_default();
         let plan = Plan {
             req: req.clone(),
             op,
             journal,
             member,
+            name,
             data_dir,
         };
         steps::precheck(self, &plan)?;
@@ -175,6 +230,7 @@ impl Engine {
             op,
             mut journal,
             member,
+            name,
             data_dir,
         } = plan;
         let (intent, done) = match op {
@@ -201,6 +257,7 @@ impl Engine {
             req: &req,
             journal,
             member,
+            name,
             data_dir,
             progress,
         };
@@ -279,6 +336,27 @@ fn check_identity(req: &StepRequest, member: &EtcdMember) -> Result<()> {
             facts.peer_urls.join(","),
             member.command.source,
             member.peer_urls.join(",")
+        )));
+    }
+    Ok(())
+}
+
+/// An apiserver-only host answers to its own name, and has no peer URLs to match.
+fn check_host_identity(req: &StepRequest, host_name: &str) -> Result<()> {
+    let facts = &req.facts;
+    if facts.member_name != host_name {
+        return Err(AgentError::InvalidRequest(format!(
+            "the request is for {:?} but this apiserver-only host is {host_name:?} (its agent's \
+             host_name, else its hostname): fix the inventory's [[apiserver]] name or the agent's \
+             host_name",
+            facts.member_name
+        )));
+    }
+    if !facts.peer_urls.is_empty() {
+        return Err(AgentError::InvalidRequest(format!(
+            "the request gives {host_name} etcd peer URLs {}, but it is an apiserver-only host: \
+             list it as an [[apiserver]] host, not a [[member]], in the inventory",
+            facts.peer_urls.join(",")
         )));
     }
     Ok(())

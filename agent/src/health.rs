@@ -536,12 +536,18 @@ pub fn apiserver_readyz(
     Some(resolve())
 }
 
-/// The Health answer: every etcd endpoint and this host's `/readyz`, probed now.
+/// The Health answer: every etcd endpoint and this host's `/readyz`, probed now; on an
+/// apiserver-only host, its name and `/readyz` only.
 pub async fn member_health(engine: Arc<Engine>, config: Arc<HealthConfig>) -> Result<MemberHealth> {
     let blocking = tokio::task::spawn_blocking(move || -> Result<_> {
+        let readyz = apiserver_readyz(&engine, &config);
+        if engine.apiserver_only() {
+            // No etcd here: the host's name and its kube-apiserver's /readyz only.
+            return Ok((engine.host_name.clone(), Vec::new(), readyz));
+        }
         let member = engine.member(engine.state.active()?)?;
         let endpoints = etcd_endpoints(&member, &config.etcd)?;
-        Ok((member.name, endpoints, apiserver_readyz(&engine, &config)))
+        Ok((member.name, endpoints, readyz))
     });
     let (member_name, endpoints, readyz) = blocking
         .await

@@ -87,6 +87,7 @@ fn run(path: &Path) -> anyhow::Result<()> {
         let engine = engine_from_config(&config);
         let active = engine.state.active()?;
         match engine.member(active) {
+            _ if engine.apiserver_only() => tracing::info!(host = %engine.host_name, state_dir = %config.state_dir.display(), "quorate-agent starting on an apiserver-only host"),
             Ok(m) => tracing::info!(member = %m.name, state_dir = %config.state_dir.display(), "quorate-agent starting"),
             // Still serve: Describe then tells the coordinator (and the operator) what is wrong.
             Err(e) => tracing::error!("{e}"),
@@ -106,6 +107,28 @@ fn run(path: &Path) -> anyhow::Result<()> {
     })
 }
 
+/// Prints how this host's kube-apiserver's `/readyz` is checked, if it runs one; a reason it
+/// cannot be goes to `problems`.
+fn check_apiserver(
+    engine: &quorate_agent::engine::Engine,
+    health_config: &quorate_agent::health::HealthConfig,
+    problems: &mut Vec<String>,
+) {
+    match quorate_agent::health::apiserver_readyz(engine, health_config) {
+        Some(Ok(p)) => println!(
+            "kube-apiserver  {} ({}, {})",
+            engine.apiserver.as_ref().map_or("", |a| a.kind()),
+            p.url,
+            p.auth
+        ),
+        Some(Err(e)) => {
+            println!("kube-apiserver  {}: {}", e.url, e.problem);
+            problems.push(e.problem);
+        }
+        None => println!("kube-apiserver  none on this host"),
+    }
+}
+
 fn check_config(path: &Path) -> anyhow::Result<()> {
     let config = AgentConfig::load(path)?;
     println!("config          {}", path.display());
@@ -118,12 +141,33 @@ fn check_config(path: &Path) -> anyhow::Result<()> {
     println!("tls             ok ({})", config.tls.cert.display());
     let engine = engine_from_config(&config);
     let active = engine.state.active()?;
+    let health_config = config.health();
+    let mut problems = Vec::new();
+    if engine.apiserver_only() {
+        println!(
+            "role            apiserver-only host {} (no [etcd]: etcd steps are refused)",
+            engine.host_name
+        );
+        check_apiserver(&engine, &health_config, &mut problems);
+        println!("state dir       {}", config.state_dir.display());
+        if let Some(id) = active {
+            println!(
+                "active restore  {id} (finish it with `quorate resume {id}` or `quorate rollback {id}`)"
+            );
+        }
+        if !problems.is_empty() {
+            anyhow::bail!("{}", problems.join("; "));
+        }
+        println!("ok");
+        return Ok(());
+    }
+    let etcd = engine.etcd()?;
     let member = engine.member(active)?;
     let data_dir = engine.data_dir_of(&member);
     println!(
         "etcd runtime    {} ({})",
-        engine.etcd.kind(),
-        engine.etcd.definition().display()
+        etcd.kind(),
+        etcd.definition().display()
     );
     println!("etcd settings   {}", member.command.source);
     println!(
@@ -132,9 +176,7 @@ fn check_config(path: &Path) -> anyhow::Result<()> {
         member.peer_urls.join(",")
     );
     println!("client urls     {}", member.client_urls.join(","));
-    let health_config = config.health();
     let endpoints = quorate_agent::health::etcd_endpoints(&member, &health_config.etcd);
-    let mut problems = Vec::new();
     match &endpoints {
         Ok(e) => println!(
             "etcd health     {}",
@@ -148,9 +190,12 @@ fn check_config(path: &Path) -> anyhow::Result<()> {
             problems.push(e.to_string());
         }
     }
-    let running = engine
-        .etcd
-        .is_running(active.map(|id| engine.etcd_aside(id)).as_deref());
+    let running = etcd.is_running(
+        active
+            .map(|id| engine.etcd_aside(id))
+            .transpose()?
+            .as_deref(),
+    );
     let (version, source) = quorate_agent::describe::etcd_version(
         &engine,
         &member,
@@ -176,19 +221,7 @@ fn check_config(path: &Path) -> anyhow::Result<()> {
             "layout not supported (preflight will refuse it until it is changed): {p}"
         ));
     }
-    match quorate_agent::health::apiserver_readyz(&engine, &health_config) {
-        Some(Ok(p)) => println!(
-            "kube-apiserver  {} ({}, {})",
-            engine.apiserver.as_ref().map_or("", |a| a.kind()),
-            p.url,
-            p.auth
-        ),
-        Some(Err(e)) => {
-            println!("kube-apiserver  {}: {}", e.url, e.problem);
-            problems.push(e.problem);
-        }
-        None => println!("kube-apiserver  none on this host"),
-    }
+    check_apiserver(&engine, &health_config, &mut problems);
     println!("state dir       {}", config.state_dir.display());
     if let Some(id) = active {
         println!(

@@ -67,13 +67,14 @@ fn runtime_of(
 
 /// The real runtimes and tools for `config`.
 pub fn engine_from_config(config: &AgentConfig) -> Engine {
-    let e = &config.etcd;
-    let etcd = runtime_of(
-        e.definition(),
-        Component::Etcd,
-        e.stop_timeout,
-        e.start_timeout,
-    );
+    let etcd = config.etcd.as_ref().map(|e| {
+        runtime_of(
+            e.definition(),
+            Component::Etcd,
+            e.stop_timeout,
+            e.start_timeout,
+        )
+    });
     let apiserver = config.apiserver.as_ref().map(|a| {
         runtime_of(
             a.definition(),
@@ -82,15 +83,17 @@ pub fn engine_from_config(config: &AgentConfig) -> Engine {
             a.start_timeout,
         )
     });
+    let e = config.etcd.as_ref();
     Engine {
         state: StateDir::new(&config.state_dir),
-        data_dir: config.etcd.data_dir.clone(),
+        data_dir: e.and_then(|e| e.data_dir.clone()),
         etcd,
         apiserver,
         tool: Box::new(CliTool {
-            etcdutl: config.etcd.etcdutl.clone(),
-            etcdctl: config.etcd.etcdctl.clone(),
+            etcdutl: e.and_then(|e| e.etcdutl.clone()),
+            etcdctl: e.and_then(|e| e.etcdctl.clone()),
         }),
+        host_name: config.host_name.clone().unwrap_or_else(describe::hostname),
     }
 }
 
@@ -209,6 +212,14 @@ impl pb::agent_server::Agent for AgentService {
         &self,
         request: Request<Streaming<pb::SnapshotChunk>>,
     ) -> Result<Response<pb::SnapshotReceipt>, Status> {
+        if self.engine.apiserver_only() {
+            return Err(AgentError::InvalidRequest(format!(
+                "{} is an apiserver-only host: snapshots are staged on etcd members only; list it \
+                 as an [[apiserver]] host, not a [[member]], in the inventory",
+                self.engine.host_name
+            ))
+            .into());
+        }
         let Ok(_guard) = self.push_lock.try_lock() else {
             return Err(AgentError::Aborted(
                 "another snapshot transfer to this member is in progress; wait for it and retry"

@@ -115,14 +115,15 @@ async fn not_answering_then_no_leader_then_healthy() {
     let service = AgentService::new(Engine {
         state: StateDir::new(dir.path().join("state")),
         data_dir: None,
-        etcd: Box::new(StaticPod {
+        etcd: Some(Box::new(StaticPod {
             component: Component::Etcd,
             manifest: manifest.clone(),
             stop_timeout: Duration::from_secs(10),
             start_timeout: Duration::from_secs(10),
-        }),
+        })),
         apiserver: None,
         tool: Box::new(CliTool::default()),
+        host_name: String::new(),
     });
     let member = EtcdMember::from_command(
         PodCommand::parse(&yaml(&lonely), Path::new("etcd.yaml")).expect("pod"),

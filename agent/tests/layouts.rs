@@ -185,17 +185,18 @@ impl Member {
         let engine = Engine {
             state: StateDir::new(root.path().join("state")),
             data_dir: None,
-            etcd: Box::new(StaticPod {
+            etcd: Some(Box::new(StaticPod {
                 component: Component::Etcd,
                 manifest: manifest.clone(),
                 stop_timeout: Duration::from_secs(30),
                 start_timeout: Duration::from_secs(30),
-            }),
+            })),
             apiserver: None,
             tool: Box::new(CliTool {
                 etcdutl: Some(tools.join("etcdutl")),
                 etcdctl: None,
             }),
+            host_name: String::new(),
         };
         Self {
             kubelet: None,
@@ -542,7 +543,8 @@ fn wal_dir_on_its_own_ext4() {
     m.start();
     m.etcdctl(&["put", "early", "0"]);
     m.engine
-        .etcd
+        .etcd()
+        .expect("an etcd member")
         .stop(&m.path("aside/etcd.yaml"), &|_| {})
         .expect("etcd stops");
     let wal = m.path("wal");

@@ -192,17 +192,18 @@ async fn static_pod_restore_with_real_etcd() {
     let engine = Arc::new(Engine {
         state: StateDir::new(root.join("state")),
         data_dir: None,
-        etcd: Box::new(StaticPod {
+        etcd: Some(Box::new(StaticPod {
             component: Component::Etcd,
             manifest: manifest.clone(),
             stop_timeout: Duration::from_secs(30),
             start_timeout: Duration::from_secs(30),
-        }),
+        })),
         apiserver: None,
         tool: Box::new(CliTool {
             etcdutl: Some(tools.join("etcdutl")),
             etcdctl: None,
         }),
+        host_name: String::new(),
     });
     let bytes = std::fs::read(&snap).expect("snapshot");
     let sha = common::sha256(&bytes);
@@ -258,7 +259,7 @@ async fn static_pod_restore_with_real_etcd() {
                 root_log(&steps_engine)
             );
             if step == Step::Halt {
-                assert!(!steps_engine.etcd.is_running(None));
+                assert!(!steps_engine.etcd().expect("etcd").is_running(None));
                 assert!(
                     messages
                         .lock()

@@ -16,6 +16,10 @@ pub struct Inventory {
     pub etcd_tls: Option<TlsFiles>,
     #[serde(rename = "member")]
     pub members: Vec<Member>,
+    /// Hosts that run a kube-apiserver but no etcd member (external etcd): fenced before etcd
+    /// halts and unfenced after the restored cluster is verified.
+    #[serde(rename = "apiserver", default, skip_serializing_if = "Vec::is_empty")]
+    pub apiservers: Vec<ApiserverHost>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,6 +40,27 @@ pub struct Member {
     pub agent_server_name: Option<String>,
     pub peer_urls: Vec<String>,
     pub client_urls: Vec<String>,
+}
+
+/// An apiserver-only host: its agent has an `[apiserver]` section and no `[etcd]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiserverHost {
+    /// The host's name: its agent's `host_name` (default: its hostname).
+    pub name: String,
+    /// The agent's endpoint, `https://host:port`.
+    pub agent: String,
+    /// The name the agent's certificate must carry; default: the host of `agent`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_server_name: Option<String>,
+}
+
+/// Where one agent is: an etcd member's or an apiserver host's.
+#[derive(Debug, Clone, Copy)]
+pub struct AgentEntry<'a> {
+    pub name: &'a str,
+    pub agent: &'a str,
+    pub agent_server_name: Option<&'a str>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +91,22 @@ impl Inventory {
         })?;
         inventory.validate()?;
         Ok(inventory)
+    }
+
+    /// Every agent: the members' in inventory order, then the apiserver hosts'. Restores address
+    /// agents by this order.
+    pub fn agents(&self) -> Vec<AgentEntry<'_>> {
+        let members = self.members.iter().map(|m| AgentEntry {
+            name: &m.name,
+            agent: &m.agent,
+            agent_server_name: m.agent_server_name.as_deref(),
+        });
+        let hosts = self.apiservers.iter().map(|h| AgentEntry {
+            name: &h.name,
+            agent: &h.agent,
+            agent_server_name: h.agent_server_name.as_deref(),
+        });
+        members.chain(hosts).collect()
     }
 
     /// Structural checks that need no network: names and URLs present and unique.
@@ -103,6 +144,40 @@ impl Inventory {
                 return Err(InventoryError::Invalid(format!(
                     "member {}: agent {} must be an https:// URL (agents speak mTLS only)",
                     m.name, m.agent
+                )));
+            }
+        }
+        for h in &self.apiservers {
+            let named = !h.name.is_empty()
+                && h.name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'));
+            if !named {
+                return Err(InventoryError::Invalid(format!(
+                    "apiserver host {:?}: a name is letters, digits, - . _ (its agent's host_name)",
+                    h.name
+                )));
+            }
+            if !names.insert(h.name.as_str()) {
+                return Err(InventoryError::Invalid(format!(
+                    "name {} appears twice: every [[member]] and [[apiserver]] host needs its own",
+                    h.name
+                )));
+            }
+            if !h.agent.starts_with("https://") {
+                return Err(InventoryError::Invalid(format!(
+                    "apiserver host {}: agent {} must be an https:// URL (agents speak mTLS only)",
+                    h.name, h.agent
+                )));
+            }
+        }
+        let mut agents = HashSet::new();
+        for a in self.agents() {
+            if !agents.insert(a.agent) {
+                return Err(InventoryError::Invalid(format!(
+                    "agent {} appears twice (at {}): a host stacking etcd and a kube-apiserver is \
+                     one [[member]], never also an [[apiserver]] host",
+                    a.agent, a.name
                 )));
             }
         }
@@ -148,6 +223,58 @@ client_urls = ["https://127.0.0.12:2379"]
         let inv = load(GOOD).expect("good");
         assert_eq!(inv.members.len(), 2);
         assert_eq!(load(&inv.to_toml()).expect("round trip"), inv);
+    }
+
+    const EXTERNAL: &str = r#"
+[[apiserver]]
+name = "api-1"
+agent = "https://10.0.0.21:7443"
+[[apiserver]]
+name = "api-2"
+agent = "https://10.0.0.22:7443"
+agent_server_name = "api-2.example.internal"
+"#;
+
+    #[test]
+    fn apiserver_hosts_parse_round_trip_and_follow_the_members_in_agent_order() {
+        let inv = load(&format!("{GOOD}{EXTERNAL}")).expect("external");
+        assert_eq!(inv.apiservers.len(), 2);
+        assert_eq!(
+            inv.apiservers[1].agent_server_name.as_deref(),
+            Some("api-2.example.internal")
+        );
+        let order: Vec<&str> = inv.agents().iter().map(|a| a.name).collect();
+        assert_eq!(order, ["cp-1", "cp-2", "api-1", "api-2"]);
+        assert_eq!(load(&inv.to_toml()).expect("round trip"), inv);
+        assert!(load(GOOD).expect("stacked").apiservers.is_empty());
+        assert!(!load(GOOD).expect("stacked").to_toml().contains("apiserver"));
+    }
+
+    #[test]
+    fn bad_apiserver_hosts_are_refused_naming_the_host() {
+        let cases = [
+            (
+                EXTERNAL.replace("\"api-2\"", "\"cp-1\""),
+                "name cp-1 appears twice",
+            ),
+            (
+                EXTERNAL.replace("https://10.0.0.22:7443", "http://10.0.0.22:7443"),
+                "apiserver host api-2: agent http://10.0.0.22:7443 must be an https:// URL",
+            ),
+            (
+                EXTERNAL.replace("https://10.0.0.22:7443", "https://127.0.0.11:7443"),
+                "agent https://127.0.0.11:7443 appears twice",
+            ),
+            (EXTERNAL.replace("\"api-1\"", "\"\""), "apiserver host \"\""),
+            (
+                EXTERNAL.replace("agent_server_name", "server_name"),
+                "server_name",
+            ),
+        ];
+        for (extra, says) in cases {
+            let err = load(&format!("{GOOD}{extra}")).expect_err(says).to_string();
+            assert!(err.contains(says), "{says}: {err}");
+        }
     }
 
     #[test]

@@ -2,10 +2,12 @@
 #![forbid(unsafe_code)]
 
 pub mod agent_client;
+pub mod apiserver_hosts;
 pub mod certs;
 pub mod inventory;
 pub mod journal;
 pub mod member_checks;
+pub mod membership;
 pub mod ops;
 pub mod plan;
 pub mod restore;

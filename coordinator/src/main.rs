@@ -177,6 +177,12 @@ struct Target {
     /// and restored with etcd's hash check whatever this says.
     #[arg(long)]
     skip_hash_check: bool,
+    /// Restore even though the inventory's members differ from the cluster's membership (a member
+    /// moved, renamed, replaced or gone for good): the restored cluster has exactly the
+    /// inventory's members, and a member left out keeps its old data and must never start again
+    /// with it. Without this flag such a difference refuses the restore.
+    #[arg(long)]
+    allow_membership_change: bool,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -228,16 +234,14 @@ fn emit(value: &serde_json::Value) {
     println!("{value}");
 }
 
+/// One client per agent: the members', then the apiserver hosts' ([`Inventory::agents`]).
 fn agents(inventory: &Inventory) -> anyhow::Result<Vec<GrpcAgent>> {
     inventory
-        .members
-        .iter()
-        .map(|m| {
-            let server_name = m
-                .agent_server_name
-                .clone()
-                .unwrap_or_else(|| host_of(&m.agent).to_owned());
-            GrpcAgent::new(&m.name, &m.agent, &server_name, &inventory.agent_tls)
+        .agents()
+        .into_iter()
+        .map(|a| {
+            let server_name = a.agent_server_name.unwrap_or_else(|| host_of(a.agent));
+            GrpcAgent::new(a.name, a.agent, server_name, &inventory.agent_tls)
         })
         .collect()
 }
@@ -271,22 +275,25 @@ async fn preflight(target: &Target) -> anyhow::Result<(Inventory, Vec<GrpcAgent>
             .map_err(|e| e.to_string())
     }))
     .await;
-    // The live cluster's revision, when it answers: the bump must pass it.
-    let live = join_all(inventory.members.iter().map(|m| async {
+    // The live cluster's revision, when it answers: the bump must pass it. Its membership too:
+    // the inventory must list every member.
+    let revisions = join_all(inventory.members.iter().map(|m| async {
         let view = quorate::verify::view(&m.name, &m.client_urls[0], inventory.etcd_tls.as_ref());
         tokio::time::timeout(Duration::from_secs(3), view)
             .await
             .ok()
             .and_then(Result::ok)
             .map(|v| v.revision)
-    }))
-    .await;
+    }));
+    let (live, live_membership) = tokio::join!(revisions, quorate::membership::live(&inventory));
     let options = plan::Options {
         live_revision: live.into_iter().flatten().max(),
         no_bump_revision: target.no_bump_revision,
         skip_hash_check: target.skip_hash_check,
         snapshot_etcd_version,
         snapshot_version_unread,
+        live_membership,
+        allow_membership_change: target.allow_membership_change,
     };
     let mut plan = plan::build(&inventory, &described, checked, &options)?;
     // The same chain as `quorate snapshot verify` (its sha256 was checked above): `snapshot
@@ -418,9 +425,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let (_, _, inventory, progress) = open(journaled)?;
             let agents = agents(&inventory)?;
             let names: Vec<(String, String)> = inventory
-                .members
+                .agents()
                 .iter()
-                .map(|m| (m.name.clone(), m.agent.clone()))
+                .map(|a| (a.name.to_owned(), a.agent.to_owned()))
                 .collect();
             let status =
                 ops::status(&journaled.restore_id.to_string(), progress, &names, &agents).await;

@@ -7,8 +7,10 @@ use quorate_proto::model::RestoreId;
 use quorate_proto::pb;
 use serde::{Deserialize, Serialize};
 
+use crate::apiserver_hosts::{self, HostPlan};
 use crate::inventory::{Inventory, Member};
 use crate::member_checks::{self, major_minor};
+use crate::membership::{self, Membership, Source};
 use crate::revision::{self, RevisionPlan};
 use crate::snapshot::CheckedSnapshot;
 
@@ -72,6 +74,15 @@ pub struct Plan {
     /// The etcd cluster version recorded in the snapshot (`3.5.0`), when it could be read.
     #[serde(default)]
     pub snapshot_etcd_version: Option<String>,
+    /// Apiserver-only hosts (external etcd), in inventory order.
+    #[serde(default)]
+    pub apiserver_hosts: Vec<HostPlan>,
+    /// Where the membership compared with the inventory came from; `None`: it is unknown.
+    #[serde(default)]
+    pub membership_source: Option<Source>,
+    /// Differences with that membership, let through by `--allow-membership-change`.
+    #[serde(default)]
+    pub membership_differences: usize,
 }
 
 /// What preflight learned beyond the agents' own facts.
@@ -87,6 +98,11 @@ pub struct Options {
     pub snapshot_etcd_version: Option<String>,
     /// Why the snapshot's etcd version is not known, when reading it failed.
     pub snapshot_version_unread: Option<String>,
+    /// The live cluster's member list, when it answered; `None`: the cluster is down, and what
+    /// the members' data dirs record is used.
+    pub live_membership: Option<Membership>,
+    /// `--allow-membership-change`: differences with the cluster's membership are warnings.
+    pub allow_membership_change: bool,
 }
 
 /// Everything preflight found wrong.
@@ -134,7 +150,8 @@ pub fn snapshot_version_check(
     }
 }
 
-/// Checks what the agents reported (`described[i]` is inventory member i) and builds the plan.
+/// Checks what the agents reported and builds the plan. `described` follows
+/// [`Inventory::agents`]: the members', then the apiserver hosts'.
 pub fn build(
     inventory: &Inventory,
     described: &[Result<pb::DescribeResponse, String>],
@@ -164,6 +181,10 @@ pub fn build(
                 continue;
             }
         };
+        if let Some(problem) = apiserver_hosts::not_a_member(m, d) {
+            problems.push(problem);
+            continue;
+        }
         check_member(m, d, &mut problems);
         problems.extend(layout::problems(&m.name, d, snapshot.size));
         member_checks::check(&m.name, d, &mut problems, &mut warnings);
@@ -224,6 +245,25 @@ pub fn build(
             Err(problem) => problems.push(problem),
         }
     }
+    let members_described: Vec<Option<&pb::DescribeResponse>> =
+        described.iter().take(n).map(|d| d.as_ref().ok()).collect();
+    let (membership_source, membership_differences) = membership::check(
+        &inventory.members,
+        &members_described,
+        options.live_membership.as_ref(),
+        options.allow_membership_change,
+        &mut problems,
+        &mut warnings,
+    );
+    let apiserver_hosts = apiserver_hosts::check(
+        &inventory.apiservers,
+        described.get(n..).unwrap_or_default(),
+        &mut problems,
+    );
+    warnings.extend(apiserver_hosts::unfenced_warning(
+        inventory,
+        &members_described,
+    ));
     if !problems.is_empty() {
         return Err(PreflightError { problems });
     }
@@ -272,6 +312,9 @@ pub fn build(
         revision,
         skip_hash_check,
         snapshot_etcd_version: options.snapshot_etcd_version.clone(),
+        apiserver_hosts,
+        membership_source,
+        membership_differences,
     })
 }
 
@@ -307,6 +350,24 @@ fn check_member(m: &Member, d: &pb::DescribeResponse, problems: &mut Vec<String>
 }
 
 impl Plan {
+    /// What the inventory's members were checked against.
+    fn membership_line(&self) -> String {
+        match (&self.membership_source, self.membership_differences) {
+            (None, _) => {
+                "members: not checked against the cluster's membership (unknown; see the warnings)"
+                    .to_owned()
+            }
+            (Some(source), 0) => {
+                format!("members: the inventory's match the {}", source.describe())
+            }
+            (Some(source), n) => format!(
+                "members: the inventory's differ from the {} ({n} difference{}, let through by --allow-membership-change; see the warnings)",
+                source.describe(),
+                if n == 1 { "" } else { "s" }
+            ),
+        }
+    }
+
     /// The plan as an operator reads it.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -382,20 +443,44 @@ impl Plan {
                 }
             );
         }
+        if !self.apiserver_hosts.is_empty() {
+            let _ = writeln!(
+                out,
+                "apiserver hosts (no etcd; fenced before etcd halts, unfenced after verify):"
+            );
+            for h in &self.apiserver_hosts {
+                let _ = writeln!(
+                    out,
+                    "  {:<8} agent {}  host {}  apiserver: {}",
+                    h.name, h.agent, h.hostname, h.apiserver_runtime
+                );
+            }
+        }
+        let _ = writeln!(out, "{}", self.membership_line());
+        let hosts = if self.apiserver_hosts.is_empty() {
+            String::new()
+        } else {
+            let names: Vec<&str> = self
+                .apiserver_hosts
+                .iter()
+                .map(|h| h.name.as_str())
+                .collect();
+            format!(" (on the members and on {})", names.join(", "))
+        };
         let _ = writeln!(
             out,
             "phases (each ends on every member before the next starts):"
         );
         for (i, line) in [
-            "preflight  done: inventory, agents, disk, restore tool, snapshot sha256".to_owned(),
+            "preflight  done: inventory, membership, agents, disk, restore tool, snapshot sha256".to_owned(),
             "stage      claim each member for this restore; stream the snapshot to every agent; sha256 checked on arrival".to_owned(),
-            "fence      stop every kube-apiserver and wait until it is down".to_owned(),
+            format!("fence      stop every kube-apiserver{hosts} and wait until it is down"),
             "halt       stop etcd everywhere; wait until the processes are gone and ports closed".to_owned(),
             "preserve   move each data dir (and wal dir) aside: renamed to <dir>.quorate-<id>, or, for a mount point, its etcd entries moved into <dir>/.quorate-<id>/".to_owned(),
             "restore    restore the snapshot with each member's name and peer URL under the new token".to_owned(),
             format!("quorum     start {} together, wait for a leader; then the rest", self.quorum_first.join(", ")),
             "verify     member list, health, identical HashKV at one revision, revision of the snapshot".to_owned(),
-            "unfence    start the kube-apiservers and wait for /readyz".to_owned(),
+            format!("unfence    start the kube-apiservers{hosts} and wait for /readyz"),
             "finish     report; preserved dirs are kept".to_owned(),
         ]
         .iter()
@@ -437,11 +522,15 @@ mod tests {
                     client_urls: vec![format!("https://127.0.0.{}:2379", 10 + i)],
                 })
                 .collect(),
+            apiservers: vec![],
         }
     }
 
+    /// A stacked member (etcd and a kube-apiserver) ready for a restore.
     pub(super) fn healthy(m: &Member) -> pb::DescribeResponse {
         pb::DescribeResponse {
+            role: pb::AgentRole::EtcdMember as i32,
+            apiserver_present: true,
             member_name: m.name.clone(),
             peer_urls: m.peer_urls.clone(),
             free_bytes: 10 << 30,
@@ -465,10 +554,25 @@ mod tests {
         }
     }
 
-    /// What preflight learns of a 3.5 snapshot with a trailer.
-    pub(super) fn options() -> Options {
+    /// What preflight learns of a 3.5 snapshot with a trailer, from a live cluster whose members
+    /// are the inventory's.
+    pub(super) fn options(inv: &Inventory) -> Options {
+        let members = inv
+            .members
+            .iter()
+            .zip(1..)
+            .map(|(m, id)| membership::Known {
+                id,
+                name: m.name.clone(),
+                peer_urls: m.peer_urls.clone(),
+            })
+            .collect();
         Options {
             snapshot_etcd_version: Some("3.5.0".into()),
+            live_membership: Some(Membership {
+                source: Source::Live { via: "cp-1".into() },
+                members,
+            }),
             ..Options::default()
         }
     }
@@ -484,14 +588,15 @@ mod tests {
                 Ok(d)
             })
             .collect();
-        build(inv, &described, snapshot(), &options()).map_or_else(|e| e.problems, |_| Vec::new())
+        build(inv, &described, snapshot(), &options(inv))
+            .map_or_else(|e| e.problems, |_| Vec::new())
     }
 
     #[test]
     fn a_healthy_cluster_plans_a_fresh_token_and_a_majority_first() {
         let inv = inventory(5);
         let described: Vec<_> = inv.members.iter().map(|m| Ok(healthy(m))).collect();
-        let plan = build(&inv, &described, snapshot(), &options()).expect("plan");
+        let plan = build(&inv, &described, snapshot(), &options(&inv)).expect("plan");
         assert_eq!(plan.quorum_first, ["cp-1", "cp-2", "cp-3"]);
         assert_eq!(plan.cluster_token, format!("quorate-{}", plan.restore_id));
         assert!(
@@ -603,7 +708,7 @@ mod tests {
         let options = Options {
             live_revision: Some(5_000),
             no_bump_revision: false,
-            ..options()
+            ..options(&inv)
         };
         let plan = build(&inv, &described, snapshot(), &options).expect("plan");
         assert_eq!(plan.revision.bump, 6_000);
@@ -616,7 +721,7 @@ mod tests {
         let inv = inventory(4);
         let mut described: Vec<_> = inv.members.iter().map(|m| Ok(healthy(m))).collect();
         described[3] = Err("connection refused".into());
-        let err = build(&inv, &described, snapshot(), &options()).expect_err("unreachable");
+        let err = build(&inv, &described, snapshot(), &options(&inv)).expect_err("unreachable");
         assert!(
             err.to_string()
                 .contains("member cp-4: agent at https://127.0.0.14:7443 did not answer"),
@@ -624,7 +729,7 @@ mod tests {
         );
         assert!(err.to_string().contains("nothing was changed"));
         described[3] = Ok(healthy(&inv.members[3]));
-        let plan = build(&inv, &described, snapshot(), &options()).expect("plan");
+        let plan = build(&inv, &described, snapshot(), &options(&inv)).expect("plan");
         assert!(
             plan.warnings[0].contains("even count"),
             "{:?}",
@@ -686,7 +791,7 @@ mod tests {
         let described: Vec<_> = inv.members.iter().map(|m| Ok(healthy(m))).collect();
         let flag = Options {
             skip_hash_check: true,
-            ..options()
+            ..options(&inv)
         };
         let raw = CheckedSnapshot {
             trailer: false,
@@ -715,7 +820,11 @@ mod tests {
             "{:?}",
             saved.warnings
         );
-        let plain = build(&inv, &described, snapshot(), &options()).expect("plan");
+        let plain = build(&inv, &described, snapshot(), &options(&inv)).expect("plan");
         assert!(!plain.skip_hash_check);
     }
 }
+
+#[cfg(test)]
+#[path = "plan_external_tests.rs"]
+mod external_tests;

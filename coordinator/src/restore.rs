@@ -193,7 +193,8 @@ impl ClusterProbe for EtcdProbe<'_> {
 pub struct Restore<'a, C: AgentClient, P: ClusterProbe> {
     pub inventory: &'a Inventory,
     pub plan: &'a Plan,
-    /// One client per inventory member, same order.
+    /// One client per agent in [`Inventory::agents`] order: the members', then the apiserver
+    /// hosts'.
     pub agents: &'a [C],
     pub probe: &'a P,
     pub deadlines: Deadlines,
@@ -202,13 +203,17 @@ pub struct Restore<'a, C: AgentClient, P: ClusterProbe> {
 
 impl<C: AgentClient, P: ClusterProbe> Restore<'_, C, P> {
     fn request(&self, i: usize, step: Step) -> StepRequest {
-        let m = &self.inventory.members[i];
+        // An apiserver host is named by its host name and has no peer URLs.
+        let (name, peer_urls) = match self.inventory.members.get(i) {
+            Some(m) => (m.name.clone(), m.peer_urls.clone()),
+            None => (self.name_of(i), Vec::new()),
+        };
         StepRequest {
             restore_id: self.plan.restore_id,
             step,
             facts: ClusterFacts {
-                member_name: m.name.clone(),
-                peer_urls: m.peer_urls.clone(),
+                member_name: name,
+                peer_urls,
                 initial_cluster: self.plan.initial_cluster.clone(),
                 cluster_token: self.plan.cluster_token.clone(),
                 snapshot_sha256: self.plan.snapshot.sha256.clone(),
@@ -252,13 +257,17 @@ impl<C: AgentClient, P: ClusterProbe> Restore<'_, C, P> {
                 match result {
                     Ok(o) => return Ok(o),
                     Err(e) if e.is_retryable() && started.elapsed() + backoff < deadline => {
-                        tracing::warn!(member = %self.inventory.members[i].name, %step, revert, "retrying: {e}");
+                        tracing::warn!(member = %self.name_of(i), %step, revert, "retrying: {e}");
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(Duration::from_secs(5));
                     }
                     Err(e) => {
-                        let what = if revert { format!("reverting {step}") } else { format!("step {step}") };
-                        return Err((self.inventory.members[i].name.clone(), step_error(&what, &e)));
+                        let what = if revert {
+                            format!("reverting {step}")
+                        } else {
+                            format!("step {step}")
+                        };
+                        return Err((self.name_of(i), step_error(&what, &e)));
                     }
                 }
             }
@@ -275,13 +284,38 @@ impl<C: AgentClient, P: ClusterProbe> Restore<'_, C, P> {
         }
     }
 
+    /// The etcd members.
     pub(crate) fn all(&self) -> Vec<usize> {
         (0..self.inventory.members.len()).collect()
     }
 
+    /// The name of agent `i`: a member's, else an apiserver host's.
+    pub(crate) fn name_of(&self, i: usize) -> String {
+        let n = self.inventory.members.len();
+        match i.checked_sub(n) {
+            None => self.inventory.members[i].name.clone(),
+            Some(j) => self.inventory.apiservers[j].name.clone(),
+        }
+    }
+
+    /// The agents a phase's step runs on: every agent for claim, fence, unfence and finish (the
+    /// apiserver hosts too); the etcd members for the rest.
+    pub(crate) fn targets(&self, phase: Phase) -> Vec<usize> {
+        match phase {
+            Phase::Stage | Phase::Fence | Phase::Unfence | Phase::Finish => {
+                (0..self.inventory.members.len() + self.inventory.apiservers.len()).collect()
+            }
+            _ => self.all(),
+        }
+    }
+
     async fn stage(&self) -> Result<Option<i64>, Vec<(String, String)>> {
-        self.step_on(&self.all(), Step::Claim, self.deadlines.call)
-            .await?;
+        self.step_on(
+            &self.targets(Phase::Stage),
+            Step::Claim,
+            self.deadlines.call,
+        )
+        .await?;
         let deadline = self
             .deadlines
             .for_size(self.deadlines.call, self.plan.snapshot.size);
@@ -458,16 +492,18 @@ impl<C: AgentClient, P: ClusterProbe> Restore<'_, C, P> {
                     }),
                 Phase::Unfence => {
                     let (step, deadline) = self.step_of(phase);
-                    self.step_on(&self.all(), step, deadline)
-                        .await
-                        .map(|outcomes| {
-                            progress.restarted = restarted(&self.inventory.members, &outcomes);
-                            data = Some(serde_json::json!({ "restarted": progress.restarted }));
-                        })
+                    let which = self.targets(phase);
+                    self.step_on(&which, step, deadline).await.map(|outcomes| {
+                        let names: Vec<String> = which.iter().map(|&i| self.name_of(i)).collect();
+                        progress.restarted = restarted(&names, &outcomes);
+                        data = Some(serde_json::json!({ "restarted": progress.restarted }));
+                    })
                 }
                 other => {
                     let (step, deadline) = self.step_of(other);
-                    self.step_on(&self.all(), step, deadline).await.map(drop)
+                    self.step_on(&self.targets(other), step, deadline)
+                        .await
+                        .map(drop)
                 }
             };
             let result = result.and_then(|()| {
@@ -559,20 +595,20 @@ pub struct Progress {
     pub restarted: Vec<(String, String)>,
 }
 
-/// The `restarted` detail of each member's unfence outcome.
-fn restarted(members: &[crate::inventory::Member], outcomes: &[Outcome]) -> Vec<(String, String)> {
-    members
+/// The `restarted` detail of each agent's unfence outcome (`names[i]` answered `outcomes[i]`).
+fn restarted(names: &[String], outcomes: &[Outcome]) -> Vec<(String, String)> {
+    names
         .iter()
         .zip(outcomes)
-        .flat_map(|(m, o)| {
+        .flat_map(|(name, o)| {
             let ok = o
                 .details
                 .get("restarted")
-                .map(|r| (m.name.clone(), r.clone()));
+                .map(|r| (name.clone(), r.clone()));
             let failed = o
                 .details
                 .get("restart_failed")
-                .map(|r| (m.name.clone(), format!("FAILED: {r}")));
+                .map(|r| (name.clone(), format!("FAILED: {r}")));
             ok.into_iter().chain(failed)
         })
         .collect()

@@ -28,6 +28,9 @@ struct World {
     /// (member, step) → how the step behaves.
     script: BTreeMap<(usize, Step), Behaviour>,
     calls: Mutex<BTreeMap<(usize, Step), u32>>,
+    /// Every step run or reverted and every verification, in order: "cp-1 fence",
+    /// "api-1 revert fence", "verify".
+    timeline: Mutex<Vec<String>>,
     /// member → what its agent's Health says instead of the truth.
     health: BTreeMap<usize, HealthScript>,
     health_calls: Mutex<BTreeMap<usize, u32>>,
@@ -73,6 +76,8 @@ enum Behaviour {
 struct FakeAgent<'w> {
     index: usize,
     name: String,
+    /// How many etcd members there are (agents from `members` on are apiserver hosts).
+    members: usize,
     world: &'w World,
 }
 
@@ -108,7 +113,8 @@ impl AgentClient for FakeAgent<'_> {
             .expect("lock")
             .iter()
             .filter(|(_, s)| *s == Step::Claim)
-            .count();
+            .count()
+            .min(self.members);
         let state = if !started.contains(&self.index) {
             EtcdHealthState::NotAnswering
         } else if started.len() * 2 > claimed {
@@ -161,6 +167,11 @@ impl AgentClient for FakeAgent<'_> {
             .lock()
             .expect("lock")
             .push((self.name.clone(), step));
+        self.world
+            .timeline
+            .lock()
+            .expect("lock")
+            .push(format!("{} {step}", self.name));
         if step == Step::Start {
             self.world.started.lock().expect("lock").push(self.index);
         }
@@ -179,6 +190,11 @@ impl AgentClient for FakeAgent<'_> {
             .lock()
             .expect("lock")
             .push((self.index, step));
+        self.world
+            .timeline
+            .lock()
+            .expect("lock")
+            .push(format!("{} revert {step}", self.name));
         // Reverting HALT starts the original etcd.
         if step == Step::Halt {
             self.world.started.lock().expect("lock").push(self.index);
@@ -191,10 +207,12 @@ impl AgentClient for FakeAgent<'_> {
     }
 }
 
-struct FakeProbe;
+/// The cluster as the coordinator sees it through etcd's client URLs.
+struct FakeProbe<'w>(&'w World);
 
-impl ClusterProbe for FakeProbe {
+impl ClusterProbe for FakeProbe<'_> {
     async fn verify(&self, snapshot_revision: Option<i64>) -> Result<Verified, String> {
+        self.0.timeline.lock().expect("lock").push("verify".into());
         Ok(Verified {
             cluster_id: 7,
             members: vec![],
@@ -234,28 +252,35 @@ fn inventory(n: usize) -> Inventory {
                 client_urls: vec![format!("https://127.0.0.{}:2379", 10 + i)],
             })
             .collect(),
+        apiservers: vec![],
     }
 }
 
 fn plan_for(inv: &Inventory) -> plan::Plan {
-    let described: Vec<Result<pb::DescribeResponse, String>> = inv
-        .members
-        .iter()
-        .map(|m| {
-            Ok(pb::DescribeResponse {
-                member_name: m.name.clone(),
-                peer_urls: m.peer_urls.clone(),
-                free_bytes: 10 << 30,
-                etcd_version: "3.5.1".into(),
-                restore_tool: Some(pb::RestoreTool {
-                    kind: pb::RestoreToolKind::Etcdutl as i32,
-                    version: "3.5.1".into(),
-                    supports_bump_revision: false,
-                }),
-                ..Default::default()
-            })
+    let members = inv.members.iter().map(|m| {
+        Ok(pb::DescribeResponse {
+            member_name: m.name.clone(),
+            peer_urls: m.peer_urls.clone(),
+            free_bytes: 10 << 30,
+            etcd_version: "3.5.1".into(),
+            restore_tool: Some(pb::RestoreTool {
+                kind: pb::RestoreToolKind::Etcdutl as i32,
+                version: "3.5.1".into(),
+                supports_bump_revision: false,
+            }),
+            apiserver_present: inv.apiservers.is_empty(),
+            ..Default::default()
         })
-        .collect();
+    });
+    let hosts = inv.apiservers.iter().map(|h| {
+        Ok(pb::DescribeResponse {
+            role: pb::AgentRole::ApiserverHost as i32,
+            host_name: h.name.clone(),
+            apiserver_present: true,
+            ..Default::default()
+        })
+    });
+    let described: Vec<Result<pb::DescribeResponse, String>> = members.chain(hosts).collect();
     let snapshot = CheckedSnapshot {
         path: PathBuf::from("/x/snap.db"),
         size: 1 << 20,
@@ -271,12 +296,31 @@ async fn run(
     world: &World,
     deadlines: Deadlines,
 ) -> (Result<Report, RestoreError>, tempfile::TempDir) {
-    let (result, _, dir) = run_then(n, world, deadlines, false).await;
+    let (result, _, dir) = run_then(n, 0, world, deadlines, false).await;
     (result, dir)
 }
 
+/// A restore of `n` members and `hosts` apiserver hosts; with `rollback`, a failed restore is
+/// rolled back (and the rollback must succeed).
+async fn run_external(
+    n: usize,
+    hosts: usize,
+    world: &World,
+    deadlines: Deadlines,
+    rollback: bool,
+) -> (Result<Report, RestoreError>, tempfile::TempDir) {
+    let (result, rolled, dir) = run_then(n, hosts, world, deadlines, rollback).await;
+    if let Some(r) = rolled {
+        r.expect("rollback");
+    }
+    (result, dir)
+}
+
+/// A restore of `n` members and `hosts` apiserver hosts; with `rollback`, a failed restore is
+/// rolled back and the rollback's result returned too.
 async fn run_then(
     n: usize,
+    hosts: usize,
     world: &World,
     deadlines: Deadlines,
     rollback: bool,
@@ -285,21 +329,29 @@ async fn run_then(
     Option<Result<crate::rollback::RollbackReport, RestoreError>>,
     tempfile::TempDir,
 ) {
-    let inv = inventory(n);
+    let mut inv = inventory(n);
+    inv.apiservers = (1..=hosts)
+        .map(|j| crate::inventory::ApiserverHost {
+            name: format!("api-{j}"),
+            agent: format!("https://127.0.0.{}:7443", 20 + j),
+            agent_server_name: None,
+        })
+        .collect();
     let plan = plan_for(&inv);
     let agents: Vec<FakeAgent<'_>> = inv
-        .members
+        .agents()
         .iter()
         .enumerate()
-        .map(|(index, m)| FakeAgent {
+        .map(|(index, a)| FakeAgent {
             index,
-            name: m.name.clone(),
+            name: a.name.to_owned(),
+            members: n,
             world,
         })
         .collect();
     let dir = tempfile::tempdir().expect("tempdir");
     let mut journal = crate::journal::Journal::create(dir.path(), &plan, &inv).expect("journal");
-    let probe = FakeProbe;
+    let probe = FakeProbe(world);
     let restore = Restore {
         inventory: &inv,
         plan: &plan,
@@ -433,7 +485,7 @@ async fn an_agent_that_does_not_report_health_is_named_at_the_deadline() {
 async fn a_rollback_restarts_the_original_etcd_a_majority_first_waiting_on_agent_health() {
     let mut world = World::default();
     world.script.insert((4, Step::Restore), Behaviour::Fail);
-    let (result, rolled, _dir) = run_then(5, &world, fast(), true).await;
+    let (result, rolled, _dir) = run_then(5, 0, &world, fast(), true).await;
     assert_eq!(result.expect_err("restore fails on cp-5").phase, "restore");
     let report = rolled.expect("rolled back").expect("rollback");
     let phases: Vec<Phase> = report.reverted.iter().map(|t| t.phase).collect();
@@ -534,6 +586,91 @@ async fn retryable_errors_are_retried_within_the_phase() {
     .0
     .expect("restore despite one dropped call");
     assert_eq!(world.calls.lock().expect("lock")[&(0, Step::Preserve)], 2);
+}
+
+/// Where `entry` first appears in the timeline.
+fn at(timeline: &[String], entry: &str) -> usize {
+    timeline
+        .iter()
+        .position(|e| e == entry)
+        .unwrap_or_else(|| panic!("{entry} not in {timeline:?}"))
+}
+
+#[tokio::test]
+async fn apiserver_hosts_are_fenced_before_halt_and_unfenced_after_verify() {
+    let world = World::default();
+    let (result, _dir) = run_external(3, 2, &world, fast(), false).await;
+    let report = result.expect("restore");
+    let timeline = world.timeline.lock().expect("lock").clone();
+    for host in ["api-1", "api-2"] {
+        // Their steps: claim, fence, unfence, finish; nothing that touches etcd.
+        let steps: Vec<&String> = timeline
+            .iter()
+            .filter(|e| e.starts_with(&format!("{host} ")))
+            .collect();
+        assert_eq!(
+            steps,
+            [
+                &format!("{host} claim"),
+                &format!("{host} fence"),
+                &format!("{host} unfence"),
+                &format!("{host} finish")
+            ],
+            "{timeline:?}"
+        );
+        let fenced = at(&timeline, &format!("{host} fence"));
+        for m in ["cp-1", "cp-2", "cp-3"] {
+            assert!(fenced < at(&timeline, &format!("{m} halt")), "{timeline:?}");
+        }
+        assert!(
+            at(&timeline, "verify") < at(&timeline, &format!("{host} unfence")),
+            "{timeline:?}"
+        );
+    }
+    // The hosts were fenced in the same phase as the members' apiservers.
+    let fences: Vec<usize> = timeline
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| e.ends_with(" fence"))
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(fences.len(), 5);
+    assert_eq!(fences[4] - fences[0], 4, "one phase: {timeline:?}");
+    assert_eq!(report.after.keys, 3);
+}
+
+#[tokio::test]
+async fn a_rollback_unfences_the_apiserver_hosts_after_the_original_etcd_is_back() {
+    let mut world = World::default();
+    world.script.insert((1, Step::Preserve), Behaviour::Fail);
+    let (result, _dir) = run_external(3, 2, &world, fast(), true).await;
+    assert_eq!(
+        result.expect_err("preserve fails on cp-2").phase,
+        "preserve"
+    );
+    let timeline = world.timeline.lock().expect("lock").clone();
+    for host in ["api-1", "api-2"] {
+        let unfenced = at(&timeline, &format!("{host} revert fence"));
+        for m in ["cp-1", "cp-2", "cp-3"] {
+            assert!(
+                at(&timeline, &format!("{m} revert halt")) < unfenced,
+                "etcd first, then the apiservers: {timeline:?}"
+            );
+        }
+        assert!(
+            unfenced < at(&timeline, &format!("{host} revert claim")),
+            "{timeline:?}"
+        );
+        for etcd_step in ["halt", "preserve", "restore", "start"] {
+            assert!(
+                !timeline
+                    .iter()
+                    .any(|e| e.starts_with(&format!("{host} "))
+                        && e.ends_with(&format!(" {etcd_step}"))),
+                "no etcd step on {host}: {timeline:?}"
+            );
+        }
+    }
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! Rollback: every phase begun is reverted on every member, newest first, in lockstep; the
-//! original etcd comes back in quorum order, then the apiservers; then the original cluster is
-//! verified (its cluster and member IDs, and one HashKV on every member).
+//! original etcd comes back in quorum order, then the apiservers (on the apiserver hosts too);
+//! then the original cluster is verified (its cluster and member IDs, and one HashKV on every
+//! member).
 
 use std::time::{Duration, Instant};
 
@@ -63,7 +64,7 @@ impl<C: AgentClient, P: ClusterProbe> Restore<'_, C, P> {
                 Phase::Halt => self.restart_original().await,
                 other => {
                     let (step, deadline) = self.step_of(other);
-                    self.call_on(&self.all(), step, deadline, true)
+                    self.call_on(&self.targets(other), step, deadline, true)
                         .await
                         .map(drop)
                 }

@@ -3,8 +3,12 @@
 //! - [`pb`]: the generated gRPC types and tonic client/server for `quorate.agent.v1`.
 //! - [`tls`]: the rustls configurations both sides use (mTLS only; there is no plaintext mode).
 //! - [`probe`]: a small HTTP(S) GET used for `/health` and `/readyz` probes.
+//! - [`bbolt`] and [`etcd_db`]: read what an etcd db file records (revision, cluster version,
+//!   membership) page by page, without starting etcd.
 #![forbid(unsafe_code)]
 
+pub mod bbolt;
+pub mod etcd_db;
 pub mod model;
 pub mod probe;
 pub mod server;

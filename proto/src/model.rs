@@ -90,6 +90,15 @@ impl Step {
         Step::Finish,
     ];
 
+    /// Steps that act on etcd itself; an apiserver-only host runs only the others (claim, fence,
+    /// unfence, finish).
+    pub fn touches_etcd(self) -> bool {
+        matches!(
+            self,
+            Step::Halt | Step::Preserve | Step::Restore | Step::Start
+        )
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Step::Claim => "claim",
@@ -142,7 +151,8 @@ impl From<Step> for pb::Step {
     }
 }
 
-/// What a member needs to know to restore itself.
+/// What a member needs to know to restore itself. For an apiserver-only host (external etcd),
+/// `member_name` is the host's name and `peer_urls` is empty.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ClusterFacts {
     pub member_name: String,
@@ -207,9 +217,6 @@ impl TryFrom<pb::ClusterFacts> for ClusterFacts {
     type Error = ModelError;
     fn try_from(p: pb::ClusterFacts) -> Result<Self, ModelError> {
         check_name(&p.member_name)?;
-        if p.peer_urls.is_empty() {
-            return Err(ModelError("no peer URLs".into()));
-        }
         for url in &p.peer_urls {
             check_url(url)?;
         }
@@ -222,7 +229,8 @@ impl TryFrom<pb::ClusterFacts> for ClusterFacts {
             check_url(url)?;
             own_listed |= name == p.member_name && p.peer_urls.iter().any(|u| u == url);
         }
-        if !own_listed {
+        // No peer URLs: an apiserver-only host, which is not in the initial cluster.
+        if !own_listed && !p.peer_urls.is_empty() {
             return Err(ModelError(format!(
                 "initial cluster does not list {} with its peer URL",
                 p.member_name
@@ -274,13 +282,21 @@ pub struct StepRequest {
 impl TryFrom<pb::StepRequest> for StepRequest {
     type Error = ModelError;
     fn try_from(p: pb::StepRequest) -> Result<Self, ModelError> {
+        let step = Step::try_from(p.step)?;
+        let facts: ClusterFacts = p
+            .facts
+            .ok_or_else(|| ModelError("step request without cluster facts".into()))?
+            .try_into()?;
+        if step.touches_etcd() && facts.peer_urls.is_empty() {
+            return Err(ModelError(format!(
+                "step {step} for {} without peer URLs: etcd steps are for etcd members",
+                facts.member_name
+            )));
+        }
         Ok(Self {
             restore_id: p.restore_id.parse()?,
-            step: Step::try_from(p.step)?,
-            facts: p
-                .facts
-                .ok_or_else(|| ModelError("step request without cluster facts".into()))?
-                .try_into()?,
+            step,
+            facts,
         })
     }
 }
@@ -335,7 +351,6 @@ mod tests {
                 "peer url",
                 Box::new(|f| f.peer_urls = vec!["ftp://x".into()]),
             ),
-            ("no peer", Box::new(|f| f.peer_urls.clear())),
             (
                 "cluster",
                 Box::new(|f| f.initial_cluster = "cp-2=https://127.0.0.12:2380".into()),
@@ -366,6 +381,20 @@ mod tests {
             facts: None,
         };
         assert!(StepRequest::try_from(req).is_err());
+        // Without peer URLs (an apiserver-only host): fence yes, halt no.
+        let host = pb::ClusterFacts {
+            member_name: "api-1".into(),
+            peer_urls: vec![],
+            ..facts()
+        };
+        let req = |step: Step| pb::StepRequest {
+            restore_id: RestoreId::new().to_string(),
+            step: pb::Step::from(step) as i32,
+            facts: Some(host.clone()),
+        };
+        assert!(StepRequest::try_from(req(Step::Fence)).is_ok());
+        let err = StepRequest::try_from(req(Step::Halt)).expect_err("halt without peers");
+        assert!(err.0.contains("etcd steps are for etcd members"), "{err}");
         assert!(Step::try_from(0).is_err());
         assert!(Step::try_from(99).is_err());
     }

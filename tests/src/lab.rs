@@ -503,6 +503,16 @@ impl Lab {
                     client_urls: vec![h.client_url()],
                 })
                 .collect(),
+            apiservers: self
+                .state
+                .apiservers
+                .iter()
+                .map(|a| quorate::inventory::ApiserverHost {
+                    name: a.host.name.clone(),
+                    agent: a.host.agent_url(),
+                    agent_server_name: None,
+                })
+                .collect(),
         }
     }
 
@@ -1215,6 +1225,7 @@ fn write_apiserver_agent_config(host: &Host) -> anyhow::Result<PathBuf> {
 listen = "{ip}:{port}"
 state_dir = {state:?}
 allowed_clients = ["{coordinator}"]
+host_name = "{name}"
 
 [tls]
 cert = {cert:?}

@@ -29,7 +29,10 @@ pub struct Ctx<'a> {
     pub engine: &'a Engine,
     pub req: &'a StepRequest,
     pub journal: Journal,
-    pub member: EtcdMember,
+    /// This etcd member; `None` on an apiserver-only host.
+    pub member: Option<EtcdMember>,
+    /// Who this host is in messages: the member's name, or the apiserver-only host's.
+    pub name: String,
     pub data_dir: PathBuf,
     pub progress: Progress<'a>,
 }
@@ -48,6 +51,14 @@ pub(crate) fn done(message: String) -> Done {
 }
 
 impl Ctx<'_> {
+    /// This etcd member; refused on an apiserver-only host (whose etcd steps are refused before
+    /// they act, so an etcd step never sees the error).
+    pub fn etcd_member(&self) -> Result<&EtcdMember> {
+        self.member
+            .as_ref()
+            .ok_or_else(|| crate::engine::not_a_member(&self.name))
+    }
+
     pub(crate) fn save(&self) -> Result<()> {
         self.engine.state.save(&self.journal)
     }
@@ -58,10 +69,26 @@ impl Ctx<'_> {
     }
 }
 
+/// The steps an apiserver-only host runs: claim, fence, unfence, finish (and their reverts).
+/// Anything that touches etcd is refused there before anything changes.
+pub fn refuse_on_apiserver_host(req: &StepRequest, host_name: &str) -> Result<()> {
+    match req.step {
+        Step::Claim | Step::Fence | Step::Unfence | Step::Finish => Ok(()),
+        Step::Halt | Step::Preserve | Step::Restore | Step::Start => {
+            Err(AgentError::InvalidRequest(format!(
+                "step {} touches etcd, and {host_name} is an apiserver-only host (no [etcd] in its \
+                 agent config): list it as an [[apiserver]] host, not a [[member]], in the \
+                 inventory",
+                req.step
+            )))
+        }
+    }
+}
+
 /// Refusals that change nothing; seen by the caller as a gRPC error.
 pub fn precheck(engine: &Engine, plan: &Plan) -> Result<()> {
     let id = plan.req.restore_id;
-    let etcd_running = || engine.etcd.is_running(Some(&engine.etcd_aside(id)));
+    let etcd_running = || engine.etcd_running(id);
     match (plan.req.step, plan.op) {
         (Step::Claim, Op::Revert) => {
             let live: Vec<String> = plan
@@ -81,16 +108,17 @@ pub fn precheck(engine: &Engine, plan: &Plan) -> Result<()> {
         (Step::Preserve, Op::Run) | (Step::Restore, _) if etcd_running() => {
             return Err(AgentError::Precondition(format!(
                 "etcd is still running on {}: halt it first",
-                plan.member.name
+                plan.name
             )));
         }
         (Step::Preserve, Op::Run) if plan.journal.preserved.is_none() => {
-            let layout = layout::Layout::detect(&plan.data_dir, plan.member.wal_dir.as_deref())?;
+            let member = plan.etcd_member()?;
+            let layout = layout::Layout::detect(&plan.data_dir, member.wal_dir.as_deref())?;
             let problems = layout.problems();
             if !problems.is_empty() {
                 return Err(AgentError::Precondition(format!(
                     "{}: {}",
-                    plan.member.name,
+                    member.name,
                     problems.join("; ")
                 )));
             }
@@ -108,12 +136,13 @@ pub fn precheck(engine: &Engine, plan: &Plan) -> Result<()> {
             if plan.journal.state(Step::Preserve) != Some(StepState::Done) {
                 return Err(AgentError::Precondition(format!(
                     "restore {id} has not preserved the data dir of {}: run the preserve step first",
-                    plan.member.name
+                    plan.name
                 )));
             }
         }
         (Step::Start, Op::Run) | (Step::Halt, Op::Revert) => {
-            if let Some(why) = start_refusal(&plan.data_dir, plan.member.wal_dir.as_deref()) {
+            let wal_dir = plan.etcd_member()?.wal_dir.as_deref();
+            if let Some(why) = start_refusal(&plan.data_dir, wal_dir) {
                 return Err(AgentError::Precondition(why));
             }
         }
@@ -129,10 +158,7 @@ pub fn act(ctx: &mut Ctx<'_>, op: Op) -> Result<Done> {
     match (ctx.req.step, op) {
         (Step::Claim, Op::Run) => {
             engine.state.set_active(id)?;
-            Ok(done(format!(
-                "{} is claimed by restore {id}",
-                ctx.member.name
-            )))
+            Ok(done(format!("{} is claimed by restore {id}", ctx.name)))
         }
         (Step::Claim, Op::Revert) | (Step::Finish, Op::Run) => release(ctx),
         (Step::Finish, Op::Revert) => Ok(done("nothing to undo for finish".into())),
@@ -158,10 +184,10 @@ pub fn act(ctx: &mut Ctx<'_>, op: Op) -> Result<Done> {
             )),
         },
         (Step::Halt, Op::Run) | (Step::Start, Op::Revert) => {
-            control(ctx, "etcd", engine.etcd.as_ref(), Op::Run)
+            control(ctx, "etcd", engine.etcd()?, Op::Run)
         }
         (Step::Halt, Op::Revert) | (Step::Start, Op::Run) => {
-            control(ctx, "etcd", engine.etcd.as_ref(), Op::Revert)
+            control(ctx, "etcd", engine.etcd()?, Op::Revert)
         }
         (Step::Preserve, Op::Run) => preserve(ctx),
         (Step::Preserve, Op::Revert) => unpreserve(ctx),
@@ -176,7 +202,7 @@ fn release(ctx: &mut Ctx<'_>) -> Result<Done> {
     if state.active()? == Some(id) {
         state.clear_active()?;
     }
-    let mut message = format!("{} is no longer claimed by restore {id}", ctx.member.name);
+    let mut message = format!("{} is no longer claimed by restore {id}", ctx.name);
     if ctx.req.step == Step::Finish {
         snapshot::remove_staged(state, id)?;
         message.push_str("; the staged snapshot copy is deleted");

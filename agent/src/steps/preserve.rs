@@ -31,12 +31,13 @@ pub fn spots(journal: &Journal, id: RestoreId) -> Vec<Spot> {
 /// Looks at the layout, refuses what the steps cannot move, and journals how each dir will move.
 fn plan(ctx: &mut Ctx<'_>) -> Result<()> {
     let id = ctx.req.restore_id;
-    let layout = Layout::detect(&ctx.data_dir, ctx.member.wal_dir.as_deref())?;
+    let member = ctx.etcd_member()?;
+    let layout = Layout::detect(&ctx.data_dir, member.wal_dir.as_deref())?;
     let problems = layout.problems();
     if !problems.is_empty() {
         return Err(AgentError::Precondition(format!(
             "{}: {}; nothing was moved",
-            ctx.member.name,
+            member.name,
             problems.join("; ")
         )));
     }

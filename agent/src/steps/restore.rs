@@ -110,6 +110,7 @@ fn install(ctx: &Ctx<'_>, spot: &Spot) -> Result<()> {
 /// changed since then would restore into the wrong place.
 fn journaled_spots(ctx: &Ctx<'_>) -> Result<Vec<Spot>> {
     let id = ctx.req.restore_id;
+    let member = ctx.etcd_member()?;
     let spots = spots(&ctx.journal, id);
     let Some(data) = spots.first() else {
         return Err(AgentError::Precondition(format!(
@@ -120,7 +121,7 @@ fn journaled_spots(ctx: &Ctx<'_>) -> Result<Vec<Spot>> {
         AgentError::Precondition(format!(
             "etcd's {what} on {} changed since the preserve step (then {then}, now {now}): put it \
              back, or roll back restore {id}",
-            ctx.member.name
+            member.name
         ))
     };
     if data.home() != ctx.data_dir {
@@ -137,11 +138,11 @@ fn journaled_spots(ctx: &Ctx<'_>) -> Result<Vec<Spot>> {
             .as_ref()
             .map(|r| data.home().join(r))
     });
-    if then.as_deref() != ctx.member.wal_dir.as_deref() {
+    if then.as_deref() != member.wal_dir.as_deref() {
         return Err(changed(
             "--wal-dir",
             show(then.as_deref()),
-            show(ctx.member.wal_dir.as_deref()),
+            show(member.wal_dir.as_deref()),
         ));
     }
     for spot in &spots {
@@ -243,7 +244,7 @@ pub(super) fn restore(ctx: &mut Ctx<'_>) -> Result<Done> {
 /// Sets the new token and initial cluster in every settings file of etcd that restates them
 /// (journaled before each file changes; the original copied to the restore's state dir first).
 fn rewrite_settings(ctx: &mut Ctx<'_>) -> Result<Vec<FileEdit>> {
-    let files = ctx.engine.etcd.settings_files()?;
+    let files = ctx.engine.etcd()?.settings_files()?;
     let facts = ctx.req.facts.clone();
     let values = [
         (settings::CLUSTER_TOKEN, facts.cluster_token.as_str()),

@@ -161,9 +161,10 @@ impl Member {
         Engine {
             state: StateDir::new(self.root().join("state")),
             data_dir: None,
-            etcd: Box::new(self.etcd.clone()),
+            etcd: Some(Box::new(self.etcd.clone())),
             apiserver: Some(Box::new(self.apiserver.clone())),
             tool: Box::new(self.tool.clone()),
+            host_name: "cp-1-host".into(),
         }
     }
 

@@ -172,7 +172,7 @@ mod tests {
                 Ok(d)
             })
             .collect();
-        build(&inv, &described, snapshot(), &options()).map_err(|e| e.problems)
+        build(&inv, &described, snapshot(), &options(&inv)).map_err(|e| e.problems)
     }
 
     #[test]

@@ -163,7 +163,8 @@ impl ApiserverReadiness {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct MemberHealth {
     pub member_name: String,
-    /// Every endpoint probed; never empty.
+    /// Every endpoint probed; empty only on an apiserver-only host (no etcd there), whose
+    /// `member_name` is its host name and whose `apiserver` is then set.
     pub etcd: Vec<EndpointHealth>,
     pub apiserver: Option<ApiserverReadiness>,
 }
@@ -185,8 +186,10 @@ impl MemberHealth {
 
     /// "answers but has no leader (http://127.0.0.1:2381/health answered 503: RAFT NO LEADER)".
     pub fn summary(&self) -> String {
-        self.best()
-            .map_or_else(|| "no etcd endpoint probed".to_owned(), ToString::to_string)
+        self.best().map_or_else(
+            || "its agent runs no etcd (an apiserver-only host)".to_owned(),
+            ToString::to_string,
+        )
     }
 }
 
@@ -245,9 +248,9 @@ impl TryFrom<pb::HealthResponse> for MemberHealth {
     type Error = ModelError;
     fn try_from(p: pb::HealthResponse) -> Result<Self, ModelError> {
         check_name(&p.member_name)?;
-        if p.etcd.is_empty() {
+        if p.etcd.is_empty() && p.apiserver.is_none() {
             return Err(ModelError(format!(
-                "health of member {} names no etcd endpoint",
+                "health of {} names neither an etcd endpoint nor a kube-apiserver",
                 p.member_name
             )));
         }
@@ -355,9 +358,33 @@ mod tests {
     }
 
     #[test]
+    fn an_apiserver_only_host_reports_its_readyz_and_no_etcd() {
+        let h = MemberHealth::try_from(pb::HealthResponse {
+            member_name: "api-1".into(),
+            ..response(vec![])
+        })
+        .expect("valid");
+        assert!(h.etcd.is_empty() && !h.healthy());
+        assert_eq!(
+            h.summary(),
+            "its agent runs no etcd (an apiserver-only host)"
+        );
+        assert_eq!(
+            h.apiserver.as_ref().map(|a| a.url.as_str()),
+            Some("https://10.0.0.1:6443/readyz")
+        );
+    }
+
+    #[test]
     fn inconsistent_health_is_invalid_argument() {
         let cases = [
-            ("no endpoint", response(vec![])),
+            (
+                "neither etcd nor apiserver",
+                pb::HealthResponse {
+                    apiserver: None,
+                    ..response(vec![])
+                },
+            ),
             (
                 "unspecified state",
                 response(vec![endpoint(pb::EtcdHealthState::Unspecified, 200, "")]),
