@@ -368,7 +368,11 @@ async fn hosts_are_kubeadm_nodes_and_down_leaves_nothing() {
         3,
         "{plan}"
     );
-    assert_eq!(plan.matches("data dir /var/lib/etcd").count(), 3, "{plan}");
+    assert_eq!(
+        plan.matches("layout: data dir /var/lib/etcd").count(),
+        3,
+        "{plan}"
+    );
     // kubeadm's metrics listener is each host's own loopback: nothing of it on the bastion's.
     assert!(
         !procs::port_open(std::net::Ipv4Addr::LOCALHOST, 2381),
