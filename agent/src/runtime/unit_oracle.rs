@@ -26,6 +26,10 @@ struct Dumped {
 /// systemd's reading of `unit` under `root`, or `None` where systemd cannot be run here.
 fn systemd_reads(root: &Path, unit: &str) -> Option<Dumped> {
     if !Path::new(SYSTEMD).is_file() || !Path::new("/usr/bin/setpriv").is_file() {
+        assert!(
+            !nix::unistd::Uid::effective().is_root(),
+            "{SYSTEMD} (or setpriv) is not installed: as root, tests/setup.sh installs Debian's systemd"
+        );
         println!("SKIPPED: {SYSTEMD} (or setpriv) is not installed");
         return None;
     }
