@@ -14,7 +14,8 @@
 //! the host's dir from outside (a data disk) appears on the host, nothing the host mounts leaks
 //! out. Processes
 //! are started in a host with `nsenter` (see [`HostNs::command`]). Inside a host, `/usr` (but
-//! `/usr/local`), `/dev`, `/sys` come from the machine, read-only where they can be; `/etc`,
+//! `/usr/local`) comes from the machine, read-only; `/dev` holds only the harmless devices,
+//! `/proc/sys` and `/sys` are read-only; `/etc`,
 //! `/var`, `/run`, `/tmp`, `/root`, `/opt` and `/usr/local` are the host's own (its dir);
 //! `/usr/bin/etcd*` from a Debian package are masked, so nothing of etcd is on a host's PATH.
 
@@ -91,6 +92,19 @@ fn sysctl(netns: Option<&str>, key: &str, value: &str) -> anyhow::Result<()> {
     }
 }
 
+/// True when net `net`'s bridge or a host namespace of it exists (a lab runs there, or one
+/// died without `lab down`).
+pub fn net_in_use(net: u8) -> bool {
+    let bridge = bridge_name(net);
+    let prefix = format!("{bridge}-");
+    Path::new("/sys/class/net").join(&bridge).exists()
+        || std::fs::read_dir("/run/netns")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+}
+
 /// Makes the lab bridge (removing a stale one of a lab that died).
 pub fn create_bridge(net: u8) -> anyhow::Result<()> {
     let br = bridge_name(net);
@@ -162,15 +176,34 @@ pub fn mounts_under(path: &Path) -> Vec<PathBuf> {
     found
 }
 
-/// Unmounts everything at or under `path` (deepest first).
+/// Unmounts everything at or under `path` (deepest first, stacked mounts too). A mount that is
+/// busy is detached lazily, and reported as an error: something of the lab still uses it.
 pub fn unmount_all(path: &Path) -> anyhow::Result<()> {
-    for m in mounts_under(path) {
+    let mut busy = Vec::new();
+    for _ in 0..1000 {
+        let Some(m) = mounts_under(path).into_iter().next() else {
+            break;
+        };
         let p = m.to_str().context("mount path is not UTF-8")?;
-        if run("umount", &[p]).is_err() {
+        if let Err(e) = run("umount", &[p]) {
+            busy.push(format!("{p}: {e:#}"));
             run("umount", &["--lazy", p])?;
         }
     }
+    if !busy.is_empty() {
+        bail!("busy mounts, detached lazily: {}", busy.join("; "));
+    }
     Ok(())
+}
+
+/// Makes the lab dir a private mount of its own, so that nothing mounted beneath it (host
+/// roots, namespace files, data disks) propagates to the machine's other mount namespaces.
+pub fn make_private(lab_dir: &Path) -> anyhow::Result<()> {
+    let d = lab_dir.to_str().context("lab dir is not UTF-8")?;
+    if !is_mount_point(lab_dir) {
+        run("mount", &["--bind", d, d])?;
+    }
+    run("mount", &["--make-private", d])
 }
 
 /// The script run inside a new mount namespace to make `root` the host's `/`.
@@ -191,9 +224,19 @@ for f in etcd etcdctl etcdutl; do
   if [ -e "/usr/bin/$f" ]; then mount --bind /dev/null "$R/usr/bin/$f"; fi
 done
 mkdir -p "$R/dev" "$R/proc" "$R/sys" "$R/tmp" "$R/.oldroot"
-mount --rbind /dev "$R/dev"
+mount -t tmpfs -o mode=755,nosuid tmpfs "$R/dev"
+for d in null zero full random urandom tty; do
+  touch "$R/dev/$d"
+  mount --bind "/dev/$d" "$R/dev/$d"
+done
+mkdir -p "$R/dev/pts" "$R/dev/shm"
+mount -t devpts -o newinstance,ptmxmode=0666,mode=620 devpts "$R/dev/pts"
+ln -s pts/ptmx "$R/dev/ptmx"
+mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs "$R/dev/shm"
 mount -t proc proc "$R/proc"
-mount -t sysfs sysfs "$R/sys"
+mount --bind "$R/proc/sys" "$R/proc/sys"
+mount -o remount,bind,ro "$R/proc/sys"
+mount -t sysfs -o ro sysfs "$R/sys"
 cd "$R"
 pivot_root . .oldroot
 umount --lazy /.oldroot
@@ -201,23 +244,30 @@ rmdir /.oldroot
 "#;
 
 impl HostNs {
-    /// Makes the namespaces of host `index` (1-based) named `name` at `ip`, rooted at `root`:
-    /// its netns and veth on the lab bridge, then its mount and UTS namespaces (pivoted into
-    /// `root`).
-    pub fn create(
-        ns_dir: &Path,
-        net: u8,
-        index: u8,
-        name: &str,
-        ip: Ipv4Addr,
-        root: &Path,
-    ) -> anyhow::Result<Self> {
-        let ns = Self {
+    /// The names host `index` of net `net` gets; nothing is made. The lab records them before
+    /// [`HostNs::make`], so that `lab down` removes what a failed `lab up` left half made.
+    pub fn planned(ns_dir: &Path, net: u8, index: u8, name: &str) -> Self {
+        Self {
             netns: format!("qlab{net}-{name}"),
             veth: format!("qlab{net}v{index}"),
             mnt: ns_dir.join(format!("{name}.mnt")),
             uts: ns_dir.join(format!("{name}.uts")),
-        };
+        }
+    }
+
+    /// Makes the namespaces [`HostNs::planned`] named for a host at `ip` rooted at `root`: its
+    /// netns and veth on the lab bridge, then its mount and UTS namespaces (pivoted into
+    /// `root`). On failure, undoes what it made.
+    pub fn make(&self, net: u8, name: &str, ip: Ipv4Addr, root: &Path) -> anyhow::Result<()> {
+        let made = self.make_inner(net, name, ip, root);
+        if made.is_err() {
+            let _ = self.destroy();
+        }
+        made
+    }
+
+    fn make_inner(&self, net: u8, name: &str, ip: Ipv4Addr, root: &Path) -> anyhow::Result<()> {
+        let ns = self;
         if Path::new("/run/netns").join(&ns.netns).exists() {
             run("ip", &["netns", "del", &ns.netns])?;
         }
@@ -280,12 +330,15 @@ impl HostNs {
                 String::from_utf8_lossy(&out.stderr).trim()
             );
         }
-        Ok(ns)
+        Ok(())
     }
 
     /// A command that runs `program` on this host (in its namespaces, its root, its PATH).
     pub fn command(&self, program: &str) -> Command {
         let mut cmd = Command::new("nsenter");
+        // A host's processes start with a host's environment, not the caller's (an ETCD_*
+        // variable in the operator's shell would configure etcd).
+        cmd.env_clear();
         cmd.arg(format!("--net=/run/netns/{}", self.netns))
             .arg(format!("--mount={}", self.mnt.display()))
             .arg(format!("--uts={}", self.uts.display()))

@@ -667,8 +667,14 @@ fn spawn(layout: &Layout, pod: &Pod) -> anyhow::Result<Running> {
     let log = layout
         .open_log(&pod.name)
         .with_context(|| format!("opening {}", layout.log_path(&pod.name).display()))?;
+    // A container starts with its image's PATH and its pod's env, nothing of the kubelet's.
     let child = Command::new(&program)
         .arg0(&pod.program)
+        .env_clear()
+        .env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        )
         .args(&pod.args)
         .envs(pod.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())

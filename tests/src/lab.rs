@@ -227,8 +227,12 @@ impl Lab {
         };
         lab.save()?;
         if let Err(e) = lab.start(opts, &pki).await {
-            let _ = lab.down();
-            return Err(e.context("the lab did not come up; everything it started was stopped"));
+            return Err(match lab.down() {
+                Ok(()) => e.context("the lab did not come up; everything it started was stopped"),
+                Err(down) => e.context(format!(
+                    "the lab did not come up, and stopping it left things behind: {down:#}"
+                )),
+            });
         }
         Ok(lab)
     }
@@ -238,25 +242,27 @@ impl Lab {
     async fn start(&mut self, opts: &UpOptions, pki: &LabPki) -> anyhow::Result<()> {
         let dir = self.state.dir.clone();
         if opts.faithful {
-            hostns::create_bridge(opts.net)?;
-            let ns_dir = hostns::prepare_ns_dir(&dir)?;
-            for i in 0..self.state.hosts.len() {
-                let host = &self.state.hosts[i];
-                store::write_host_base(host)?;
-                store::install_on(&dir, host)?;
+            // What is about to be made is recorded first: `lab down` removes what a failure
+            // halfway leaves.
+            let ns_dir = dir.join("ns");
+            for (i, host) in self.state.hosts.iter_mut().enumerate() {
                 let index = u8::try_from(i + 1).expect("at most 9 hosts");
-                let ns = HostNs::create(&ns_dir, opts.net, index, &host.name, host.ip, &host.root)?;
-                self.state.hosts[i].ns = Some(ns);
-                self.save()?;
+                host.ns = Some(HostNs::planned(&ns_dir, opts.net, index, &host.name));
             }
-            for i in 0..self.state.apiservers.len() {
-                let host = &self.state.apiservers[i].host;
+            for (i, a) in self.state.apiservers.iter_mut().enumerate() {
+                let index = u8::try_from(i + 11).expect("at most 9 apiserver hosts");
+                a.host.ns = Some(HostNs::planned(&ns_dir, opts.net, index, &a.host.name));
+            }
+            self.save()?;
+            hostns::make_private(&dir)?;
+            hostns::create_bridge(opts.net)?;
+            hostns::prepare_ns_dir(&dir)?;
+            let api = self.state.apiservers.iter().map(|a| &a.host);
+            for host in self.state.hosts.iter().chain(api) {
                 store::write_host_base(host)?;
                 store::install_on(&dir, host)?;
-                let index = u8::try_from(i + 11).expect("at most 9 apiserver hosts");
-                let ns = HostNs::create(&ns_dir, opts.net, index, &host.name, host.ip, &host.root)?;
-                self.state.apiservers[i].host.ns = Some(ns);
-                self.save()?;
+                let ns = host.ns.as_ref().expect("planned above");
+                ns.make(opts.net, &host.name, host.ip, &host.root)?;
             }
         }
         let hosts = self.state.hosts.clone();
@@ -364,11 +370,15 @@ impl Lab {
             )
             .await
             .with_context(|| format!("connecting to the cluster to add {}", host.name))?;
-            // etcd refuses a voting member until the leader has reached a quorum for 5 s
-            // ("unhealthy cluster"): kubeadm retries, so does the lab.
+            // kubeadm 1.32 (etcd 3.5.16) adds a learner and promotes it once it is in sync;
+            // earlier releases add a voting member. etcd refuses either until the leader has
+            // been connected to every voting member for 5 s ("unhealthy cluster"): kubeadm
+            // retries, so does the lab.
+            let learner = learner_joins(tools);
+            let options = learner.then(|| etcd_client::MemberAddOptions::new().with_is_learner());
             let deadline = Instant::now() + Duration::from_secs(30);
             let added = loop {
-                match client.member_add([host.peer_url()], None).await {
+                match client.member_add([host.peer_url()], options.clone()).await {
                     Ok(added) => break added,
                     Err(e)
                         if e.to_string().contains("unhealthy cluster")
@@ -406,6 +416,9 @@ impl Lab {
             );
             write_manifests(host, tools, &etcd, anon)?;
             self.start_kubelet(host)?;
+            if let (true, Some(id)) = (learner, new_id) {
+                promote(&mut client, id, &host.name).await?;
+            }
             self.wait_member(host, Duration::from_secs(60)).await?;
         }
         Ok(())
@@ -684,15 +697,47 @@ impl Lab {
         for child in &mut self.children {
             let _ = child.try_wait();
         }
-        if self.state.runtime == LabRuntime::Systemd {
-            stop_units(&hosts)?;
+        let mut errors = Vec::new();
+        if self.state.runtime == LabRuntime::Systemd
+            && let Err(e) = stop_units(&hosts)
+        {
+            errors.push(format!("{e:#}"));
         }
         for host in &hosts {
             stop_leftovers(host);
         }
         if hosts.iter().any(Host::faithful) {
-            return self.remove_namespaces();
+            if let Err(e) = self.remove_namespaces() {
+                errors.push(format!("{e:#}"));
+            }
+        } else if let Err(e) = self.wait_ports_closed() {
+            errors.push(format!("{e:#}"));
         }
+        // Disks mounted for a layout (on flat hosts too), and the lab dir's own mount.
+        if let Err(e) = hostns::unmount_all(&self.state.dir) {
+            errors.push(format!("{e:#}"));
+        }
+        if !errors.is_empty() {
+            bail!("lab down left things behind:\n  {}", errors.join("\n  "));
+        }
+        // Done: a second `lab down` of this dir must not touch a newer lab that took the same
+        // net (its namespaces have the same names) or reused a PID.
+        for host in &mut self.state.hosts {
+            host.ns = None;
+        }
+        for a in &mut self.state.apiservers {
+            a.host.ns = None;
+            a.kubelet = None;
+            a.agent = None;
+        }
+        self.state.kubelets.clear();
+        self.state.agents.clear();
+        self.save()
+    }
+
+    /// Waits until no flat host's port is open (10 s).
+    fn wait_ports_closed(&self) -> anyhow::Result<()> {
+        let hosts = &self.state.hosts;
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let open: Vec<String> = hosts
@@ -746,7 +791,7 @@ impl Lab {
             errors.push(format!("{e:#}"));
         }
         if !errors.is_empty() {
-            bail!("lab down left things behind:\n  {}", errors.join("\n  "));
+            bail!("{}", errors.join("\n  "));
         }
         Ok(())
     }
@@ -754,15 +799,16 @@ impl Lab {
     /// Runs `argv` on host `name` (inside its namespaces), with the terminal's stdio; returns
     /// its exit status.
     pub fn exec(&self, name: &str, argv: &[String]) -> anyhow::Result<std::process::ExitStatus> {
-        let host = self
+        let all: Vec<&Host> = self
             .state
             .hosts
             .iter()
-            .find(|h| h.name == name)
-            .with_context(|| {
-                let names: Vec<&str> = self.state.hosts.iter().map(|h| h.name.as_str()).collect();
-                format!("no host {name} in this lab (hosts: {})", names.join(", "))
-            })?;
+            .chain(self.state.apiservers.iter().map(|a| &a.host))
+            .collect();
+        let host = all.iter().find(|h| h.name == name).with_context(|| {
+            let names: Vec<&str> = all.iter().map(|h| h.name.as_str()).collect();
+            format!("no host {name} in this lab (hosts: {})", names.join(", "))
+        })?;
         let (program, args) = argv.split_first().context("no command given")?;
         let mut cmd = Self::host_command(host, program);
         if !host.faithful() {
@@ -845,6 +891,34 @@ impl Lab {
         let from = host.path(&format!("etc/kubernetes/{pod}.yaml.removed"));
         let to = host.manifests_dir().join(format!("{pod}.yaml"));
         fs::rename(&from, &to).with_context(|| format!("putting back {}", to.display()))
+    }
+}
+
+/// Whether kubeadm of this etcd's release joins members as learners (kubeadm 1.32, etcd 3.5.16;
+/// the feature is on by default from kubeadm 1.29, etcd 3.5.10).
+fn learner_joins(tools: &EtcdTools) -> bool {
+    tools
+        .full_version
+        .strip_prefix("3.5.")
+        .and_then(|p| p.parse::<u32>().ok())
+        .is_some_and(|patch| patch >= 10)
+}
+
+/// Promotes learner `id` as soon as etcd lets it (once it has caught up with the leader), as
+/// `kubeadm join` does.
+async fn promote(client: &mut etcd_client::Client, id: u64, name: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match client.member_promote(id).await {
+            Ok(_) => return Ok(()),
+            Err(e) if Instant::now() < deadline => {
+                tracing::debug!("{name} not promotable yet: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => {
+                return Err(anyhow::Error::new(e).context(format!("promoting learner {name}")));
+            }
+        }
     }
 }
 
@@ -1252,19 +1326,18 @@ ca = {api_ca:?}
     Ok(host.inner("etc/quorate/agent.toml"))
 }
 
-/// Refuses a net whose bridge or host namespaces exist (another lab on it).
+/// Refuses a net whose bridge or host namespaces exist (another lab on it), and net 1 (Debian
+/// names the machine itself 127.0.1.1).
 fn check_net_free(net: u8) -> anyhow::Result<()> {
-    let bridge = hostns::bridge_name(net);
-    let prefix = format!("{bridge}-");
-    let taken = Path::new("/sys/class/net").join(&bridge).exists()
-        || fs::read_dir("/run/netns")
-            .into_iter()
-            .flatten()
-            .flatten()
-            .any(|e| e.file_name().to_string_lossy().starts_with(&prefix));
-    if taken {
+    if net == 1 {
         bail!(
-            "net {net} is in use (bridge {bridge} or netns {prefix}* exists: another lab? `lab down --dir` it, or pick another --net)"
+            "--net 1 would route 127.0.1.x (Debian's 127.0.1.1 is this machine's own name) to the lab's bridge: pick 2 to 255"
+        );
+    }
+    if hostns::net_in_use(net) {
+        let bridge = hostns::bridge_name(net);
+        bail!(
+            "net {net} is in use (bridge {bridge} or netns {bridge}-* exists: another lab? `lab down --dir` it, or pick another --net)"
         );
     }
     Ok(())

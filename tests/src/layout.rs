@@ -352,7 +352,18 @@ impl Host {
                 "/health?serializable=false",
             )
         };
-        let pod = json!({
+        // kubeadm 1.31+ (etcd 3.5.15+) also probes readiness, every second.
+        let readiness = if live == "/livez" {
+            json!({
+                "failureThreshold": 3,
+                "httpGet": { "host": "127.0.0.1", "path": "/readyz", "port": METRICS_PORT, "scheme": "HTTP" },
+                "periodSeconds": 1,
+                "timeoutSeconds": 15,
+            })
+        } else {
+            serde_json::Value::Null
+        };
+        let mut pod = json!({
             "apiVersion": "v1",
             "kind": "Pod",
             "metadata": {
@@ -372,6 +383,7 @@ impl Host {
                     "livenessProbe": probe(live, 8, 10),
                     "name": "etcd",
                     "resources": { "requests": { "cpu": "100m", "memory": "100Mi" } },
+                    "readinessProbe": readiness,
                     "startupProbe": probe(ready, 24, 10),
                     "volumeMounts": volume_mounts(wal.as_deref()),
                 }],
@@ -383,11 +395,17 @@ impl Host {
             },
             "status": {},
         });
+        if let Some(c) = pod["spec"]["containers"][0].as_object_mut()
+            && c["readinessProbe"].is_null()
+        {
+            c.remove("readinessProbe");
+        }
         serde_yaml_ng::to_string(&pod).expect("a pod manifest always serialises")
     }
 }
 
-/// The etcd container's mounts: kubeadm's two, and the WAL dir (as `extraVolumes` add it).
+/// The etcd container's mounts: kubeadm's two, and the WAL dir (kubeadm's local etcd has no
+/// extra volumes: operators add it with a `--patches` patch, as here).
 fn volume_mounts(wal: Option<&str>) -> serde_json::Value {
     let mut mounts = vec![
         json!({ "mountPath": "/var/lib/etcd", "name": "etcd-data" }),

@@ -57,6 +57,11 @@ impl Drop for TestLab {
     fn drop(&mut self) {
         if let Err(e) = self.lab.down() {
             eprintln!("lab down at the end of the test: {e:#}");
+            // A lab that leaves something behind fails its test (unless it is failing already).
+            assert!(
+                std::thread::panicking(),
+                "lab down left things behind: {e:#}"
+            );
         }
         // A failed test keeps its lab dir (logs, journals) for whoever reads the failure.
         if std::thread::panicking()
@@ -81,16 +86,21 @@ pub fn tools_or_skip(version: EtcdVersion) -> Option<EtcdTools> {
     }
 }
 
-/// Takes a free `127.0.<net>` slot (1..=250) for this process.
+/// Takes a free `127.0.<net>` slot (2..=250; 127.0.1.1 is a Debian host's own name) for this
+/// process. A slot whose bridge or namespaces are still there (a test killed before its lab
+/// went down) is passed over.
 pub fn take_net_slot() -> (u8, Flock<File>) {
     let dir = std::env::temp_dir().join("quorate-lab-nets");
     std::fs::create_dir_all(&dir).expect("creating the net slot dir");
-    let start = std::process::id() % 250;
-    for k in 0..250u32 {
-        let net = u8::try_from((start + k) % 250 + 1).expect("slot fits in u8");
+    let start = std::process::id() % 249;
+    for k in 0..249u32 {
+        let net = u8::try_from((start + k) % 249 + 2).expect("slot fits in u8");
         let file =
             File::create(dir.join(format!("{net}.lock"))).expect("creating a slot lock file");
         if let Ok(lock) = Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            if crate::hostns::net_in_use(net) {
+                continue;
+            }
             return (net, lock);
         }
     }

@@ -122,7 +122,7 @@ async fn three_members_with_tls_then_down_leaves_nothing() {
             host.name
         );
     }
-    for (pid, marker) in pods.iter().chain(
+    for (pid, _) in pods.iter().chain(
         kubelets
             .iter()
             .zip(lab.hosts())
@@ -130,11 +130,16 @@ async fn three_members_with_tls_then_down_leaves_nothing() {
             .collect::<Vec<_>>()
             .iter(),
     ) {
-        assert!(
-            !procs::is_ours(*pid, marker),
-            "pid {pid} still runs after lab down"
-        );
+        assert!(!alive(*pid), "pid {pid} still runs after lab down");
     }
+}
+
+/// True when `pid` runs (exists and is not a zombie).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')')
+            .is_some_and(|(_, r)| !r.trim_start().starts_with('Z'))
+    })
 }
 
 #[tokio::test]
@@ -390,14 +395,7 @@ async fn hosts_are_kubeadm_nodes_and_down_leaves_nothing() {
     let dir = lab.dir().to_owned();
     lab.down().expect("lab down");
     for pid in pids {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        assert!(
-            stat.is_empty()
-                || stat
-                    .rsplit_once(')')
-                    .is_some_and(|(_, r)| r.trim_start().starts_with('Z')),
-            "pid {pid} still runs after lab down"
-        );
+        assert!(!alive(pid), "pid {pid} still runs after lab down");
     }
     for host in &hosts {
         let ns = host.ns.as_ref().expect("ns");

@@ -19,6 +19,22 @@ use quorate_lab::{load, procs, scenario};
 /// What a case starts from: the lab, a snapshot file, and the snapshot's data.
 type Setup = (TestLab, std::path::PathBuf, BTreeMap<Vec<u8>, Vec<u8>>);
 
+/// True when `rel` is a mount point as `host` itself sees it (inside its mount namespace when
+/// it has one), and as the lab sees it from outside.
+fn mount_point_on(host: &quorate_lab::layout::Host, rel: &str) -> bool {
+    let outside = hostns::is_mount_point(&host.path(rel));
+    let inside = match &host.ns {
+        Some(ns) => ns
+            .command("mountpoint")
+            .args(["-q", &format!("/{rel}")])
+            .status()
+            .expect("mountpoint on the host")
+            .success(),
+        None => outside,
+    };
+    outside && inside
+}
+
 /// A lab of three with `layout`, loaded, with a snapshot of it, and the snapshot's data.
 async fn setup(runtime: LabRuntime, layout: LabLayout) -> Option<Setup> {
     setup_n(3, runtime, layout).await
@@ -146,7 +162,7 @@ async fn data_dir_on_its_own_ext4_disk() {
         for host in lab.hosts() {
             let dir = host.data_dir();
             assert!(
-                hostns::is_mount_point(&dir),
+                mount_point_on(host, "var/lib/etcd"),
                 "{when}: {}'s data dir is still its disk",
                 host.name
             );
@@ -194,7 +210,7 @@ async fn wal_dir_on_its_own_disk() {
         for host in lab.hosts() {
             let mount = host.path(WAL_MOUNT);
             assert!(
-                hostns::is_mount_point(&mount),
+                mount_point_on(host, WAL_MOUNT),
                 "{when}: {}'s WAL disk is mounted",
                 host.name
             );

@@ -371,6 +371,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     readyz.map_or("no answer".to_owned(), |s| s.to_string())
                 );
             }
+            for a in &lab.state.apiservers {
+                let readyz = lab.apiserver_readyz(&a.host).await;
+                println!(
+                    "{:<5} {}  apiserver /readyz: {}",
+                    a.host.name,
+                    a.host.ip,
+                    readyz.map_or("no answer".to_owned(), |s| s.to_string())
+                );
+            }
         }
         Cmd::Demo {
             dir,
