@@ -76,8 +76,16 @@ enum Cmd {
         #[arg(long)]
         no_rollback: bool,
     },
-    /// Put every member of a stopped restore back on its original data.
-    Rollback(Journaled),
+    /// Put every member of a stopped restore back on its original data. A restore that passed
+    /// VERIFY (every member on the verified snapshot data) is refused unless --force: what was
+    /// written to the restored cluster since then is lost.
+    Rollback {
+        #[command(flatten)]
+        journaled: Journaled,
+        /// Roll back a restore that passed VERIFY.
+        #[arg(long)]
+        force: bool,
+    },
     /// Save a snapshot from a healthy member, or verify a snapshot file.
     #[command(subcommand)]
     Snapshot(SnapshotCmd),
@@ -149,6 +157,10 @@ impl Timeouts {
         }
     }
 }
+
+/// The exit code of a restore that failed after VERIFY (resume completes it), and of a
+/// rollback refused for that reason.
+const EXIT_PAST_NO_RETURN: u8 = 3;
 
 #[derive(clap::Args, Debug)]
 struct Journaled {
@@ -397,8 +409,22 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             )
             .await
         }
-        Cmd::Rollback(ref journaled) => {
+        Cmd::Rollback {
+            ref journaled,
+            force,
+        } => {
             let (mut journal, plan, inventory, mut progress) = open(journaled)?;
+            if progress.verified.is_some()
+                && !progress.finished()
+                && !progress.rollback_begun
+                && !force
+            {
+                eprintln!(
+                    "error: restore {id} passed VERIFY: every member holds the snapshot's data, verified, and the cluster may be serving from it. A rollback would lose every write since then. `quorate resume {id}` completes the restore; `quorate rollback {id} --force` rolls it back anyway.",
+                    id = journaled.restore_id
+                );
+                return Ok(ExitCode::from(EXIT_PAST_NO_RETURN));
+            }
             if progress.finished() {
                 anyhow::bail!(
                     "restore {} finished: the cluster runs on the snapshot's data and the original data dirs are kept at <data-dir>.quorate-{}; quorate does not undo a finished restore",
@@ -506,6 +532,25 @@ async fn drive(
         Ending::RolledBack { error, rollback } => {
             report_rollback(output, journal, &rollback, Some(&error))?;
             Ok(ExitCode::FAILURE)
+        }
+        Ending::PastNoReturn { error } => {
+            let id = plan.restore_id;
+            let advice = format!(
+                "The restore passed VERIFY: every member holds the snapshot's data, verified, and it is not rolled back. Fix what failed, then `quorate resume {id}` completes it (`quorate status {id}` shows where every member stands)."
+            );
+            match output {
+                Output::Human => {
+                    eprintln!("error: {error}");
+                    eprintln!("{advice}");
+                }
+                Output::Json => emit(&serde_json::json!({
+                    "event": "stopped",
+                    "past_point_of_no_return": true,
+                    "error": error.to_string(),
+                    "advice": advice,
+                })),
+            }
+            Ok(ExitCode::from(EXIT_PAST_NO_RETURN))
         }
         Ending::Stopped {
             error,

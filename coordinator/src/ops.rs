@@ -25,6 +25,9 @@ pub enum Ending {
         error: RestoreError,
         rollback_error: Option<RestoreError>,
     },
+    /// A phase after VERIFY failed: every member holds the verified snapshot data, which is
+    /// never thrown away automatically; `resume` completes the restore.
+    PastNoReturn { error: RestoreError },
 }
 
 /// Carries a restore forward from where its journal stands; on failure rolls back when asked.
@@ -36,6 +39,9 @@ pub async fn forward<C: AgentClient, P: ClusterProbe>(
 ) -> Ending {
     match restore.run(journal, progress).await {
         Ok(report) => Ending::Restored(report),
+        // The point of no return: once VERIFY has passed, the cluster runs on the restored,
+        // verified data, and the apiservers may already serve from it.
+        Err(error) if progress.verified.is_some() => Ending::PastNoReturn { error },
         Err(error) if auto_rollback => {
             restore
                 .observer
@@ -141,6 +147,11 @@ fn next_step(id: &str, p: &Progress, members: &[MemberStatus]) -> String {
         format!("a rollback began and did not finish: run `quorate rollback {id}` again")
     } else if !p.started {
         format!("nothing was changed yet: `quorate rollback {id}` releases the members")
+    } else if p.verified.is_some() {
+        let at = p.failed.or(p.begun).map_or("verify", Phase::name);
+        format!(
+            "passed VERIFY, stopped in phase {at}: every member holds the verified snapshot data; `quorate resume {id}` completes the restore (`quorate rollback {id} --force` would lose what was written since)"
+        )
     } else {
         let at = p.failed.or(p.begun).map_or("preflight", Phase::name);
         format!(

@@ -702,3 +702,67 @@ fn progress_from_the_journal_names_the_last_phase_begun_even_when_it_failed() {
     assert_eq!(p.done, vec![Phase::Stage]);
     assert!(p.rollback_begun && !p.rollback_done);
 }
+
+/// `quorate restore` with automatic rollback, as the CLI runs it: how it ended.
+async fn forward(n: usize, world: &World) -> crate::ops::Ending {
+    let inv = inventory(n);
+    let plan = plan_for(&inv);
+    let agents: Vec<FakeAgent<'_>> = inv
+        .agents()
+        .iter()
+        .enumerate()
+        .map(|(index, a)| FakeAgent {
+            index,
+            name: a.name.to_owned(),
+            members: n,
+            world,
+        })
+        .collect();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut journal = crate::journal::Journal::create(dir.path(), &plan, &inv).expect("journal");
+    let probe = FakeProbe(world);
+    let restore = Restore {
+        inventory: &inv,
+        plan: &plan,
+        agents: &agents,
+        probe: &probe,
+        deadlines: fast(),
+        observer: &Quiet,
+    };
+    let mut progress = Progress::default();
+    crate::ops::forward(&restore, &mut journal, &mut progress, true).await
+}
+
+#[tokio::test]
+async fn after_verify_a_failure_stops_and_nothing_is_rolled_back() {
+    let mut world = World::default();
+    world.script.insert((1, Step::Unfence), Behaviour::Fail);
+    match forward(3, &world).await {
+        crate::ops::Ending::PastNoReturn { error } => assert_eq!(error.phase, "unfence"),
+        other => panic!("a failure after VERIFY must stop without a rollback: {other:?}"),
+    }
+    let reverted = world.reverted.lock().expect("lock").clone();
+    assert!(reverted.is_empty(), "nothing was reverted: {reverted:?}");
+    let verified = world
+        .timeline
+        .lock()
+        .expect("lock")
+        .iter()
+        .any(|t| t == "verify");
+    assert!(verified, "the failure came after VERIFY passed");
+}
+
+#[tokio::test]
+async fn before_verify_a_failure_is_rolled_back() {
+    let mut world = World::default();
+    world.script.insert((1, Step::Preserve), Behaviour::Fail);
+    match forward(3, &world).await {
+        crate::ops::Ending::RolledBack { error, .. } => assert_eq!(error.phase, "preserve"),
+        other => panic!("a failure before VERIFY is rolled back: {other:?}"),
+    }
+    let reverted = world.reverted.lock().expect("lock").clone();
+    assert!(
+        reverted.iter().any(|(_, s)| *s == Step::Halt),
+        "HALT was reverted (the original etcd started): {reverted:?}"
+    );
+}

@@ -113,8 +113,14 @@ pub fn state_dir(lab: &Lab) -> PathBuf {
 
 /// Runs a `quorate` subcommand on restore `id` (status, resume, rollback); returns stdout+stderr.
 pub fn quorate_on(lab: &Lab, verb: &str, id: &str) -> anyhow::Result<(bool, String)> {
+    quorate_with(lab, &[verb, id]).map(|(code, text)| (code == Some(0), text))
+}
+
+/// Runs `quorate ARGS --state-dir <the lab's>`; returns its exit code and stdout+stderr.
+pub fn quorate_with(lab: &Lab, args: &[&str]) -> anyhow::Result<(Option<i32>, String)> {
     let out = Command::new(scenario::quorate_bin(lab))
-        .args([verb, id, "--state-dir"])
+        .args(args)
+        .arg("--state-dir")
         .arg(state_dir(lab))
         .output()
         .context("running quorate")?;
@@ -123,7 +129,7 @@ pub fn quorate_on(lab: &Lab, verb: &str, id: &str) -> anyhow::Result<(bool, Stri
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    Ok((out.status.success(), text))
+    Ok((out.status.code(), text))
 }
 
 /// The restore ids in the state dir, newest last.

@@ -18,6 +18,15 @@ const BOUNDARIES: [&str; 8] = [
     "stage", "fence", "halt", "preserve", "restore", "quorum", "verify", "unfence",
 ];
 
+/// Boundaries past the point of no return: VERIFY has passed, every member holds the verified
+/// snapshot data, and nothing is rolled back unless the operator forces it.
+fn past_no_return(phase: &str) -> bool {
+    matches!(phase, "verify" | "unfence")
+}
+
+/// The exit code of a restore stopped after VERIFY, and of a rollback refused for that reason.
+const EXIT_PAST_NO_RETURN: i32 = 3;
+
 struct Setup {
     lab: TestLab,
     snapshot: std::path::PathBuf,
@@ -100,8 +109,10 @@ fn json_events(stdout: &[u8]) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// An error at each boundary before VERIFY rolls every member back; after VERIFY it stops with
+/// every member on the verified snapshot data, and `resume` completes the restore.
 #[tokio::test]
-async fn an_error_at_each_coordinator_boundary_rolls_every_member_back() {
+async fn an_error_at_each_coordinator_boundary_rolls_back_before_verify_and_stops_after_it() {
     let s = setup().await;
     for phase in BOUNDARIES {
         let case = format!("error after {phase}");
@@ -115,12 +126,37 @@ async fn an_error_at_each_coordinator_boundary_rolls_every_member_back() {
         let out = child.wait_with_output().expect("quorate output");
         assert!(!out.status.success(), "{case}: the restore reports failure");
         let events = json_events(&out.stdout);
+        let output = format!(
+            "stdout {} stderr {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if past_no_return(phase) {
+            assert_eq!(
+                out.status.code(),
+                Some(EXIT_PAST_NO_RETURN),
+                "{case}: {output}"
+            );
+            assert!(
+                !events.iter().any(|e| e["event"] == "rolled-back"),
+                "{case}: nothing rolled back after VERIFY: {output}"
+            );
+            let stopped = events
+                .iter()
+                .find(|e| e["event"] == "stopped")
+                .unwrap_or_else(|| panic!("{case}: a stopped event: {output}"));
+            assert_eq!(stopped["past_point_of_no_return"], true, "{case}: {output}");
+            let id = faults::restore_ids(&s.lab).pop().expect("restore id");
+            let (ok, text) = faults::quorate_on(&s.lab, "resume", &id).expect("resume");
+            assert!(ok, "{case}: resume completes it: {text}");
+            assert_restored(&s, &original, &case).await;
+            eprintln!("{case}: stopped past the point of no return, resumed to the snapshot");
+            continue;
+        }
         let rolled = events.iter().find(|e| e["event"] == "rolled-back");
         assert!(
             rolled.is_some(),
-            "{case}: rolled back automatically; stdout {} stderr {}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
+            "{case}: rolled back automatically; {output}"
         );
         assert!(
             rolled.expect("event")["error"]
@@ -188,6 +224,20 @@ async fn a_coordinator_killed_at_each_boundary_is_rolled_back_to_the_original_cl
         let original = fresh_original(&s).await;
         let id = crash_after(&s, i, phase).await;
         let case = format!("crash after {phase}, then rollback");
+        if past_no_return(phase) {
+            let (code, text) = faults::quorate_with(&s.lab, &["rollback", &id]).expect("rollback");
+            assert_eq!(code, Some(EXIT_PAST_NO_RETURN), "{case}: refused: {text}");
+            assert!(
+                text.contains("passed VERIFY") && text.contains("--force"),
+                "{case}: says why and how: {text}"
+            );
+            let (code, text) =
+                faults::quorate_with(&s.lab, &["rollback", &id, "--force"]).expect("rollback");
+            assert_eq!(code, Some(0), "{case}: --force rolls back: {text}");
+            assert_back_to(&s, &original, &case).await;
+            eprintln!("{case}: refused, then rolled back with --force");
+            continue;
+        }
         let (ok, text) = faults::quorate_on(&s.lab, "rollback", &id).expect("rollback");
         assert!(ok, "{case}: {text}");
         assert_back_to(&s, &original, &case).await;
