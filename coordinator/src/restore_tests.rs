@@ -290,6 +290,20 @@ fn plan_for(inv: &Inventory) -> plan::Plan {
     plan::build(inv, &described, snapshot, &plan::Options::default()).expect("plan")
 }
 
+/// One fake agent per host of `inv` (its `n` members first), all in `world`.
+fn fake_agents<'w>(inv: &Inventory, n: usize, world: &'w World) -> Vec<FakeAgent<'w>> {
+    inv.agents()
+        .iter()
+        .enumerate()
+        .map(|(index, a)| FakeAgent {
+            index,
+            name: a.name.to_owned(),
+            members: n,
+            world,
+        })
+        .collect()
+}
+
 /// Runs a restore; with `rollback`, rolls it back when it fails.
 async fn run(
     n: usize,
@@ -338,17 +352,7 @@ async fn run_then(
         })
         .collect();
     let plan = plan_for(&inv);
-    let agents: Vec<FakeAgent<'_>> = inv
-        .agents()
-        .iter()
-        .enumerate()
-        .map(|(index, a)| FakeAgent {
-            index,
-            name: a.name.to_owned(),
-            members: n,
-            world,
-        })
-        .collect();
+    let agents = fake_agents(&inv, n, world);
     let dir = tempfile::tempdir().expect("tempdir");
     let mut journal = crate::journal::Journal::create(dir.path(), &plan, &inv).expect("journal");
     let probe = FakeProbe(world);
@@ -707,17 +711,7 @@ fn progress_from_the_journal_names_the_last_phase_begun_even_when_it_failed() {
 async fn forward(n: usize, world: &World) -> crate::ops::Ending {
     let inv = inventory(n);
     let plan = plan_for(&inv);
-    let agents: Vec<FakeAgent<'_>> = inv
-        .agents()
-        .iter()
-        .enumerate()
-        .map(|(index, a)| FakeAgent {
-            index,
-            name: a.name.to_owned(),
-            members: n,
-            world,
-        })
-        .collect();
+    let agents = fake_agents(&inv, n, world);
     let dir = tempfile::tempdir().expect("tempdir");
     let mut journal = crate::journal::Journal::create(dir.path(), &plan, &inv).expect("journal");
     let probe = FakeProbe(world);

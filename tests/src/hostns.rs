@@ -58,20 +58,7 @@ pub fn available() -> bool {
 }
 
 fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("running {program}"))?;
-    if !out.status.success() {
-        bail!(
-            "{program} {} failed ({}): {}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
+    crate::procs::run(Command::new(program).args(args))
 }
 
 fn sysctl(netns: Option<&str>, key: &str, value: &str) -> anyhow::Result<()> {

@@ -670,30 +670,19 @@ impl Lab {
             stop_leftovers(host);
         }
         let hosts = self.state.hosts.clone();
-        let stop_all = |pids: &[u32], what: &str, patience: Duration| {
-            let ours: Vec<(usize, u32)> = hosts
-                .iter()
-                .enumerate()
-                .zip(pids)
-                .filter(|((_, h), pid)| is_ours(h, **pid, what))
-                .map(|((i, _), pid)| (i, *pid))
-                .collect();
-            for (_, pid) in &ours {
-                procs::signal(*pid, Signal::SIGTERM);
-            }
-            let deadline = Instant::now() + patience;
-            for (i, pid) in ours {
-                while is_ours(&hosts[i], pid, what) && Instant::now() < deadline {
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-                if is_ours(&hosts[i], pid, what) {
-                    procs::signal(pid, Signal::SIGKILL);
-                }
-            }
-        };
-        stop_all(&self.state.agents, "quorate-agent", Duration::from_secs(10));
+        stop_processes(
+            &hosts,
+            &self.state.agents,
+            "quorate-agent",
+            Duration::from_secs(10),
+        );
         // The kubelet stops its pods (etcd may take ~15 s with a leader transfer) and exits.
-        stop_all(&self.state.kubelets, "kubelet", Duration::from_secs(45));
+        stop_processes(
+            &hosts,
+            &self.state.kubelets,
+            "kubelet",
+            Duration::from_secs(45),
+        );
         for child in &mut self.children {
             let _ = child.try_wait();
         }
@@ -1256,33 +1245,24 @@ client_ca = {ca:?}
 fn mount_disk(dir: &Path, host: &Host, rel: &str, disk: Disk) -> anyhow::Result<()> {
     let target = host.path(rel);
     fs::create_dir_all(&target)?;
-    let run = |cmd: &mut Command| -> anyhow::Result<()> {
-        let out = cmd
-            .stdin(Stdio::null())
-            .output()
-            .with_context(|| format!("running {cmd:?}"))?;
-        if !out.status.success() {
-            bail!(
-                "{cmd:?} failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(())
-    };
     match disk {
-        Disk::Tmpfs => run(Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=1g,mode=700", "tmpfs"])
-            .arg(&target))?,
+        Disk::Tmpfs => procs::run(
+            Command::new("mount")
+                .args(["-t", "tmpfs", "-o", "size=1g,mode=700", "tmpfs"])
+                .arg(&target),
+        )?,
         Disk::Ext4 => {
             let disks = dir.join("disks");
             fs::create_dir_all(&disks)?;
             let image = disks.join(format!("{}-{}.img", host.name, rel.replace('/', "_")));
             fs::File::create(&image)?.set_len(1 << 30)?;
-            run(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&image))?;
-            run(Command::new("mount")
-                .args(["-o", "loop"])
-                .arg(&image)
-                .arg(&target))?;
+            procs::run(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&image))?;
+            procs::run(
+                Command::new("mount")
+                    .args(["-o", "loop"])
+                    .arg(&image)
+                    .arg(&target),
+            )?;
             use std::os::unix::fs::PermissionsExt as _;
             fs::set_permissions(&target, fs::Permissions::from_mode(0o700))?;
         }

@@ -67,3 +67,20 @@ pub fn tail(path: &Path, lines: usize) -> String {
         Err(e) => format!("({}: {e})", path.display()),
     }
 }
+
+/// Runs `cmd` to completion; an error names the command, its status and what it printed.
+pub fn run(cmd: &mut std::process::Command) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let out = cmd
+        .stdin(std::process::Stdio::null())
+        .output()
+        .with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "{cmd:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}

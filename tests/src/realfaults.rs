@@ -283,20 +283,7 @@ pub fn fill(file: &Path, leave: u64) -> anyhow::Result<u64> {
     Ok(written)
 }
 
-fn run(cmd: &mut Command) -> anyhow::Result<()> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("running {cmd:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd:?} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
-}
+use crate::procs::run;
 
 /// A lab in which one host's `var/lib` (etcd's data dir, and the agent's state dir where the
 /// snapshot is staged and the manifests are set aside) is a small tmpfs. Dropping it stops the

@@ -128,6 +128,42 @@ pub fn quorate_restore(lab: &Lab, snapshot: &Path, extra: &[&str]) -> anyhow::Re
         .context("running quorate")
 }
 
+/// `quorate plan`'s human output against the lab; panics if the plan is refused.
+pub fn plan_text(lab: &Lab, snapshot: &Path) -> String {
+    let out = Command::new(quorate_bin(lab))
+        .arg("plan")
+        .arg("--inventory")
+        .arg(lab.dir().join("inventory.toml"))
+        .arg("--snapshot")
+        .arg(snapshot)
+        .output()
+        .expect("quorate plan");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "quorate plan failed: {text}");
+    text
+}
+
+/// Runs `quorate restore --yes --output json`; its report. Panics if the restore fails.
+pub fn restore_report(lab: &Lab, snapshot: &Path) -> serde_json::Value {
+    let out = quorate_restore(lab, snapshot, &["--yes", "--output", "json"]).expect("quorate");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "quorate restore failed:\nstdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["event"] == "done")
+        .expect("a done event with the report")["report"]
+        .clone()
+}
+
 /// Waits until every apiserver (on stacked members, or on an external cluster's control-plane
 /// hosts) answers `/readyz` with 200.
 pub async fn wait_apiservers(lab: &Lab, patience: Duration) -> anyhow::Result<()> {

@@ -352,17 +352,7 @@ async fn hosts_are_kubeadm_nodes_and_down_leaves_nothing() {
     // health on the host's own loopback; quorate, outside every host, says so in its plan.
     let snapshot = lab.dir().join("snapshot.db");
     quorate_lab::scenario::save_snapshot(&lab, &lab.hosts()[0], &snapshot).expect("snapshot");
-    let out = std::process::Command::new(quorate_lab::scenario::quorate_bin(&lab))
-        .arg("plan")
-        .arg("--inventory")
-        .arg(lab.dir().join("inventory.toml"))
-        .arg("--snapshot")
-        .arg(&snapshot)
-        .output()
-        .expect("quorate plan");
-    let plan =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{plan}");
+    let plan = quorate_lab::scenario::plan_text(&lab, &snapshot);
     let image = format!(
         "etcd version from image registry.k8s.io/etcd:{}-0",
         tools.full_version

@@ -27,43 +27,6 @@ fn bumps(tools: &EtcdTools) -> bool {
     help.contains("--bump-revision")
 }
 
-/// `quorate plan`'s human output against the lab.
-fn plan_text(lab: &Lab, snapshot: &std::path::Path) -> String {
-    let out = std::process::Command::new(scenario::quorate_bin(lab))
-        .arg("plan")
-        .arg("--inventory")
-        .arg(lab.dir().join("inventory.toml"))
-        .arg("--snapshot")
-        .arg(snapshot)
-        .output()
-        .expect("quorate plan");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "quorate plan failed: {text}");
-    text
-}
-
-/// Runs `quorate restore --yes --output json`; its report.
-fn restore_report(lab: &Lab, snapshot: &std::path::Path) -> serde_json::Value {
-    let out =
-        scenario::quorate_restore(lab, snapshot, &["--yes", "--output", "json"]).expect("quorate");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "quorate restore failed:\nstdout:\n{stdout}\nstderr:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let done: serde_json::Value = stdout
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|v| v["event"] == "done")
-        .expect("a done event with the report");
-    done["report"].clone()
-}
-
 /// Each member's (name → member ID) and the cluster ID, as the members report them.
 async fn identity(lab: &Lab) -> (u64, BTreeMap<String, u64>) {
     let mut ids = BTreeMap::new();
@@ -122,13 +85,13 @@ async fn restore_round_trip(members: u8, version: EtcdVersion, keys: usize) {
     }
     // Without --bump-revision in the members' tool, the plan says the revision goes back.
     let can_bump = bumps(&lab.state.tools);
-    let plan = plan_text(&lab, &snapshot);
+    let plan = scenario::plan_text(&lab, &snapshot);
     assert_eq!(
         plan.contains("cannot bump the revision"),
         !can_bump,
         "the plan's revision warning:\n{plan}"
     );
-    let report = &restore_report(&lab, &snapshot);
+    let report = &scenario::restore_report(&lab, &snapshot);
     eprintln!("phases ({members} members): {}", report["phases"]);
 
     // The restored cluster was verified at the snapshot's revision (plus the bump, if any) before

@@ -10,43 +10,6 @@ use quorate_lab::testlab::{self, PATIENCE};
 use quorate_lab::tools::EtcdVersion;
 use quorate_lab::{faults, load, scenario};
 
-/// Runs `quorate restore --yes --output json`; its report.
-fn restore_report(lab: &Lab, snapshot: &std::path::Path) -> serde_json::Value {
-    let out =
-        scenario::quorate_restore(lab, snapshot, &["--yes", "--output", "json"]).expect("quorate");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "quorate restore failed:\nstdout:\n{stdout}\nstderr:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|v| v["event"] == "done")
-        .expect("a done event with the report")["report"]
-        .clone()
-}
-
-/// `quorate plan`'s output against the lab.
-fn plan_text(lab: &Lab, snapshot: &std::path::Path) -> String {
-    let out = std::process::Command::new(scenario::quorate_bin(lab))
-        .arg("plan")
-        .arg("--inventory")
-        .arg(lab.dir().join("inventory.toml"))
-        .arg("--snapshot")
-        .arg(snapshot)
-        .output()
-        .expect("quorate plan");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "quorate plan failed: {text}");
-    text
-}
-
 /// The highest revision any member reports.
 async fn cluster_revision(lab: &Lab) -> i64 {
     let mut highest = 0;
@@ -86,12 +49,12 @@ async fn a_restore_bumps_the_revision_above_the_live_one_and_compacts_below_it()
     let before = cluster_revision(&lab).await;
     assert!(before > snap_rev, "the cluster moved on after the snapshot");
 
-    let plan = plan_text(&lab, &snapshot);
+    let plan = scenario::plan_text(&lab, &snapshot);
     assert!(
         plan.contains("--bump-revision, --mark-compacted") && !plan.contains("cannot bump"),
         "the plan says the revision is bumped:\n{plan}"
     );
-    let report = restore_report(&lab, &snapshot);
+    let report = scenario::restore_report(&lab, &snapshot);
     let bump = report["revision_bump"].as_i64().expect("revision_bump");
     assert!(bump > 0, "{report}");
     assert_eq!(report["snapshot_revision"].as_i64(), Some(snap_rev));
