@@ -136,13 +136,18 @@ async fn only_allowed_clients_of_the_ca_are_served() {
         describe(port, &pki, Some("coordinator")).await.as_deref(),
         Ok("cp-1")
     );
-    for (who, identity) in [
-        ("a name not allowed", Some("intruder")),
-        ("another CA", Some("forged")),
-        ("no client certificate", None),
+    // Each refusal is the TLS alert of its own cause, which the client can tell apart.
+    for (who, identity, alert) in [
+        ("a name not allowed", Some("intruder"), "AccessDenied"),
+        ("another CA", Some("forged"), "UnknownCA"),
+        ("no client certificate", None, "CertificateRequired"),
     ] {
         let result = describe(port, &pki, identity).await;
-        assert!(result.is_err(), "{who} must be refused, got {result:?}");
+        let error = result.expect_err(&format!("{who} must be refused"));
+        assert!(
+            error.contains(&format!("received fatal alert: {alert}")),
+            "{who}: refused with the alert {alert}: {error}"
+        );
     }
     // Still serving the allowed client after the refusals.
     assert_eq!(

@@ -70,7 +70,33 @@ fn describe_status(s: &tonic::Status) -> String {
         }
         source = e.source();
     }
+    if let Some(hint) = tls_hint(&text) {
+        text.push_str(": ");
+        text.push_str(hint);
+    }
     text
+}
+
+/// What a TLS alert from the agent means for the operator.
+fn tls_hint(text: &str) -> Option<&'static str> {
+    let hints = [
+        (
+            "received fatal alert: AccessDenied",
+            "the agent refused this coordinator's certificate: it is from the agent's CA but not valid for a name in the agent's allowed_clients",
+        ),
+        (
+            "received fatal alert: UnknownCA",
+            "the agent does not trust the CA that issued this coordinator's certificate (agent_tls in the inventory): use a certificate of the agent's CA",
+        ),
+        (
+            "received fatal alert: CertificateRequired",
+            "the agent requires a client certificate: set agent_tls cert and key in the inventory",
+        ),
+    ];
+    hints
+        .into_iter()
+        .find(|(alert, _)| text.contains(alert))
+        .map(|(_, hint)| hint)
 }
 
 /// One agent, as the coordinator sees it. Every call carries its own deadline.

@@ -171,6 +171,9 @@ impl<C: AgentClient, P: ClusterProbe> Restore<'_, C, P> {
             }
             let started = Instant::now();
             let result = self.act(def, action, progress).await.and_then(|facts| {
+                // What the phase learnt holds even if what follows fails: a VERIFY that passed
+                // puts the restore past the point of no return.
+                learn(progress, &facts);
                 failpoint(&format!("coordinator::after-{tag}"))
                     .map(|()| facts)
                     .map_err(|e| vec![MemberFailure::coordinator(e)])
@@ -193,7 +196,9 @@ impl<C: AgentClient, P: ClusterProbe> Restore<'_, C, P> {
                 .map_err(|e| self.journal_error(journal, &tag, &e))?;
             match direction {
                 Direction::Forward => {
-                    apply(progress, phase, facts);
+                    if !progress.done.contains(&phase) {
+                        progress.done.push(phase);
+                    }
                     self.observer.phase_done(phase, started.elapsed());
                 }
                 Direction::Backward => progress.reverted.push(phase),
@@ -257,14 +262,11 @@ impl<C: AgentClient, P: ClusterProbe> Restore<'_, C, P> {
 }
 
 /// What a phase learnt, into the restore's state.
-fn apply(progress: &mut Progress, phase: Phase, facts: PhaseFacts) {
+fn learn(progress: &mut Progress, facts: &PhaseFacts) {
     match facts {
         PhaseFacts::None => {}
-        PhaseFacts::Staged { snapshot_revision } => progress.snapshot_revision = snapshot_revision,
-        PhaseFacts::Verified { verified } => progress.verified = Some(verified),
-        PhaseFacts::Unfenced { restarted } => progress.restarted = restarted,
-    }
-    if !progress.done.contains(&phase) {
-        progress.done.push(phase);
+        PhaseFacts::Staged { snapshot_revision } => progress.snapshot_revision = *snapshot_revision,
+        PhaseFacts::Verified { verified } => progress.verified = Some(verified.clone()),
+        PhaseFacts::Unfenced { restarted } => progress.restarted.clone_from(restarted),
     }
 }

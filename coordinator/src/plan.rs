@@ -471,22 +471,17 @@ impl Plan {
             out,
             "phases (each ends on every member before the next starts):"
         );
-        for (i, line) in [
-            "preflight  done: inventory, membership, agents, disk, restore tool, snapshot sha256".to_owned(),
-            "stage      claim each member for this restore; stream the snapshot to every agent; sha256 checked on arrival".to_owned(),
-            format!("fence      stop every kube-apiserver{hosts} and wait until it is down"),
-            "halt       stop etcd everywhere; wait until the processes are gone and ports closed".to_owned(),
-            "preserve   move each data dir (and wal dir) aside: renamed to <dir>.quorate-<id>, or, for a mount point, its etcd entries moved into <dir>/.quorate-<id>/".to_owned(),
-            "restore    restore the snapshot with each member's name and peer URL under the new token".to_owned(),
-            format!("quorum     start {} together, wait for a leader; then the rest", self.quorum_first.join(", ")),
-            "verify     member list, health, identical HashKV at one revision, revision of the snapshot".to_owned(),
-            format!("unfence    start the kube-apiservers{hosts} and wait for /readyz"),
-            "finish     report; preserved dirs are kept".to_owned(),
-        ]
-        .iter()
-        .enumerate()
-        {
-            let _ = writeln!(out, "  {i}. {line}");
+        let _ = writeln!(
+            out,
+            "  0. {:<10} done: inventory, membership, agents, disk, restore tool, snapshot sha256",
+            "preflight"
+        );
+        for (i, def) in crate::phases::TABLE.iter().enumerate() {
+            let text = def
+                .plan_text
+                .replace("{hosts}", &hosts)
+                .replace("{first}", &self.quorum_first.join(", "));
+            let _ = writeln!(out, "  {}. {:<10} {text}", i + 1, def.name);
         }
         for w in &self.warnings {
             let _ = writeln!(out, "warning: {w}");

@@ -112,9 +112,10 @@ impl Progress {
         self.done.contains(&Phase::Finish)
     }
 
-    /// VERIFY passed: every member holds the verified snapshot data.
+    /// VERIFY passed: every member holds the verified snapshot data. Known from the journal's
+    /// VERIFY `done`, or in the run that verified it as soon as it passed.
     pub fn past_no_return(&self) -> bool {
-        self.done.contains(&Phase::point_of_no_return())
+        self.verified.is_some() || self.done.contains(&Phase::point_of_no_return())
     }
 
     /// The phases a rollback must undo, newest first: every phase up to the last one begun.

@@ -211,10 +211,15 @@ impl ClientCertVerifier for AllowedNames {
         if allowed {
             Ok(ClientCertVerified::assertion())
         } else {
-            Err(rustls::Error::General(format!(
-                "client certificate is not valid for any allowed name ({})",
-                self.names.join(", ")
-            )))
+            // The client sees an `access denied` alert: its certificate is from the right CA
+            // but not for a name this agent serves.
+            tracing::warn!(
+                allowed = %self.names.join(", "),
+                "refused a client certificate of the CA that is not valid for any allowed name"
+            );
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            ))
         }
     }
 
