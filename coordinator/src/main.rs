@@ -136,9 +136,13 @@ struct Timeouts {
     /// Deadline for starting etcd or an apiserver everywhere.
     #[arg(long, global = true, default_value = "120s", value_parser = humantime::parse_duration)]
     start_timeout: Duration,
-    /// Deadline for a quorum, then every member, to be healthy after start.
+    /// Deadline for every member to be healthy after the last one started.
     #[arg(long, global = true, default_value = "120s", value_parser = humantime::parse_duration)]
     quorum_timeout: Duration,
+    /// etcd starts member by member: how long to wait for one member's etcd to answer on its
+    /// health endpoint before starting the next one anyway.
+    #[arg(long, global = true, default_value = "15s", value_parser = humantime::parse_duration)]
+    member_start_wait: Duration,
 }
 
 impl Timeouts {
@@ -148,6 +152,7 @@ impl Timeouts {
             stop: self.stop_timeout,
             start: self.start_timeout,
             quorum: self.quorum_timeout,
+            member_answer: self.member_start_wait,
             ..Deadlines::default()
         }
     }

@@ -59,8 +59,9 @@ pub enum Action {
     Revert,
     /// Claim every agent, then stream the snapshot to every member.
     Stage,
-    /// Start etcd in quorum order: a majority together, wait for a leader, then the rest, then
-    /// wait for every member to be healthy. Forward: the phase's step run; backward: reverted.
+    /// Start etcd member by member in quorum order, each as soon as the previous one answers on
+    /// its health endpoint, then wait for every member to be healthy. Forward: the phase's step
+    /// run; backward: reverted.
     QuorumOrderRun,
     QuorumOrderRevert,
     /// Check the restored cluster: membership, one HashKV on every member, the revision.
@@ -152,7 +153,7 @@ pub const TABLE: [PhaseDef; 9] = [
         forward: Action::QuorumOrderRun,
         backward: Action::Revert,
         commits: false,
-        plan_text: "start {first} together, wait for a leader; then the rest",
+        plan_text: "start etcd member by member in the order {order}, each as soon as the previous one answers on its health endpoint; then wait until every member is healthy",
     },
     PhaseDef {
         phase: Phase::Verify,
@@ -234,8 +235,10 @@ pub struct Deadlines {
     pub call: Duration,
     pub stop: Duration,
     pub start: Duration,
-    /// How long a quorum, then every member, may take to become healthy after start.
+    /// How long every member may take to become healthy after the last one started.
     pub quorum: Duration,
+    /// How long a rolling start waits for one member's etcd to answer before starting the next.
+    pub member_answer: Duration,
     /// Bytes per second assumed when scaling the stage and restore deadlines by snapshot size.
     pub min_throughput: u64,
 }
@@ -247,6 +250,7 @@ impl Default for Deadlines {
             stop: Duration::from_secs(90),
             start: Duration::from_secs(120),
             quorum: Duration::from_secs(120),
+            member_answer: Duration::from_secs(15),
             min_throughput: 20 << 20,
         }
     }

@@ -61,8 +61,6 @@ pub struct Plan {
     pub snapshot: CheckedSnapshot,
     pub initial_cluster: String,
     pub members: Vec<MemberPlan>,
-    /// Started together first: ⌊n/2⌋+1 members, so they elect a leader at once.
-    pub quorum_first: Vec<String>,
     pub warnings: Vec<String>,
     /// Revision before and the bump applied by the restore.
     #[serde(default)]
@@ -303,10 +301,6 @@ pub fn build(
         restore_id,
         snapshot,
         initial_cluster,
-        quorum_first: inventory.members[..n / 2 + 1]
-            .iter()
-            .map(|m| m.name.clone())
-            .collect(),
         members,
         warnings,
         revision,
@@ -476,11 +470,17 @@ impl Plan {
             "  0. {:<10} done: inventory, membership, agents, disk, restore tool, snapshot sha256",
             "preflight"
         );
+        let order = self
+            .members
+            .iter()
+            .map(|m| m.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
         for (i, def) in crate::phases::TABLE.iter().enumerate() {
             let text = def
                 .plan_text
                 .replace("{hosts}", &hosts)
-                .replace("{first}", &self.quorum_first.join(", "));
+                .replace("{order}", &order);
             let _ = writeln!(out, "  {}. {:<10} {text}", i + 1, def.name);
         }
         for w in &self.warnings {
@@ -588,11 +588,16 @@ mod tests {
     }
 
     #[test]
-    fn a_healthy_cluster_plans_a_fresh_token_and_a_majority_first() {
+    fn a_healthy_cluster_plans_a_fresh_token_and_a_rolling_start() {
         let inv = inventory(5);
         let described: Vec<_> = inv.members.iter().map(|m| Ok(healthy(m))).collect();
         let plan = build(&inv, &described, snapshot(), &options(&inv)).expect("plan");
-        assert_eq!(plan.quorum_first, ["cp-1", "cp-2", "cp-3"]);
+        let order: Vec<&str> = plan.members.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(
+            order,
+            ["cp-1", "cp-2", "cp-3", "cp-4", "cp-5"],
+            "the start order"
+        );
         assert_eq!(plan.cluster_token, format!("quorate-{}", plan.restore_id));
         assert!(
             plan.initial_cluster
@@ -608,7 +613,9 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("quorum     start cp-1, cp-2, cp-3 together"),
+            text.contains(
+                "quorum     start etcd member by member in the order cp-1, cp-2, cp-3, cp-4, cp-5"
+            ),
             "{text}"
         );
     }

@@ -306,27 +306,56 @@ impl<C: AgentClient, P: ClusterProbe> Restore<'_, C, P> {
         Ok(receipts.first().map(|r| r.revision).filter(|r| *r > 0))
     }
 
-    /// Starts etcd a majority first: `step` run (or reverted) on the first members of the plan's
-    /// quorum order together, wait for a leader, then on the rest; then waits until every member
-    /// is healthy. Forward this starts the restored members (QUORUM); backward it starts the
-    /// original ones (HALT undone).
+    /// Starts etcd member by member in the plan's quorum order: `step` run (or reverted) on one
+    /// member, then the next as soon as the previous one's etcd gives any HTTP answer on its
+    /// health endpoint, as its own agent probes it (or after `deadlines.member_answer`, whichever
+    /// comes first); then waits until every member is healthy. A member that starts while its
+    /// peers are still in kubeadm's initial corruption check waits 7 s for each of them; one at a
+    /// time, no peer is ever in that check. Forward this starts the restored members (QUORUM);
+    /// backward the original ones (HALT undone).
     pub(crate) async fn start_in_quorum_order(
         &self,
         step: Step,
         way: Way,
         deadline: Duration,
     ) -> Result<(), Failures> {
-        let first: Vec<usize> = (0..self.plan.quorum_first.len()).collect();
-        let rest: Vec<usize> = (first.len()..self.inventory.members.len()).collect();
-        self.call_on(&first, step, deadline, way).await?;
-        self.wait_healthy(&first, self.deadlines.quorum).await?;
-        self.observer
-            .note(&format!("quorum of {} has a leader", first.len()));
-        if !rest.is_empty() {
-            self.call_on(&rest, step, deadline, way).await?;
+        let order = self.members();
+        for (k, &i) in order.iter().enumerate() {
+            self.call_on(&[i], step, deadline, way).await?;
+            if k + 1 < order.len() {
+                self.wait_answering(i).await;
+            }
         }
-        self.wait_healthy(&self.members(), self.deadlines.quorum)
-            .await
+        self.wait_healthy(&order, self.deadlines.quorum).await
+    }
+
+    /// Waits until member `i`'s etcd answers on its health endpoint (healthy or not), at most
+    /// `deadlines.member_answer`. Not answering by then is not a failure here: the health gate
+    /// after the last member decides.
+    async fn wait_answering(&self, i: usize) {
+        let started = Instant::now();
+        let bound = self.deadlines.member_answer;
+        let name = self.name_of(i);
+        loop {
+            let left = bound.saturating_sub(started.elapsed());
+            let call = HEALTH_CALL.min(left.max(Duration::from_millis(200)));
+            let seen = self.agents[i].health(call).await;
+            match seen {
+                Ok(h) if h.state().answers() => {
+                    tracing::info!(member = %name, "etcd answers after {:?}: {}", started.elapsed(), h.summary());
+                    return;
+                }
+                Ok(h) => tracing::debug!(member = %name, "not answering yet: {}", h.summary()),
+                Err(e) => tracing::debug!(member = %name, "its agent did not report health: {e}"),
+            }
+            if started.elapsed() >= bound {
+                self.observer.note(&format!(
+                    "etcd on {name} gave no answer within {bound:?}; starting the next member anyway"
+                ));
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Asks the agents of `which` for their etcd's health until every one is healthy. What each

@@ -122,6 +122,13 @@ impl AgentClient for FakeAgent<'_> {
         } else {
             EtcdHealthState::NoLeader
         };
+        if state.answers() {
+            let mut timeline = self.world.timeline.lock().expect("lock");
+            let entry = format!("{} answers", self.name);
+            if !timeline.contains(&entry) {
+                timeline.push(entry);
+            }
+        }
         Ok(health(&self.name, state))
     }
 
@@ -386,6 +393,7 @@ fn fast() -> Deadlines {
         stop: Duration::from_millis(400),
         start: Duration::from_millis(400),
         quorum: Duration::from_millis(400),
+        member_answer: Duration::from_millis(300),
         min_throughput: 1 << 30,
     }
 }
@@ -443,21 +451,33 @@ async fn phases_run_in_lockstep_and_in_order() {
 }
 
 #[tokio::test]
-async fn a_majority_starts_first_and_the_rest_only_after_it_is_healthy() {
+async fn members_start_one_at_a_time_each_as_soon_as_the_previous_one_answers() {
     let world = World::default();
     run(5, &world, fast()).await.0.expect("restore");
     let started = world.started.lock().expect("lock").clone();
-    let (first, rest) = started.split_at(3);
-    let mut first = first.to_vec();
-    first.sort();
-    assert_eq!(
-        first,
-        [0, 1, 2],
-        "⌊5/2⌋+1 = 3 members start first: {started:?}"
-    );
-    let mut rest = rest.to_vec();
-    rest.sort();
-    assert_eq!(rest, [3, 4]);
+    assert_eq!(started, [0, 1, 2, 3, 4], "in the plan's order");
+    let timeline = world.timeline.lock().expect("lock").clone();
+    for k in 1..=4 {
+        assert!(
+            at(&timeline, &format!("cp-{k} answers"))
+                < at(&timeline, &format!("cp-{} start", k + 1)),
+            "cp-{} started only after cp-{k} answered: {timeline:?}",
+            k + 1
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_member_that_never_answers_delays_the_next_by_the_bound_and_fails_the_health_gate() {
+    let mut world = World::default();
+    world.health.insert(1, HealthScript::AgentDown);
+    let (result, _dir) = run(3, &world, fast()).await;
+    let err = result.expect_err("cp-2 never reports health");
+    assert_eq!(err.phase, "quorum");
+    let named: Vec<&str> = err.failures.iter().map(|f| f.member.as_str()).collect();
+    assert_eq!(named, ["cp-2"], "{:?}", err.failures);
+    let started = world.started.lock().expect("lock").clone();
+    assert_eq!(started, [0, 1, 2], "cp-3 started anyway after the bound");
 }
 
 #[tokio::test]
@@ -477,12 +497,10 @@ async fn the_quorum_waits_on_agent_health_and_names_a_member_without_a_leader() 
             ),
         "{why}"
     );
-    // The rest of the members were never started: the first majority was not healthy.
+    // Every member was started: the rolling start moves on once a member answers, and a 503
+    // is an answer; the health gate at the end names the one without a leader.
     let started = world.started.lock().expect("lock").clone();
-    assert!(
-        !started.contains(&3) && !started.contains(&4),
-        "{started:?}"
-    );
+    assert_eq!(started, [0, 1, 2, 3, 4]);
     assert!(
         world.health_calls.lock().expect("lock")[&2] > 1,
         "health was asked again until the deadline"
@@ -507,7 +525,7 @@ async fn an_agent_that_does_not_report_health_is_named_at_the_deadline() {
 }
 
 #[tokio::test]
-async fn a_rollback_restarts_the_original_etcd_a_majority_first_waiting_on_agent_health() {
+async fn a_rollback_restarts_the_original_etcd_one_at_a_time_waiting_on_agent_health() {
     let mut world = World::default();
     world.script.insert((4, Step::Restore), Behaviour::Fail);
     let (result, rolled, _dir) = run_then(5, 0, &world, fast(), true).await;
@@ -532,17 +550,20 @@ async fn a_rollback_restarts_the_original_etcd_a_majority_first_waiting_on_agent
         .filter(|(_, s)| *s == Step::Halt)
         .map(|(i, _)| *i)
         .collect();
-    let (first, rest) = halts.split_at(3);
-    let mut first = first.to_vec();
-    first.sort();
-    assert_eq!(first, [0, 1, 2], "a majority of originals first: {halts:?}");
-    let mut rest = rest.to_vec();
-    rest.sort();
     assert_eq!(
-        rest,
-        [3, 4],
-        "then the rest, once it was healthy: {halts:?}"
+        halts,
+        [0, 1, 2, 3, 4],
+        "the originals one at a time, in order"
     );
+    let timeline = world.timeline.lock().expect("lock").clone();
+    for k in 1..=4 {
+        assert!(
+            at(&timeline, &format!("cp-{k} answers"))
+                < at(&timeline, &format!("cp-{} revert halt", k + 1)),
+            "cp-{} started only after cp-{k} answered: {timeline:?}",
+            k + 1
+        );
+    }
     let calls = world.health_calls.lock().expect("lock").clone();
     assert!(
         (0..5).all(|i| calls.get(&i).is_some_and(|n| *n >= 1)),
