@@ -10,6 +10,7 @@ pub mod faults;
 pub mod hostns;
 pub mod kubelet;
 pub mod lab;
+pub mod matrix;
 pub mod layout;
 pub mod load;
 pub mod pki;
