@@ -368,6 +368,12 @@ async fn an_apiserver_that_will_not_start_after_verify_leaves_the_data_restored_
         Some(200),
         "{case}: cp-2's apiserver is not running"
     );
+    let pod_log = std::fs::read_to_string(cp2.path("var/log/pods/kube-apiserver.log"))
+        .expect("cp-2's apiserver pod log");
+    assert!(
+        pod_log.contains("ErrImageNeverPull"),
+        "{case}: cp-2's kubelet could not start the apiserver for want of its image: {pod_log}"
+    );
     let id = faults::restore_ids(&s.lab).pop().expect("restore id");
     let (ok, status) = faults::quorate_on(&s.lab, "status", &id).expect("status");
     assert!(
