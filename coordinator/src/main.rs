@@ -1,21 +1,22 @@
 //! `quorate`: restore a multi-member etcd cluster from one snapshot, on every member at once.
 #![forbid(unsafe_code)]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand, ValueEnum};
-use futures::future::join_all;
-use quorate::agent_client::{AgentClient, GrpcAgent};
+use clap::{Parser, Subcommand};
+use quorate::agent_client::GrpcAgent;
+use quorate::engine::RollbackRefused;
 use quorate::inventory::Inventory;
-use quorate::journal::Journal;
+use quorate::journal::{Holder, Journal};
 use quorate::ops::{self, Ending};
-use quorate::plan::{self, Plan};
-use quorate::restore::{Deadlines, EtcdProbe, Observer, Phase, Progress, Restore};
-use quorate::rollback::RollbackReport;
-use quorate::snapshot;
-use quorate::snapshot_verify;
+use quorate::output::{self, Format, Printer, exit};
+use quorate::phases::Deadlines;
+use quorate::plan::Plan;
+use quorate::preflight::{Request, grpc_agents, preflight};
+use quorate::progress::Progress;
+use quorate::restore::{EtcdProbe, Observer, Restore};
 use quorate_proto::model::RestoreId;
 
 /// Restore a multi-member etcd cluster from one snapshot, on every member at once, safely.
@@ -34,18 +35,12 @@ use quorate_proto::model::RestoreId;
 #[command(name = "quorate", version, verbatim_doc_comment)]
 struct Cli {
     /// Output format: human text, or JSON lines for runbook automation.
-    #[arg(long, global = true, value_enum, default_value_t = Output::Human)]
-    output: Output,
+    #[arg(long, global = true, value_enum, default_value_t = Format::Human)]
+    output: Format,
     #[command(flatten)]
     timeouts: Timeouts,
     #[command(subcommand)]
     command: Cmd,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Output {
-    Human,
-    Json,
 }
 
 #[derive(Subcommand, Debug)]
@@ -158,10 +153,6 @@ impl Timeouts {
     }
 }
 
-/// The exit code of a restore that failed after VERIFY (resume completes it), and of a
-/// rollback refused for that reason.
-const EXIT_PAST_NO_RETURN: u8 = 3;
-
 #[derive(clap::Args, Debug)]
 struct Journaled {
     /// The restore id (printed by `quorate restore`; also the name of its dir under --state-dir).
@@ -197,6 +188,18 @@ struct Target {
     allow_membership_change: bool,
 }
 
+impl Target {
+    fn request(&self) -> Request {
+        Request {
+            inventory: self.inventory.clone(),
+            snapshot: self.snapshot.clone(),
+            no_bump_revision: self.no_bump_revision,
+            skip_hash_check: self.skip_hash_check,
+            allow_membership_change: self.allow_membership_change,
+        }
+    }
+}
+
 fn default_state_dir() -> PathBuf {
     if nix_is_root() {
         PathBuf::from("/var/lib/quorate")
@@ -211,129 +214,15 @@ fn nix_is_root() -> bool {
     std::fs::metadata("/proc/self").is_ok_and(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
 }
 
-struct Printer(Output);
-
-impl Observer for Printer {
-    fn phase_started(&self, phase: Phase, index: usize) {
-        match self.0 {
-            Output::Human => eprintln!("[{index}/9] {} ...", phase.name()),
-            Output::Json => {
-                emit(&serde_json::json!({"event": "phase-started", "phase": phase, "index": index}))
-            }
-        }
-    }
-    fn phase_done(&self, phase: Phase, elapsed: Duration) {
-        match self.0 {
-            Output::Human => eprintln!(
-                "      {} done in {:.2}s",
-                phase.name(),
-                elapsed.as_secs_f64()
-            ),
-            Output::Json => emit(
-                &serde_json::json!({"event": "phase-done", "phase": phase, "seconds": elapsed.as_secs_f64()}),
-            ),
-        }
-    }
-    fn note(&self, text: &str) {
-        match self.0 {
-            Output::Human => eprintln!("      {text}"),
-            Output::Json => emit(&serde_json::json!({"event": "note", "text": text})),
-        }
-    }
-}
-
-fn emit(value: &serde_json::Value) {
-    println!("{value}");
-}
-
-/// One client per agent: the members', then the apiserver hosts' ([`Inventory::agents`]).
-fn agents(inventory: &Inventory) -> anyhow::Result<Vec<GrpcAgent>> {
-    inventory
-        .agents()
-        .into_iter()
-        .map(|a| {
-            let server_name = a.agent_server_name.unwrap_or_else(|| host_of(a.agent));
-            GrpcAgent::new(a.name, a.agent, server_name, &inventory.agent_tls)
-        })
-        .collect()
-}
-
-fn host_of(url: &str) -> &str {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let authority = rest.split('/').next().unwrap_or(rest);
-    authority
-        .rsplit_once(':')
-        .map_or(authority, |(h, _)| h)
-        .trim_matches(['[', ']'])
-}
-
-async fn preflight(target: &Target) -> anyhow::Result<(Inventory, Vec<GrpcAgent>, Plan)> {
-    let inventory = Inventory::load(&target.inventory)?;
-    let path = target.snapshot.clone();
-    let skip = target.skip_hash_check;
-    let checked = tokio::task::spawn_blocking(move || snapshot::check_with(&path, skip))
-        .await
-        .expect("the sha256 check does not panic")?;
-    // etcd restores the data format of its own major.minor only.
-    let (snapshot_etcd_version, snapshot_version_unread) =
-        match snapshot_verify::file_cluster_version(&target.snapshot) {
-            Ok(v) => (v, None),
-            Err(e) => (None, Some(e)),
-        };
-    let agents = agents(&inventory)?;
-    let described = join_all(agents.iter().map(|a| async {
-        a.describe(Duration::from_secs(10))
-            .await
-            .map_err(|e| e.to_string())
-    }))
-    .await;
-    // The live cluster's revision, when it answers: the bump must pass it. Its membership too:
-    // the inventory must list every member.
-    let revisions = join_all(inventory.members.iter().map(|m| async {
-        let view = quorate::verify::view(&m.name, &m.client_urls[0], inventory.etcd_tls.as_ref());
-        tokio::time::timeout(Duration::from_secs(3), view)
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .map(|v| v.revision)
-    }));
-    let (live, live_membership) = tokio::join!(revisions, quorate::membership::live(&inventory));
-    let options = plan::Options {
-        live_revision: live.into_iter().flatten().max(),
-        no_bump_revision: target.no_bump_revision,
-        skip_hash_check: target.skip_hash_check,
-        snapshot_etcd_version,
-        snapshot_version_unread,
-        live_membership,
-        allow_membership_change: target.allow_membership_change,
-    };
-    let mut plan = plan::build(&inventory, &described, checked, &options)?;
-    // The same chain as `quorate snapshot verify` (its sha256 was checked above): `snapshot
-    // status` with a local etcdutl, when there is one; the agents run it again when staging.
-    let verify_options = snapshot_verify::VerifyOptions {
-        skip_hash_check: target.skip_hash_check,
-        ..snapshot_verify::VerifyOptions::default()
-    };
-    match snapshot_verify::find_tools(None, false) {
-        Ok(_) => {
-            snapshot_verify::verify(&target.snapshot, &verify_options)
-                .await
-                .map_err(|e| anyhow::anyhow!("preflight refused the snapshot; nothing was changed: {e}"))?;
-        }
-        Err(e) => plan.warnings.push(format!(
-            "no local etcdutl/etcdctl to run `snapshot status` here ({e}); the agents run it when the snapshot is staged"
-        )),
-    }
-    Ok((inventory, agents, plan))
-}
-
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let format = cli.output;
+    let deadlines = cli.timeouts.deadlines();
     match cli.command {
         Cmd::Plan(target) => {
-            let (_, _, plan) = preflight(&target).await?;
-            match cli.output {
-                Output::Human => print!("{}", plan.render()),
-                Output::Json => println!("{}", serde_json::to_string(&plan)?),
+            let (_, _, plan) = preflight(&target.request()).await?;
+            match format {
+                Format::Human => print!("{}", plan.render()),
+                Format::Json => println!("{}", serde_json::to_string(&plan)?),
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -343,277 +232,165 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             state_dir,
             no_rollback,
         } => {
-            let (inventory, agents, plan) = preflight(&target).await?;
+            let (inventory, agents, plan) = preflight(&target.request()).await?;
             if !yes {
                 print!("{}", plan.render());
                 eprintln!(
                     "Nothing was changed. Re-run with --yes to restore: the cluster is down from fence to unfence."
                 );
-                return Ok(ExitCode::from(2));
+                return Ok(ExitCode::from(exit::NOT_CONFIRMED));
             }
-            if cli.output == Output::Human {
+            if format == Format::Human {
                 eprint!("{}", plan.render());
             }
-            let mut journal = Journal::create(&state_dir, &plan, &inventory).map_err(|e| {
-                anyhow::anyhow!("creating the journal under {}: {e}", state_dir.display())
-            })?;
+            let mut journal =
+                Journal::create(&state_dir, &plan, &inventory, &Holder::me("restore"))?;
             let mut progress = Progress::default();
-            drive(
-                Settings {
-                    output: cli.output,
-                    deadlines: cli.timeouts.deadlines(),
-                },
-                &inventory,
-                &agents,
-                &plan,
-                &mut journal,
-                &mut progress,
-                Mode::Forward {
-                    auto_rollback: !no_rollback,
-                },
-            )
-            .await
+            let run = Run::new(format, deadlines, &inventory, &agents, &plan);
+            let ending =
+                ops::forward(&run.restore(), &mut journal, &mut progress, !no_rollback).await;
+            output::ending(format, &journal, ending)
         }
         Cmd::Resume {
-            ref journaled,
+            journaled,
             no_rollback,
         } => {
-            let (mut journal, plan, inventory, progress) = open(journaled)?;
-            let mut progress = progress;
+            let (mut journal, plan, inventory, mut progress) = open(&journaled, "resume", format)?;
+            let id = journaled.restore_id;
             if progress.finished() {
-                anyhow::bail!(
-                    "restore {} already finished: nothing to resume",
-                    journaled.restore_id
-                );
+                anyhow::bail!("restore {id} already finished: nothing to resume");
             }
             if progress.rollback_begun {
                 anyhow::bail!(
-                    "a rollback of restore {id} began: it cannot be resumed; finish the rollback with `quorate rollback {id}`",
-                    id = journaled.restore_id
+                    "a rollback of restore {id} began: it cannot be resumed; finish the rollback with `quorate rollback {id}`"
                 );
             }
-            let agents = agents(&inventory)?;
-            drive(
-                Settings {
-                    output: cli.output,
-                    deadlines: cli.timeouts.deadlines(),
-                },
-                &inventory,
-                &agents,
-                &plan,
-                &mut journal,
-                &mut progress,
-                Mode::Forward {
-                    auto_rollback: !no_rollback,
-                },
-            )
-            .await
+            let agents = grpc_agents(&inventory)?;
+            let run = Run::new(format, deadlines, &inventory, &agents, &plan);
+            let ending =
+                ops::forward(&run.restore(), &mut journal, &mut progress, !no_rollback).await;
+            output::ending(format, &journal, ending)
         }
-        Cmd::Rollback {
-            ref journaled,
-            force,
-        } => {
-            let (mut journal, plan, inventory, mut progress) = open(journaled)?;
-            if progress.verified.is_some()
-                && !progress.finished()
-                && !progress.rollback_begun
-                && !force
-            {
-                eprintln!(
-                    "error: restore {id} passed VERIFY: every member holds the snapshot's data, verified, and the cluster may be serving from it. A rollback would lose every write since then. `quorate resume {id}` completes the restore; `quorate rollback {id} --force` rolls it back anyway.",
-                    id = journaled.restore_id
-                );
-                return Ok(ExitCode::from(EXIT_PAST_NO_RETURN));
+        Cmd::Rollback { journaled, force } => {
+            let (mut journal, plan, inventory, mut progress) =
+                open(&journaled, "rollback", format)?;
+            let agents = grpc_agents(&inventory)?;
+            let run = Run::new(format, deadlines, &inventory, &agents, &plan);
+            let restore = run.restore();
+            match restore.may_roll_back(&progress, force) {
+                Ok(()) => {}
+                Err(refused @ RollbackRefused::PastNoReturn { .. }) => {
+                    output::error(format, &refused.into());
+                    return Ok(ExitCode::from(exit::PAST_NO_RETURN));
+                }
+                Err(refused) => return Err(refused.into()),
             }
-            if progress.finished() {
-                anyhow::bail!(
-                    "restore {} finished: the cluster runs on the snapshot's data and the original data dirs are kept at <data-dir>.quorate-{}; quorate does not undo a finished restore",
-                    journaled.restore_id,
-                    journaled.restore_id
-                );
+            match restore.rollback(&mut journal, &mut progress, force).await {
+                Ok(rollback) => {
+                    output::rolled_back(format, &journal, &rollback, None)?;
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(error) => output::ending(
+                    format,
+                    &journal,
+                    Ending::Stopped {
+                        error,
+                        rollback_error: None,
+                    },
+                ),
             }
-            let agents = agents(&inventory)?;
-            drive(
-                Settings {
-                    output: cli.output,
-                    deadlines: cli.timeouts.deadlines(),
-                },
-                &inventory,
-                &agents,
-                &plan,
-                &mut journal,
-                &mut progress,
-                Mode::Rollback,
-            )
-            .await
         }
-        Cmd::Status(ref journaled) => {
-            let (_, _, inventory, progress) = open(journaled)?;
-            let agents = agents(&inventory)?;
-            let names: Vec<(String, String)> = inventory
+        Cmd::Status(journaled) => {
+            let read = Journal::read(&journaled.state_dir, journaled.restore_id)?;
+            let progress = Progress::from_entries(&read.entries)?;
+            let agents = grpc_agents(&read.inventory)?;
+            let names: Vec<(String, String)> = read
+                .inventory
                 .agents()
                 .iter()
                 .map(|a| (a.name.to_owned(), a.agent.to_owned()))
                 .collect();
-            let status =
-                ops::status(&journaled.restore_id.to_string(), progress, &names, &agents).await;
-            match cli.output {
-                Output::Human => print!("{}", status.render()),
-                Output::Json => emit(&serde_json::to_value(&status)?),
+            let status = ops::status(
+                &journaled.restore_id.to_string(),
+                progress,
+                read.holder,
+                &names,
+                &agents,
+            )
+            .await;
+            match format {
+                Format::Human => print!("{}", status.render()),
+                Format::Json => output::emit(&serde_json::to_value(&status)?),
             }
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Snapshot(cmd) => run_snapshot(cmd, cli.output).await,
+        Cmd::Snapshot(cmd) => run_snapshot(cmd, format).await,
     }
 }
 
-fn open(j: &Journaled) -> anyhow::Result<(Journal, Plan, Inventory, Progress)> {
-    let (journal, plan, inventory, lines) = Journal::open(&j.state_dir, j.restore_id)?;
-    Ok((journal, plan, inventory, Progress::from_lines(&lines)))
+/// Opens a restore's journal to carry it on, holding its lock.
+fn open(
+    j: &Journaled,
+    command: &str,
+    format: Format,
+) -> anyhow::Result<(Journal, Plan, Inventory, Progress)> {
+    let opened = Journal::open(&j.state_dir, j.restore_id, &Holder::me(command))?;
+    if let Some(line) = opened.truncated {
+        Printer(format).note(&format!(
+            "the journal's last line ({line}) was cut short by a crash and was dropped; its step is run again (every step is idempotent)"
+        ));
+    }
+    let progress = Progress::from_entries(&opened.entries).map_err(|e| {
+        anyhow::anyhow!(
+            "restore {}: {}: {e}; nothing was changed",
+            j.restore_id,
+            opened.journal.path().display()
+        )
+    })?;
+    Ok((opened.journal, opened.plan, opened.inventory, progress))
 }
 
-enum Mode {
-    Forward { auto_rollback: bool },
-    Rollback,
-}
-
-/// How a run talks and how long it waits.
-struct Settings {
-    output: Output,
+/// What one run needs besides its journal.
+struct Run<'a> {
+    printer: Printer,
+    probe: EtcdProbe<'a>,
     deadlines: Deadlines,
+    inventory: &'a Inventory,
+    agents: &'a [GrpcAgent],
+    plan: &'a Plan,
 }
 
-async fn drive(
-    settings: Settings,
-    inventory: &Inventory,
-    agents: &[GrpcAgent],
-    plan: &Plan,
-    journal: &mut Journal,
-    progress: &mut Progress,
-    mode: Mode,
-) -> anyhow::Result<ExitCode> {
-    let Settings { output, deadlines } = settings;
-    let printer = Printer(output);
-    let probe = EtcdProbe { inventory };
-    let restore = Restore {
-        inventory,
-        plan,
-        agents,
-        probe: &probe,
-        deadlines,
-        observer: &printer,
-    };
-    let ending = match mode {
-        Mode::Forward { auto_rollback } => {
-            ops::forward(&restore, journal, progress, auto_rollback).await
+impl<'a> Run<'a> {
+    fn new(
+        format: Format,
+        deadlines: Deadlines,
+        inventory: &'a Inventory,
+        agents: &'a [GrpcAgent],
+        plan: &'a Plan,
+    ) -> Self {
+        Self {
+            printer: Printer(format),
+            probe: EtcdProbe { inventory },
+            deadlines,
+            inventory,
+            agents,
+            plan,
         }
-        Mode::Rollback => match restore.rollback(journal, progress).await {
-            Ok(rollback) => {
-                report_rollback(output, journal, &rollback, None)?;
-                return Ok(ExitCode::SUCCESS);
-            }
-            Err(e) => Ending::Stopped {
-                error: e,
-                rollback_error: None,
-            },
-        },
-    };
-    match ending {
-        Ending::Restored(report) => {
-            let path = journal.write_report(&report)?;
-            match output {
-                Output::Human => print_report(&report, &path),
-                Output::Json => emit(
-                    &serde_json::json!({"event": "done", "report": report, "report_path": path}),
-                ),
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Ending::RolledBack { error, rollback } => {
-            report_rollback(output, journal, &rollback, Some(&error))?;
-            Ok(ExitCode::FAILURE)
-        }
-        Ending::PastNoReturn { error } => {
-            let id = plan.restore_id;
-            let advice = format!(
-                "The restore passed VERIFY: every member holds the snapshot's data, verified, and it is not rolled back. Fix what failed, then `quorate resume {id}` completes it (`quorate status {id}` shows where every member stands)."
-            );
-            match output {
-                Output::Human => {
-                    eprintln!("error: {error}");
-                    eprintln!("{advice}");
-                }
-                Output::Json => emit(&serde_json::json!({
-                    "event": "stopped",
-                    "past_point_of_no_return": true,
-                    "error": error.to_string(),
-                    "advice": advice,
-                })),
-            }
-            Ok(ExitCode::from(EXIT_PAST_NO_RETURN))
-        }
-        Ending::Stopped {
-            error,
-            rollback_error,
-        } => {
-            let id = plan.restore_id;
-            let advice = format!(
-                "The members were left as they stand; nothing is deleted (original data dirs are kept at <data-dir>.quorate-{id}). See where every member stands: `quorate status {id}`; then `quorate resume {id}` or `quorate rollback {id}`."
-            );
-            match output {
-                Output::Human => {
-                    eprintln!("error: {error}");
-                    if let Some(r) = &rollback_error {
-                        eprintln!("error: the rollback did not complete: {r}");
-                    }
-                    eprintln!("{advice}");
-                }
-                Output::Json => emit(&serde_json::json!({
-                    "event": "stopped",
-                    "error": error.to_string(),
-                    "rollback_error": rollback_error.as_ref().map(ToString::to_string),
-                    "advice": advice,
-                })),
-            }
-            Ok(ExitCode::FAILURE)
+    }
+
+    fn restore(&self) -> Restore<'_, GrpcAgent, EtcdProbe<'a>> {
+        Restore {
+            inventory: self.inventory,
+            plan: self.plan,
+            agents: self.agents,
+            probe: &self.probe,
+            deadlines: self.deadlines.clone(),
+            observer: &self.printer,
         }
     }
 }
 
-fn report_rollback(
-    output: Output,
-    journal: &Journal,
-    rollback: &RollbackReport,
-    error: Option<&quorate::restore::RestoreError>,
-) -> anyhow::Result<()> {
-    let path = journal.dir().join("rollback.json");
-    quorate::journal::write_atomic(&path, &serde_json::to_vec_pretty(rollback)?)?;
-    match output {
-        Output::Human => {
-            if let Some(e) = error {
-                eprintln!("error: {e}");
-            }
-            println!(
-                "rolled back restore {} in {:.1}s: every member is on its original data (cluster ID {:x}, revision {}, HashKV {:x} on every member)",
-                rollback.restore_id,
-                rollback.total_seconds,
-                rollback.cluster_id,
-                rollback.original.revision,
-                rollback.original.hash
-            );
-            println!("  report: {}", path.display());
-        }
-        Output::Json => emit(&serde_json::json!({
-            "event": "rolled-back",
-            "error": error.map(ToString::to_string),
-            "rollback": rollback,
-            "report_path": path,
-        })),
-    }
-    Ok(())
-}
-
-async fn run_snapshot(cmd: SnapshotCmd, output: Output) -> anyhow::Result<ExitCode> {
+async fn run_snapshot(cmd: SnapshotCmd, format: Format) -> anyhow::Result<ExitCode> {
     use quorate::snapshot_save::{SaveOptions, save};
     use quorate::snapshot_verify::{VerifyOptions, VerifyReport, verify_into};
     match cmd {
@@ -627,14 +404,14 @@ async fn run_snapshot(cmd: SnapshotCmd, output: Output) -> anyhow::Result<ExitCo
             let keep = keep.map(|k| usize::try_from(k).expect("u32 fits in usize"));
             let options = SaveOptions { out, force, keep };
             let progress = |line: &str| {
-                if output == Output::Human {
+                if format == Format::Human {
                     eprintln!("{line}");
                 }
             };
             let report = save(&inventory, &options, &progress).await?;
-            match output {
-                Output::Human => print!("{}", report.render()),
-                Output::Json => emit(&serde_json::json!({"ok": true, "report": report})),
+            match format {
+                Format::Human => print!("{}", report.render()),
+                Format::Json => output::emit(&serde_json::json!({"ok": true, "report": report})),
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -650,10 +427,10 @@ async fn run_snapshot(cmd: SnapshotCmd, output: Output) -> anyhow::Result<ExitCo
             };
             let mut report = VerifyReport::default();
             let result = verify_into(&file, &options, &mut report).await;
-            match (output, result) {
-                (Output::Json, _) => emit(&serde_json::to_value(&report)?),
-                (Output::Human, Ok(())) => print!("{}", report.render()),
-                (Output::Human, Err(e)) => eprintln!("snapshot verify failed: {e}"),
+            match (format, result) {
+                (Format::Json, _) => output::emit(&serde_json::to_value(&report)?),
+                (Format::Human, Ok(())) => print!("{}", report.render()),
+                (Format::Human, Err(e)) => eprintln!("snapshot verify failed: {e}"),
             }
             Ok(if report.ok {
                 ExitCode::SUCCESS
@@ -662,67 +439,6 @@ async fn run_snapshot(cmd: SnapshotCmd, output: Output) -> anyhow::Result<ExitCo
             })
         }
     }
-}
-
-fn print_report(report: &quorate::restore::Report, path: &Path) {
-    println!(
-        "restore {} done in {:.1}s",
-        report.restore_id, report.total_seconds
-    );
-    if let Some(before) = report.before.first() {
-        println!(
-            "  cluster ID {:x} -> {:x}",
-            before.cluster_id, report.after.cluster_id
-        );
-    } else {
-        println!("  cluster ID {:x}", report.after.cluster_id);
-    }
-    let before = report
-        .revision_before
-        .map_or("unknown".to_owned(), |r| r.to_string());
-    println!(
-        "  revision {before} -> {} (snapshot's {} + bump {})  keys {}  HashKV {:x} on every member  token {}",
-        report.after.revision,
-        report
-            .snapshot_revision
-            .map_or("?".to_owned(), |r| r.to_string()),
-        report.revision_bump,
-        report.after.keys,
-        report.after.hash,
-        report.cluster_token
-    );
-    if report.skip_hash_check {
-        println!(
-            "  restored from a snapshot without a sha256 trailer (--skip-hash-check): its integrity was not checked"
-        );
-    }
-    for (m, components) in &report.restarted {
-        println!("  {m}: restarted {components}");
-    }
-    for (m, dir) in &report.preserved_dirs {
-        println!("  {m}: original data kept at {dir}");
-    }
-    let phases: Vec<String> = report
-        .phases
-        .iter()
-        .map(|p| format!("{} {:.2}s", p.phase.name(), p.seconds))
-        .collect();
-    println!("  phases: {}", phases.join(", "));
-    println!("  report: {}", path.display());
-}
-
-/// The error and its causes, each once: messages that already quote their cause are not
-/// followed by it again.
-fn render_error(e: &anyhow::Error) -> String {
-    let mut text = e.to_string();
-    for cause in e.chain().skip(1) {
-        let cause = cause.to_string();
-        if !text.contains(&cause) {
-            text.push_str(": ");
-            text.push_str(&cause);
-        }
-    }
-    text
 }
 
 #[tokio::main]
@@ -737,16 +453,11 @@ async fn main() -> ExitCode {
     #[cfg(feature = "failpoints")]
     let _failpoints = fail::FailScenario::setup();
     let cli = Cli::parse();
-    let output = cli.output;
+    let format = cli.output;
     match run(cli).await {
         Ok(code) => code,
         Err(e) => {
-            match output {
-                Output::Human => eprintln!("error: {}", render_error(&e)),
-                Output::Json => {
-                    emit(&serde_json::json!({"event": "error", "error": render_error(&e)}))
-                }
-            }
+            output::error(format, &e);
             ExitCode::FAILURE
         }
     }

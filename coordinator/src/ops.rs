@@ -6,8 +6,10 @@ use futures::future::join_all;
 use serde::Serialize;
 
 use crate::agent_client::AgentClient;
-use crate::journal::Journal;
-use crate::restore::{ClusterProbe, Phase, Progress, Report, Restore, RestoreError};
+use crate::journal::{Holder, Journal};
+use crate::phases::Phase;
+use crate::progress::Progress;
+use crate::restore::{ClusterProbe, Report, Restore, RestoreError};
 use crate::rollback::RollbackReport;
 
 /// How a run ended.
@@ -23,7 +25,7 @@ pub enum Ending {
     /// A phase failed and rollback was not asked for, or could not complete.
     Stopped {
         error: RestoreError,
-        rollback_error: Option<RestoreError>,
+        rollback_error: Option<String>,
     },
     /// A phase after VERIFY failed: every member holds the verified snapshot data, which is
     /// never thrown away automatically; `resume` completes the restore.
@@ -41,16 +43,22 @@ pub async fn forward<C: AgentClient, P: ClusterProbe>(
         Ok(report) => Ending::Restored(report),
         // The point of no return: once VERIFY has passed, the cluster runs on the restored,
         // verified data, and the apiservers may already serve from it.
-        Err(error) if progress.verified.is_some() => Ending::PastNoReturn { error },
+        Err(error) if progress.past_no_return() => Ending::PastNoReturn { error },
         Err(error) if auto_rollback => {
+            if let Err(refused) = restore.may_roll_back(progress, false) {
+                return Ending::Stopped {
+                    error,
+                    rollback_error: Some(refused.to_string()),
+                };
+            }
             restore
                 .observer
                 .note(&format!("{error}\nrolling back every member"));
-            match restore.rollback(journal, progress).await {
+            match restore.rollback(journal, progress, false).await {
                 Ok(rollback) => Ending::RolledBack { error, rollback },
                 Err(e) => Ending::Stopped {
                     error,
-                    rollback_error: Some(e),
+                    rollback_error: Some(e.to_string()),
                 },
             }
         }
@@ -80,6 +88,8 @@ pub struct MemberStatus {
 pub struct Status {
     pub restore_id: String,
     pub progress: Progress,
+    /// The coordinator driving the restore now, if one is.
+    pub held_by: Option<Holder>,
     pub members: Vec<MemberStatus>,
     pub next: String,
 }
@@ -87,6 +97,7 @@ pub struct Status {
 pub async fn status<C: AgentClient>(
     restore_id: &str,
     progress: Progress,
+    held_by: Option<Holder>,
     names: &[(String, String)],
     agents: &[C],
 ) -> Status {
@@ -124,10 +135,14 @@ pub async fn status<C: AgentClient>(
             },
         })
         .collect();
-    let next = next_step(restore_id, &progress, &members);
+    let mut next = next_step(restore_id, &progress, &members);
+    if let Some(h) = &held_by {
+        next = format!("a coordinator is driving it now ({h}): wait for it; then {next}");
+    }
     Status {
         restore_id: restore_id.to_owned(),
         progress,
+        held_by,
         members,
         next,
     }
@@ -147,7 +162,7 @@ fn next_step(id: &str, p: &Progress, members: &[MemberStatus]) -> String {
         format!("a rollback began and did not finish: run `quorate rollback {id}` again")
     } else if !p.started {
         format!("nothing was changed yet: `quorate rollback {id}` releases the members")
-    } else if p.verified.is_some() {
+    } else if p.past_no_return() {
         let at = p.failed.or(p.begun).map_or("verify", Phase::name);
         format!(
             "passed VERIFY, stopped in phase {at}: every member holds the verified snapshot data; `quorate resume {id}` completes the restore (`quorate rollback {id} --force` would lose what was written since)"
@@ -173,6 +188,9 @@ impl Status {
         let p = &self.progress;
         let mut out = String::new();
         let _ = writeln!(out, "restore {}", self.restore_id);
+        if let Some(h) = &self.held_by {
+            let _ = writeln!(out, "  driven now by {h}");
+        }
         let done: Vec<&str> = p.done.iter().map(|ph| ph.name()).collect();
         let _ = writeln!(
             out,

@@ -1,4 +1,7 @@
-//! The lockstep restore: each phase ends on every member before the next starts.
+//! The phases' actions on the members: the agent calls, in parallel with retries, the stage
+//! (claim and stream), the start in quorum order (used forward by QUORUM and backward by HALT's
+//! undo), the health wait and the verification. The order and the journal are the engine's
+//! (`engine.rs`); what each phase does is the table's (`phases.rs`).
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -6,94 +9,19 @@ use std::time::{Duration, Instant};
 use futures::future::join_all;
 use quorate_proto::model::{ClusterFacts, RestoreId, Step, StepRequest};
 use quorate_proto::tls::TlsFiles;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use crate::agent_client::{AgentClient, CallError, Outcome};
+use crate::agent_client::{AgentClient, Outcome};
+use crate::failure::{Failures, MemberFailure};
 use crate::inventory::Inventory;
-use crate::journal::{Journal, Line};
+use crate::journal::PhaseFacts;
+use crate::phases::{Action, Deadlines, Phase, PhaseDef, Targets};
 use crate::plan::Plan;
+use crate::progress::{PhaseTiming, Progress};
 use crate::verify::{self, Expect, MemberView, Verified};
-
-/// The phases after preflight, in order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Phase {
-    Stage,
-    Fence,
-    Halt,
-    Preserve,
-    Restore,
-    Quorum,
-    Verify,
-    Unfence,
-    Finish,
-}
-
-impl Phase {
-    pub const ALL: [Phase; 9] = [
-        Phase::Stage,
-        Phase::Fence,
-        Phase::Halt,
-        Phase::Preserve,
-        Phase::Restore,
-        Phase::Quorum,
-        Phase::Verify,
-        Phase::Unfence,
-        Phase::Finish,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Phase::Stage => "stage",
-            Phase::Fence => "fence",
-            Phase::Halt => "halt",
-            Phase::Preserve => "preserve",
-            Phase::Restore => "restore",
-            Phase::Quorum => "quorum",
-            Phase::Verify => "verify",
-            Phase::Unfence => "unfence",
-            Phase::Finish => "finish",
-        }
-    }
-}
 
 /// The longest one Health call may take while waiting for members to become healthy.
 const HEALTH_CALL: Duration = Duration::from_secs(5);
-
-/// Per-phase deadlines.
-#[derive(Debug, Clone)]
-pub struct Deadlines {
-    pub call: Duration,
-    pub stop: Duration,
-    pub start: Duration,
-    pub quorum: Duration,
-    /// Bytes per second assumed when scaling the stage and restore deadlines by snapshot size.
-    pub min_throughput: u64,
-}
-
-impl Default for Deadlines {
-    fn default() -> Self {
-        Self {
-            call: Duration::from_secs(30),
-            stop: Duration::from_secs(90),
-            start: Duration::from_secs(120),
-            quorum: Duration::from_secs(120),
-            min_throughput: 20 << 20,
-        }
-    }
-}
-
-impl Deadlines {
-    fn for_size(&self, base: Duration, bytes: u64) -> Duration {
-        base + Duration::from_secs(bytes / self.min_throughput.max(1))
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct PhaseTiming {
-    pub phase: Phase,
-    pub seconds: f64,
-}
 
 /// What the restore did; written as `report.json` in the restore's state dir.
 #[derive(Debug, Clone, Serialize)]
@@ -117,16 +45,18 @@ pub struct Report {
     pub preserved_dirs: Vec<(String, String)>,
 }
 
-/// A restore that stopped in a phase.
+/// A restore (or its rollback) that stopped in a phase.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "restore {restore_id} failed in phase {phase}:\n{}\njournal: {journal}",
-    .failures.iter().map(|(m, e)| format!("  - member {m}: {e}")).collect::<Vec<_>>().join("\n")
+    "restore {restore_id} failed in {}:\n{}\njournal: {journal}",
+    if .phase.starts_with("rollback") { format!("its {}", .phase) } else { format!("phase {}", .phase) },
+    .failures.iter().map(|f| format!("  - {f}")).collect::<Vec<_>>().join("\n")
 )]
 pub struct RestoreError {
     pub restore_id: RestoreId,
-    pub phase: &'static str,
-    pub failures: Vec<(String, String)>,
+    /// The phase (`halt`), or its undo (`rollback:halt`), or `rollback:verify`.
+    pub phase: String,
+    pub failures: Failures,
     pub journal: String,
 }
 
@@ -201,7 +131,76 @@ pub struct Restore<'a, C: AgentClient, P: ClusterProbe> {
     pub observer: &'a dyn Observer,
 }
 
+/// Which way a step goes on an agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Way {
+    Run,
+    Revert,
+}
+
 impl<C: AgentClient, P: ClusterProbe> Restore<'_, C, P> {
+    /// Performs one of the table's actions for phase `def`.
+    pub(crate) async fn act(
+        &self,
+        def: &PhaseDef,
+        action: Action,
+        progress: &Progress,
+    ) -> Result<PhaseFacts, Failures> {
+        let deadline = self.deadlines.of(def.bound, self.plan.snapshot.size);
+        let targets = self.targets(def.targets);
+        let step = || {
+            def.step.ok_or_else(|| {
+                vec![MemberFailure::coordinator(format!(
+                    "phase {} has no agent step for {action:?}",
+                    def.name
+                ))]
+            })
+        };
+        match action {
+            Action::Nothing => Ok(PhaseFacts::None),
+            Action::Run => {
+                self.call_on(&targets, step()?, deadline, Way::Run).await?;
+                Ok(PhaseFacts::None)
+            }
+            Action::RunReportingStarted => {
+                let outcomes = self.call_on(&targets, step()?, deadline, Way::Run).await?;
+                let names: Vec<String> = targets.iter().map(|&i| self.name_of(i)).collect();
+                Ok(PhaseFacts::Unfenced {
+                    restarted: restarted(&names, &outcomes),
+                })
+            }
+            Action::Revert => {
+                self.call_on(&targets, step()?, deadline, Way::Revert)
+                    .await?;
+                Ok(PhaseFacts::None)
+            }
+            Action::Stage => {
+                let snapshot_revision = self.stage(&targets, step()?, deadline).await?;
+                Ok(PhaseFacts::Staged { snapshot_revision })
+            }
+            Action::QuorumOrderRun => {
+                self.start_in_quorum_order(step()?, Way::Run, deadline)
+                    .await?;
+                Ok(PhaseFacts::None)
+            }
+            Action::QuorumOrderRevert => {
+                self.start_in_quorum_order(step()?, Way::Revert, deadline)
+                    .await?;
+                Ok(PhaseFacts::None)
+            }
+            Action::Verify => {
+                let expected =
+                    expected_revision(progress.snapshot_revision, self.plan.revision.bump);
+                let verified = self.verify(expected).await?;
+                Ok(PhaseFacts::Verified { verified })
+            }
+            Action::RollForwardOnly => Err(vec![MemberFailure::coordinator(format!(
+                "phase {} rolls forward only: once begun, the restore can only be completed with `quorate resume {}`",
+                def.name, self.plan.restore_id
+            ))]),
+        }
+    }
+
     fn request(&self, i: usize, step: Step) -> StepRequest {
         // An apiserver host is named by its host name and has no peer URLs.
         let (name, peer_urls) = match self.inventory.members.get(i) {
@@ -224,68 +223,47 @@ impl<C: AgentClient, P: ClusterProbe> Restore<'_, C, P> {
         }
     }
 
-    /// Runs `step` on the members `which`, in parallel; retries retryable errors until `deadline`.
-    async fn step_on(
-        &self,
-        which: &[usize],
-        step: Step,
-        deadline: Duration,
-    ) -> Result<Vec<Outcome>, Vec<(String, String)>> {
-        self.call_on(which, step, deadline, false).await
-    }
-
-    /// Runs or reverts `step` on the members `which`, in parallel, retrying retryable errors
+    /// Runs or reverts `step` on the agents `which`, in parallel, retrying retryable errors
     /// (a dropped connection, an agent restarting) until `deadline`.
     pub(crate) async fn call_on(
         &self,
         which: &[usize],
         step: Step,
         deadline: Duration,
-        revert: bool,
-    ) -> Result<Vec<Outcome>, Vec<(String, String)>> {
+        way: Way,
+    ) -> Result<Vec<Outcome>, Failures> {
         let started = Instant::now();
         let calls = which.iter().map(|&i| async move {
             let mut backoff = Duration::from_millis(250);
             loop {
                 let left = deadline.saturating_sub(started.elapsed());
                 let request = self.request(i, step);
-                let result = if revert {
-                    self.agents[i].revert(request, left).await
-                } else {
-                    self.agents[i].run(request, left).await
+                let result = match way {
+                    Way::Run => self.agents[i].run(request, left).await,
+                    Way::Revert => self.agents[i].revert(request, left).await,
                 };
                 match result {
                     Ok(o) => return Ok(o),
                     Err(e) if e.is_retryable() && started.elapsed() + backoff < deadline => {
-                        tracing::warn!(member = %self.name_of(i), %step, revert, "retrying: {e}");
+                        tracing::warn!(member = %self.name_of(i), %step, ?way, "retrying: {e}");
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(Duration::from_secs(5));
                     }
                     Err(e) => {
-                        let what = if revert {
-                            format!("reverting {step}")
-                        } else {
-                            format!("step {step}")
+                        let what = match way {
+                            Way::Run => format!("step {step}"),
+                            Way::Revert => format!("reverting {step}"),
                         };
-                        return Err((self.name_of(i), step_error(&what, &e)));
+                        return Err(MemberFailure::call(self.name_of(i), &what, &e));
                     }
                 }
             }
         });
-        let results = join_all(calls).await;
-        let failures: Vec<_> = results
-            .iter()
-            .filter_map(|r| r.as_ref().err().cloned())
-            .collect();
-        if failures.is_empty() {
-            Ok(results.into_iter().filter_map(Result::ok).collect())
-        } else {
-            Err(failures)
-        }
+        collect(join_all(calls).await)
     }
 
     /// The etcd members.
-    pub(crate) fn all(&self) -> Vec<usize> {
+    pub(crate) fn members(&self) -> Vec<usize> {
         (0..self.inventory.members.len()).collect()
     }
 
@@ -298,51 +276,57 @@ impl<C: AgentClient, P: ClusterProbe> Restore<'_, C, P> {
         }
     }
 
-    /// The agents a phase's step runs on: every agent for claim, fence, unfence and finish (the
-    /// apiserver hosts too); the etcd members for the rest.
-    pub(crate) fn targets(&self, phase: Phase) -> Vec<usize> {
-        match phase {
-            Phase::Stage | Phase::Fence | Phase::Unfence | Phase::Finish => {
+    /// The agents of `targets`: the etcd members, or the apiserver hosts too.
+    pub(crate) fn targets(&self, targets: Targets) -> Vec<usize> {
+        match targets {
+            Targets::Members => self.members(),
+            Targets::AllAgents => {
                 (0..self.inventory.members.len() + self.inventory.apiservers.len()).collect()
             }
-            _ => self.all(),
         }
     }
 
-    async fn stage(&self) -> Result<Option<i64>, Vec<(String, String)>> {
-        self.step_on(
-            &self.targets(Phase::Stage),
-            Step::Claim,
-            self.deadlines.call,
-        )
-        .await?;
-        let deadline = self
-            .deadlines
-            .for_size(self.deadlines.call, self.plan.snapshot.size);
-        let pushes = self.all().into_iter().map(|i| async move {
+    /// Claims every agent of `targets` with `claim`, then streams the snapshot to every member.
+    /// Returns the snapshot's revision as the agents read it.
+    async fn stage(
+        &self,
+        targets: &[usize],
+        claim: Step,
+        deadline: Duration,
+    ) -> Result<Option<i64>, Failures> {
+        self.call_on(targets, claim, self.deadlines.call, Way::Run)
+            .await?;
+        let pushes = self.members().into_iter().map(|i| async move {
             self.agents[i]
                 .push_snapshot(self.plan.restore_id, &self.plan.snapshot, deadline)
                 .await
-                .map_err(|e| {
-                    (
-                        self.inventory.members[i].name.clone(),
-                        format!("staging the snapshot: {e}"),
-                    )
-                })
+                .map_err(|e| MemberFailure::call(self.name_of(i), "staging the snapshot", &e))
         });
-        let receipts = join_all(pushes).await;
-        let failures: Vec<_> = receipts
-            .iter()
-            .filter_map(|r| r.as_ref().err().cloned())
-            .collect();
-        if !failures.is_empty() {
-            return Err(failures);
+        let receipts = collect(join_all(pushes).await)?;
+        Ok(receipts.first().map(|r| r.revision).filter(|r| *r > 0))
+    }
+
+    /// Starts etcd a majority first: `step` run (or reverted) on the first members of the plan's
+    /// quorum order together, wait for a leader, then on the rest; then waits until every member
+    /// is healthy. Forward this starts the restored members (QUORUM); backward it starts the
+    /// original ones (HALT undone).
+    pub(crate) async fn start_in_quorum_order(
+        &self,
+        step: Step,
+        way: Way,
+        deadline: Duration,
+    ) -> Result<(), Failures> {
+        let first: Vec<usize> = (0..self.plan.quorum_first.len()).collect();
+        let rest: Vec<usize> = (first.len()..self.inventory.members.len()).collect();
+        self.call_on(&first, step, deadline, way).await?;
+        self.wait_healthy(&first, self.deadlines.quorum).await?;
+        self.observer
+            .note(&format!("quorum of {} has a leader", first.len()));
+        if !rest.is_empty() {
+            self.call_on(&rest, step, deadline, way).await?;
         }
-        let revisions: Vec<i64> = receipts
-            .into_iter()
-            .filter_map(|r| r.ok().map(|r| r.revision))
-            .collect();
-        Ok(revisions.first().copied().filter(|r| *r > 0))
+        self.wait_healthy(&self.members(), self.deadlines.quorum)
+            .await
     }
 
     /// Asks the agents of `which` for their etcd's health until every one is healthy. What each
@@ -351,7 +335,7 @@ impl<C: AgentClient, P: ClusterProbe> Restore<'_, C, P> {
         &self,
         which: &[usize],
         deadline: Duration,
-    ) -> Result<(), Vec<(String, String)>> {
+    ) -> Result<(), Failures> {
         let started = Instant::now();
         let mut last: Vec<String> = vec![String::new(); which.len()];
         loop {
@@ -386,8 +370,9 @@ impl<C: AgentClient, P: ClusterProbe> Restore<'_, C, P> {
                 return Err(waiting
                     .into_iter()
                     .map(|(name, why)| {
-                        (
+                        MemberFailure::new(
                             name,
+                            crate::failure::FailureKind::Unhealthy,
                             format!(
                                 "etcd not healthy after {deadline:?}, as its agent sees it from its host: {why}; see the etcd log on that host"
                             ),
@@ -399,27 +384,10 @@ impl<C: AgentClient, P: ClusterProbe> Restore<'_, C, P> {
         }
     }
 
-    async fn quorum(&self) -> Result<(), Vec<(String, String)>> {
-        let first: Vec<usize> = (0..self.plan.quorum_first.len()).collect();
-        let rest: Vec<usize> = (first.len()..self.inventory.members.len()).collect();
-        self.step_on(&first, Step::Start, self.deadlines.start)
-            .await?;
-        self.wait_healthy(&first, self.deadlines.quorum).await?;
-        self.observer
-            .note(&format!("quorum of {} has a leader", first.len()));
-        if !rest.is_empty() {
-            self.step_on(&rest, Step::Start, self.deadlines.start)
-                .await?;
-        }
-        self.wait_healthy(&self.all(), self.deadlines.quorum).await
-    }
-
-    async fn verify(
-        &self,
-        snapshot_revision: Option<i64>,
-    ) -> Result<Verified, Vec<(String, String)>> {
+    /// The restored cluster, verified; retried until the call deadline (members that just joined
+    /// may take a moment to apply the last entries).
+    async fn verify(&self, snapshot_revision: Option<i64>) -> Result<Verified, Failures> {
         let started = Instant::now();
-        // Members that just joined may take a moment to apply the last entries.
         loop {
             match self.probe.verify(snapshot_revision).await {
                 Ok(v) => return Ok(v),
@@ -427,172 +395,32 @@ impl<C: AgentClient, P: ClusterProbe> Restore<'_, C, P> {
                     tracing::debug!("verify not yet: {e}");
                     tokio::time::sleep(Duration::from_millis(250)).await;
                 }
-                Err(e) => return Err(vec![("cluster".into(), e)]),
+                Err(e) => return Err(vec![MemberFailure::cluster(e)]),
             }
         }
     }
+}
 
-    /// Runs the phases not yet done in `progress` (all of them for a new restore), recording
-    /// each transition in the journal first. Stops at the first failing phase.
-    pub async fn run(
-        &self,
-        journal: &mut Journal,
-        progress: &mut Progress,
-    ) -> Result<Report, RestoreError> {
-        let total = Instant::now();
-        let journal_path = journal.dir().join("journal.jsonl").display().to_string();
-        let fail = |phase: &'static str, failures: Vec<(String, String)>| RestoreError {
-            restore_id: self.plan.restore_id,
-            phase,
-            failures,
-            journal: journal_path.clone(),
-        };
-        let io = |phase: &'static str, e: std::io::Error| {
-            fail(
-                phase,
-                vec![("coordinator".into(), format!("writing the journal: {e}"))],
-            )
-        };
-        if !progress.started {
-            progress.before = self.probe.observe().await;
-            let data = serde_json::json!({ "before": progress.before });
-            journal
-                .record_data("preflight", "done", "", Some(data))
-                .map_err(|e| io("preflight", e))?;
-            progress.started = true;
+/// Every result, or every failure.
+fn collect<T>(results: Vec<Result<T, MemberFailure>>) -> Result<Vec<T>, Failures> {
+    let mut ok = Vec::new();
+    let mut failures = Vec::new();
+    for r in results {
+        match r {
+            Ok(t) => ok.push(t),
+            Err(f) => failures.push(f),
         }
-        for (index, phase) in Phase::ALL.into_iter().enumerate() {
-            if progress.done.contains(&phase) {
-                continue;
-            }
-            self.observer.phase_started(phase, index + 1);
-            failpoint(&format!("coordinator::before-{}", phase.name()))
-                .map_err(|e| fail(phase.name(), vec![("coordinator".into(), e)]))?;
-            journal
-                .record(phase.name(), "begin", "")
-                .map_err(|e| io(phase.name(), e))?;
-            progress.begun = Some(phase);
-            let started = Instant::now();
-            let mut data = None;
-            let result = match phase {
-                Phase::Stage => self.stage().await.map(|r| {
-                    progress.snapshot_revision = r;
-                    data = Some(serde_json::json!({ "snapshot_revision": r }));
-                }),
-                Phase::Quorum => self.quorum().await,
-                Phase::Verify => self
-                    .verify(expected_revision(
-                        progress.snapshot_revision,
-                        self.plan.revision.bump,
-                    ))
-                    .await
-                    .map(|v| {
-                        data = Some(serde_json::json!({ "verified": v }));
-                        progress.verified = Some(v);
-                    }),
-                Phase::Unfence => {
-                    let (step, deadline) = self.step_of(phase);
-                    let which = self.targets(phase);
-                    self.step_on(&which, step, deadline).await.map(|outcomes| {
-                        let names: Vec<String> = which.iter().map(|&i| self.name_of(i)).collect();
-                        progress.restarted = restarted(&names, &outcomes);
-                        data = Some(serde_json::json!({ "restarted": progress.restarted }));
-                    })
-                }
-                other => {
-                    let (step, deadline) = self.step_of(other);
-                    self.step_on(&self.targets(other), step, deadline)
-                        .await
-                        .map(drop)
-                }
-            };
-            let result = result.and_then(|()| {
-                failpoint(&format!("coordinator::after-{}", phase.name()))
-                    .map_err(|e| vec![("coordinator".into(), e)])
-            });
-            if let Err(failures) = result {
-                let detail = failures
-                    .iter()
-                    .map(|(m, e)| format!("{m}: {e}"))
-                    .collect::<Vec<_>>()
-                    .join("; ");
-                let _ = journal.record(phase.name(), "failed", &detail);
-                progress.failed = Some(phase);
-                return Err(fail(phase.name(), failures));
-            }
-            journal
-                .record_data(phase.name(), "done", "", data)
-                .map_err(|e| io(phase.name(), e))?;
-            progress.done.push(phase);
-            self.observer.phase_done(phase, started.elapsed());
-            progress.timings.push(PhaseTiming {
-                phase,
-                seconds: started.elapsed().as_secs_f64(),
-            });
-        }
-        Ok(Report {
-            restore_id: self.plan.restore_id,
-            cluster_token: self.plan.cluster_token.clone(),
-            snapshot_sha256: self.plan.snapshot.sha256.clone(),
-            snapshot_revision: progress.snapshot_revision,
-            revision_before: self.plan.revision.live_revision,
-            revision_bump: self.plan.revision.bump,
-            skip_hash_check: self.plan.skip_hash_check,
-            restarted: progress.restarted.clone(),
-            before: progress.before.clone(),
-            after: progress
-                .verified
-                .clone()
-                .expect("the verify phase ran before finish"),
-            phases: progress.timings.clone(),
-            total_seconds: total.elapsed().as_secs_f64(),
-            preserved_dirs: self
-                .plan
-                .members
-                .iter()
-                .map(|m| (m.name.clone(), m.preserved_text(self.plan.restore_id)))
-                .collect(),
-        })
     }
-
-    /// The agent step and deadline of a phase that is one step on every member.
-    pub(crate) fn step_of(&self, phase: Phase) -> (Step, Duration) {
-        let d = &self.deadlines;
-        match phase {
-            Phase::Stage => (Step::Claim, d.call),
-            Phase::Fence => (Step::Fence, d.stop),
-            Phase::Halt => (Step::Halt, d.stop),
-            Phase::Preserve => (Step::Preserve, d.call),
-            Phase::Restore => (Step::Restore, d.for_size(d.start, self.plan.snapshot.size)),
-            Phase::Quorum => (Step::Start, d.start),
-            Phase::Unfence => (Step::Unfence, d.start),
-            Phase::Verify | Phase::Finish => (Step::Finish, d.call),
-        }
+    if failures.is_empty() {
+        Ok(ok)
+    } else {
+        Err(failures)
     }
 }
 
 /// The revision every member must report after the restore: the snapshot's plus the bump.
 fn expected_revision(snapshot: Option<i64>, bump: u64) -> Option<i64> {
     snapshot.map(|r| r.saturating_add(i64::try_from(bump).unwrap_or(i64::MAX)))
-}
-
-/// A restore's persistent state, rebuilt from its journal after a crash.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Progress {
-    pub started: bool,
-    pub before: Vec<MemberView>,
-    pub snapshot_revision: Option<i64>,
-    pub verified: Option<Verified>,
-    pub done: Vec<Phase>,
-    /// The last phase begun (it may have finished on some members only).
-    pub begun: Option<Phase>,
-    pub failed: Option<Phase>,
-    pub rollback_begun: bool,
-    pub rollback_done: bool,
-    pub timings: Vec<PhaseTiming>,
-    /// Per member, the control-plane components restarted after the apiserver came back.
-    #[serde(default)]
-    pub restarted: Vec<(String, String)>,
 }
 
 /// The `restarted` detail of each agent's unfence outcome (`names[i]` answered `outcomes[i]`).
@@ -614,54 +442,6 @@ fn restarted(names: &[String], outcomes: &[Outcome]) -> Vec<(String, String)> {
         .collect()
 }
 
-impl Progress {
-    pub fn from_lines(lines: &[Line]) -> Self {
-        let mut p = Progress::default();
-        for line in lines {
-            let data = line.data.as_ref();
-            if line.phase == "preflight" && line.event == "done" {
-                p.started = true;
-                if let Some(before) = data.and_then(|d| d.get("before")) {
-                    p.before = serde_json::from_value(before.clone()).unwrap_or_default();
-                }
-                continue;
-            }
-            if let Some(rest) = line.phase.strip_prefix("rollback") {
-                p.rollback_begun = true;
-                p.rollback_done |= rest.is_empty() && line.event == "done";
-                continue;
-            }
-            let Some(phase) = Phase::ALL.into_iter().find(|ph| ph.name() == line.phase) else {
-                continue;
-            };
-            match line.event.as_str() {
-                "begin" => p.begun = Some(phase),
-                "failed" => p.failed = Some(phase),
-                "done" => {
-                    if let Some(r) = data.and_then(|d| d.get("snapshot_revision")) {
-                        p.snapshot_revision = r.as_i64();
-                    }
-                    if let Some(r) = data.and_then(|d| d.get("restarted")) {
-                        p.restarted = serde_json::from_value(r.clone()).unwrap_or_default();
-                    }
-                    if let Some(v) = data.and_then(|d| d.get("verified")) {
-                        p.verified = serde_json::from_value(v.clone()).ok();
-                    }
-                    if !p.done.contains(&phase) {
-                        p.done.push(phase);
-                    }
-                }
-                _ => {}
-            }
-        }
-        p
-    }
-
-    pub fn finished(&self) -> bool {
-        self.done.contains(&Phase::Finish)
-    }
-}
-
 /// A named failpoint (cargo feature `failpoints`, configured by `FAILPOINTS`): `return(msg)`
 /// injects an error; `sleep(ms)` holds the coordinator there (tests kill it to simulate a crash);
 /// `panic` aborts it. Release builds contain none.
@@ -674,15 +454,35 @@ pub fn failpoint(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn step_error(what: &str, e: &CallError) -> String {
-    match e {
-        CallError::Timeout(d) => format!(
-            "{what}: no answer within {d:?}; its state is unknown: check the agent, then `quorate status`"
-        ),
-        other => format!("{what}: {other}"),
+/// The restore's report, once every phase is done.
+pub(crate) fn report<C: AgentClient, P: ClusterProbe>(
+    restore: &Restore<'_, C, P>,
+    progress: &Progress,
+    after: Verified,
+    total: Duration,
+) -> Report {
+    let plan = restore.plan;
+    Report {
+        restore_id: plan.restore_id,
+        cluster_token: plan.cluster_token.clone(),
+        snapshot_sha256: plan.snapshot.sha256.clone(),
+        snapshot_revision: progress.snapshot_revision,
+        revision_before: plan.revision.live_revision,
+        revision_bump: plan.revision.bump,
+        skip_hash_check: plan.skip_hash_check,
+        restarted: progress.restarted.clone(),
+        before: progress.before.clone(),
+        after,
+        phases: progress.timings.clone(),
+        total_seconds: total.as_secs_f64(),
+        preserved_dirs: plan
+            .members
+            .iter()
+            .map(|m| (m.name.clone(), m.preserved_text(plan.restore_id)))
+            .collect(),
     }
 }
 
 #[cfg(test)]
 #[path = "restore_tests.rs"]
-mod tests;
+pub(crate) mod tests;

@@ -233,7 +233,7 @@ impl Observer for Quiet {
     fn note(&self, _: &str) {}
 }
 
-fn inventory(n: usize) -> Inventory {
+pub(crate) fn inventory(n: usize) -> Inventory {
     let tls = TlsFiles {
         ca: PathBuf::from("/x/ca.crt"),
         cert: PathBuf::from("/x/c.crt"),
@@ -256,7 +256,7 @@ fn inventory(n: usize) -> Inventory {
     }
 }
 
-fn plan_for(inv: &Inventory) -> plan::Plan {
+pub(crate) fn plan_for(inv: &Inventory) -> plan::Plan {
     let members = inv.members.iter().map(|m| {
         Ok(pb::DescribeResponse {
             member_name: m.name.clone(),
@@ -354,7 +354,13 @@ async fn run_then(
     let plan = plan_for(&inv);
     let agents = fake_agents(&inv, n, world);
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut journal = crate::journal::Journal::create(dir.path(), &plan, &inv).expect("journal");
+    let mut journal = crate::journal::Journal::create(
+        dir.path(),
+        &plan,
+        &inv,
+        &crate::journal::Holder::me("restore"),
+    )
+    .expect("journal");
     let probe = FakeProbe(world);
     let restore = Restore {
         inventory: &inv,
@@ -367,7 +373,7 @@ async fn run_then(
     let mut progress = Progress::default();
     let result = restore.run(&mut journal, &mut progress).await;
     let rolled = if rollback && result.is_err() {
-        Some(restore.rollback(&mut journal, &mut progress).await)
+        Some(restore.rollback(&mut journal, &mut progress, false).await)
     } else {
         None
     };
@@ -414,10 +420,25 @@ async fn phases_run_in_lockstep_and_in_order() {
             .join("journal.jsonl"),
     )
     .expect("journal");
-    assert_eq!(
-        journal.lines().filter(|l| l.contains("\"done\"")).count(),
-        10,
-        "preflight and every phase journaled as done"
+    let entries: Vec<serde_json::Value> = journal
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    let kinds: Vec<&str> = entries
+        .iter()
+        .map(|e| e["entry"].as_str().expect("entry"))
+        .collect();
+    assert_eq!(kinds[0], "preflight");
+    let done: Vec<&str> = entries
+        .iter()
+        .filter(|e| e["entry"] == "done")
+        .map(|e| e["phase"].as_str().expect("phase"))
+        .collect();
+    let all: Vec<&str> = Phase::ALL.iter().map(|p| p.name()).collect();
+    assert_eq!(done, all, "every phase journaled as done, in order");
+    assert!(
+        entries.iter().all(|e| e["v"] == 1),
+        "format version on each line"
     );
 }
 
@@ -447,7 +468,7 @@ async fn the_quorum_waits_on_agent_health_and_names_a_member_without_a_leader() 
     let err = result.expect_err("cp-3 never gets a leader");
     assert_eq!(err.phase, "quorum");
     assert_eq!(err.failures.len(), 1, "{:?}", err.failures);
-    let (member, why) = &err.failures[0];
+    let (member, why) = (&err.failures[0].member, &err.failures[0].message);
     assert_eq!(member, "cp-3");
     assert!(
         why.contains("as its agent sees it from its host")
@@ -475,13 +496,13 @@ async fn an_agent_that_does_not_report_health_is_named_at_the_deadline() {
     let (result, _dir) = run(3, &world, fast()).await;
     let err = result.expect_err("cp-1's agent is down");
     assert_eq!(err.phase, "quorum");
-    assert_eq!(err.failures[0].0, "cp-1");
+    assert_eq!(err.failures[0].member, "cp-1");
     assert!(
         err.failures[0]
-            .1
+            .message
             .contains("its agent did not report health: unreachable: connection refused"),
         "{}",
-        err.failures[0].1
+        err.failures[0].message
     );
 }
 
@@ -537,7 +558,7 @@ async fn a_failing_member_stops_the_restore_in_that_phase_naming_it() {
     let err = result.expect_err("halt fails on cp-2");
     assert_eq!(err.phase, "halt");
     assert_eq!(err.failures.len(), 1);
-    assert_eq!(err.failures[0].0, "cp-2");
+    assert_eq!(err.failures[0].member, "cp-2");
     assert!(err.to_string().contains("halt broke"), "{err}");
     let steps: Vec<Step> = world
         .log
@@ -560,11 +581,11 @@ async fn a_member_that_does_not_answer_is_reported_unknown_at_the_deadline() {
     let (result, _dir) = run(3, &world, fast()).await;
     let err = result.expect_err("fence hangs on cp-3");
     assert_eq!(err.phase, "fence");
-    assert_eq!(err.failures[0].0, "cp-3");
+    assert_eq!(err.failures[0].member, "cp-3");
     assert!(
-        err.failures[0].1.contains("state is unknown"),
+        err.failures[0].message.contains("state is unknown"),
         "{}",
-        err.failures[0].1
+        err.failures[0].message
     );
     assert!(
         started.elapsed() < Duration::from_secs(5),
@@ -679,23 +700,35 @@ async fn a_rollback_unfences_the_apiserver_hosts_after_the_original_etcd_is_back
 
 #[test]
 fn progress_from_the_journal_names_the_last_phase_begun_even_when_it_failed() {
-    let line = |phase: &str, event: &str| crate::journal::Line {
-        at_ms: 0,
-        phase: phase.into(),
-        event: event.into(),
-        detail: String::new(),
-        data: None,
-    };
-    let lines = vec![
-        line("preflight", "done"),
-        line("stage", "begin"),
-        line("stage", "done"),
-        line("restore", "begin"),
-        line("restore", "failed"),
-        line("rollback", "begin"),
-        line("rollback:restore", "failed"),
+    use crate::journal::{Entry, PhaseFacts};
+    let entries = vec![
+        Entry::Preflight { before: vec![] },
+        Entry::Begin {
+            phase: Phase::Stage,
+        },
+        Entry::Done {
+            phase: Phase::Stage,
+            facts: PhaseFacts::Staged {
+                snapshot_revision: Some(42),
+            },
+        },
+        Entry::Begin {
+            phase: Phase::Restore,
+        },
+        Entry::Failed {
+            phase: Phase::Restore,
+            failures: vec![],
+        },
+        Entry::RollbackBegin { forced: false },
+        Entry::RevertBegin {
+            phase: Phase::Restore,
+        },
+        Entry::RevertFailed {
+            phase: Phase::Restore,
+            failures: vec![],
+        },
     ];
-    let p = Progress::from_lines(&lines);
+    let p = Progress::from_entries(&entries).expect("consistent");
     assert!(p.started);
     assert_eq!(
         p.begun,
@@ -704,7 +737,45 @@ fn progress_from_the_journal_names_the_last_phase_begun_even_when_it_failed() {
     );
     assert_eq!(p.failed, Some(Phase::Restore));
     assert_eq!(p.done, vec![Phase::Stage]);
+    assert_eq!(p.snapshot_revision, Some(42));
     assert!(p.rollback_begun && !p.rollback_done);
+    assert_eq!(
+        p.to_undo(),
+        vec![
+            Phase::Restore,
+            Phase::Preserve,
+            Phase::Halt,
+            Phase::Fence,
+            Phase::Stage
+        ],
+        "phases a rollback undoes, newest first: every one up to the last begun"
+    );
+}
+
+#[test]
+fn a_journal_whose_entries_contradict_each_other_is_refused() {
+    use crate::journal::{Entry, PhaseFacts};
+    let done_not_begun = vec![
+        Entry::Preflight { before: vec![] },
+        Entry::Done {
+            phase: Phase::Halt,
+            facts: PhaseFacts::None,
+        },
+    ];
+    let err = Progress::from_entries(&done_not_begun).expect_err("inconsistent");
+    assert_eq!(err.entry, 2);
+    let verify_without_facts = vec![
+        Entry::Preflight { before: vec![] },
+        Entry::Begin {
+            phase: Phase::Verify,
+        },
+        Entry::Done {
+            phase: Phase::Verify,
+            facts: PhaseFacts::None,
+        },
+    ];
+    let err = Progress::from_entries(&verify_without_facts).expect_err("no verified cluster");
+    assert!(err.to_string().contains("verify done without"), "{err}");
 }
 
 /// `quorate restore` with automatic rollback, as the CLI runs it: how it ended.
@@ -713,7 +784,13 @@ async fn forward(n: usize, world: &World) -> crate::ops::Ending {
     let plan = plan_for(&inv);
     let agents = fake_agents(&inv, n, world);
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut journal = crate::journal::Journal::create(dir.path(), &plan, &inv).expect("journal");
+    let mut journal = crate::journal::Journal::create(
+        dir.path(),
+        &plan,
+        &inv,
+        &crate::journal::Holder::me("restore"),
+    )
+    .expect("journal");
     let probe = FakeProbe(world);
     let restore = Restore {
         inventory: &inv,
@@ -759,4 +836,106 @@ async fn before_verify_a_failure_is_rolled_back() {
         reverted.iter().any(|(_, s)| *s == Step::Halt),
         "HALT was reverted (the original etcd started): {reverted:?}"
     );
+}
+
+#[tokio::test]
+async fn a_failure_in_phase_k_reverts_phases_k_to_1_newest_first_each_on_every_member() {
+    use crate::phases::TABLE;
+    for def in TABLE.iter().take_while(|d| d.phase != Phase::Verify) {
+        let step = def.step.expect("a phase before verify runs a step");
+        let mut world = World::default();
+        world.script.insert((1, step), Behaviour::Fail);
+        let (result, rolled, _dir) = run_then(3, 0, &world, fast(), true).await;
+        let err = result.expect_err("the scripted failure");
+        assert_eq!(err.phase, def.name);
+        let report = rolled.expect("rolled back").expect("rollback");
+        let reverted_phases: Vec<Phase> = report.reverted.iter().map(|t| t.phase).collect();
+        let expected: Vec<Phase> = Phase::ALL[..=def.phase.index()]
+            .iter()
+            .rev()
+            .copied()
+            .collect();
+        assert_eq!(reverted_phases, expected, "failure in {}", def.name);
+        // Each phase's step reverted on every member before the next older one began.
+        let reverted = world.reverted.lock().expect("lock").clone();
+        let order: Vec<Step> = reverted.iter().map(|(_, s)| *s).collect();
+        let mut phases_of: Vec<Step> = order.clone();
+        phases_of.dedup();
+        let expected_steps: Vec<Step> = expected.iter().filter_map(|p| p.def().step).collect();
+        assert_eq!(phases_of, expected_steps, "failure in {}", def.name);
+        for s in expected_steps {
+            let on: Vec<usize> = reverted
+                .iter()
+                .filter(|(_, r)| *r == s)
+                .map(|(i, _)| *i)
+                .collect();
+            assert_eq!(on.len(), 3, "{s} reverted on every member: {on:?}");
+        }
+        // The original etcd came back a majority first.
+        if def.phase >= Phase::Halt {
+            let timeline = world.timeline.lock().expect("lock").clone();
+            let starts: Vec<&String> = timeline
+                .iter()
+                .filter(|t| t.ends_with("revert halt"))
+                .collect();
+            assert_eq!(
+                starts.iter().map(|t| t.as_str()).collect::<Vec<_>>()[2],
+                "cp-3 revert halt",
+                "the third member started last, after the majority: {timeline:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_rollback_is_refused_once_finish_began_and_after_verify_unless_forced() {
+    let mut world = World::default();
+    world.script.insert((1, Step::Finish), Behaviour::Fail);
+    let inv = inventory(3);
+    let plan = plan_for(&inv);
+    let agents = fake_agents(&inv, 3, &world);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut journal = crate::journal::Journal::create(
+        dir.path(),
+        &plan,
+        &inv,
+        &crate::journal::Holder::me("restore"),
+    )
+    .expect("journal");
+    let probe = FakeProbe(&world);
+    let restore = Restore {
+        inventory: &inv,
+        plan: &plan,
+        agents: &agents,
+        probe: &probe,
+        deadlines: fast(),
+        observer: &Quiet,
+    };
+    let mut progress = Progress::default();
+    let err = restore
+        .run(&mut journal, &mut progress)
+        .await
+        .expect_err("finish fails on cp-2");
+    assert_eq!(err.phase, "finish");
+    assert!(progress.past_no_return());
+    let refused = restore
+        .may_roll_back(&progress, true)
+        .expect_err("finish rolls forward only, even forced");
+    assert!(
+        matches!(
+            refused,
+            crate::engine::RollbackRefused::ForwardOnly {
+                phase: Phase::Finish,
+                ..
+            }
+        ),
+        "{refused}"
+    );
+    // Past VERIFY but before FINISH: refused unless forced.
+    progress.begun = Some(Phase::Unfence);
+    let refused = restore
+        .may_roll_back(&progress, false)
+        .expect_err("past VERIFY");
+    assert!(refused.to_string().contains("--force"), "{refused}");
+    restore.may_roll_back(&progress, true).expect("forced");
 }

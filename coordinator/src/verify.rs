@@ -61,7 +61,7 @@ pub async fn view(name: &str, url: &str, tls: Option<&TlsFiles>) -> anyhow::Resu
 }
 
 /// The verified state of the restored cluster.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Verified {
     pub cluster_id: u64,
     pub members: Vec<MemberView>,

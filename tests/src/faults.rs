@@ -154,22 +154,47 @@ pub async fn wait_journal(
     phase: &str,
     event: &str,
 ) -> anyhow::Result<String> {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let needle = format!("\"phase\":\"{phase}\",\"event\":\"{event}\"");
+    wait_journal_for(lab, known, phase, event, Duration::from_secs(120)).await
+}
+
+/// Waits up to `patience` until the coordinator's journal of the newest restore records `phase`
+/// (`halt`, or `rollback:halt` for its undo) `event` (`begin`, `done`, `failed`); returns the
+/// restore id.
+pub async fn wait_journal_for(
+    lab: &Lab,
+    known: usize,
+    phase: &str,
+    event: &str,
+    patience: Duration,
+) -> anyhow::Result<String> {
+    let deadline = Instant::now() + patience;
     loop {
         let ids = restore_ids(lab);
         if ids.len() > known {
             let id = ids.last().expect("one id").clone();
             let journal = state_dir(lab).join(&id).join("journal.jsonl");
-            if std::fs::read_to_string(&journal).is_ok_and(|t| t.contains(&needle)) {
+            let text = std::fs::read_to_string(&journal).unwrap_or_default();
+            if text.lines().any(|l| journal_line_is(l, phase, event)) {
                 return Ok(id);
             }
         }
         if Instant::now() > deadline {
-            bail!("the journal never recorded {phase} {event}");
+            bail!("the journal did not record {phase} {event} within {patience:?}");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// One line of the coordinator's journal records `phase` `event` (see [`wait_journal_for`]).
+pub fn journal_line_is(line: &str, phase: &str, event: &str) -> bool {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+        return false;
+    };
+    let (entry, phase) = match phase.strip_prefix("rollback:") {
+        Some(undone) => (format!("revert-{event}"), undone),
+        None => (event.to_owned(), phase),
+    };
+    v["entry"] == entry.as_str() && v["phase"] == phase
 }
 
 /// Waits until host `i`'s agent journal for restore `id` shows `step` in `state`.

@@ -120,22 +120,9 @@ pub async fn wait_journal_for(
     event: &str,
     patience: Duration,
 ) -> anyhow::Result<()> {
-    let deadline = Instant::now() + patience;
-    let needle = format!("\"phase\":\"{phase}\",\"event\":\"{event}\"");
-    loop {
-        let ids = faults::restore_ids(lab);
-        if ids.len() > known {
-            let id = ids.last().expect("one id");
-            let journal = faults::state_dir(lab).join(id).join("journal.jsonl");
-            if fs::read_to_string(&journal).is_ok_and(|t| t.contains(&needle)) {
-                return Ok(());
-            }
-        }
-        if Instant::now() > deadline {
-            bail!("the journal did not record {phase} {event} within {patience:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    faults::wait_journal_for(lab, known, phase, event, patience)
+        .await
+        .map(drop)
 }
 
 /// Host `i`'s agent journal of the restore it knows (the lab runs one restore at a time).

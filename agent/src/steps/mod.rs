@@ -203,9 +203,11 @@ fn release(ctx: &mut Ctx<'_>) -> Result<Done> {
         state.clear_active()?;
     }
     let mut message = format!("{} is no longer claimed by restore {id}", ctx.name);
+    // The staged copy holds every Secret of the cluster: it goes when the restore ends here,
+    // finished or rolled back.
+    snapshot::remove_staged(state, id)?;
+    message.push_str("; the staged snapshot copy is deleted");
     if ctx.req.step == Step::Finish {
-        snapshot::remove_staged(state, id)?;
-        message.push_str("; the staged snapshot copy is deleted");
         for spot in spots(&ctx.journal, id) {
             message.push_str(&format!(
                 "; the original {} is kept at {}",
