@@ -85,9 +85,7 @@ async fn new_restore_id(s: &Setup, known: usize) -> anyhow::Result<String> {
 
 /// Waits until host `i`'s agent journal of restore `id` shows `step` in `state`.
 async fn wait_step(s: &Setup, i: usize, id: &str, step: &str, state: &str) -> anyhow::Result<()> {
-    let file = s.lab.hosts()[i].path(&format!(
-        "var/lib/quorate-agent/restores/{id}/journal.json"
-    ));
+    let file = s.lab.hosts()[i].path(&format!("var/lib/quorate-agent/restores/{id}/journal.json"));
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         if step_state(&file, step).as_deref() == Some(state) {
@@ -142,9 +140,8 @@ async fn crash_mid_phase(s: &mut Setup, c: &MidPhase) -> String {
     }
     matrix::crash(child);
     // The crash came inside the phase: the held member had not finished its step.
-    let file = s.lab.hosts()[c.held].path(&format!(
-        "var/lib/quorate-agent/restores/{id}/journal.json"
-    ));
+    let file =
+        s.lab.hosts()[c.held].path(&format!("var/lib/quorate-agent/restores/{id}/journal.json"));
     assert_eq!(
         step_state(&file, c.step).as_deref(),
         Some("running"),
@@ -216,12 +213,7 @@ async fn finish_failing_on_one_member_or_interrupted_stops_past_the_point_of_no_
 
     let case = "cp-2's agent fails FINISH";
     let original = matrix::fresh_original(&s).await;
-    matrix::restart_agent(
-        &mut s.lab,
-        1,
-        Some("agent::before-finish=return(injected)"),
-    )
-    .await;
+    matrix::restart_agent(&mut s.lab, 1, Some("agent::before-finish=return(injected)")).await;
     let out = faults::spawn_restore(&s.lab, &s.snapshot, "")
         .expect("quorate")
         .wait_with_output()
@@ -259,7 +251,10 @@ async fn finish_failing_on_one_member_or_interrupted_stops_past_the_point_of_no_
     let (ok, text) = faults::quorate_on(&s.lab, "resume", &id).expect("resume");
     assert!(ok, "{case}: resume finishes it: {text}");
     let (ok, status) = faults::quorate_on(&s.lab, "status", &id).expect("status");
-    assert!(ok && status.contains("finished"), "{case}: status: {status}");
+    assert!(
+        ok && status.contains("finished"),
+        "{case}: status: {status}"
+    );
     matrix::assert_restored(&s, &original, case).await;
     eprintln!("{case}: stopped with exit code 3, resumed to the end");
 
@@ -287,7 +282,10 @@ async fn finish_failing_on_one_member_or_interrupted_stops_past_the_point_of_no_
     let (ok, text) = faults::quorate_on(&s.lab, "resume", &id).expect("resume");
     assert!(ok, "{case}: resume finishes it: {text}");
     let (ok, status) = faults::quorate_on(&s.lab, "status", &id).expect("status");
-    assert!(ok && status.contains("finished"), "{case}: status: {status}");
+    assert!(
+        ok && status.contains("finished"),
+        "{case}: status: {status}"
+    );
     matrix::assert_restored(&s, &original, case).await;
     eprintln!("{case}: rollback refused, resumed to the end");
 }
@@ -324,7 +322,10 @@ async fn an_apiserver_that_will_not_start_after_verify_leaves_the_data_restored_
     assert!(text.contains("\n[apiserver]\n"), "{text}");
     std::fs::write(
         &config,
-        text.replace("\n[apiserver]\n", "\n[apiserver]\nstart_timeout = \"15s\"\n"),
+        text.replace(
+            "\n[apiserver]\n",
+            "\n[apiserver]\nstart_timeout = \"15s\"\n",
+        ),
     )
     .expect("agent config");
     matrix::restart_agent(&mut s.lab, 1, None).await;
@@ -386,7 +387,10 @@ async fn an_apiserver_that_will_not_start_after_verify_leaves_the_data_restored_
     let (ok, text) = faults::quorate_on(&s.lab, "resume", &id).expect("resume");
     assert!(ok, "{case}: resume finishes it: {text}");
     let (ok, status) = faults::quorate_on(&s.lab, "status", &id).expect("status");
-    assert!(ok && status.contains("finished"), "{case}: status: {status}");
+    assert!(
+        ok && status.contains("finished"),
+        "{case}: status: {status}"
+    );
     matrix::assert_restored(&s, &original, case).await;
     eprintln!("{case}: stopped after {took:.1?} with exit code 3, data kept, resumed to the end");
 }

@@ -70,7 +70,10 @@ async fn a_torn_journal_line_is_carried_on_and_a_corrupt_one_refuses_resume_chan
         "{case}: resume journaled the rest of the restore ({lines_before} lines, then {lines_after})"
     );
     let (ok, status) = faults::quorate_on(&s.lab, "status", &id).expect("status");
-    assert!(ok && status.contains("finished"), "{case}: status: {status}");
+    assert!(
+        ok && status.contains("finished"),
+        "{case}: status: {status}"
+    );
     eprintln!("{case}: resumed to the end in {:.1?}", started.elapsed());
 
     let case = "crash after halt, a journal line in the middle damaged";
@@ -81,7 +84,10 @@ async fn a_torn_journal_line_is_carried_on_and_a_corrupt_one_refuses_resume_chan
     let members_before = matrix::member_steps(&s.lab, &id).expect("status before");
     let good = std::fs::read_to_string(&path).expect("journal");
     let lines: Vec<&str> = good.lines().collect();
-    assert!(lines.len() >= 3, "{case}: a journal of several lines: {good}");
+    assert!(
+        lines.len() >= 3,
+        "{case}: a journal of several lines: {good}"
+    );
     let n = lines.len() / 2; // 1-based: a line with lines after it
     let damaged: Vec<String> = lines
         .iter()
@@ -137,9 +143,7 @@ async fn a_torn_journal_line_is_carried_on_and_a_corrupt_one_refuses_resume_chan
 async fn wait_all_done(s: &Setup, id: &str, step: &str) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(120);
     for host in s.lab.hosts() {
-        let file = host.path(&format!(
-            "var/lib/quorate-agent/restores/{id}/journal.json"
-        ));
+        let file = host.path(&format!("var/lib/quorate-agent/restores/{id}/journal.json"));
         loop {
             let state = std::fs::read_to_string(&file)
                 .ok()
