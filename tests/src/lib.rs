@@ -12,6 +12,7 @@ pub mod kubelet;
 pub mod lab;
 pub mod layout;
 pub mod load;
+pub mod matrix;
 pub mod pki;
 pub mod procs;
 pub mod realfaults;
