@@ -284,7 +284,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let restore = run.restore();
             match restore.may_roll_back(&progress, force) {
                 Ok(()) => {}
-                Err(refused @ RollbackRefused::PastNoReturn { .. }) => {
+                Err(
+                    refused @ (RollbackRefused::PastNoReturn { .. }
+                    | RollbackRefused::ForwardOnly { .. }),
+                ) => {
                     output::error(format, &refused.into());
                     return Ok(ExitCode::from(exit::PAST_NO_RETURN));
                 }
