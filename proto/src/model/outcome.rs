@@ -296,7 +296,9 @@ impl From<StepOutcome> for pb::Outcome {
             ok: o.ok,
             message: o.message,
             replayed: o.replayed,
-            code: d.code.map_or(pb::ErrorCode::Unspecified, pb::ErrorCode::from) as i32,
+            code: d
+                .code
+                .map_or(pb::ErrorCode::Unspecified, pb::ErrorCode::from) as i32,
             revision: d.revision,
             preserved: d.preserved.into_iter().map(Into::into).collect(),
             set_aside: d.set_aside.into_iter().map(Into::into).collect(),
@@ -372,7 +374,10 @@ mod tests {
                 "not an absolute path",
                 Box::new(|o| o.set_aside[0].path = "etcd.failed".into()),
             ),
-            ("empty component", Box::new(|o| o.started.push(String::new()))),
+            (
+                "empty component",
+                Box::new(|o| o.started.push(String::new())),
+            ),
             (
                 "has no name",
                 Box::new(|o| o.not_started[0].component.clear()),
@@ -400,8 +405,8 @@ mod tests {
                 "not_started": [{"component": "kube-scheduler", "message": "not up after 60s"}],
             })
         );
-        let failed = serde_json::to_value(OutcomeDetails::failed(ErrorCode::ToolMissing))
-            .expect("json");
+        let failed =
+            serde_json::to_value(OutcomeDetails::failed(ErrorCode::ToolMissing)).expect("json");
         assert_eq!(failed, serde_json::json!({"code": "tool-missing"}));
         assert_eq!(
             serde_json::from_value::<OutcomeDetails>(serde_json::json!({})).expect("empty"),
