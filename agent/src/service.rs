@@ -305,3 +305,43 @@ impl pb::agent_server::Agent for AgentService {
 pub fn active_restore(service: &AgentService) -> Option<RestoreId> {
     service.engine.state.active().ok().flatten()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::runtime::UnitSource;
+
+    #[test]
+    fn controllers_are_found_the_way_the_apiserver_is() {
+        let pod = Definition::StaticPod {
+            manifest: "/etc/kubernetes/manifests/kube-apiserver.yaml".into(),
+        };
+        assert_eq!(
+            controller_definitions(&pod),
+            CONTROLLERS.map(|c| (
+                c.to_owned(),
+                Definition::StaticPod {
+                    manifest: PathBuf::from(format!("/etc/kubernetes/manifests/{c}.yaml")),
+                }
+            ))
+        );
+        let unit = Definition::Systemd {
+            unit: "kube-apiserver.service".into(),
+            units: UnitSource::Root("/srv/host1".into()),
+            systemctl: "/usr/bin/systemctl".into(),
+        };
+        assert_eq!(
+            controller_definitions(&unit),
+            CONTROLLERS.map(|c| (
+                c.to_owned(),
+                Definition::Systemd {
+                    unit: format!("{c}.service"),
+                    units: UnitSource::Root("/srv/host1".into()),
+                    systemctl: "/usr/bin/systemctl".into(),
+                }
+            ))
+        );
+    }
+}

@@ -55,7 +55,7 @@ pub fn unit_exists(source: &UnitSource, name: &str, systemctl: Option<&Path>) ->
     {
         return !matches!(shown.load_state.as_str(), "not-found" | "masked");
     }
-    super::unit_specifiers::UnitName::parse(name).is_some_and(|n| source.resolve(&n).is_ok())
+    UnitName::parse(name).is_some_and(|n| source.resolve(&n).is_ok())
 }
 
 /// Runs `systemctl show`; `None` (with a warning) when it cannot answer.
