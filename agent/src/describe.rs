@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use quorate_proto::model::RestoreId;
+use quorate_proto::model::{RestoreId, active_step_fields};
 use quorate_proto::{etcd_db, pb};
 
 use crate::engine::Engine;
@@ -174,15 +174,16 @@ fn recorded_membership(data_dir: &Path) -> pb::DescribeResponse {
     facts
 }
 
-/// The last step of the unfinished restore `active`, and its state.
-fn active_step(engine: &Engine, active: Option<RestoreId>) -> Result<(String, String)> {
+/// The last step of the unfinished restore `active` and its state, as the contract's
+/// `active_step` and `active_step_state`.
+fn active_step(engine: &Engine, active: Option<RestoreId>) -> Result<(i32, i32)> {
     let Some(journal) = active.map(|id| engine.state.load(id)).transpose()? else {
-        return Ok(Default::default());
+        return Ok((0, 0));
     };
-    Ok(journal.last.map_or_else(Default::default, |step| {
-        let state = journal.state(step).map(|s| s.name().to_owned());
-        (step.to_string(), state.unwrap_or_default())
-    }))
+    let last = journal
+        .last
+        .and_then(|step| journal.state(step).map(|state| (step, state)));
+    Ok(active_step_fields(last))
 }
 
 /// How `/readyz` is checked, or why it cannot be (both empty without a kube-apiserver).

@@ -5,10 +5,9 @@
 //! intent is journaled, the step acts, the result is journaled; a failure here is an outcome with
 //! `ok = false` and is recorded as `failed`).
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use quorate_proto::model::{RestoreId, Step, StepRequest};
+use quorate_proto::model::{OutcomeDetails, RestoreId, Step, StepOutcome, StepRequest};
 
 use crate::error::{AgentError, Result};
 use crate::journal::{Journal, Op, StateDir, StepState};
@@ -18,24 +17,7 @@ use crate::steps;
 use crate::tool::RestoreTool;
 
 /// The outcome of a step, as reported to the coordinator.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Outcome {
-    pub ok: bool,
-    pub message: String,
-    pub replayed: bool,
-    pub details: BTreeMap<String, String>,
-}
-
-impl From<Outcome> for quorate_proto::pb::Outcome {
-    fn from(o: Outcome) -> Self {
-        Self {
-            ok: o.ok,
-            message: o.message,
-            replayed: o.replayed,
-            details: o.details.into_iter().collect(),
-        }
-    }
-}
+pub type Outcome = StepOutcome;
 
 /// Everything the agent acts on: its state dir, the runtimes and the restore tool.
 pub struct Engine {
@@ -46,9 +28,19 @@ pub struct Engine {
     /// every etcd step.
     pub etcd: Option<Box<dyn Runtime>>,
     pub apiserver: Option<Box<dyn Runtime>>,
+    /// kube-controller-manager and kube-scheduler, stopped with the kube-apiserver and started
+    /// after it is ready, each where present; none without a kube-apiserver.
+    pub controllers: Vec<Controller>,
     pub tool: Box<dyn RestoreTool>,
     /// The name an apiserver-only host answers to (the inventory's `[[apiserver]]` name).
     pub host_name: String,
+}
+
+/// A control-plane component stopped and started with the kube-apiserver.
+pub struct Controller {
+    /// "kube-controller-manager", "kube-scheduler": its key in the journal and in outcomes.
+    pub name: String,
+    pub runtime: Box<dyn Runtime>,
 }
 
 /// A checked request, ready to act.
@@ -170,10 +162,9 @@ impl Engine {
             };
             if finished {
                 return Ok(Prepared::Answer(Outcome {
-                    ok: true,
-                    message: rec.message.clone(),
                     replayed: true,
                     details: rec.details.clone(),
+                    ..Outcome::ok(rec.message.clone())
                 }));
             }
         }
@@ -200,12 +191,9 @@ impl Engine {
             _ => {}
         }
         if op == Op::Revert && !journal.steps.contains_key(&step) {
-            return Ok(Prepared::Answer(Outcome {
-                ok: true,
-                message: format!("nothing to revert: {step} never ran on {name} for restore {id}"),
-                replayed: false,
-                details: BTreeMap::new(),
-            }));
+            return Ok(Prepared::Answer(Outcome::ok(format!(
+                "nothing to revert: {step} never ran on {name} for restore {id}"
+            ))));
         }
         let data_dir = member
             .as_ref()
@@ -247,7 +235,7 @@ impl Engine {
             op,
             intent,
             format!("{verb} {}", req.step),
-            Some(BTreeMap::new()),
+            Some(OutcomeDetails::default()),
         );
         if let Err(e) = self.state.save(&journal) {
             return failed(&e, "journaling the intent failed; nothing was done");
@@ -273,8 +261,7 @@ impl Engine {
             Ok(done_) => (done, done_.message, done_.details),
             Err(e) => {
                 tracing::warn!(step = %req.step, ?op, "step failed: {e}");
-                let mut details = BTreeMap::new();
-                details.insert("code".into(), format!("{:?}", e.code()));
+                let details = OutcomeDetails::failed(e.error_code());
                 (StepState::Failed, e.to_string(), details)
             }
         };
@@ -304,14 +291,7 @@ fn failpoint(name: &str) -> Result<()> {
 }
 
 fn failed(e: &AgentError, context: &str) -> Outcome {
-    let mut details = BTreeMap::new();
-    details.insert("code".into(), format!("{:?}", e.code()));
-    Outcome {
-        ok: false,
-        message: format!("{context}: {e}"),
-        replayed: false,
-        details,
-    }
+    Outcome::failed(e.error_code(), format!("{context}: {e}"))
 }
 
 /// The coordinator's idea of this member must match the manifest: a restore with the wrong name

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use quorate_proto::model::{ModelError, RestoreId};
+use quorate_proto::model::{ErrorCode, ModelError, RestoreId};
 
 /// Everything that can go wrong on this member. Each message says what failed and what to do.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +56,22 @@ impl AgentError {
             what: what.into(),
             path: path.to_owned(),
             source,
+        }
+    }
+
+    /// The contract's code for this error, reported in a failed step's outcome.
+    pub fn error_code(&self) -> ErrorCode {
+        match self {
+            AgentError::InvalidRequest(_) => ErrorCode::InvalidRequest,
+            AgentError::LockedByOther { .. } => ErrorCode::Locked,
+            AgentError::Precondition(_) => ErrorCode::Precondition,
+            AgentError::Corrupt(_) => ErrorCode::Corrupt,
+            AgentError::ToolMissing(_) => ErrorCode::ToolMissing,
+            AgentError::CommandFailed(_) => ErrorCode::CommandFailed,
+            AgentError::Timeout(_) => ErrorCode::Timeout,
+            AgentError::Aborted(_) => ErrorCode::Aborted,
+            AgentError::Injected(_) => ErrorCode::Injected,
+            AgentError::Io { .. } => ErrorCode::Io,
         }
     }
 

@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use quorate_proto::model::{RestoreId, Step};
+use quorate_proto::model::{
+    ComponentFailure, DirRole, ErrorCode, EtcdDir, OutcomeDetails, RestoreId, Step,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{AgentError, Result};
@@ -21,39 +23,98 @@ pub enum Op {
     Revert,
 }
 
-/// Where a step stands on this member. `Running`/`Reverting` are journaled before acting: seen
-/// after a restart, they mean "may have partly happened; look before acting again".
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum StepState {
-    Running,
-    Done,
-    Reverting,
-    Reverted,
-    Failed,
-}
-
-impl StepState {
-    pub fn name(self) -> &'static str {
-        match self {
-            StepState::Running => "running",
-            StepState::Done => "done",
-            StepState::Reverting => "reverting",
-            StepState::Reverted => "reverted",
-            StepState::Failed => "failed",
-        }
-    }
-}
+/// Where a step stands on this member (the contract's type, so Describe reports it as journaled).
+pub use quorate_proto::model::StepState;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StepRecord {
     pub op: Op,
     pub state: StepState,
     pub message: String,
-    #[serde(default)]
-    pub details: BTreeMap<String, String>,
+    /// The outcome's typed facts. Journals written before they were typed hold a string map,
+    /// read once through [`legacy_details`].
+    #[serde(default, deserialize_with = "details")]
+    pub details: OutcomeDetails,
     /// Seconds since the Unix epoch of the last change.
     pub at: u64,
+}
+
+/// A step record's details: the typed form, or the string map of older journals.
+fn details<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<OutcomeDetails, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Repr {
+        Typed(OutcomeDetails),
+        Legacy(BTreeMap<String, String>),
+    }
+    match Repr::deserialize(d)? {
+        Repr::Typed(t) => Ok(t),
+        Repr::Legacy(map) => legacy_details(&map).map_err(serde::de::Error::custom),
+    }
+}
+
+/// The typed form of an older journal's details map (`code` was the Debug name of the gRPC code;
+/// dirs and controllers were keyed by name). Keys that only repeated the message are dropped.
+pub fn legacy_details(
+    map: &BTreeMap<String, String>,
+) -> std::result::Result<OutcomeDetails, String> {
+    let code = match map.get("code").map(String::as_str) {
+        None => None,
+        Some("InvalidArgument") => Some(ErrorCode::InvalidRequest),
+        Some("FailedPrecondition") => Some(ErrorCode::Precondition),
+        Some("DataLoss") => Some(ErrorCode::Corrupt),
+        Some("Internal") => Some(ErrorCode::CommandFailed),
+        Some("DeadlineExceeded") => Some(ErrorCode::Timeout),
+        Some("Aborted") => Some(ErrorCode::Aborted),
+        Some(other) => return Err(format!("unknown error code {other:?} in a step's details")),
+    };
+    let revision = map
+        .get("revision")
+        .map(|r| {
+            r.parse::<i64>()
+                .map_err(|e| format!("revision {r:?} in a step's details: {e}"))
+        })
+        .transpose()?;
+    let dirs = |keys: [(&str, DirRole); 2]| {
+        keys.into_iter()
+            .filter_map(|(key, role)| {
+                map.get(key).map(|p| EtcdDir {
+                    role,
+                    path: p.into(),
+                })
+            })
+            .collect::<Vec<_>>()
+    };
+    let started = map
+        .get("restarted")
+        .map(|r| r.split(',').map(str::to_owned).collect())
+        .unwrap_or_default();
+    let not_started = map.get("restart_failed").map_or_else(Vec::new, |text| {
+        crate::steps::CONTROLLERS
+            .iter()
+            .filter(|c| text.contains(&format!("{c} was not restarted")))
+            .map(|c| ComponentFailure {
+                component: (*c).to_owned(),
+                message: text.clone(),
+            })
+            .collect()
+    });
+    Ok(OutcomeDetails {
+        code,
+        revision,
+        preserved: dirs([
+            ("preserved_dir", DirRole::Data),
+            ("preserved_wal_dir", DirRole::Wal),
+        ]),
+        set_aside: dirs([
+            ("failed_dir", DirRole::Data),
+            ("failed_wal_dir", DirRole::Wal),
+        ]),
+        started,
+        not_started,
+    })
 }
 
 /// How PRESERVE moved one of etcd's dirs aside.
@@ -161,7 +222,7 @@ impl Journal {
         op: Op,
         state: StepState,
         message: String,
-        details: Option<BTreeMap<String, String>>,
+        details: Option<OutcomeDetails>,
     ) {
         let details = details
             .or_else(|| self.steps.get(&step).map(|r| r.details.clone()))
@@ -336,6 +397,46 @@ mod tests {
         assert_eq!(p.moved, Moved::Renamed);
         assert_eq!(p.owner.mode, 0o700);
         assert_eq!((j.preserved_wal, j.wal_in_data), (None, None));
+    }
+
+    /// Step records of journals written before outcomes were typed read as the typed details.
+    #[test]
+    fn older_string_map_details_read_as_typed_details() {
+        let old = r#"{"restore_id":"7f1c3a52-9d7e-4c1b-8f7a-0b6a6f0e2a11",
+            "steps":{
+              "preserve":{"op":"run","state":"done","message":"moved","at":1,
+                "details":{"preserved_dir":"/var/lib/etcd.quorate-x","preserved_bytes":"12"}},
+              "restore":{"op":"run","state":"done","message":"restored","at":2,
+                "details":{"revision":"42","total_keys":"7","cluster_token":"quorate-x"}},
+              "unfence":{"op":"run","state":"done","message":"up","at":3,
+                "details":{"restarted":"kube-controller-manager",
+                  "restart_failed":"kube-scheduler was not restarted (timeout); restart it by hand"}},
+              "halt":{"op":"run","state":"failed","message":"not down","at":4,
+                "details":{"code":"DeadlineExceeded"}},
+              "claim":{"op":"run","state":"done","message":"claimed","at":0}}}"#;
+        let j: Journal = serde_json::from_str(old).expect("older journal");
+        let d = |s: Step| j.steps[&s].details.clone();
+        assert_eq!(
+            d(Step::Preserve).preserved,
+            [EtcdDir {
+                role: DirRole::Data,
+                path: "/var/lib/etcd.quorate-x".into()
+            }]
+        );
+        assert_eq!(d(Step::Restore).revision, Some(42));
+        assert_eq!(d(Step::Unfence).started, ["kube-controller-manager"]);
+        assert_eq!(d(Step::Unfence).not_started[0].component, "kube-scheduler");
+        assert_eq!(d(Step::Halt).code, Some(ErrorCode::Timeout));
+        assert_eq!(d(Step::Claim), OutcomeDetails::default());
+        let bad = old.replace("\"42\"", "\"forty-two\"");
+        let err = serde_json::from_str::<Journal>(&bad).expect_err("an unreadable revision");
+        assert!(err.to_string().contains("forty-two"), "{err}");
+        // Written back, they are typed.
+        let json = serde_json::to_value(&j).expect("json");
+        assert_eq!(
+            json["steps"]["halt"]["details"],
+            serde_json::json!({"code": "timeout"})
+        );
     }
 
     /// The records of a mount-point data dir with a `--wal-dir` of its own, pinned.

@@ -2,7 +2,7 @@
 //!
 //! Errors: a request refused before anything changed (bad input, lock held by another restore,
 //! wrong state) fails the RPC with a gRPC status. Once a step has started acting, its failure is
-//! the stream's outcome with `ok = false` (and `details["code"]`), recorded as `failed`.
+//! the stream's outcome with `ok = false` (and its error code), recorded as `failed`.
 
 use std::sync::Arc;
 
@@ -14,11 +14,12 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::field::display;
 
 use crate::config::{AgentConfig, Definition};
-use crate::engine::{Engine, Outcome, Prepared};
+use crate::engine::{Controller, Engine, Outcome, Prepared};
 use crate::error::AgentError;
 use crate::health::HealthConfig;
 use crate::journal::{Op, StateDir};
 use crate::runtime::{Component, Runtime, StaticPod, Systemd};
+use crate::steps::CONTROLLERS;
 use crate::tool::CliTool;
 use crate::{describe, health, snapshot};
 
@@ -65,6 +66,31 @@ fn runtime_of(
     }
 }
 
+/// kube-controller-manager and kube-scheduler, run the way the kube-apiserver is: static pods
+/// whose manifests sit beside its manifest (as kubeadm writes them), or systemd units
+/// `kube-controller-manager.service` / `kube-scheduler.service` found the way its unit is. Each
+/// is acted on only where it is present (see [`Runtime::present`]).
+fn controller_definitions(apiserver: &Definition) -> Vec<(String, Definition)> {
+    CONTROLLERS
+        .iter()
+        .filter_map(|name| {
+            let definition = match apiserver {
+                Definition::StaticPod { manifest } => Definition::StaticPod {
+                    manifest: manifest.parent()?.join(format!("{name}.yaml")),
+                },
+                Definition::Systemd {
+                    units, systemctl, ..
+                } => Definition::Systemd {
+                    unit: format!("{name}.service"),
+                    units: units.clone(),
+                    systemctl: systemctl.clone(),
+                },
+            };
+            Some(((*name).to_owned(), definition))
+        })
+        .collect()
+}
+
 /// The real runtimes and tools for `config`.
 pub fn engine_from_config(config: &AgentConfig) -> Engine {
     let etcd = config.etcd.as_ref().map(|e| {
@@ -83,12 +109,27 @@ pub fn engine_from_config(config: &AgentConfig) -> Engine {
             a.start_timeout,
         )
     });
+    let controllers = config.apiserver.as_ref().map_or_else(Vec::new, |a| {
+        controller_definitions(&a.definition())
+            .into_iter()
+            .map(|(name, definition)| Controller {
+                runtime: runtime_of(
+                    definition,
+                    Component::Controller { name: name.clone() },
+                    a.stop_timeout,
+                    a.start_timeout,
+                ),
+                name,
+            })
+            .collect()
+    });
     let e = config.etcd.as_ref();
     Engine {
         state: StateDir::new(&config.state_dir),
         data_dir: e.and_then(|e| e.data_dir.clone()),
         etcd,
         apiserver,
+        controllers,
         tool: Box::new(CliTool {
             etcdutl: e.and_then(|e| e.etcdutl.clone()),
             etcdctl: e.and_then(|e| e.etcdctl.clone()),
@@ -263,4 +304,44 @@ impl pb::agent_server::Agent for AgentService {
 /// The restore holding this member's lock, for logs at startup.
 pub fn active_restore(service: &AgentService) -> Option<RestoreId> {
     service.engine.state.active().ok().flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::runtime::UnitSource;
+
+    #[test]
+    fn controllers_are_found_the_way_the_apiserver_is() {
+        let pod = Definition::StaticPod {
+            manifest: "/etc/kubernetes/manifests/kube-apiserver.yaml".into(),
+        };
+        assert_eq!(
+            controller_definitions(&pod),
+            CONTROLLERS.map(|c| (
+                c.to_owned(),
+                Definition::StaticPod {
+                    manifest: PathBuf::from(format!("/etc/kubernetes/manifests/{c}.yaml")),
+                }
+            ))
+        );
+        let unit = Definition::Systemd {
+            unit: "kube-apiserver.service".into(),
+            units: UnitSource::Root("/srv/host1".into()),
+            systemctl: "/usr/bin/systemctl".into(),
+        };
+        assert_eq!(
+            controller_definitions(&unit),
+            CONTROLLERS.map(|c| (
+                c.to_owned(),
+                Definition::Systemd {
+                    unit: format!("{c}.service"),
+                    units: UnitSource::Root("/srv/host1".into()),
+                    systemctl: "/usr/bin/systemctl".into(),
+                }
+            ))
+        );
+    }
 }

@@ -10,12 +10,15 @@ use common::{FakePod, FakeTool};
 use quorate_agent::engine::Engine;
 use quorate_agent::error::AgentError;
 use quorate_agent::journal::{Op, StateDir};
+use quorate_agent::steps::CONTROLLERS;
 use quorate_proto::model::{ClusterFacts, RestoreId, Step, StepRequest};
 use quorate_proto::pb;
 
 struct Host {
     dir: tempfile::TempDir,
     apiserver: FakePod,
+    /// kube-controller-manager and kube-scheduler, as on a kubeadm control-plane host.
+    controllers: [FakePod; 2],
 }
 
 impl Host {
@@ -31,6 +34,7 @@ impl Host {
         .expect("manifest");
         Self {
             apiserver: FakePod::new(manifest),
+            controllers: CONTROLLERS.map(|c| FakePod::new(common::pod_manifest(&manifests, c))),
             dir,
         }
     }
@@ -41,6 +45,7 @@ impl Host {
             data_dir: None,
             etcd: None,
             apiserver: Some(Box::new(self.apiserver.clone())),
+            controllers: common::controllers(&self.controllers),
             tool: Box::new(FakeTool::default()),
             host_name: "api-1".into(),
         }
@@ -48,6 +53,10 @@ impl Host {
 
     fn running(&self) -> bool {
         self.apiserver.running.load(Ordering::SeqCst)
+    }
+
+    fn controllers_running(&self) -> [bool; 2] {
+        self.controllers.each_ref().map(FakePod::running)
     }
 }
 
@@ -86,8 +95,14 @@ fn claim_fence_unfence_finish_run_under_the_host_name() {
     assert!(claimed.contains("api-1 is claimed"), "{claimed}");
     ok(&engine, id, Step::Fence, Op::Run);
     assert!(!host.running(), "fenced: the apiserver is down");
+    assert_eq!(
+        host.controllers_running(),
+        [false; 2],
+        "and its controllers"
+    );
     ok(&engine, id, Step::Unfence, Op::Run);
     assert!(host.running(), "unfenced: the apiserver is back");
+    assert_eq!(host.controllers_running(), [true; 2], "and its controllers");
     let finished = ok(&engine, id, Step::Finish, Op::Run);
     assert!(
         finished.contains("api-1 is no longer claimed"),
@@ -104,8 +119,10 @@ fn a_rollback_restarts_the_apiserver_and_releases_the_host() {
     ok(&engine, id, Step::Claim, Op::Run);
     ok(&engine, id, Step::Fence, Op::Run);
     assert!(!host.running());
+    assert_eq!(host.controllers_running(), [false; 2]);
     ok(&engine, id, Step::Fence, Op::Revert);
     assert!(host.running(), "reverting fence starts the apiserver");
+    assert_eq!(host.controllers_running(), [true; 2], "and its controllers");
     ok(&engine, id, Step::Claim, Op::Revert);
     assert_eq!(engine.state.active().expect("lock"), None);
 }
@@ -162,7 +179,8 @@ fn describe_says_it_is_an_apiserver_host_and_names_it() {
     ok(&engine, id, Step::Claim, Op::Run);
     let d = quorate_agent::describe::describe(&engine).expect("describe");
     assert_eq!(d.active_restore_id, id.to_string());
-    assert_eq!(d.active_step, "claim");
+    assert_eq!(d.active_step, pb::Step::Claim as i32);
+    assert_eq!(d.active_step_state, pb::StepState::Done as i32);
 }
 
 /// Through the gRPC handlers, as the coordinator calls them: a request without peer URLs passes

@@ -126,6 +126,7 @@ async fn not_answering_then_no_leader_then_healthy() {
             start_timeout: Duration::from_secs(10),
         })),
         apiserver: None,
+        controllers: Vec::new(),
         tool: Box::new(CliTool::default()),
         host_name: String::new(),
     });

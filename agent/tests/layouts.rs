@@ -193,6 +193,7 @@ impl Member {
                 start_timeout: Duration::from_secs(30),
             })),
             apiserver: None,
+            controllers: Vec::new(),
             tool: Box::new(CliTool {
                 etcdutl: Some(tools.join("etcdutl")),
                 etcdctl: None,

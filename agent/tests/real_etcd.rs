@@ -199,6 +199,7 @@ async fn static_pod_restore_with_real_etcd() {
             start_timeout: Duration::from_secs(30),
         })),
         apiserver: None,
+        controllers: Vec::new(),
         tool: Box::new(CliTool {
             etcdutl: Some(tools.join("etcdutl")),
             etcdctl: None,

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use common::{Member, request};
 use quorate_agent::engine::{Engine, Outcome};
 use quorate_agent::journal::Op;
-use quorate_proto::model::{RestoreId, Step};
+use quorate_proto::model::{Describe, DirRole, ErrorCode, EtcdDir, RestoreId, Step, StepState};
 
 fn run(engine: &Engine, id: RestoreId, step: Step, sha: &str) -> Outcome {
     let outcome = engine
@@ -40,12 +40,28 @@ fn full_restore_then_every_step_replays_without_acting() {
     let engine = m.engine();
     let id = RestoreId::new();
     let sha = m.stage(id, b"SNAP:");
+    let mut outcomes = std::collections::BTreeMap::new();
     for step in Step::ALL {
         let o = run(&engine, id, step, &sha);
         assert!(!o.replayed, "{step}");
+        outcomes.insert(step, o);
     }
     let data = m.data_dir();
     let preserved = std::path::PathBuf::from(format!("{}.quorate-{id}", data.display()));
+    // The outcomes' typed facts: where the data dir went, the restored revision, the
+    // controllers started after the apiserver.
+    assert_eq!(
+        outcomes[&Step::Preserve].details.preserved,
+        [EtcdDir {
+            role: DirRole::Data,
+            path: preserved.clone()
+        }]
+    );
+    assert_eq!(outcomes[&Step::Restore].details.revision, Some(42));
+    assert_eq!(
+        outcomes[&Step::Unfence].details.started,
+        ["kube-controller-manager", "kube-scheduler"]
+    );
     assert_eq!(read(&data), "SNAP:cp-1");
     assert_eq!(read(&preserved), "original");
     assert_eq!(mode(&data), 0o700);
@@ -74,7 +90,20 @@ fn full_restore_then_every_step_replays_without_acting() {
     for step in Step::ALL {
         let o = run(&engine, id, step, &sha);
         assert!(o.replayed, "{step} repeated must replay");
+        assert_eq!(
+            o.details, outcomes[&step].details,
+            "{step} replays its facts"
+        );
     }
+    assert!(m.controllers.iter().all(|c| c.running()));
+    assert_eq!(
+        m.controllers.each_ref().map(|c| (
+            c.stops.load(Ordering::SeqCst),
+            c.starts.load(Ordering::SeqCst)
+        )),
+        [(1, 1); 2],
+        "each controller stopped at fence and started at unfence, once"
+    );
     assert_eq!(counts(&m), (1, 1, 1, 1, 1), "replays do not act");
     assert_eq!(read(&data), "SNAP:cp-1");
 }
@@ -202,7 +231,7 @@ fn corruption_after_staging_fails_restore_and_is_journaled() {
         .execute(&request(id, Step::Restore, &sha), Op::Run, &|_| {})
         .expect("performed");
     assert!(!o.ok && o.message.contains("sha256"), "{}", o.message);
-    assert_eq!(o.details.get("code").map(String::as_str), Some("DataLoss"));
+    assert_eq!(o.details.code, Some(ErrorCode::Corrupt));
     assert_eq!(m.tool.restores(), 0);
     let journal = engine.state.load(id).expect("journal");
     assert_eq!(
@@ -275,11 +304,171 @@ fn describe_reports_the_journal_after_a_restart() {
     let d = quorate_agent::describe::describe(&engine).expect("describe");
     assert_eq!(d.member_name, "cp-1");
     assert_eq!(d.active_restore_id, id.to_string());
+    let checked = Describe::try_from(d.clone()).expect("a description that keeps the contract");
     assert_eq!(
-        (d.active_step.as_str(), d.active_step_state.as_str()),
-        ("halt", "done")
+        checked.active.and_then(|a| a.last),
+        Some((Step::Halt, StepState::Done))
     );
     assert!(d.apiserver_present && !d.etcd_running);
     assert!(d.data_dir_bytes >= 8 && d.free_bytes > 0);
     assert_eq!(d.restore_tool.expect("tool").version, "3.5.1");
+}
+
+/// FENCE stops the apiserver, then kube-controller-manager and kube-scheduler; between fence and
+/// unfence none of them runs and the journal says where each manifest went; UNFENCE starts the
+/// apiserver first, then the controllers. A restarted agent (a new engine) finds them aside.
+#[test]
+fn controllers_are_fenced_with_the_apiserver_and_come_back_after_it() {
+    let m = Member::new();
+    let id = RestoreId::new();
+    let sha = m.stage(id, b"SNAP:");
+    {
+        let engine = m.engine();
+        run(&engine, id, Step::Claim, &sha);
+        let fenced = run(&engine, id, Step::Fence, &sha);
+        assert!(
+            fenced.message.contains("kube-scheduler stopped"),
+            "{}",
+            fenced.message
+        );
+    }
+    assert_eq!(
+        m.take_events(),
+        [
+            "stop kube-apiserver",
+            "stop kube-controller-manager",
+            "stop kube-scheduler"
+        ]
+    );
+    assert!(!m.apiserver.running() && m.controllers.iter().all(|c| !c.running()));
+    let engine = m.engine();
+    let journal = engine.state.load(id).expect("journal");
+    for c in &m.controllers {
+        let name = c.manifest.file_stem().expect("stem").to_string_lossy();
+        let moved = &journal.manifests[name.as_ref()];
+        assert_eq!(moved.home, c.manifest);
+        assert!(moved.aside.exists() && !c.manifest.exists(), "{name} aside");
+    }
+    for step in [Step::Halt, Step::Preserve, Step::Restore, Step::Start] {
+        run(&engine, id, step, &sha);
+        assert!(m.controllers.iter().all(|c| !c.running()), "{step}");
+    }
+    let o = run(&engine, id, Step::Unfence, &sha);
+    assert_eq!(
+        m.take_events(),
+        [
+            "start kube-apiserver",
+            "start kube-controller-manager",
+            "start kube-scheduler"
+        ]
+    );
+    assert_eq!(
+        o.details.started,
+        ["kube-controller-manager", "kube-scheduler"]
+    );
+    assert!(o.details.not_started.is_empty());
+    assert!(
+        m.controllers
+            .iter()
+            .all(|c| c.running() && c.manifest.exists())
+    );
+}
+
+/// A rollback mirrors it: reverting FENCE starts the apiserver, then the controllers; reverting
+/// UNFENCE stops the apiserver, then the controllers.
+#[test]
+fn reverts_mirror_fence_and_unfence() {
+    let m = Member::new();
+    let engine = m.engine();
+    let id = RestoreId::new();
+    let sha = m.stage(id, b"S");
+    run(&engine, id, Step::Claim, &sha);
+    run(&engine, id, Step::Fence, &sha);
+    m.take_events();
+    let o = revert(&engine, id, Step::Fence, &sha);
+    assert_eq!(
+        m.take_events(),
+        [
+            "start kube-apiserver",
+            "start kube-controller-manager",
+            "start kube-scheduler"
+        ]
+    );
+    assert_eq!(
+        o.details.started,
+        ["kube-controller-manager", "kube-scheduler"]
+    );
+    revert(&engine, id, Step::Claim, &sha);
+    let id = RestoreId::new();
+    let sha = m.stage(id, b"S");
+    run(&engine, id, Step::Claim, &sha);
+    run(&engine, id, Step::Unfence, &sha);
+    m.take_events();
+    revert(&engine, id, Step::Unfence, &sha);
+    assert_eq!(
+        m.take_events(),
+        [
+            "stop kube-apiserver",
+            "stop kube-controller-manager",
+            "stop kube-scheduler"
+        ]
+    );
+}
+
+/// A controller that will not start does not fail UNFENCE (the data is restored and verified by
+/// then) nor FENCE's revert: the outcome names it, and a replay reports it again.
+#[test]
+fn a_controller_that_will_not_start_is_reported_not_failed() {
+    let m = Member::new();
+    let engine = m.engine();
+    let id = RestoreId::new();
+    let sha = m.stage(id, b"S");
+    run(&engine, id, Step::Claim, &sha);
+    run(&engine, id, Step::Fence, &sha);
+    m.controllers[1]
+        .fails_to_start
+        .store(true, Ordering::SeqCst);
+    for (o, what) in [
+        (revert(&engine, id, Step::Fence, &sha), "fence's revert"),
+        (run(&engine, id, Step::Unfence, &sha), "unfence"),
+    ] {
+        assert!(o.ok, "{what}");
+        assert!(m.apiserver.running(), "{what}: the apiserver serves");
+        assert_eq!(o.details.started, ["kube-controller-manager"], "{what}");
+        let [failure] = o.details.not_started.as_slice() else {
+            panic!("{what}: {:?}", o.details.not_started);
+        };
+        assert_eq!(failure.component, "kube-scheduler");
+        assert!(
+            failure.message.contains("start kube-scheduler by hand")
+                && o.message.contains(&failure.message),
+            "{what}: {failure:?} / {}",
+            o.message
+        );
+    }
+    let replayed = run(&engine, id, Step::Unfence, &sha);
+    assert!(replayed.replayed);
+    assert_eq!(replayed.details.not_started[0].component, "kube-scheduler");
+}
+
+/// Without controller manifests beside the apiserver's (not every control plane runs them
+/// there), fence and unfence act on the apiserver alone.
+#[test]
+fn a_member_without_controllers_fences_the_apiserver_alone() {
+    let m = Member::new();
+    for c in &m.controllers {
+        std::fs::remove_file(&c.manifest).expect("rm");
+    }
+    let engine = m.engine();
+    let id = RestoreId::new();
+    let sha = m.stage(id, b"S");
+    run(&engine, id, Step::Claim, &sha);
+    run(&engine, id, Step::Fence, &sha);
+    let o = run(&engine, id, Step::Unfence, &sha);
+    assert_eq!(
+        m.take_events(),
+        ["stop kube-apiserver", "start kube-apiserver"]
+    );
+    assert!(o.details.started.is_empty() && o.details.not_started.is_empty());
+    assert!(engine.state.load(id).expect("journal").manifests.len() == 1);
 }

@@ -1,11 +1,10 @@
 //! Talking to one agent: a small trait (so a scripted fake can drive the coordinator in unit
 //! tests) and its gRPC implementation over mTLS.
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
 
-use quorate_proto::model::{MemberHealth, RestoreId, StepRequest};
+use quorate_proto::model::{Describe, MemberHealth, RestoreId, StepOutcome, StepRequest};
 use quorate_proto::pb;
 use quorate_proto::tls::TlsFiles;
 use tokio::io::AsyncReadExt;
@@ -13,13 +12,9 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 use crate::snapshot::CheckedSnapshot;
 
-/// The outcome of one step on one member.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Outcome {
-    pub message: String,
-    pub replayed: bool,
-    pub details: BTreeMap<String, String>,
-}
+/// The outcome of one step on one member, checked at the boundary (a failed one is a
+/// [`CallError::Failed`]).
+pub type Outcome = StepOutcome;
 
 /// Why a call to an agent failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -104,7 +99,7 @@ pub trait AgentClient: Send + Sync {
     fn describe(
         &self,
         deadline: Duration,
-    ) -> impl Future<Output = Result<pb::DescribeResponse, CallError>> + Send;
+    ) -> impl Future<Output = Result<Describe, CallError>> + Send;
     /// The member's etcd health and its host's `/readyz`, probed by the agent from that host.
     fn health(
         &self,
@@ -176,12 +171,16 @@ impl GrpcAgent {
                         tracing::info!(member = %self.member, %step, revert, "{}", p.message);
                     }
                     Some(pb::step_event::Event::Outcome(o)) => {
+                        let o = StepOutcome::try_from(o).map_err(|e| {
+                            CallError::Failed(format!(
+                                "the agent of {} sent a {step} outcome that breaks the \
+                                 contract: {e}; check that agent and coordinator are the same \
+                                 version",
+                                self.member
+                            ))
+                        })?;
                         return if o.ok {
-                            Ok(Outcome {
-                                message: o.message,
-                                replayed: o.replayed,
-                                details: o.details.into_iter().collect(),
-                            })
+                            Ok(o)
                         } else {
                             Err(CallError::Failed(o.message))
                         };
@@ -200,14 +199,20 @@ impl GrpcAgent {
 }
 
 impl AgentClient for GrpcAgent {
-    async fn describe(&self, deadline: Duration) -> Result<pb::DescribeResponse, CallError> {
+    async fn describe(&self, deadline: Duration) -> Result<Describe, CallError> {
         let mut client = self.client.clone();
         let mut req = tonic::Request::new(pb::DescribeRequest {});
         req.set_timeout(deadline);
-        match tokio::time::timeout(deadline, client.describe(req)).await {
-            Ok(r) => Ok(r?.into_inner()),
-            Err(_) => Err(CallError::Timeout(deadline)),
-        }
+        let response = match tokio::time::timeout(deadline, client.describe(req)).await {
+            Ok(r) => r?.into_inner(),
+            Err(_) => return Err(CallError::Timeout(deadline)),
+        };
+        Describe::try_from(response).map_err(|e| {
+            CallError::Failed(format!(
+                "the agent of {} sent a description that breaks the contract: {e}",
+                self.member
+            ))
+        })
     }
 
     async fn health(&self, deadline: Duration) -> Result<MemberHealth, CallError> {

@@ -2,6 +2,7 @@
 //! kube-apiserver that is not fenced keeps writing to etcd until it stops, and reconnects to the
 //! restored data with caches from before it.
 
+use quorate_proto::model::{AgentRole, Describe};
 use quorate_proto::pb;
 use serde::{Deserialize, Serialize};
 
@@ -19,7 +20,7 @@ pub struct HostPlan {
 /// Checks the apiserver hosts' agents (`described[j]` is host j) and plans them.
 pub fn check(
     hosts: &[ApiserverHost],
-    described: &[Result<pb::DescribeResponse, String>],
+    described: &[Result<Describe, String>],
     problems: &mut Vec<String>,
 ) -> Vec<HostPlan> {
     let mut planned = Vec::new();
@@ -41,7 +42,7 @@ pub fn check(
                 continue;
             }
         };
-        if d.role != pb::AgentRole::ApiserverHost as i32 {
+        if d.role != AgentRole::ApiserverHost {
             let what = if d.member_name.is_empty() {
                 "does not say it is an apiserver-only host (an agent older than this coordinator? upgrade it)".to_owned()
             } else {
@@ -62,15 +63,11 @@ pub fn check(
                 h.name, d.host_name, h.name
             ));
         }
-        if !d.active_restore_id.is_empty() {
+        if let Some(active) = d.active {
+            let id = active.restore_id;
             problems.push(format!(
-                "apiserver host {}: holds unfinished restore {} (last step {} {}); finish it with `quorate resume {}` or undo it with `quorate rollback {}`",
-                h.name,
-                d.active_restore_id,
-                d.active_step,
-                d.active_step_state,
-                d.active_restore_id,
-                d.active_restore_id
+                "apiserver host {}: holds unfinished {active}; finish it with `quorate resume {id}` or undo it with `quorate rollback {id}`",
+                h.name
             ));
         }
         planned.push(HostPlan {
@@ -84,8 +81,8 @@ pub fn check(
 }
 
 /// A `[[member]]` whose agent is an apiserver-only host's.
-pub fn not_a_member(m: &Member, d: &pb::DescribeResponse) -> Option<String> {
-    (d.role == pb::AgentRole::ApiserverHost as i32).then(|| {
+pub fn not_a_member(m: &Member, d: &Describe) -> Option<String> {
+    (d.role == AgentRole::ApiserverHost).then(|| {
         format!(
             "member {}: the agent at {} runs on apiserver-only host {:?} (no [etcd] in its config): list that host as an [[apiserver]] host, and give member {} the agent on its etcd host",
             m.name, m.agent, d.host_name, m.name

@@ -5,6 +5,8 @@ use std::fmt::Write as _;
 use futures::future::join_all;
 use serde::Serialize;
 
+use quorate_proto::model::{Describe, Step, StepState};
+
 use crate::agent_client::AgentClient;
 use crate::journal::{Holder, Journal};
 use crate::phases::Phase;
@@ -116,9 +118,9 @@ pub async fn status<C: AgentClient>(
                 agent: agent.clone(),
                 reachable: true,
                 error: String::new(),
-                active_restore_id: d.active_restore_id,
-                last_step: d.active_step,
-                last_step_state: d.active_step_state,
+                active_restore_id: d.active_restore_id.clone(),
+                last_step: last_step(&d, |(step, _)| step.name()),
+                last_step_state: last_step(&d, |(_, state)| state.name()),
                 etcd_running: d.etcd_running,
                 apiserver_running: d.apiserver_running,
             },
@@ -146,6 +148,15 @@ pub async fn status<C: AgentClient>(
         members,
         next,
     }
+}
+
+/// A name from the member's last step and its state; empty when it has none.
+fn last_step(d: &Describe, name: impl Fn((Step, StepState)) -> &'static str) -> String {
+    d.active
+        .and_then(|a| a.last)
+        .map(name)
+        .unwrap_or_default()
+        .to_owned()
 }
 
 fn next_step(id: &str, p: &Progress, members: &[MemberStatus]) -> String {

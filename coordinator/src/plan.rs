@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use quorate_proto::model::RestoreId;
+use quorate_proto::model::{Describe, RestoreId};
 use quorate_proto::pb;
 use serde::{Deserialize, Serialize};
 
@@ -152,7 +152,7 @@ pub fn snapshot_version_check(
 /// [`Inventory::agents`]: the members', then the apiserver hosts'.
 pub fn build(
     inventory: &Inventory,
-    described: &[Result<pb::DescribeResponse, String>],
+    described: &[Result<Describe, String>],
     snapshot: CheckedSnapshot,
     options: &Options,
 ) -> Result<Plan, PreflightError> {
@@ -243,8 +243,11 @@ pub fn build(
             Err(problem) => problems.push(problem),
         }
     }
-    let members_described: Vec<Option<&pb::DescribeResponse>> =
-        described.iter().take(n).map(|d| d.as_ref().ok()).collect();
+    let members_described: Vec<Option<&pb::DescribeResponse>> = described
+        .iter()
+        .take(n)
+        .map(|d| d.as_ref().ok().map(Describe::facts))
+        .collect();
     let (membership_source, membership_differences) = membership::check(
         &inventory.members,
         &members_described,
@@ -312,7 +315,7 @@ pub fn build(
     })
 }
 
-fn check_member(m: &Member, d: &pb::DescribeResponse, problems: &mut Vec<String>) {
+fn check_member(m: &Member, d: &Describe, problems: &mut Vec<String>) {
     if d.member_name != m.name {
         problems.push(format!(
             "member {}: its agent reports etcd member name {:?} (from its etcd manifest); fix the inventory or the agent's config",
@@ -335,10 +338,11 @@ fn check_member(m: &Member, d: &pb::DescribeResponse, problems: &mut Vec<String>
             m.name
         ));
     }
-    if !d.active_restore_id.is_empty() {
+    if let Some(active) = d.active {
+        let id = active.restore_id;
         problems.push(format!(
-            "member {}: holds unfinished restore {} (last step {} {}); finish it with `quorate resume {}` or undo it with `quorate rollback {}`",
-            m.name, d.active_restore_id, d.active_step, d.active_step_state, d.active_restore_id, d.active_restore_id
+            "member {}: holds unfinished {active}; finish it with `quorate resume {id}` or undo it with `quorate rollback {id}`",
+            m.name
         ));
     }
 }
@@ -496,6 +500,8 @@ mod tests {
 
     use quorate_proto::tls::TlsFiles;
 
+    use quorate_proto::model::{Step, StepState, active_step_fields};
+
     use super::*;
     use crate::inventory::ClusterSection;
 
@@ -519,6 +525,23 @@ mod tests {
                 .collect(),
             apiservers: vec![],
         }
+    }
+
+    /// [`super::build`] with the agents' answers checked as the agent client checks them.
+    pub(super) fn build(
+        inventory: &Inventory,
+        described: &[Result<pb::DescribeResponse, String>],
+        snapshot: CheckedSnapshot,
+        options: &Options,
+    ) -> Result<Plan, PreflightError> {
+        let checked: Vec<Result<Describe, String>> = described
+            .iter()
+            .map(|d| {
+                d.clone()
+                    .map(|d| Describe::try_from(d).expect("a description that keeps the contract"))
+            })
+            .collect();
+        super::build(inventory, &checked, snapshot, options)
     }
 
     /// A stacked member (etcd and a kube-apiserver) ready for a restore.
@@ -665,10 +688,15 @@ mod tests {
                 "lock",
                 Box::new(|i, d| {
                     if i == 1 {
-                        d.active_restore_id = "1234".into()
+                        d.active_restore_id = "7f1c3a52-9d7e-4c1b-8f7a-0b6a6f0e2a11".into();
+                        (d.active_step, d.active_step_state) =
+                            active_step_fields(Some((Step::Fence, StepState::Done)));
                     }
                 }),
-                "quorate rollback 1234",
+                "member cp-2: holds unfinished restore 7f1c3a52-9d7e-4c1b-8f7a-0b6a6f0e2a11 \
+                 (last step fence done); finish it with `quorate resume \
+                 7f1c3a52-9d7e-4c1b-8f7a-0b6a6f0e2a11` or undo it with `quorate rollback \
+                 7f1c3a52-9d7e-4c1b-8f7a-0b6a6f0e2a11`",
             ),
             (
                 "version",

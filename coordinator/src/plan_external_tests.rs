@@ -1,9 +1,10 @@
 //! Preflight of the inventory against the cluster's membership, and of apiserver-only hosts.
 
-use super::tests::{healthy, inventory, options, snapshot};
+use super::tests::{build, healthy, inventory, options, snapshot};
 use super::*;
 use crate::inventory::ApiserverHost;
 use crate::membership::Known;
+use quorate_proto::model::active_step_fields;
 
 fn known(inv: &Inventory) -> Vec<Known> {
     inv.members
@@ -203,10 +204,15 @@ fn each_bad_apiserver_host_is_refused_naming_it_and_the_fix() {
         (
             Box::new(|d| {
                 if let Ok(h) = &mut d[3] {
-                    h.active_restore_id = "1234".into();
+                    h.active_restore_id = "7f1c3a52-9d7e-4c1b-8f7a-0b6a6f0e2a11".into();
+                    (h.active_step, h.active_step_state) = active_step_fields(Some((
+                        quorate_proto::model::Step::Unfence,
+                        quorate_proto::model::StepState::Failed,
+                    )));
                 }
             }),
-            "apiserver host api-1: holds unfinished restore 1234",
+            "apiserver host api-1: holds unfinished restore 7f1c3a52-9d7e-4c1b-8f7a-0b6a6f0e2a11 \
+             (last step unfence failed)",
         ),
         (
             Box::new(|d| {

@@ -452,20 +452,19 @@ fn expected_revision(snapshot: Option<i64>, bump: u64) -> Option<i64> {
     snapshot.map(|r| r.saturating_add(i64::try_from(bump).unwrap_or(i64::MAX)))
 }
 
-/// The `restarted` detail of each agent's unfence outcome (`names[i]` answered `outcomes[i]`).
+/// The controllers each agent's unfence outcome started, and those it could not
+/// (`names[i]` answered `outcomes[i]`).
 fn restarted(names: &[String], outcomes: &[Outcome]) -> Vec<(String, String)> {
     names
         .iter()
         .zip(outcomes)
         .flat_map(|(name, o)| {
-            let ok = o
-                .details
-                .get("restarted")
-                .map(|r| (name.clone(), r.clone()));
-            let failed = o
-                .details
-                .get("restart_failed")
-                .map(|r| (name.clone(), format!("FAILED: {r}")));
+            let d = &o.details;
+            let ok = (!d.started.is_empty()).then(|| (name.clone(), d.started.join(",")));
+            let failed = (!d.not_started.is_empty()).then(|| {
+                let why: Vec<&str> = d.not_started.iter().map(|f| f.message.as_str()).collect();
+                (name.clone(), format!("FAILED: {}", why.join("; ")))
+            });
             ok.into_iter().chain(failed)
         })
         .collect()

@@ -6,7 +6,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use quorate_proto::model::{
-    EndpointHealth, EtcdHealthState, HealthEndpointKind, MemberHealth, RestoreId, Step, StepRequest,
+    ComponentFailure, Describe, EndpointHealth, EtcdHealthState, HealthEndpointKind, MemberHealth,
+    RestoreId, Step, StepRequest,
 };
 use quorate_proto::pb;
 use quorate_proto::tls::TlsFiles;
@@ -82,7 +83,7 @@ struct FakeAgent<'w> {
 }
 
 impl AgentClient for FakeAgent<'_> {
-    async fn describe(&self, _: Duration) -> Result<pb::DescribeResponse, CallError> {
+    async fn describe(&self, _: Duration) -> Result<Describe, CallError> {
         unreachable!("preflight is not part of these tests")
     }
 
@@ -182,11 +183,21 @@ impl AgentClient for FakeAgent<'_> {
         if step == Step::Start {
             self.world.started.lock().expect("lock").push(self.index);
         }
-        Ok(Outcome {
-            message: "ok".into(),
-            replayed: false,
-            details: BTreeMap::new(),
-        })
+        let mut outcome = Outcome::ok("ok".into());
+        // UNFENCE starts the controllers after the apiserver; on the second member the
+        // scheduler will not start, which is reported and does not fail the step.
+        if step == Step::Unfence {
+            outcome.details.started = vec!["kube-controller-manager".into()];
+            if self.index == 1 {
+                outcome.details.not_started = vec![ComponentFailure {
+                    component: "kube-scheduler".into(),
+                    message: "kube-scheduler did not start (not up after 60s)".into(),
+                }];
+            } else {
+                outcome.details.started.push("kube-scheduler".into());
+            }
+        }
+        Ok(outcome)
     }
 
     async fn revert(&self, request: StepRequest, _: Duration) -> Result<Outcome, CallError> {
@@ -206,11 +217,7 @@ impl AgentClient for FakeAgent<'_> {
         if step == Step::Halt {
             self.world.started.lock().expect("lock").push(self.index);
         }
-        Ok(Outcome {
-            message: "reverted".into(),
-            replayed: false,
-            details: BTreeMap::new(),
-        })
+        Ok(Outcome::ok("reverted".into()))
     }
 }
 
@@ -287,7 +294,12 @@ pub(crate) fn plan_for(inv: &Inventory) -> plan::Plan {
             ..Default::default()
         })
     });
-    let described: Vec<Result<pb::DescribeResponse, String>> = members.chain(hosts).collect();
+    let described: Vec<Result<Describe, String>> = members
+        .chain(hosts)
+        .map(|d: Result<pb::DescribeResponse, String>| {
+            d.map(|d| Describe::try_from(d).expect("a description that keeps the contract"))
+        })
+        .collect();
     let snapshot = CheckedSnapshot {
         path: PathBuf::from("/x/snap.db"),
         size: 1 << 20,
@@ -422,6 +434,26 @@ async fn phases_run_in_lockstep_and_in_order() {
         );
     }
     assert_eq!(report.snapshot_revision, Some(42));
+    // The report names, per member, the controllers started after the apiserver came back, and
+    // the one that would not start.
+    assert_eq!(report.restarted.len(), 6, "{:?}", report.restarted);
+    assert_eq!(
+        report.restarted[1..3],
+        [
+            ("cp-2".to_owned(), "kube-controller-manager".to_owned()),
+            (
+                "cp-2".to_owned(),
+                "FAILED: kube-scheduler did not start (not up after 60s)".to_owned()
+            ),
+        ]
+    );
+    assert_eq!(
+        report.restarted[0],
+        (
+            "cp-1".to_owned(),
+            "kube-controller-manager,kube-scheduler".to_owned()
+        )
+    );
     let journal = std::fs::read_to_string(
         dir.path()
             .join(report.restore_id.to_string())

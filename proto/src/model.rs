@@ -57,10 +57,14 @@ impl From<ModelError> for tonic::Status {
     }
 }
 
+mod describe;
 mod health;
+mod outcome;
+pub use describe::{ActiveRestore, AgentRole, Describe, StepState, active_step_fields};
 pub use health::{
     ApiserverReadiness, EndpointHealth, EtcdHealthState, HealthEndpointKind, MemberHealth,
 };
+pub use outcome::{ComponentFailure, DirRole, ErrorCode, EtcdDir, OutcomeDetails, StepOutcome};
 
 /// One step on one member.
 #[derive(

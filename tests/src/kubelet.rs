@@ -709,6 +709,23 @@ fn signal_group(pid: u32, signal: Signal) {
     }
 }
 
+/// When the kubelet logged `verb` ("started", "stopped") for `pid` in a pod's log (its notes read
+/// `--- kubelet [secs.millis]: stopped pid N (...)`), in seconds since the epoch; `None` when it
+/// did not.
+pub fn logged_at(log: &Path, verb: &str, pid: u32) -> anyhow::Result<Option<f64>> {
+    let text = std::fs::read_to_string(log)
+        .with_context(|| format!("reading the pod log {}", log.display()))?;
+    let wanted = format!("]: {verb} pid {pid}");
+    Ok(text
+        .lines()
+        .filter_map(|l| l.strip_prefix("--- kubelet ["))
+        .filter(|l| {
+            l.split_once(&wanted)
+                .is_some_and(|(_, rest)| !rest.starts_with(|c: char| c.is_ascii_digit()))
+        })
+        .find_map(|l| l.split(']').next()?.parse::<f64>().ok()))
+}
+
 #[cfg(test)]
 #[path = "kubelet_tests.rs"]
 mod tests;

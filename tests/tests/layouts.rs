@@ -11,7 +11,9 @@ use std::path::Path;
 use quorate_lab::etcd::member_client;
 use quorate_lab::faults::{self, ClusterState};
 use quorate_lab::hostns;
+use quorate_lab::kubelet;
 use quorate_lab::lab::{Disk, Lab, LabLayout, LabRuntime, WAL_MOUNT};
+use quorate_lab::layout::CONTROLLERS;
 use quorate_lab::testlab::{self, PATIENCE, TestLab};
 use quorate_lab::tools::EtcdVersion;
 use quorate_lab::{load, procs, scenario};
@@ -263,26 +265,58 @@ async fn external_etcd_with_apiservers_on_other_hosts() {
     let Some((lab, snapshot, data)) = setup(LabRuntime::Systemd, layout).await else {
         return;
     };
-    let pids = |lab: &Lab| -> Vec<Option<u32>> {
+    let pods = ["kube-apiserver", CONTROLLERS[0], CONTROLLERS[1]];
+    let pids = |lab: &Lab| -> Vec<(String, &str, Option<u32>)> {
         lab.state
             .apiservers
             .iter()
-            .map(|a| procs::read_pid(&a.host.pod_pid_file("kube-apiserver")))
+            .flat_map(|a| {
+                pods.map(|pod| {
+                    let pid = procs::read_pid(&a.host.pod_pid_file(pod));
+                    (a.host.name.clone(), pod, pid)
+                })
+            })
             .collect()
     };
     let before = pids(&lab);
     assert!(
-        before.iter().all(Option::is_some),
-        "every apiserver host runs its apiserver"
+        before.iter().all(|(_, _, pid)| pid.is_some()),
+        "every apiserver host runs its apiserver and controllers: {before:?}"
     );
     fail_then_restore(&lab, &snapshot, &data, |_, _| {}).await;
-    // Fenced and unfenced by their agents: each apiserver was stopped and started again.
+    // Fenced and unfenced by their agents: each apiserver, and each controller with it, was
+    // stopped and started again.
     let after = pids(&lab);
-    for (i, (b, a)) in before.iter().zip(&after).enumerate() {
+    for ((host, pod, b), (_, _, a)) in before.iter().zip(&after) {
         assert!(
             a.is_some() && a != b,
-            "api-{}'s apiserver was restarted: {b:?} then {a:?}",
-            i + 1
+            "{host}'s {pod} was restarted: {b:?} then {a:?}"
         );
+    }
+    // The controllers went down with the fence, before the apiserver came back, and came back
+    // after it (the kubelet's record).
+    for a in &lab.state.apiservers {
+        let at = |pod: &str, verb: &str, pid: Option<u32>| {
+            let pid = pid.expect("pid");
+            kubelet::logged_at(&a.host.pod_log(pod), verb, pid)
+                .expect("pod log")
+                .unwrap_or_else(|| panic!("{}'s {pod}: no \"{verb} pid {pid}\"", a.host.name))
+        };
+        let pid = |set: &[(String, &str, Option<u32>)], pod: &str| {
+            set.iter()
+                .find(|(h, p, _)| *h == a.host.name && *p == pod)
+                .and_then(|(_, _, pid)| *pid)
+        };
+        let apiserver_back = at("kube-apiserver", "started", pid(&after, "kube-apiserver"));
+        for c in CONTROLLERS {
+            let stopped = at(c, "stopped", pid(&before, c));
+            let started = at(c, "started", pid(&after, c));
+            assert!(
+                stopped < apiserver_back && started > apiserver_back,
+                "{}'s {c}: stopped at {stopped}s, started at {started}s, kube-apiserver started \
+                 at {apiserver_back}s",
+                a.host.name
+            );
+        }
     }
 }

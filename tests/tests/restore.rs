@@ -27,6 +27,13 @@ fn bumps(tools: &EtcdTools) -> bool {
     help.contains("--bump-revision")
 }
 
+/// When the kubelet stand-in logged `verb` for `pid` in a pod's log.
+fn kubelet_event(log: &std::path::Path, verb: &str, pid: u32) -> f64 {
+    quorate_lab::kubelet::logged_at(log, verb, pid)
+        .expect("pod log")
+        .unwrap_or_else(|| panic!("no \"{verb} pid {pid}\" in {}", log.display()))
+}
+
 /// Each member's (name → member ID) and the cluster ID, as the members report them.
 async fn identity(lab: &Lab) -> (u64, BTreeMap<String, u64>) {
     let mut ids = BTreeMap::new();
@@ -77,11 +84,14 @@ async fn restore_round_trip(members: u8, version: EtcdVersion, keys: usize) {
     let pre_restore_rev = changed.revision;
 
     let mut controller_pids = BTreeMap::new();
+    let mut etcd_pids = BTreeMap::new();
     for host in lab.hosts() {
         for c in quorate_lab::layout::CONTROLLERS {
             let pid = quorate_lab::procs::read_pid(&host.pod_pid_file(c)).expect("controller pid");
             controller_pids.insert((host.name.clone(), c), pid);
         }
+        let pid = quorate_lab::procs::read_pid(&host.pod_pid_file("etcd")).expect("etcd pid");
+        etcd_pids.insert(host.name.clone(), pid);
     }
     // Without --bump-revision in the members' tool, the plan says the revision goes back.
     let can_bump = bumps(&lab.state.tools);
@@ -171,12 +181,24 @@ async fn restore_round_trip(members: u8, version: EtcdVersion, keys: usize) {
         );
     }
     for host in lab.hosts() {
+        // The kubelet's own record: each controller was stopped at FENCE, before etcd was halted,
+        // and started at UNFENCE, after the kube-apiserver was started again.
+        let etcd_halted = kubelet_event(&host.pod_log("etcd"), "stopped", etcd_pids[&host.name]);
+        let apiserver = quorate_lab::procs::read_pid(&host.pod_pid_file("kube-apiserver"))
+            .expect("apiserver pid");
+        let apiserver_back = kubelet_event(&host.pod_log("kube-apiserver"), "started", apiserver);
         for c in quorate_lab::layout::CONTROLLERS {
-            let before = controller_pids.get(&(host.name.clone(), c)).copied();
+            let before = controller_pids[&(host.name.clone(), c)];
             let now = quorate_lab::procs::read_pid(&host.pod_pid_file(c));
+            let Some(now) = now.filter(|now| *now != before) else {
+                panic!("{}'s {c} was restarted ({before} -> {now:?})", host.name);
+            };
+            let stopped = kubelet_event(&host.pod_log(c), "stopped", before);
+            let started = kubelet_event(&host.pod_log(c), "started", now);
             assert!(
-                now.is_some() && now != before,
-                "{}'s {c} was restarted ({before:?} -> {now:?})",
+                stopped < etcd_halted && started > apiserver_back,
+                "{}'s {c}: stopped at {stopped}s (etcd halted at {etcd_halted}s), started at \
+                 {started}s (kube-apiserver started at {apiserver_back}s)",
                 host.name
             );
         }

@@ -84,6 +84,12 @@ pub trait Runtime: Send + Sync {
         )))
     }
 
+    /// True when the component exists on this host, running or not: its definition is at home
+    /// or at `aside` (where a stop moved it). Default: a static-pod manifest in either place.
+    fn present(&self, aside: &Path) -> bool {
+        fsutil::exists(self.definition()) || fsutil::exists(aside)
+    }
+
     /// Files besides the definition that restate the initial cluster settings. Default: none.
     fn settings_files(&self) -> Result<Vec<SettingsFile>> {
         Ok(Vec::new())

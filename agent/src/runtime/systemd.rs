@@ -81,7 +81,7 @@ impl Systemd {
                     .collect();
                 (unit::etcd_command(&unit, &argv, &env)?, identity)
             }
-            Component::Apiserver { .. } => {
+            Component::Apiserver { .. } | Component::Controller { .. } => {
                 let command = PodCommand {
                     path: unit.path.clone(),
                     argv: std::iter::once(unit.program())
@@ -95,11 +95,6 @@ impl Systemd {
                     ),
                 };
                 (command, Vec::new())
-            }
-            Component::Controller { ref name } => {
-                return Err(AgentError::Precondition(format!(
-                    "{name} is restarted only as a static pod, not through systemd"
-                )));
             }
         };
         Ok(Target {
@@ -192,6 +187,11 @@ impl Runtime for Systemd {
 
     fn is_running(&self, _aside: Option<&Path>) -> bool {
         self.target().is_ok_and(|t| !t.pids().is_empty())
+    }
+
+    fn present(&self, _aside: &Path) -> bool {
+        let systemctl = self.ask_systemd.then_some(self.systemctl.as_path());
+        systemd_view::unit_exists(&self.units, &self.unit, systemctl)
     }
 
     fn stop(&self, _aside: &Path, progress: Progress<'_>) -> Result<String> {

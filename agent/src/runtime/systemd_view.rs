@@ -47,6 +47,17 @@ pub fn load_unit(
     Unit::load(source, name, host)
 }
 
+/// True when unit `name` exists: systemd knows it (when `systemctl` is given and answers), else
+/// its file is found in `source`'s search path. A masked unit does not count: it cannot run.
+pub fn unit_exists(source: &UnitSource, name: &str, systemctl: Option<&Path>) -> bool {
+    if let Some(systemctl) = systemctl
+        && let Some(shown) = ask(systemctl, name)
+    {
+        return !matches!(shown.load_state.as_str(), "not-found" | "masked");
+    }
+    UnitName::parse(name).is_some_and(|n| source.resolve(&n).is_ok())
+}
+
 /// Runs `systemctl show`; `None` (with a warning) when it cannot answer.
 fn ask(systemctl: &Path, name: &str) -> Option<Shown> {
     let out = Command::new(systemctl)

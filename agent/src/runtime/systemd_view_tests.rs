@@ -180,3 +180,40 @@ fn systemds_refusals_name_the_unit_and_the_fix() {
         );
     }
 }
+
+/// A controller unit counts as present when systemd knows it (or, without systemd, when its file
+/// is on the search path); not when systemd says not-found or masked.
+#[test]
+fn unit_exists_asks_systemd_then_the_search_path() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("root");
+    put(
+        &root.join("usr/lib/systemd/system/kube-scheduler.service"),
+        "[Service]\nExecStart=/usr/bin/kube-scheduler\n",
+    );
+    let source = UnitSource::Root(root);
+    assert!(unit_exists(&source, "kube-scheduler.service", None));
+    assert!(!unit_exists(
+        &source,
+        "kube-controller-manager.service",
+        None
+    ));
+    for (state, exists) in [("loaded", true), ("not-found", false), ("masked", false)] {
+        let sub = dir.path().join(state);
+        std::fs::create_dir_all(&sub).expect("mkdir");
+        let show = format!("Id=kube-controller-manager.service\nLoadState={state}\n");
+        let systemctl = systemctl(&sub, &show, 0);
+        assert_eq!(
+            unit_exists(&source, "kube-controller-manager.service", Some(&systemctl)),
+            exists,
+            "{state}"
+        );
+    }
+    // A systemctl that cannot answer: the search path decides.
+    let broken = systemctl(dir.path(), "", 1);
+    assert!(unit_exists(
+        &source,
+        "kube-scheduler.service",
+        Some(&broken)
+    ));
+}

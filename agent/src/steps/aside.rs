@@ -6,7 +6,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use quorate_proto::model::RestoreId;
+use quorate_proto::model::{DirRole, RestoreId};
 
 use crate::error::{AgentError, Result};
 use crate::fsutil::{self, Ownership};
@@ -20,6 +20,15 @@ pub enum Role {
     /// `--wal-dir` outside the data dir: etcd's entries are its `*.wal` (and preallocated
     /// `*.tmp`) files.
     Wal,
+}
+
+impl From<Role> for DirRole {
+    fn from(r: Role) -> Self {
+        match r {
+            Role::Data => DirRole::Data,
+            Role::Wal => DirRole::Wal,
+        }
+    }
 }
 
 impl Role {

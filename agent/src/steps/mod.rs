@@ -1,24 +1,25 @@
 //! What each step does on this member, and its inverse. Every action looks at the actual state
 //! first, so repeating a step after a crash mid-way finishes it instead of doing it twice.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use quorate_proto::model::{Step, StepRequest};
+use quorate_proto::model::{OutcomeDetails, Step, StepRequest};
 
 use crate::engine::{Engine, Plan};
 use crate::error::{AgentError, Result};
-use crate::fsutil;
 use crate::journal::{Journal, ManifestMove, Op, StepState};
 use crate::manifest::EtcdMember;
 
-use crate::runtime::{Component, Progress, Runtime, StaticPod, move_manifest};
+use crate::runtime::{Progress, Runtime};
 use crate::snapshot;
 
 pub mod aside;
+mod fence;
 pub mod layout;
 mod preserve;
 mod restore;
+
+pub use fence::CONTROLLERS;
 
 use preserve::{preserve, unpreserve};
 pub use preserve::{spots, start_refusal};
@@ -40,13 +41,13 @@ pub struct Ctx<'a> {
 /// A step's result.
 pub struct Done {
     pub message: String,
-    pub details: BTreeMap<String, String>,
+    pub details: OutcomeDetails,
 }
 
 pub(crate) fn done(message: String) -> Done {
     Done {
         message,
-        details: BTreeMap::new(),
+        details: OutcomeDetails::default(),
     }
 }
 
@@ -162,27 +163,8 @@ pub fn act(ctx: &mut Ctx<'_>, op: Op) -> Result<Done> {
         }
         (Step::Claim, Op::Revert) | (Step::Finish, Op::Run) => release(ctx),
         (Step::Finish, Op::Revert) => Ok(done("nothing to undo for finish".into())),
-        (Step::Fence, Op::Run) | (Step::Unfence, Op::Revert) => match &engine.apiserver {
-            Some(rt) => control(ctx, "kube-apiserver", rt.as_ref(), Op::Run),
-            None => Ok(done(
-                "no kube-apiserver on this member; nothing to stop".into(),
-            )),
-        },
-        (Step::Fence, Op::Revert) => match &engine.apiserver {
-            Some(rt) => control(ctx, "kube-apiserver", rt.as_ref(), Op::Revert),
-            None => Ok(done(
-                "no kube-apiserver on this member; nothing to start".into(),
-            )),
-        },
-        (Step::Unfence, Op::Run) => match &engine.apiserver {
-            Some(rt) => {
-                let started = control(ctx, "kube-apiserver", rt.as_ref(), Op::Revert)?;
-                restart_controllers(ctx, rt.as_ref(), started)
-            }
-            None => Ok(done(
-                "no kube-apiserver on this member; nothing to start".into(),
-            )),
-        },
+        (Step::Fence, Op::Run) | (Step::Unfence, Op::Revert) => fence::stop(ctx),
+        (Step::Fence, Op::Revert) | (Step::Unfence, Op::Run) => fence::start(ctx),
         (Step::Halt, Op::Run) | (Step::Start, Op::Revert) => {
             control(ctx, "etcd", engine.etcd()?, Op::Run)
         }
@@ -219,7 +201,8 @@ fn release(ctx: &mut Ctx<'_>) -> Result<Done> {
     Ok(done(message))
 }
 
-/// `Op::Run` = stop (manifest out), `Op::Revert` = start (manifest back in).
+/// `Op::Run` = stop (manifest out), `Op::Revert` = start (manifest back in). The move is
+/// journaled under `component` before it is made.
 fn control(ctx: &mut Ctx<'_>, component: &str, rt: &dyn Runtime, way: Op) -> Result<Done> {
     let aside = ctx
         .engine
@@ -242,70 +225,3 @@ fn control(ctx: &mut Ctx<'_>, component: &str, rt: &dyn Runtime, way: Op) -> Res
     };
     Ok(done(message))
 }
-
-/// The control-plane static pods restarted after a restore, so that none keeps acting on a cache
-/// from before it.
-const CONTROLLERS: [&str; 2] = ["kube-controller-manager", "kube-scheduler"];
-
-/// Restarts the controllers whose manifests sit beside the apiserver's (static pods only); the
-/// outcome's `restarted` detail lists them.
-fn restart_controllers(
-    ctx: &mut Ctx<'_>,
-    apiserver: &dyn Runtime,
-    mut started: Done,
-) -> Result<Done> {
-    if apiserver.kind() != "static-pod" {
-        return Ok(started);
-    }
-    let Some(dir) = apiserver.definition().parent().map(Path::to_owned) else {
-        return Ok(started);
-    };
-    let mut restarted = Vec::new();
-    let mut failed = Vec::new();
-    for name in CONTROLLERS {
-        let manifest = dir.join(format!("{name}.yaml"));
-        let aside = ctx
-            .engine
-            .state
-            .manifest_aside(ctx.req.restore_id, &manifest);
-        if !fsutil::exists(&manifest) && !fsutil::exists(&aside) {
-            continue;
-        }
-        let pod = StaticPod {
-            component: Component::Controller {
-                name: name.to_owned(),
-            },
-            manifest,
-            stop_timeout: CONTROLLER_TIMEOUT,
-            start_timeout: CONTROLLER_TIMEOUT,
-        };
-        let home = pod.manifest.clone();
-        match control(ctx, name, &pod, Op::Run).and_then(|_| control(ctx, name, &pod, Op::Revert)) {
-            Ok(_) => restarted.push(name.to_owned()),
-            Err(e) => {
-                // The restore itself is done: a controller that would not restart is reported,
-                // not rolled back over. Its manifest goes home whatever happened.
-                let _ = move_manifest(&aside, &home);
-                tracing::warn!("{name} was not restarted: {e}");
-                failed.push(format!(
-                    "{name} was not restarted ({e}); restart it by hand so it drops its cache"
-                ));
-            }
-        }
-    }
-    if !restarted.is_empty() {
-        started.message = format!("{}; restarted {}", started.message, restarted.join(", "));
-        started
-            .details
-            .insert("restarted".into(), restarted.join(","));
-    }
-    if !failed.is_empty() {
-        started.message = format!("{}; {}", started.message, failed.join("; "));
-        started
-            .details
-            .insert("restart_failed".into(), failed.join("; "));
-    }
-    Ok(started)
-}
-
-const CONTROLLER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use quorate_proto::model::RestoreId;
+use quorate_proto::model::{EtcdDir, RestoreId};
 
 use super::aside::{self, Role, Spot};
 use super::layout::{Layout, Wal};
@@ -86,18 +86,10 @@ pub(super) fn preserve(ctx: &mut Ctx<'_>) -> Result<Done> {
     }
     let mut d = done(messages.join("; "));
     for spot in &spots {
-        let key = match spot.role {
-            Role::Data => "preserved_dir",
-            Role::Wal => "preserved_wal_dir",
-        };
-        d.details
-            .insert(key.into(), spot.preserved().display().to_string());
-    }
-    if let Some(data) = spots.first() {
-        d.details.insert(
-            "preserved_bytes".into(),
-            fsutil::tree_size(data.preserved()).to_string(),
-        );
+        d.details.preserved.push(EtcdDir {
+            role: spot.role.into(),
+            path: spot.preserved().to_owned(),
+        });
     }
     Ok(d)
 }

@@ -4,6 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
+use quorate_proto::model::EtcdDir;
+
 use super::aside::{Role, Spot};
 use super::{Ctx, Done, done, spots};
 use crate::error::{AgentError, Result};
@@ -223,21 +225,15 @@ pub(super) fn restore(ctx: &mut Ctx<'_>) -> Result<Done> {
             ))
             .collect::<String>()
     ));
-    if !rewritten.is_empty() {
-        let paths: Vec<String> = rewritten
-            .iter()
-            .map(|e| e.path.display().to_string())
-            .collect();
-        d.details
-            .insert("settings_rewritten".into(), paths.join(","));
-    }
     if let Some(s) = &ctx.journal.staged {
-        d.details.insert("revision".into(), s.revision.to_string());
-        d.details
-            .insert("total_keys".into(), s.total_keys.to_string());
+        d.message.push_str(&format!(
+            "; the snapshot is at revision {} with {} keys",
+            s.revision, s.total_keys
+        ));
+        d.details.revision = Some(s.revision);
     }
-    d.details
-        .insert("cluster_token".into(), facts.cluster_token.clone());
+    d.message
+        .push_str(&format!("; cluster token {}", facts.cluster_token));
     Ok(d)
 }
 
@@ -338,11 +334,10 @@ pub(super) fn set_aside_restored(ctx: &mut Ctx<'_>) -> Result<Done> {
                     spot.role.name(),
                     to.display()
                 ));
-                let key = match spot.role {
-                    Role::Data => "failed_dir",
-                    Role::Wal => "failed_wal_dir",
-                };
-                d.details.insert(key.into(), to.display().to_string());
+                d.details.set_aside.push(EtcdDir {
+                    role: spot.role.into(),
+                    path: to,
+                });
             }
             None => {
                 note.push_str(&format!(

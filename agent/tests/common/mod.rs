@@ -3,13 +3,14 @@
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
-use quorate_agent::engine::Engine;
-use quorate_agent::error::Result;
-use quorate_agent::journal::StateDir;
+use quorate_agent::engine::{Controller, Engine};
+use quorate_agent::error::{AgentError, Result};
+use quorate_agent::journal::{Staged, StateDir};
 use quorate_agent::runtime::{Progress, Runtime, move_manifest};
+use quorate_agent::steps::CONTROLLERS;
 use quorate_agent::tool::{RestoreArgs, RestoreTool, SnapshotStatus, ToolInfo, ToolKind};
 use quorate_proto::model::{ClusterFacts, RestoreId, Step, StepRequest};
 
@@ -29,16 +30,43 @@ pub struct PodState {
     pub running: AtomicBool,
     pub stops: AtomicUsize,
     pub starts: AtomicUsize,
+    /// When set, a start puts the manifest back but the component never comes up.
+    pub fails_to_start: AtomicBool,
+    /// Shared by the pods of one member: "stop <name>" / "start <name>", in order.
+    pub events: Events,
 }
+
+pub type Events = Arc<Mutex<Vec<String>>>;
 
 impl FakePod {
     pub fn new(manifest: PathBuf) -> Self {
+        Self::logged(manifest, Events::default())
+    }
+
+    pub fn logged(manifest: PathBuf, events: Events) -> Self {
         Self(Arc::new(PodState {
             manifest,
             running: AtomicBool::new(true),
             stops: AtomicUsize::new(0),
             starts: AtomicUsize::new(0),
+            fails_to_start: AtomicBool::new(false),
+            events,
         }))
+    }
+
+    fn name(&self) -> String {
+        self.manifest
+            .file_stem()
+            .map_or_else(String::new, |s| s.to_string_lossy().into_owned())
+    }
+
+    fn log(&self, what: &str) {
+        let event = format!("{what} {}", self.name());
+        self.events.lock().expect("events").push(event);
+    }
+
+    pub fn running(&self) -> bool {
+        self.running.load(Ordering::SeqCst)
     }
 }
 
@@ -57,13 +85,22 @@ impl Runtime for FakePod {
         move_manifest(&self.manifest, aside)?;
         self.stops.fetch_add(1, Ordering::SeqCst);
         self.running.store(false, Ordering::SeqCst);
-        Ok("stopped".into())
+        self.log("stop");
+        Ok(format!("{} stopped", self.name()))
     }
     fn start(&self, aside: &Path, _progress: Progress<'_>) -> Result<String> {
         move_manifest(aside, &self.manifest)?;
+        if self.fails_to_start.load(Ordering::SeqCst) {
+            self.log("failed to start");
+            return Err(AgentError::Timeout(format!(
+                "{} is not up after its manifest was put back",
+                self.name()
+            )));
+        }
         self.starts.fetch_add(1, Ordering::SeqCst);
         self.running.store(true, Ordering::SeqCst);
-        Ok("started".into())
+        self.log("start");
+        Ok(format!("{} started", self.name()))
     }
 }
 
@@ -114,7 +151,32 @@ pub struct Member {
     pub dir: tempfile::TempDir,
     pub etcd: FakePod,
     pub apiserver: FakePod,
+    /// kube-controller-manager and kube-scheduler, beside the apiserver.
+    pub controllers: [FakePod; 2],
+    /// Stops and starts of the apiserver and the controllers, in order.
+    pub events: Events,
     pub tool: FakeTool,
+}
+
+/// A static pod manifest for `name`, as kubeadm writes it (enough for the fakes).
+pub fn pod_manifest(dir: &Path, name: &str) -> PathBuf {
+    let path = dir.join(format!("{name}.yaml"));
+    std::fs::write(
+        &path,
+        format!("spec:\n  containers:\n  - command: [{name}, --kubeconfig=/etc/kubernetes/{name}.conf]\n"),
+    )
+    .expect("manifest");
+    path
+}
+
+/// The controllers of an engine: `pods` under their own names.
+pub fn controllers(pods: &[FakePod]) -> Vec<Controller> {
+    pods.iter()
+        .map(|p| Controller {
+            name: p.name(),
+            runtime: Box::new(p.clone()),
+        })
+        .collect()
 }
 
 impl Member {
@@ -141,9 +203,14 @@ impl Member {
             std::fs::Permissions::from_mode(0o700),
         )
         .expect("chmod");
+        let events = Events::default();
+        let controllers =
+            CONTROLLERS.map(|name| FakePod::logged(pod_manifest(&manifests, name), events.clone()));
         Self {
             etcd: FakePod::new(manifests.join("etcd.yaml")),
-            apiserver: FakePod::new(manifests.join("kube-apiserver.yaml")),
+            apiserver: FakePod::logged(manifests.join("kube-apiserver.yaml"), events.clone()),
+            controllers,
+            events,
             tool: FakeTool::default(),
             dir,
         }
@@ -151,6 +218,11 @@ impl Member {
 
     pub fn root(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// The events logged since the last call.
+    pub fn take_events(&self) -> Vec<String> {
+        std::mem::take(&mut *self.events.lock().expect("events"))
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -163,6 +235,7 @@ impl Member {
             data_dir: None,
             etcd: Some(Box::new(self.etcd.clone())),
             apiserver: Some(Box::new(self.apiserver.clone())),
+            controllers: controllers(&self.controllers),
             tool: Box::new(self.tool.clone()),
             host_name: "cp-1-host".into(),
         }
@@ -174,7 +247,17 @@ impl Member {
         let path = state.snapshot_path(id);
         std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
         std::fs::write(&path, bytes).expect("stage");
-        sha256(bytes)
+        // As a push journals it, with what `snapshot status` (the fake tool) says.
+        let sha = sha256(bytes);
+        let mut journal = state.load(id).expect("journal");
+        journal.staged = Some(Staged {
+            sha256: sha.clone(),
+            size: bytes.len() as u64,
+            revision: 42,
+            total_keys: 7,
+        });
+        state.save(&journal).expect("journal the staged snapshot");
+        sha
     }
 }
 

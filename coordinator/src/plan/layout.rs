@@ -136,8 +136,8 @@ impl MemberPlan {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::{healthy, inventory, options, snapshot};
-    use super::super::{Plan, build};
+    use super::super::Plan;
+    use super::super::tests::{build, healthy, inventory, options, snapshot};
     use super::*;
 
     fn dir(path: &str, mount_point: bool, fs_type: &str, device: &str, free: u64) -> pb::DirLayout {
