@@ -99,7 +99,12 @@ impl From<ModelError> for AgentError {
 
 impl From<AgentError> for tonic::Status {
     fn from(e: AgentError) -> Self {
-        tonic::Status::new(e.code(), e.to_string())
+        let mut status = tonic::Status::new(e.code(), e.to_string());
+        // The contract's code travels beside the gRPC one, which several kinds share.
+        if let Ok(v) = e.error_code().name().parse() {
+            status.metadata_mut().insert(ErrorCode::METADATA_KEY, v);
+        }
+        status
     }
 }
 

@@ -4,7 +4,9 @@
 use std::future::Future;
 use std::time::Duration;
 
-use quorate_proto::model::{Describe, MemberHealth, RestoreId, StepOutcome, StepRequest};
+use quorate_proto::model::{
+    Describe, ErrorCode, MemberHealth, RestoreId, StepOutcome, StepRequest,
+};
 use quorate_proto::pb;
 use quorate_proto::tls::TlsFiles;
 use tokio::io::AsyncReadExt;
@@ -27,6 +29,9 @@ pub enum CallError {
     /// The agent answered and refused, or the step failed there.
     #[error("{0}")]
     Failed(String),
+    /// The agent refused the call, or ran the step and it failed, with the contract's code.
+    #[error("{message}")]
+    Agent { code: ErrorCode, message: String },
 }
 
 impl CallError {
@@ -45,12 +50,24 @@ impl From<tonic::Status> for CallError {
             tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled => {
                 CallError::Unreachable(describe_status(&s))
             }
+            _ if agent_code(&s).is_some() => CallError::Agent {
+                code: agent_code(&s).unwrap_or(ErrorCode::Io),
+                message: describe_status(&s),
+            },
             tonic::Code::DeadlineExceeded => {
                 CallError::Failed(format!("deadline exceeded: {}", s.message()))
             }
             _ => CallError::Failed(describe_status(&s)),
         }
     }
+}
+
+/// The contract's code an agent put beside its gRPC status, if any.
+fn agent_code(s: &tonic::Status) -> Option<ErrorCode> {
+    s.metadata()
+        .get(ErrorCode::METADATA_KEY)
+        .and_then(|v| v.to_str().ok())
+        .and_then(ErrorCode::from_name)
 }
 
 fn describe_status(s: &tonic::Status) -> String {
@@ -179,10 +196,13 @@ impl GrpcAgent {
                                 self.member
                             ))
                         })?;
-                        return if o.ok {
-                            Ok(o)
-                        } else {
-                            Err(CallError::Failed(o.message))
+                        return match (o.ok, o.details.code) {
+                            (true, _) => Ok(o),
+                            (false, Some(code)) => Err(CallError::Agent {
+                                code,
+                                message: o.message,
+                            }),
+                            (false, None) => Err(CallError::Failed(o.message)),
                         };
                     }
                     None => {}

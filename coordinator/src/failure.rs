@@ -1,5 +1,6 @@
 //! Why a phase failed, per member: what the JSON output, the journal and the error text carry.
 
+use quorate_proto::model::ErrorCode;
 use serde::{Deserialize, Serialize};
 
 use crate::agent_client::CallError;
@@ -26,6 +27,9 @@ pub struct MemberFailure {
     /// A member's or apiserver host's name, `cluster` or `coordinator`.
     pub member: String,
     pub kind: FailureKind,
+    /// The agent's own code, when the agent answered with one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<ErrorCode>,
     pub message: String,
 }
 
@@ -34,6 +38,7 @@ impl MemberFailure {
         Self {
             member: member.into(),
             kind,
+            code: None,
             message: message.into(),
         }
     }
@@ -57,6 +62,11 @@ impl MemberFailure {
             ),
             CallError::Unreachable(_) => (FailureKind::Unreachable, format!("{what}: {e}")),
             CallError::Failed(_) => (FailureKind::Failed, format!("{what}: {e}")),
+            CallError::Agent { code, .. } => {
+                let mut failure = Self::new(member, FailureKind::Failed, format!("{what}: {e}"));
+                failure.code = Some(*code);
+                return failure;
+            }
         };
         Self::new(member, kind, message)
     }

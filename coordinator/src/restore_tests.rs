@@ -158,7 +158,12 @@ impl AgentClient for FakeAgent<'_> {
             *n
         };
         match self.world.script.get(&(self.index, step)) {
-            Some(Behaviour::Fail) => return Err(CallError::Failed(format!("{step} broke"))),
+            Some(Behaviour::Fail) => {
+                return Err(CallError::Agent {
+                    code: quorate_proto::model::ErrorCode::CommandFailed,
+                    message: format!("{step} broke"),
+                });
+            }
             Some(Behaviour::Hang) => {
                 tokio::time::sleep(deadline).await;
                 return Err(CallError::Timeout(deadline));
@@ -612,6 +617,11 @@ async fn a_failing_member_stops_the_restore_in_that_phase_naming_it() {
     assert_eq!(err.phase, "halt");
     assert_eq!(err.failures.len(), 1);
     assert_eq!(err.failures[0].member, "cp-2");
+    assert_eq!(
+        err.failures[0].code,
+        Some(quorate_proto::model::ErrorCode::CommandFailed),
+        "the agent's code travels with the failure"
+    );
     assert!(err.to_string().contains("halt broke"), "{err}");
     let steps: Vec<Step> = world
         .log

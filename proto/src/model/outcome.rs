@@ -36,6 +36,27 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    pub const ALL: [ErrorCode; 10] = [
+        ErrorCode::InvalidRequest,
+        ErrorCode::Locked,
+        ErrorCode::Precondition,
+        ErrorCode::Corrupt,
+        ErrorCode::ToolMissing,
+        ErrorCode::CommandFailed,
+        ErrorCode::Timeout,
+        ErrorCode::Aborted,
+        ErrorCode::Injected,
+        ErrorCode::Io,
+    ];
+
+    /// The code named `name` (as [`Self::name`] writes it).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.name() == name)
+    }
+
+    /// The gRPC metadata key under which an agent's refusal carries its code.
+    pub const METADATA_KEY: &'static str = "quorate-error-code";
+
     pub fn name(self) -> &'static str {
         match self {
             ErrorCode::InvalidRequest => "invalid-request",
