@@ -110,3 +110,23 @@ impl From<AgentError> for tonic::Status {
 
 /// Shorthand for results in this crate.
 pub type Result<T, E = AgentError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_carries_the_contracts_code_beside_the_grpc_one() {
+        let status = tonic::Status::from(AgentError::Precondition("etcd still runs".into()));
+        assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+        let code = status
+            .metadata()
+            .get(ErrorCode::METADATA_KEY)
+            .and_then(|v| v.to_str().ok())
+            .and_then(ErrorCode::from_name);
+        assert_eq!(code, Some(ErrorCode::Precondition));
+        for c in ErrorCode::ALL {
+            assert_eq!(ErrorCode::from_name(c.name()), Some(c), "{c}");
+        }
+    }
+}

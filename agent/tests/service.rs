@@ -95,13 +95,7 @@ async fn push_is_refused_while_another_restore_holds_the_lock() {
         .await
         .expect_err("locked");
     assert_eq!(err.code(), tonic::Code::FailedPrecondition);
-    assert_eq!(
-        err.metadata()
-            .get(quorate_proto::model::ErrorCode::METADATA_KEY)
-            .and_then(|v| v.to_str().ok()),
-        Some("locked"),
-        "the contract's code beside the gRPC one"
-    );
+    assert_eq!(err.error_code(), quorate_proto::model::ErrorCode::Locked);
     assert!(
         err.to_string().contains(&format!("quorate resume {first}")),
         "{err}"
