@@ -7,6 +7,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
+        // Snapshot chunks are shared by every agent's stream without copying.
+        .bytes(".quorate.agent.v1.SnapshotChunk.data")
         .compile_protos(&["proto/quorate/agent/v1/agent.proto"], &["proto"])?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())

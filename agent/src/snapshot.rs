@@ -120,8 +120,7 @@ where
                 target.display()
             )));
         };
-        // Drain the rest so the client sees a clean answer, without writing it anywhere.
-        while next(&mut chunks).await?.is_some() {}
+        // Answer at once: the coordinator stops sending to this member.
         return Ok(SnapshotReceipt {
             sha256: staged.sha256,
             size: staged.size,
@@ -203,7 +202,7 @@ where
 /// when more than `limit` bytes arrive.
 async fn write_partial<S>(
     partial: &Path,
-    first: Vec<u8>,
+    first: prost::bytes::Bytes,
     chunks: &mut S,
     limit: u64,
 ) -> Result<(u64, String)>

@@ -215,7 +215,7 @@ async fn static_pod_restore_with_real_etcd() {
             sha256: sha.clone(),
             size: bytes.len() as u64,
         }),
-        data: bytes,
+        data: bytes.into(),
     })];
     let lock = Arc::new(tokio::sync::Mutex::new(()));
     let receipt =

@@ -23,12 +23,12 @@ fn chunks(
             sha256: sha.into(),
             size,
         }),
-        data: data[..3].to_vec(),
+        data: data[..3].to_vec().into(),
     })];
     for c in data[3..].chunks(4) {
         out.push(Ok(pb::SnapshotChunk {
             header: None,
-            data: c.to_vec(),
+            data: c.to_vec().into(),
         }));
     }
     out

@@ -9,10 +9,13 @@ use quorate_proto::model::{
 };
 use quorate_proto::pb;
 use quorate_proto::tls::TlsFiles;
-use tokio::io::AsyncReadExt;
+use tokio_stream::StreamExt as _;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 use crate::snapshot::CheckedSnapshot;
+
+/// A piece of the snapshot, shared by every agent's stream without copying.
+pub type Chunk = prost::bytes::Bytes;
 
 /// The outcome of one step on one member, checked at the boundary (a failed one is a
 /// [`CallError::Failed`]).
@@ -122,10 +125,13 @@ pub trait AgentClient: Send + Sync {
         &self,
         deadline: Duration,
     ) -> impl Future<Output = Result<MemberHealth, CallError>> + Send;
+    /// Streams the snapshot to the agent: its header, then `chunks` as they come (one reader
+    /// feeds every agent). An agent that already holds it answers at once.
     fn push_snapshot(
         &self,
         restore_id: RestoreId,
         snapshot: &CheckedSnapshot,
+        chunks: tokio::sync::mpsc::Receiver<Chunk>,
         deadline: Duration,
     ) -> impl Future<Output = Result<pb::SnapshotReceipt, CallError>> + Send;
     fn run(
@@ -255,6 +261,7 @@ impl AgentClient for GrpcAgent {
         &self,
         restore_id: RestoreId,
         snapshot: &CheckedSnapshot,
+        chunks: tokio::sync::mpsc::Receiver<Chunk>,
         deadline: Duration,
     ) -> Result<pb::SnapshotReceipt, CallError> {
         let header = pb::SnapshotHeader {
@@ -262,42 +269,20 @@ impl AgentClient for GrpcAgent {
             sha256: snapshot.sha256.clone(),
             size: snapshot.size,
         };
-        let mut file = tokio::fs::File::open(&snapshot.path)
-            .await
-            .map_err(|e| CallError::Failed(format!("reading {}: {e}", snapshot.path.display())))?;
-        let (tx, rx) = tokio::sync::mpsc::channel::<pb::SnapshotChunk>(4);
-        // The file streams through a small channel: never held whole in memory.
-        let reader = tokio::spawn(async move {
-            let mut header = Some(header);
-            loop {
-                let mut buf = vec![0u8; 1 << 20];
-                let n = file.read(&mut buf).await?;
-                if n == 0 && header.is_none() {
-                    return Ok::<(), std::io::Error>(());
-                }
-                buf.truncate(n);
-                let chunk = pb::SnapshotChunk {
-                    header: header.take(),
-                    data: buf,
-                };
-                if tx.send(chunk).await.is_err() || n == 0 {
-                    return Ok(());
-                }
-            }
-        });
+        // The header first, then the chunks as the coordinator's one reader hands them out.
+        let first = pb::SnapshotChunk {
+            header: Some(header),
+            data: Chunk::new(),
+        };
+        let rest = tokio_stream::wrappers::ReceiverStream::new(chunks)
+            .map(|data| pb::SnapshotChunk { header: None, data });
+        let stream = tokio_stream::once(first).chain(rest);
         let mut client = self.client.clone();
-        let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+        let mut req = tonic::Request::new(stream);
         req.set_timeout(deadline);
-        let result = match tokio::time::timeout(deadline, client.push_snapshot(req)).await {
+        match tokio::time::timeout(deadline, client.push_snapshot(req)).await {
             Ok(r) => r.map(tonic::Response::into_inner).map_err(CallError::from),
             Err(_) => Err(CallError::Timeout(deadline)),
-        };
-        match reader.await {
-            Ok(Err(e)) => Err(CallError::Failed(format!(
-                "reading {}: {e}",
-                snapshot.path.display()
-            ))),
-            _ => result,
         }
     }
 

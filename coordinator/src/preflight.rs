@@ -94,11 +94,12 @@ pub async fn check<C: AgentClient>(
         live_membership,
         allow_membership_change: request.allow_membership_change,
     };
-    let mut plan = plan::build(inventory, &described, checked, &options)?;
+    let mut plan = plan::build(inventory, &described, checked.clone(), &options)?;
     // The same chain as `quorate snapshot verify` (its sha256 was checked above): `snapshot
     // status` with a local etcdutl, when there is one; the agents run it again when staging.
     let verify_options = snapshot_verify::VerifyOptions {
         skip_hash_check: request.skip_hash_check,
+        checked: Some(checked),
         ..snapshot_verify::VerifyOptions::default()
     };
     match snapshot_verify::find_tools(None, false) {

@@ -11,7 +11,7 @@ use quorate_proto::model::{ClusterFacts, RestoreId, Step, StepRequest};
 use quorate_proto::tls::TlsFiles;
 use serde::Serialize;
 
-use crate::agent_client::{AgentClient, Outcome};
+use crate::agent_client::{AgentClient, Chunk, Outcome};
 use crate::failure::{Failures, MemberFailure};
 use crate::inventory::Inventory;
 use crate::journal::PhaseFacts;
@@ -286,8 +286,10 @@ impl<C: AgentClient, P: ClusterProbe> Restore<'_, C, P> {
         }
     }
 
-    /// Claims every agent of `targets` with `claim`, then streams the snapshot to every member.
-    /// Returns the snapshot's revision as the agents read it.
+    /// Claims every agent of `targets` with `claim`, then streams the snapshot to every member:
+    /// the file is read once and each chunk handed to every member's stream (a member that
+    /// already holds it answers at once and gets no more). Returns the snapshot's revision as the
+    /// agents read it.
     async fn stage(
         &self,
         targets: &[usize],
@@ -296,13 +298,32 @@ impl<C: AgentClient, P: ClusterProbe> Restore<'_, C, P> {
     ) -> Result<Option<i64>, Failures> {
         self.call_on(targets, claim, self.deadlines.call, Way::Run)
             .await?;
-        let pushes = self.members().into_iter().map(|i| async move {
-            self.agents[i]
-                .push_snapshot(self.plan.restore_id, &self.plan.snapshot, deadline)
-                .await
-                .map_err(|e| MemberFailure::call(self.name_of(i), "staging the snapshot", &e))
-        });
-        let receipts = collect(join_all(pushes).await)?;
+        let members = self.members();
+        let mut senders = Vec::new();
+        let pushes: Vec<_> = members
+            .iter()
+            .map(|&i| {
+                let (tx, rx) = tokio::sync::mpsc::channel::<Chunk>(4);
+                senders.push(tx);
+                async move {
+                    self.agents[i]
+                        .push_snapshot(self.plan.restore_id, &self.plan.snapshot, rx, deadline)
+                        .await
+                        .map_err(|e| {
+                            MemberFailure::call(self.name_of(i), "staging the snapshot", &e)
+                        })
+                }
+            })
+            .collect();
+        let path = self.plan.snapshot.path.clone();
+        let (read, receipts) = tokio::join!(fan_out(&path, senders), join_all(pushes));
+        let receipts = collect(receipts)?;
+        read.map_err(|e| {
+            vec![MemberFailure::coordinator(format!(
+                "reading the snapshot {}: {e}",
+                path.display()
+            ))]
+        })?;
         Ok(receipts.first().map(|r| r.revision).filter(|r| *r > 0))
     }
 
@@ -427,6 +448,44 @@ impl<C: AgentClient, P: ClusterProbe> Restore<'_, C, P> {
                 Err(e) => return Err(vec![MemberFailure::cluster(e)]),
             }
         }
+    }
+}
+
+/// Reads `path` once, in 1 MiB chunks, and hands each chunk to every sender still listening;
+/// closes them all at the end of the file. A sender whose agent stopped listening (it answered,
+/// or failed) is dropped; the rest go on at the pace of the slowest.
+async fn fan_out(
+    path: &std::path::Path,
+    mut senders: Vec<tokio::sync::mpsc::Sender<Chunk>>,
+) -> std::io::Result<()> {
+    use tokio::io::AsyncReadExt;
+    let mut file = tokio::fs::File::open(path).await?;
+    loop {
+        if senders.is_empty() {
+            return Ok(());
+        }
+        let mut buf = vec![0u8; 1 << 20];
+        let mut filled = 0;
+        while filled < buf.len() {
+            let n = file.read(&mut buf[filled..]).await?;
+            if n == 0 {
+                break;
+            }
+            filled += n;
+        }
+        if filled == 0 {
+            return Ok(());
+        }
+        buf.truncate(filled);
+        let chunk = Chunk::from(buf);
+        let sent = join_all(senders.iter().map(|tx| tx.send(chunk.clone()))).await;
+        let mut kept = Vec::with_capacity(senders.len());
+        for (tx, result) in senders.into_iter().zip(sent) {
+            if result.is_ok() {
+                kept.push(tx);
+            }
+        }
+        senders = kept;
     }
 }
 

@@ -35,6 +35,10 @@ struct World {
     /// member → what its agent's Health says instead of the truth.
     health: BTreeMap<usize, HealthScript>,
     health_calls: Mutex<BTreeMap<usize, u32>>,
+    /// (member, bytes of snapshot it received).
+    pushed: Mutex<Vec<(usize, usize)>>,
+    /// Members whose agent already holds the staged snapshot (a resumed STAGE).
+    holds: Vec<usize>,
 }
 
 #[derive(Clone, Copy)]
@@ -137,8 +141,26 @@ impl AgentClient for FakeAgent<'_> {
         &self,
         _: RestoreId,
         _: &CheckedSnapshot,
+        mut chunks: tokio::sync::mpsc::Receiver<crate::agent_client::Chunk>,
         _: Duration,
     ) -> Result<pb::SnapshotReceipt, CallError> {
+        if self.world.holds.contains(&self.index) {
+            // Answers at once, as an agent that staged it before does.
+            return Ok(pb::SnapshotReceipt {
+                revision: 42,
+                already_present: true,
+                ..Default::default()
+            });
+        }
+        let mut bytes = 0;
+        while let Some(c) = chunks.recv().await {
+            bytes += c.len();
+        }
+        self.world
+            .pushed
+            .lock()
+            .expect("lock")
+            .push((self.index, bytes));
         Ok(pb::SnapshotReceipt {
             revision: 42,
             ..Default::default()
@@ -314,6 +336,19 @@ pub(crate) fn plan_for(inv: &Inventory) -> plan::Plan {
     plan::build(inv, &described, snapshot, &plan::Options::default()).expect("plan")
 }
 
+/// The size of the snapshot file the phase tests stream: more than two chunks.
+const SNAPSHOT_BYTES: usize = (5 << 20) / 2;
+
+/// A plan whose snapshot is a real file in `dir`, for the tests that stage it.
+fn plan_with_snapshot_in(inv: &Inventory, dir: &std::path::Path) -> plan::Plan {
+    let mut plan = plan_for(inv);
+    let path = dir.join("snap.db");
+    std::fs::write(&path, vec![7u8; SNAPSHOT_BYTES]).expect("snapshot file");
+    plan.snapshot.path = path;
+    plan.snapshot.size = SNAPSHOT_BYTES as u64;
+    plan
+}
+
 /// One fake agent per host of `inv` (its `n` members first), all in `world`.
 fn fake_agents<'w>(inv: &Inventory, n: usize, world: &'w World) -> Vec<FakeAgent<'w>> {
     inv.agents()
@@ -375,9 +410,9 @@ async fn run_then(
             agent_server_name: None,
         })
         .collect();
-    let plan = plan_for(&inv);
-    let agents = fake_agents(&inv, n, world);
     let dir = tempfile::tempdir().expect("tempdir");
+    let plan = plan_with_snapshot_in(&inv, dir.path());
+    let agents = fake_agents(&inv, n, world);
     let mut journal = crate::journal::Journal::create(
         dir.path(),
         &plan,
@@ -439,6 +474,13 @@ async fn phases_run_in_lockstep_and_in_order() {
         );
     }
     assert_eq!(report.snapshot_revision, Some(42));
+    let mut pushed = world.pushed.lock().expect("lock").clone();
+    pushed.sort_unstable();
+    assert_eq!(
+        pushed,
+        (0..5).map(|i| (i, SNAPSHOT_BYTES)).collect::<Vec<_>>(),
+        "the whole snapshot reached every member"
+    );
     // The report names, per member, the controllers started after the apiserver came back, and
     // the one that would not start.
     assert_eq!(report.restarted.len(), 6, "{:?}", report.restarted);
@@ -844,9 +886,9 @@ fn a_journal_whose_entries_contradict_each_other_is_refused() {
 /// `quorate restore` with automatic rollback, as the CLI runs it: how it ended.
 async fn forward(n: usize, world: &World) -> crate::ops::Ending {
     let inv = inventory(n);
-    let plan = plan_for(&inv);
-    let agents = fake_agents(&inv, n, world);
     let dir = tempfile::tempdir().expect("tempdir");
+    let plan = plan_with_snapshot_in(&inv, dir.path());
+    let agents = fake_agents(&inv, n, world);
     let mut journal = crate::journal::Journal::create(
         dir.path(),
         &plan,
@@ -955,9 +997,9 @@ async fn a_rollback_is_refused_once_finish_began_and_after_verify_unless_forced(
     let mut world = World::default();
     world.script.insert((1, Step::Finish), Behaviour::Fail);
     let inv = inventory(3);
-    let plan = plan_for(&inv);
-    let agents = fake_agents(&inv, 3, &world);
     let dir = tempfile::tempdir().expect("tempdir");
+    let plan = plan_with_snapshot_in(&inv, dir.path());
+    let agents = fake_agents(&inv, 3, &world);
     let mut journal = crate::journal::Journal::create(
         dir.path(),
         &plan,
@@ -1001,4 +1043,20 @@ async fn a_rollback_is_refused_once_finish_began_and_after_verify_unless_forced(
         .expect_err("past VERIFY");
     assert!(refused.to_string().contains("--force"), "{refused}");
     restore.may_roll_back(&progress, true).expect("forced");
+}
+
+#[tokio::test]
+async fn a_member_that_already_holds_the_snapshot_is_not_sent_it_again_and_does_not_stall_the_rest()
+{
+    let world = World {
+        holds: vec![0, 2],
+        ..World::default()
+    };
+    run(3, &world, fast()).await.0.expect("restore");
+    let pushed = world.pushed.lock().expect("lock").clone();
+    assert_eq!(
+        pushed,
+        [(1, SNAPSHOT_BYTES)],
+        "only cp-2 was sent the snapshot"
+    );
 }

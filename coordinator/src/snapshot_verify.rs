@@ -38,6 +38,8 @@ pub struct VerifyOptions {
     pub start_timeout: Duration,
     /// Accept a file without a sha256 trailer (a raw `member/snap/db` copy).
     pub skip_hash_check: bool,
+    /// The file's sha256 check, already done by the caller (preflight): not read again.
+    pub checked: Option<snapshot::CheckedSnapshot>,
 }
 
 impl Default for VerifyOptions {
@@ -47,6 +49,7 @@ impl Default for VerifyOptions {
             etcd_dir: None,
             start_timeout: Duration::from_secs(60),
             skip_hash_check: false,
+            checked: None,
         }
     }
 }
@@ -209,11 +212,16 @@ async fn chain(
     options: &VerifyOptions,
     report: &mut VerifyReport,
 ) -> Result<(), VerifyError> {
-    let path = file.to_owned();
-    let skip = options.skip_hash_check;
-    let checked = tokio::task::spawn_blocking(move || snapshot::check_with(&path, skip))
-        .await
-        .expect("the sha256 check does not panic")?;
+    let checked = match &options.checked {
+        Some(c) if c.path == file => c.clone(),
+        _ => {
+            let path = file.to_owned();
+            let skip = options.skip_hash_check;
+            tokio::task::spawn_blocking(move || snapshot::check_with(&path, skip))
+                .await
+                .expect("the sha256 check does not panic")?
+        }
+    };
     report.sha256 = Some(checked.sha256);
     report.size = Some(checked.size);
     let tools = find_tools(options.etcd_dir.as_deref(), options.test_restore)?;

@@ -5,6 +5,8 @@
 
 use std::time::Duration;
 
+use futures::future::join_all;
+
 use etcd_client::{Certificate, Client, ConnectOptions, GetOptions, Identity, TlsOptions};
 use quorate_proto::tls::TlsFiles;
 use serde::{Deserialize, Serialize};
@@ -84,18 +86,23 @@ pub async fn verify(
     tls: Option<&TlsFiles>,
     snapshot_revision: Option<i64>,
 ) -> Result<Verified, String> {
-    let mut views = Vec::new();
-    let mut clients = Vec::new();
-    for e in expected {
+    // Every member at once: a status and a client each.
+    let connected = join_all(expected.iter().map(|e| async move {
         let v = view(e.name, e.client_url, tls)
             .await
             .map_err(|err| format!("member {}: status at {}: {err:#}", e.name, e.client_url))?;
+        let c = member_client(e.client_url, tls)
+            .await
+            .map_err(|err| format!("member {}: {err:#}", e.name))?;
+        Ok::<_, String>((v, c))
+    }))
+    .await;
+    let mut views = Vec::new();
+    let mut clients = Vec::new();
+    for c in connected {
+        let (v, client) = c?;
         views.push(v);
-        clients.push(
-            member_client(e.client_url, tls)
-                .await
-                .map_err(|err| format!("member {}: {err:#}", e.name))?,
-        );
+        clients.push(client);
     }
     let first = views[0].clone();
     for v in &views {
@@ -147,27 +154,38 @@ pub async fn verify(
             v.name, v.revision
         ));
     }
+    // HashKV and the key count on every member at once (each reads its whole db).
+    let sums = join_all(
+        clients
+            .iter_mut()
+            .zip(&views)
+            .map(|(client, v)| async move {
+                let h = client
+                    .hash_kv(revision)
+                    .await
+                    .map_err(|e| format!("member {}: HashKV at {revision}: {e}", v.name))?
+                    .hash();
+                let count = client
+                    .get(
+                        vec![0u8],
+                        Some(
+                            GetOptions::new()
+                                .with_range(vec![0u8])
+                                .with_count_only()
+                                .with_revision(revision),
+                        ),
+                    )
+                    .await
+                    .map_err(|e| format!("member {}: key count: {e}", v.name))?
+                    .count();
+                Ok::<_, String>((h, count))
+            }),
+    )
+    .await;
     let mut hash = None;
     let mut keys = None;
-    for (client, v) in clients.iter_mut().zip(&views) {
-        let h = client
-            .hash_kv(revision)
-            .await
-            .map_err(|e| format!("member {}: HashKV at {revision}: {e}", v.name))?
-            .hash();
-        let count = client
-            .get(
-                vec![0u8],
-                Some(
-                    GetOptions::new()
-                        .with_range(vec![0u8])
-                        .with_count_only()
-                        .with_revision(revision),
-                ),
-            )
-            .await
-            .map_err(|e| format!("member {}: key count: {e}", v.name))?
-            .count();
+    for (sum, v) in sums.into_iter().zip(&views) {
+        let (h, count) = sum?;
         match (hash, keys) {
             (Some(h0), Some(k0)) if h0 != h || k0 != count => {
                 return Err(format!(
