@@ -53,6 +53,17 @@ pub fn fsync_dir(dir: &Path) -> Result<()> {
 /// over `path`, then the directory fsynced. The directory must exist. On failure the temp file is
 /// removed and `path` is untouched.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    write_atomic_owned(path, bytes, mode, None)
+}
+
+/// [`write_atomic`], the new file owned by `owner` (uid, gid) from the start (to replace a file
+/// another user owns, e.g. a config file etcd reads, keeping its owner).
+pub fn write_atomic_owned(
+    path: &Path,
+    bytes: &[u8],
+    mode: u32,
+    owner: Option<(u32, u32)>,
+) -> Result<()> {
     let dir = parent(path);
     let name = path.file_name().ok_or_else(|| {
         DurableError::new(
@@ -76,6 +87,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
             .open(&tmp)
             .map_err(|e| DurableError::new("creating", &tmp, e))?;
         // The umask may have narrowed the mode at creation; fchmod is not subject to it.
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::fchown(&file, Some(uid), Some(gid))
+                .map_err(|e| DurableError::new("changing the owner of", &tmp, e))?;
+        }
         file.set_permissions(fs::Permissions::from_mode(mode))
             .and_then(|()| file.write_all(bytes))
             .and_then(|()| file.sync_all())
@@ -92,9 +107,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
 /// `rename(from, to)`, then fsync both parents (once when they are the same). Atomic on one
 /// filesystem.
 pub fn rename_durable(from: &Path, to: &Path) -> Result<()> {
-    fs::rename(from, to).map_err(|e| {
-        DurableError::new(format!("renaming {} to", from.display()), to, e)
-    })?;
+    fs::rename(from, to)
+        .map_err(|e| DurableError::new(format!("renaming {} to", from.display()), to, e))?;
     let (a, b) = (parent(from), parent(to));
     fsync_dir(b)?;
     if a != b {
@@ -207,7 +221,10 @@ mod tests {
         assert!(!a.join("f").exists());
         assert_eq!(fs::read(b.join("g")).expect("g"), b"x");
         let err = rename_durable(&a.join("f"), &b.join("h")).expect_err("gone");
-        assert!(err.to_string().contains(&a.join("f").display().to_string()), "{err}");
+        assert!(
+            err.to_string().contains(&a.join("f").display().to_string()),
+            "{err}"
+        );
     }
 
     #[test]
@@ -220,11 +237,7 @@ mod tests {
         let made = create_dir_durable(&deep, 0o700).expect("create");
         assert_eq!(
             made,
-            vec![
-                top.join("restores"),
-                top.join("restores/abc"),
-                deep.clone()
-            ]
+            vec![top.join("restores"), top.join("restores/abc"), deep.clone()]
         );
         for d in &made {
             assert_eq!(mode_of(d), 0o700, "{}", d.display());

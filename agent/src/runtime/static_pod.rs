@@ -28,7 +28,7 @@ pub fn move_manifest(from: &Path, to: &Path) -> Result<bool> {
         (true, false) => {
             let dir = fsutil::parent(to)?;
             std::fs::create_dir_all(dir).map_err(|e| AgentError::io("creating", dir, e))?;
-            fsutil::rename_durable(from, to)?;
+            quorate_proto::durable::rename_durable(from, to)?;
             Ok(true)
         }
         (true, true) => Err(AgentError::Precondition(format!(
