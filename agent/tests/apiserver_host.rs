@@ -43,6 +43,7 @@ impl Host {
             apiserver: Some(Box::new(self.apiserver.clone())),
             tool: Box::new(FakeTool::default()),
             host_name: "api-1".into(),
+            runner: quorate_agent::child::Runner::default(),
         }
     }
 

@@ -167,8 +167,8 @@ fn steps_need_the_claim_and_refuse_unsafe_orders() {
     run(&engine, id, Step::Claim, &sha);
     let err = engine
         .execute(&request(id, Step::Preserve, &sha), Op::Run, &|_| {})
-        .expect_err("etcd runs");
-    assert!(err.to_string().contains("etcd is still running"), "{err}");
+        .expect_err("not halted");
+    assert!(err.to_string().contains("has not halted etcd"), "{err}");
     run(&engine, id, Step::Halt, &sha);
     let err = engine
         .execute(&request(id, Step::Restore, &sha), Op::Run, &|_| {})
@@ -282,4 +282,53 @@ fn describe_reports_the_journal_after_a_restart() {
     assert!(d.apiserver_present && !d.etcd_running);
     assert!(d.data_dir_bytes >= 8 && d.free_bytes > 0);
     assert_eq!(d.restore_tool.expect("tool").version, "3.5.1");
+}
+
+/// Two coordinators on one restore: one rolled FENCE back; the other must not fence again.
+#[test]
+fn a_forward_step_after_a_revert_is_refused_and_changes_nothing() {
+    let m = Member::new();
+    let engine = m.engine();
+    let id = RestoreId::new();
+    let sha = m.stage(id, b"S");
+    run(&engine, id, Step::Claim, &sha);
+    run(&engine, id, Step::Fence, &sha);
+    revert(&engine, id, Step::Fence, &sha);
+    let manifest = m
+        .root()
+        .join("etc/kubernetes/manifests/kube-apiserver.yaml");
+    assert!(manifest.exists() && m.apiserver.running.load(Ordering::SeqCst));
+    let journal = std::fs::read(engine.state.journal_path(id)).expect("journal");
+    for step in [Step::Fence, Step::Claim, Step::Halt] {
+        let err = engine
+            .execute(&request(id, step, &sha), Op::Run, &|_| {})
+            .expect_err("forward after a revert");
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{step}: {err}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&format!(
+                "restore {id} began rolling back on cp-1 (fence reverted): it cannot go forward \
+                 again; finish the rollback with `quorate rollback {id}`"
+            )),
+            "{step}: {msg}"
+        );
+    }
+    // Nothing changed: the apiserver was stopped once and started once, and still runs.
+    assert_eq!(m.apiserver.stops.load(Ordering::SeqCst), 1);
+    assert_eq!(m.apiserver.starts.load(Ordering::SeqCst), 1);
+    assert!(manifest.exists() && m.apiserver.running.load(Ordering::SeqCst));
+    assert_eq!(m.etcd.stops.load(Ordering::SeqCst), 0);
+    assert_eq!(
+        std::fs::read(engine.state.journal_path(id)).expect("journal"),
+        journal,
+        "the journal is untouched"
+    );
+    // The rollback itself goes on: a repeated revert replays, and the claim is released.
+    assert!(revert(&engine, id, Step::Fence, &sha).replayed);
+    revert(&engine, id, Step::Claim, &sha);
+    assert_eq!(engine.state.active().expect("lock"), None);
+    let err = engine
+        .execute(&request(id, Step::Claim, &sha), Op::Run, &|_| {})
+        .expect_err("claim after the rollback");
+    assert!(err.to_string().contains("(claim reverted)"), "{err}");
 }

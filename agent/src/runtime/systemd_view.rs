@@ -6,9 +6,10 @@
 //! systemd's command; where `systemctl show` cannot answer, it reads the search path instead.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use super::unit::{HostFacts, Unit, UnitFiles, UnitName, UnitSource};
+use crate::child::Runner;
 use crate::error::{AgentError, Result};
 
 /// The properties asked of `systemctl show`.
@@ -31,29 +32,30 @@ pub fn systemd_runs() -> bool {
     Path::new("/run/systemd/system").is_dir()
 }
 
-/// Reads unit `name`: from systemd's view when `systemctl` is given and answers, else from
-/// `source`'s search path.
+/// Reads unit `name`: from systemd's view when `systemctl` (with the runner that runs it under
+/// its deadline) is given and answers, else from `source`'s search path.
 pub fn load_unit(
     source: &UnitSource,
     name: &str,
-    systemctl: Option<&Path>,
+    systemctl: Option<(&Path, &Runner)>,
     host: &HostFacts,
 ) -> Result<Unit> {
-    if let Some(systemctl) = systemctl
-        && let Some(shown) = ask(systemctl, name)
+    if let Some((systemctl, runner)) = systemctl
+        && let Some(shown) = ask(systemctl, runner, name)?
     {
         return from_shown(&shown, name, host);
     }
     Unit::load(source, name, host)
 }
 
-/// Runs `systemctl show`; `None` (with a warning) when it cannot answer.
-fn ask(systemctl: &Path, name: &str) -> Option<Shown> {
-    let out = Command::new(systemctl)
-        .args(["show", "--property", PROPERTIES, "--", name])
-        .stdin(Stdio::null())
-        .output();
-    match out {
+/// Runs `systemctl show`; `None` (with a warning) when it cannot answer; an error when it hung
+/// past its deadline (it was killed: systemd is in trouble, and the unit files may not be what
+/// it runs).
+fn ask(systemctl: &Path, runner: &Runner, name: &str) -> Result<Option<Shown>> {
+    let mut cmd = Command::new(systemctl);
+    cmd.args(["show", "--property", PROPERTIES, "--", name]);
+    let out = runner.run(&mut cmd, runner.limits.systemctl, "systemctl");
+    Ok(match out {
         Ok(o) if o.status.success() => Some(parse_show(&String::from_utf8_lossy(&o.stdout))),
         Ok(o) => {
             tracing::warn!(
@@ -64,14 +66,12 @@ fn ask(systemctl: &Path, name: &str) -> Option<Shown> {
             );
             None
         }
+        Err(e @ crate::child::ChildError::Deadline { .. }) => return Err(e.into()),
         Err(e) => {
-            tracing::warn!(
-                "cannot run {} show {name}: {e}; reading the unit files instead",
-                systemctl.display()
-            );
+            tracing::warn!("{e}; reading the unit files instead");
             None
         }
-    }
+    })
 }
 
 /// Parses `systemctl show` output (`Key=Value` lines).

@@ -3,11 +3,12 @@
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
+use quorate_agent::child::Runner;
 use quorate_agent::engine::Engine;
-use quorate_agent::error::Result;
+use quorate_agent::error::{AgentError, Result};
 use quorate_agent::journal::StateDir;
 use quorate_agent::runtime::{Progress, Runtime, move_manifest};
 use quorate_agent::tool::{RestoreArgs, RestoreTool, SnapshotStatus, ToolInfo, ToolKind};
@@ -29,6 +30,8 @@ pub struct PodState {
     pub running: AtomicBool,
     pub stops: AtomicUsize,
     pub starts: AtomicUsize,
+    /// Set: whether it runs cannot be read (as when /proc or its manifest is unreadable).
+    pub unreadable: Mutex<Option<String>>,
 }
 
 impl FakePod {
@@ -38,6 +41,7 @@ impl FakePod {
             running: AtomicBool::new(true),
             stops: AtomicUsize::new(0),
             starts: AtomicUsize::new(0),
+            unreadable: Mutex::new(None),
         }))
     }
 }
@@ -49,8 +53,11 @@ impl Runtime for FakePod {
     fn definition(&self) -> &Path {
         &self.manifest
     }
-    fn is_running(&self, _aside: Option<&Path>) -> bool {
-        self.running.load(Ordering::SeqCst)
+    fn is_running(&self, _aside: Option<&Path>) -> Result<bool> {
+        if let Some(why) = self.unreadable.lock().expect("lock").clone() {
+            return Err(AgentError::Precondition(why));
+        }
+        Ok(self.running.load(Ordering::SeqCst))
     }
     fn stop(&self, aside: &Path, progress: Progress<'_>) -> Result<String> {
         progress("moving manifest out".into());
@@ -110,8 +117,19 @@ impl RestoreTool for FakeTool {
 
 pub const PEER: &str = "https://127.0.0.11:2380";
 
+/// A loopback port nothing listens on (for now): this member's etcd "listens" there.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
 pub struct Member {
     pub dir: tempfile::TempDir,
+    /// `--listen-client-urls` and `--listen-peer-urls` ports on 127.0.0.1, free when made.
+    pub client_port: u16,
+    pub peer_port: u16,
     pub etcd: FakePod,
     pub apiserver: FakePod,
     pub tool: FakeTool,
@@ -123,8 +141,9 @@ impl Member {
         let root = dir.path();
         let manifests = root.join("etc/kubernetes/manifests");
         std::fs::create_dir_all(&manifests).expect("mkdir");
+        let (client_port, peer_port) = (free_port(), free_port());
         let etcd_manifest = format!(
-            "spec:\n  containers:\n  - command:\n    - /nonexistent/etcd\n    - --name=cp-1\n    - --data-dir={}\n    - --initial-advertise-peer-urls={PEER}\n    - --listen-peer-urls={PEER}\n",
+            "spec:\n  containers:\n  - command:\n    - /nonexistent/etcd\n    - --name=cp-1\n    - --data-dir={}\n    - --initial-advertise-peer-urls={PEER}\n    - --listen-peer-urls=https://127.0.0.1:{peer_port}\n    - --listen-client-urls=https://127.0.0.1:{client_port}\n",
             root.join("var/lib/etcd").display()
         );
         std::fs::write(manifests.join("etcd.yaml"), etcd_manifest).expect("manifest");
@@ -142,6 +161,8 @@ impl Member {
         )
         .expect("chmod");
         Self {
+            client_port,
+            peer_port,
             etcd: FakePod::new(manifests.join("etcd.yaml")),
             apiserver: FakePod::new(manifests.join("kube-apiserver.yaml")),
             tool: FakeTool::default(),
@@ -165,6 +186,7 @@ impl Member {
             apiserver: Some(Box::new(self.apiserver.clone())),
             tool: Box::new(self.tool.clone()),
             host_name: "cp-1-host".into(),
+            runner: Runner::default(),
         }
     }
 
