@@ -144,7 +144,9 @@ async fn a_taken_client_port_fails_the_preserve_phase_on_that_member_and_rolls_b
 
     let error = assert_rolled_back(&out, case, &host.name, "preserve");
     assert!(
-        error.contains(&format!(":{CLIENT_PORT} (--listen-client-urls) accepts connections")),
+        error.contains(&format!(
+            ":{CLIENT_PORT} (--listen-client-urls) accepts connections"
+        )),
         "{case}: the error names the taken port: {error}"
     );
     eprintln!("{case}: failed and rolled back in {took:.1?}: {error}");

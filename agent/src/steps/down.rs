@@ -2,7 +2,12 @@
 //! touch etcd's dirs: no etcd process of this member (the runtime's view) and every port of its
 //! `--listen-*-urls` refusing connections on this host. Anything that cannot be found out (a
 //! manifest that does not parse, /proc unreadable, a connect that times out instead of being
-//! refused) is a refusal saying what could not be read, never "not running".
+//! refused while the socket table cannot be read) is a refusal saying what could not be read,
+//! never "not running".
+//!
+//! A connect that times out is settled by this namespace's socket table (`/proc/net/tcp*`):
+//! a host firewall that drops the member's port (a partition) must not make a rollback
+//! impossible, and the kernel's table is proof, not a guess.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::Duration;
@@ -10,6 +15,7 @@ use std::time::Duration;
 use crate::engine::{Engine, Plan};
 use crate::error::{AgentError, Result};
 use crate::manifest::{EtcdMember, host_port};
+use crate::runtime::listening;
 
 /// How long a connect may take before the port counts as "cannot tell". On this host a closed
 /// port refuses at once.
@@ -26,7 +32,10 @@ pub enum Port {
     Unknown(String),
 }
 
-/// Connects to `host:port` (the loopback address for a wildcard host) within `timeout`.
+/// Connects to `host:port` (the loopback address for a wildcard host) within `timeout`. A
+/// connect that is neither accepted nor refused (a firewall dropping the port, as a partition
+/// does) is decided by this namespace's socket table, the kernel's own word on what listens;
+/// when that cannot be read either, the port is `Unknown`.
 pub fn probe(host: &str, port: u16, timeout: Duration) -> Port {
     let addrs: Vec<SocketAddr> = match host.parse::<IpAddr>() {
         Ok(ip) if ip.is_unspecified() => {
@@ -50,7 +59,15 @@ pub fn probe(host: &str, port: u16, timeout: Duration) -> Port {
         match TcpStream::connect_timeout(&addr, timeout) {
             Ok(_) => return Port::Open,
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
-            Err(e) => return Port::Unknown(format!("connecting to {addr}: {e}")),
+            Err(e) => match listening(&addr.ip().to_string(), port) {
+                Ok(true) => return Port::Open,
+                Ok(false) => {}
+                Err(table) => {
+                    return Port::Unknown(format!(
+                        "connecting to {addr}: {e}; and the socket table: {table}"
+                    ));
+                }
+            },
         }
     }
     Port::Closed
@@ -155,5 +172,26 @@ mod tests {
             probe("no-such-host.invalid", port, CONNECT_TIMEOUT),
             Port::Unknown(_)
         ));
+    }
+
+    /// A listener whose accept queue is full drops new connections (the connect times out, as
+    /// behind a firewall): the socket table still shows it listening, so it is open.
+    #[test]
+    fn a_connect_that_times_out_is_settled_by_the_socket_table() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let mut held = Vec::new();
+        let timed_out = loop {
+            match TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+                Ok(c) => held.push(c),
+                Err(e) => break e.kind() == std::io::ErrorKind::TimedOut,
+            }
+            assert!(held.len() < 10_000, "the accept queue never filled");
+        };
+        assert!(timed_out, "a full accept queue drops SYNs");
+        assert_eq!(
+            probe("127.0.0.1", addr.port(), Duration::from_millis(200)),
+            Port::Open
+        );
     }
 }
