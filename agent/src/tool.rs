@@ -309,10 +309,14 @@ impl RestoreTool for CliTool {
 pub fn etcd_version(binary: &str, runner: &Runner) -> Option<String> {
     let mut cmd = Command::new(binary);
     cmd.arg("--version");
-    let out = runner
-        .run(&mut cmd, runner.limits.probe, "probe")
-        .inspect_err(|e| tracing::warn!("{e}"))
-        .ok()?;
+    let out = match runner.run(&mut cmd, runner.limits.probe, "probe") {
+        Ok(out) => out,
+        Err(e @ ChildError::Deadline { .. }) => {
+            tracing::warn!("{e}");
+            return None;
+        }
+        Err(_) => return None,
+    };
     version_line(&String::from_utf8_lossy(&out.stdout), "etcd Version:")
 }
 
