@@ -46,6 +46,9 @@ pub struct AgentConfig {
     /// the hostname. Not for an etcd member, which is named by its `--name`.
     #[serde(default)]
     pub host_name: Option<String>,
+    /// Deadlines of the child processes the agent runs (restore tool, systemctl, probes).
+    #[serde(default)]
+    pub limits: crate::child::Limits,
 }
 
 /// The agent's server certificate and the CA its clients must be signed by.
@@ -466,6 +469,7 @@ impl AgentConfig {
             ("tls.client_ca", &self.tls.client_ca),
         ];
         check_role(self).map_err(&invalid)?;
+        self.limits.check().map_err(&invalid)?;
         let etcd_key = self
             .etcd
             .as_ref()

@@ -38,7 +38,7 @@ pub fn etcd_version(
         }
     } else {
         let binary = member.command.argv.first().map_or("", String::as_str);
-        tool::etcd_version(binary)
+        tool::etcd_version(binary, &engine.runner)
             .map(|v| (v, format!("{binary} --version")))
             .ok_or_else(|| format!("cannot run {binary} --version"))
     };
@@ -95,7 +95,11 @@ pub fn describe_with(
     let layout = Layout::detect(&data_dir, member.wal_dir.as_deref())?;
     let etcd_aside = active.map(|id| engine.etcd_aside(id)).transpose()?;
     let api_aside = active.and_then(|id| engine.apiserver_aside(id));
-    let etcd_running = etcd.is_running(etcd_aside.as_deref());
+    // Best effort, for the operator: the steps that need etcd down check it themselves.
+    let etcd_running = etcd
+        .is_running(etcd_aside.as_deref())
+        .inspect_err(|e| tracing::warn!("{e}"))
+        .unwrap_or(false);
     let (endpoints, health_problem) = match health::etcd_endpoints(&member, &health_config.etcd) {
         Ok(e) => (e, String::new()),
         Err(e) => (Vec::new(), e.to_string()),
@@ -124,7 +128,7 @@ pub fn describe_with(
         apiserver_running: engine
             .apiserver
             .as_ref()
-            .is_some_and(|a| a.is_running(api_aside.as_deref())),
+            .is_some_and(|a| a.is_running(api_aside.as_deref()).unwrap_or(false)),
         active_restore_id: active.map(|id| id.to_string()).unwrap_or_default(),
         active_step,
         active_step_state,
@@ -217,7 +221,7 @@ fn describe_apiserver_host(
         apiserver_running: engine
             .apiserver
             .as_ref()
-            .is_some_and(|a| a.is_running(api_aside.as_deref())),
+            .is_some_and(|a| a.is_running(api_aside.as_deref()).unwrap_or(false)),
         apiserver_present: engine.apiserver.is_some(),
         active_restore_id: active.map(|id| id.to_string()).unwrap_or_default(),
         active_step,

@@ -34,6 +34,9 @@ pub struct Engine {
     pub tool: Box<dyn RestoreTool>,
     /// The name an apiserver-only host answers to (the inventory's `[[apiserver]]` name).
     pub host_name: String,
+    /// Runs child processes under the `[limits]` deadlines (the tool and the runtimes hold
+    /// their own copies).
+    pub runner: crate::child::Runner,
 }
 
 /// A control-plane component stopped and started with the kube-apiserver.
@@ -98,13 +101,6 @@ impl Engine {
         Ok(self.state.manifest_aside(id, self.etcd()?.definition()))
     }
 
-    /// etcd runs here (looking for its definition set aside by restore `id` too).
-    pub fn etcd_running(&self, id: RestoreId) -> bool {
-        self.etcd
-            .as_deref()
-            .is_some_and(|e| e.is_running(Some(&self.state.manifest_aside(id, e.definition()))))
-    }
-
     pub fn apiserver_aside(&self, id: RestoreId) -> Option<PathBuf> {
         self.apiserver
             .as_ref()
@@ -155,6 +151,9 @@ impl Engine {
         };
         let journal = self.state.load(req.restore_id)?;
         let (step, id) = (req.step, req.restore_id);
+        if op == Op::Run {
+            refuse_after_revert(&journal, &name)?;
+        }
         if let Some(rec) = journal.steps.get(&step) {
             let finished = match op {
                 Op::Run => rec.state == StepState::Done,
@@ -276,6 +275,30 @@ impl Engine {
             details,
         }
     }
+}
+
+/// A restore whose rollback began on this member (any step reverting, reverted, or whose revert
+/// failed) never goes forward again, not even as a replay: two coordinators on one restore (a
+/// rollback in one terminal, a `resume` in another) must not undo each other. A rollback reverts
+/// phases newest first, so it never needs a forward step after a revert.
+fn refuse_after_revert(journal: &Journal, name: &str) -> Result<()> {
+    let reverts = || journal.steps.iter().filter(|(_, r)| r.op == Op::Revert);
+    // The latest revert: the step changed last when it is one, else the newest by time.
+    let latest = reverts()
+        .find(|(s, _)| Some(**s) == journal.last)
+        .or_else(|| reverts().max_by_key(|(_, r)| r.at));
+    let Some((step, rec)) = latest else {
+        return Ok(());
+    };
+    let id = journal.restore_id;
+    let what = match rec.state {
+        StepState::Failed => format!("the revert of {step} failed"),
+        state => format!("{step} {}", state.name()),
+    };
+    Err(AgentError::Precondition(format!(
+        "restore {id} began rolling back on {name} ({what}): it cannot go forward again; finish \
+         the rollback with `quorate rollback {id}`"
+    )))
 }
 
 /// A named failpoint (cargo feature `failpoints`, configured by `FAILPOINTS`; see

@@ -97,6 +97,16 @@ impl From<ModelError> for AgentError {
     }
 }
 
+impl From<quorate_proto::durable::DurableError> for AgentError {
+    fn from(e: quorate_proto::durable::DurableError) -> Self {
+        AgentError::Io {
+            what: e.what,
+            path: e.path,
+            source: e.source,
+        }
+    }
+}
+
 impl From<AgentError> for tonic::Status {
     fn from(e: AgentError) -> Self {
         let mut status = tonic::Status::new(e.code(), e.to_string());

@@ -1,51 +1,14 @@
-//! Durable file operations: every change the agent makes survives a crash at any instant.
+//! File helpers of the agent: placements, ownership, free space. The crash-safe primitives
+//! (atomic write, durable rename, fsync of a directory, new directories) are
+//! [`quorate_proto::durable`], shared with the coordinator and the lab.
 
 use std::fs::{self, File};
-use std::io::Write as _;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 
+use quorate_proto::durable;
+
 use crate::error::{AgentError, Result};
-
-/// Writes `bytes` to `path` so that a crash leaves either the old or the new content: write a
-/// temp file, fsync it, rename it over `path`, fsync the directory.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = parent(path)?;
-    fs::create_dir_all(dir).map_err(|e| AgentError::io("creating", dir, e))?;
-    let name = path
-        .file_name()
-        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let mut file = File::create(&tmp).map_err(|e| AgentError::io("creating", &tmp, e))?;
-    file.write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .map_err(|e| AgentError::io("writing", &tmp, e))?;
-    drop(file);
-    fs::rename(&tmp, path).map_err(|e| AgentError::io("renaming into place", path, e))?;
-    fsync_dir(dir)
-}
-
-/// Makes a directory's entries (creations, renames, removals) durable.
-pub fn fsync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| AgentError::io("syncing directory", dir, e))
-}
-
-/// `rename(from, to)`, then fsync both parents. Atomic on one filesystem.
-pub fn rename_durable(from: &Path, to: &Path) -> Result<()> {
-    fs::rename(from, to).map_err(|e| AgentError::Io {
-        what: format!("renaming {} to", from.display()),
-        path: to.to_owned(),
-        source: e,
-    })?;
-    let (a, b) = (parent(from)?, parent(to)?);
-    fsync_dir(b)?;
-    if a != b {
-        fsync_dir(a)?;
-    }
-    Ok(())
-}
 
 /// Creates `dir` (mode 0700, owned like `like`) when missing, durably. For quorate's own dirs
 /// inside a dir etcd uses.
@@ -53,15 +16,11 @@ pub fn create_private_dir(dir: &Path, like: &Path) -> Result<()> {
     if fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir()) {
         return Ok(());
     }
-    use std::os::unix::fs::DirBuilderExt as _;
-    fs::DirBuilder::new()
-        .mode(0o700)
-        .create(dir)
-        .map_err(|e| AgentError::io("creating", dir, e))?;
     let own = Ownership::of(like)?;
+    durable::create_dir_durable(dir, 0o700)?;
     std::os::unix::fs::lchown(dir, Some(own.uid), Some(own.gid))
         .map_err(|e| AgentError::io("changing owner of", dir, e))?;
-    fsync_dir(parent(dir)?)
+    Ok(durable::fsync_dir(dir)?)
 }
 
 /// The parent directory of `path`.
@@ -291,7 +250,7 @@ pub fn adopt_tree(root: &Path, own: Ownership) -> Result<()> {
     use std::os::unix::fs::PermissionsExt as _;
     fs::set_permissions(root, fs::Permissions::from_mode(own.mode))
         .map_err(|e| AgentError::io("setting mode of", root, e))?;
-    fsync_dir(root)
+    Ok(durable::fsync_dir(root)?)
 }
 
 fn walk(path: &Path, f: &mut dyn FnMut(&Path, &fs::Metadata) -> Result<()>) -> Result<()> {
@@ -311,12 +270,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn atomic_write_replaces_and_names_are_numbered() {
+    fn names_are_numbered_and_sizes_summed() {
         let dir = tempfile::tempdir().expect("tempdir");
         let p = dir.path().join("a.json");
-        write_atomic(&p, b"1").expect("write");
-        write_atomic(&p, b"22").expect("rewrite");
-        assert_eq!(fs::read(&p).expect("read"), b"22");
+        durable::write_atomic(&p, b"22", 0o600).expect("write");
         assert_eq!(tree_size(dir.path()), 2);
         assert_eq!(free_name(&p), dir.path().join("a.json-1"));
         assert_eq!(free_name(&dir.path().join("b")), dir.path().join("b"));

@@ -6,13 +6,14 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use quorate_proto::durable;
 use quorate_proto::model::{
     ComponentFailure, DirRole, ErrorCode, EtcdDir, OutcomeDetails, RestoreId, Step,
 };
 use serde::{Deserialize, Serialize};
 
 use crate::error::{AgentError, Result};
-use crate::fsutil::{self, Ownership};
+use crate::fsutil::Ownership;
 use crate::settings::FileEdit;
 
 /// Which way a step goes.
@@ -323,13 +324,13 @@ impl StateDir {
     pub fn set_active(&self, id: RestoreId) -> Result<()> {
         let json =
             serde_json::to_vec(&Active { restore_id: id }).expect("a restore id always serialises");
-        fsutil::write_atomic(&self.lock_path(), &json)
+        write_private(&self.lock_path(), &json)
     }
 
     pub fn clear_active(&self) -> Result<()> {
         let path = self.lock_path();
         match std::fs::remove_file(&path) {
-            Ok(()) => fsutil::fsync_dir(&self.root),
+            Ok(()) => Ok(durable::fsync_dir(&self.root)?),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(AgentError::io("removing restore lock", &path, e)),
         }
@@ -353,8 +354,16 @@ impl StateDir {
 
     pub fn save(&self, journal: &Journal) -> Result<()> {
         let json = serde_json::to_vec_pretty(journal).expect("a journal always serialises");
-        fsutil::write_atomic(&self.journal_path(journal.restore_id), &json)
+        write_private(&self.journal_path(journal.restore_id), &json)
     }
+}
+
+/// Writes one of the agent's own files (0600), creating its directories (0700) as needed.
+fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        durable::create_dir_durable(dir, 0o700)?;
+    }
+    Ok(durable::write_atomic(path, bytes, 0o600)?)
 }
 
 #[cfg(test)]

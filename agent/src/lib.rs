@@ -11,6 +11,7 @@
 //! - [`service`] and [`server`] are the gRPC service and its mTLS listener.
 #![forbid(unsafe_code)]
 
+pub mod child;
 pub mod config;
 pub mod describe;
 pub mod engine;

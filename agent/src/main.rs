@@ -190,12 +190,18 @@ fn check_config(path: &Path) -> anyhow::Result<()> {
             problems.push(e.to_string());
         }
     }
-    let running = etcd.is_running(
-        active
-            .map(|id| engine.etcd_aside(id))
-            .transpose()?
-            .as_deref(),
-    );
+    let running = etcd
+        .is_running(
+            active
+                .map(|id| engine.etcd_aside(id))
+                .transpose()?
+                .as_deref(),
+        )
+        .unwrap_or_else(|e| {
+            println!("etcd process    cannot tell whether it runs: {e}");
+            problems.push(e.to_string());
+            false
+        });
     let (version, source) = quorate_agent::describe::etcd_version(
         &engine,
         &member,

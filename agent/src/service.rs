@@ -13,6 +13,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::field::display;
 
+use crate::child::Runner;
 use crate::config::{AgentConfig, Definition};
 use crate::engine::{Controller, Engine, Outcome, Prepared};
 use crate::error::AgentError;
@@ -41,8 +42,8 @@ pub struct AgentService {
 fn runtime_of(
     definition: Definition,
     component: Component,
-    stop_timeout: std::time::Duration,
-    start_timeout: std::time::Duration,
+    (stop_timeout, start_timeout): (std::time::Duration, std::time::Duration),
+    runner: &Runner,
 ) -> Box<dyn Runtime> {
     match definition {
         Definition::StaticPod { manifest } => Box::new(StaticPod {
@@ -62,6 +63,7 @@ fn runtime_of(
             systemctl,
             stop_timeout,
             start_timeout,
+            runner.clone(),
         )),
     }
 }
@@ -93,20 +95,22 @@ fn controller_definitions(apiserver: &Definition) -> Vec<(String, Definition)> {
 
 /// The real runtimes and tools for `config`.
 pub fn engine_from_config(config: &AgentConfig) -> Engine {
+    let host_name = config.host_name.clone().unwrap_or_else(describe::hostname);
+    let runner = Runner::new(config.limits, host_name.clone());
     let etcd = config.etcd.as_ref().map(|e| {
         runtime_of(
             e.definition(),
             Component::Etcd,
-            e.stop_timeout,
-            e.start_timeout,
+            (e.stop_timeout, e.start_timeout),
+            &runner,
         )
     });
     let apiserver = config.apiserver.as_ref().map(|a| {
         runtime_of(
             a.definition(),
             Component::Apiserver { readyz: a.readyz() },
-            a.stop_timeout,
-            a.start_timeout,
+            (a.stop_timeout, a.start_timeout),
+            &runner,
         )
     });
     let controllers = config.apiserver.as_ref().map_or_else(Vec::new, |a| {
@@ -116,8 +120,8 @@ pub fn engine_from_config(config: &AgentConfig) -> Engine {
                 runtime: runtime_of(
                     definition,
                     Component::Controller { name: name.clone() },
-                    a.stop_timeout,
-                    a.start_timeout,
+                    (a.stop_timeout, a.start_timeout),
+                    &runner,
                 ),
                 name,
             })
@@ -133,8 +137,10 @@ pub fn engine_from_config(config: &AgentConfig) -> Engine {
         tool: Box::new(CliTool {
             etcdutl: e.and_then(|e| e.etcdutl.clone()),
             etcdctl: e.and_then(|e| e.etcdctl.clone()),
+            runner: runner.clone(),
         }),
-        host_name: config.host_name.clone().unwrap_or_else(describe::hostname),
+        runner,
+        host_name,
     }
 }
 

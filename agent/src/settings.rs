@@ -8,12 +8,13 @@
 //! (temp file with the original's owner and mode, fsync, rename, fsync the dir), and the original
 //! is copied to the restore's state dir first.
 
-use std::fs::{self, File};
-use std::io::Write as _;
-use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+use std::fs;
+use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+use quorate_proto::durable;
 
 use crate::error::{AgentError, Result};
 use crate::fsutil;
@@ -154,24 +155,13 @@ fn rewrite_yaml(text: &str, values: &[(&str, &str)], path: &Path) -> Result<(Str
 /// dir, fsync, rename, fsync the dir.
 pub fn replace_file(path: &Path, bytes: &[u8]) -> Result<()> {
     let meta = fs::metadata(path).map_err(|e| AgentError::io("reading", path, e))?;
-    let dir = fsutil::parent(path)?;
-    let name = path
-        .file_name()
-        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
-    let tmp = dir.join(format!(".{name}.quorate.tmp"));
-    let mut file = File::create(&tmp).map_err(|e| AgentError::io("creating", &tmp, e))?;
-    let result = file
-        .set_permissions(fs::Permissions::from_mode(meta.mode() & 0o7777))
-        .and_then(|()| std::os::unix::fs::fchown(&file, Some(meta.uid()), Some(meta.gid())))
-        .and_then(|()| file.write_all(bytes))
-        .and_then(|()| file.sync_all());
-    drop(file);
-    if let Err(e) = result {
-        let _ = fs::remove_file(&tmp);
-        return Err(AgentError::io("writing", &tmp, e));
-    }
-    fs::rename(&tmp, path).map_err(|e| AgentError::io("renaming into place", path, e))?;
-    fsutil::fsync_dir(dir)
+    let owner = Some((meta.uid(), meta.gid()));
+    Ok(durable::write_atomic_owned(
+        path,
+        bytes,
+        meta.mode() & 0o7777,
+        owner,
+    )?)
 }
 
 /// Where the original of the `index`-th settings file is kept for restore dir `restore_dir`.
@@ -189,7 +179,9 @@ pub fn keep_original(file: &SettingsFile, copy: &Path) -> Result<()> {
         return Ok(());
     }
     let bytes = fs::read(&file.path).map_err(|e| AgentError::io("reading", &file.path, e))?;
-    fsutil::write_atomic(copy, &bytes)
+    // Settings may hold secrets: the kept copy is private, in a private dir.
+    durable::create_dir_durable(fsutil::parent(copy)?, 0o700)?;
+    Ok(durable::write_atomic(copy, &bytes, 0o600)?)
 }
 
 /// Rewrites `file` from its current content; returns the keys changed (none: left alone).
@@ -211,7 +203,10 @@ pub fn revert(edit: &FileEdit) -> Result<bool> {
         Ok(now) if now == original => Ok(false),
         Ok(_) => replace_file(&edit.path, &original).map(|()| true),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            fsutil::write_atomic(&edit.path, &original).map(|()| true)
+            // Gone since: put the original back readable as before (root-owned config, 0644).
+            durable::create_dir_durable(fsutil::parent(&edit.path)?, 0o755)?;
+            durable::write_atomic(&edit.path, &original, 0o644)?;
+            Ok(true)
         }
         Err(e) => Err(AgentError::io("reading", &edit.path, e)),
     }

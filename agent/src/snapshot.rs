@@ -11,6 +11,8 @@ use tokio::io::AsyncWriteExt;
 use tokio_stream::{Stream, StreamExt};
 
 use crate::engine::Engine;
+use quorate_proto::durable;
+
 use crate::error::{AgentError, Result};
 use crate::fsutil;
 use crate::journal::Staged;
@@ -33,7 +35,7 @@ pub fn staged(state: &crate::journal::StateDir, id: RestoreId) -> Result<PathBuf
 pub fn remove_staged(state: &crate::journal::StateDir, id: RestoreId) -> Result<()> {
     for path in [state.snapshot_path(id), state.partial_path(id)] {
         match std::fs::remove_file(&path) {
-            Ok(()) => fsutil::fsync_dir(fsutil::parent(&path)?)?,
+            Ok(()) => durable::fsync_dir(fsutil::parent(&path)?)?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(AgentError::io("deleting", &path, e)),
         }
@@ -150,7 +152,7 @@ where
     let engine2 = Arc::clone(&engine);
     let (p, t) = (partial.clone(), target.clone());
     let status = tokio::task::spawn_blocking(move || -> Result<_> {
-        fsutil::rename_durable(&p, &t)?;
+        durable::rename_durable(&p, &t)?;
         let status = engine2.tool.status(&t);
         if let Err(AgentError::Corrupt(_)) = &status {
             let _gone = std::fs::remove_file(&t);

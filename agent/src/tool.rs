@@ -3,9 +3,11 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::child::{ChildError, Runner};
 use crate::error::{AgentError, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,15 +116,31 @@ pub struct CliTool {
     pub etcdutl: Option<PathBuf>,
     /// Configured `etcd.etcdctl`; default `etcdctl` on PATH.
     pub etcdctl: Option<PathBuf>,
+    /// Runs the tool under the `[limits]` deadlines.
+    pub runner: Runner,
 }
 
-fn run(kind: ToolKind, program: &Path, args: &[String]) -> std::io::Result<Output> {
+/// Runs the tool under `deadline` (set by the `[limits]` key `limit`).
+fn run(
+    runner: &Runner,
+    kind: ToolKind,
+    program: &Path,
+    args: &[String],
+    (deadline, limit): (Duration, &'static str),
+) -> Result<Output, ChildError> {
     let mut cmd = Command::new(program);
     cmd.args(args);
     if kind == ToolKind::Etcdctl {
         cmd.env("ETCDCTL_API", "3");
     }
-    cmd.output()
+    runner.run(&mut cmd, deadline, limit)
+}
+
+/// The restore tool's deadline for `snapshot` (by its size; the base alone when it cannot be
+/// read, and then the tool fails on it anyway).
+fn tool_deadline(runner: &Runner, snapshot: &Path) -> (Duration, &'static str) {
+    let bytes = std::fs::metadata(snapshot).map_or(0, |m| m.len());
+    (runner.limits.restore_tool_for(bytes), "restore_tool")
 }
 
 /// `etcdutl version: 3.5.1` → `3.5.1`.
@@ -173,18 +191,28 @@ impl CliTool {
     }
 }
 
-fn probe(kind: ToolKind, program: PathBuf) -> std::result::Result<ToolInfo, String> {
-    let out = run(kind, &program, &["version".into()])
-        .map_err(|e| format!("{} {} ({e})", kind.name(), program.display()))?;
+/// The tool at `program`; `Err(Ok(why))` when it is not there or not usable, `Err(Err(e))`
+/// when it hung (a tool that is there but does not answer is not a missing tool).
+fn probe(
+    runner: &Runner,
+    kind: ToolKind,
+    program: PathBuf,
+) -> std::result::Result<ToolInfo, std::result::Result<String, AgentError>> {
+    let deadline = (runner.limits.probe, "probe");
+    let out = match run(runner, kind, &program, &["version".into()], deadline) {
+        Ok(out) => out,
+        Err(e @ ChildError::Deadline { .. }) => return Err(Err(e.into())),
+        Err(e) => return Err(Ok(format!("{} {} ({e})", kind.name(), program.display()))),
+    };
     let stdout = String::from_utf8_lossy(&out.stdout);
     let version = version_line(&stdout, &format!("{} version:", kind.name()))
         .filter(|_| out.status.success())
         .ok_or_else(|| {
-            format!(
+            Ok(format!(
                 "{} {} (`version` printed no version)",
                 kind.name(),
                 program.display()
-            )
+            ))
         })?;
     Ok(ToolInfo {
         kind,
@@ -198,9 +226,10 @@ impl RestoreTool for CliTool {
     fn info(&self) -> Result<ToolInfo> {
         let mut tried = Vec::new();
         for (kind, program) in self.candidates() {
-            match probe(kind, program) {
+            match probe(&self.runner, kind, program) {
                 Ok(info) => return Ok(info),
-                Err(e) => tried.push(e),
+                Err(Ok(why)) => tried.push(why),
+                Err(Err(hung)) => return Err(hung),
             }
         }
         Err(AgentError::ToolMissing(format!(
@@ -220,9 +249,8 @@ impl RestoreTool for CliTool {
             "-w".into(),
             "json".into(),
         ];
-        let out = run(info.kind, &info.program, &args).map_err(|e| {
-            AgentError::io(format!("running {}", info.program.display()), snapshot, e)
-        })?;
+        let deadline = tool_deadline(&self.runner, snapshot);
+        let out = run(&self.runner, info.kind, &info.program, &args, deadline)?;
         if !out.status.success() {
             return Err(AgentError::Corrupt(format!(
                 "{} snapshot status {} failed ({}): {}; the snapshot is damaged: take or copy it again",
@@ -257,13 +285,9 @@ impl RestoreTool for CliTool {
                 info.version
             )));
         }
-        let out = run(info.kind, &info.program, &args.argv()).map_err(|e| {
-            AgentError::io(
-                format!("running {}", info.program.display()),
-                args.snapshot,
-                e,
-            )
-        })?;
+        let runner = self.runner.for_member(args.name);
+        let deadline = tool_deadline(&runner, args.snapshot);
+        let out = run(&runner, info.kind, &info.program, &args.argv(), deadline)?;
         if !out.status.success() {
             return Err(AgentError::CommandFailed(format!(
                 "{} snapshot restore into {}{} failed ({}): {}",
@@ -281,9 +305,18 @@ impl RestoreTool for CliTool {
 }
 
 /// `etcd --version` of the binary the manifest runs (`etcd Version: 3.5.1`); `None` when it
-/// cannot be run.
-pub fn etcd_version(binary: &str) -> Option<String> {
-    let out = Command::new(binary).arg("--version").output().ok()?;
+/// cannot be run (or does not answer within the probe limit).
+pub fn etcd_version(binary: &str, runner: &Runner) -> Option<String> {
+    let mut cmd = Command::new(binary);
+    cmd.arg("--version");
+    let out = match runner.run(&mut cmd, runner.limits.probe, "probe") {
+        Ok(out) => out,
+        Err(e @ ChildError::Deadline { .. }) => {
+            tracing::warn!("{e}");
+            return None;
+        }
+        Err(_) => return None,
+    };
     version_line(&String::from_utf8_lossy(&out.stdout), "etcd Version:")
 }
 
@@ -355,11 +388,73 @@ mod tests {
         assert_eq!((s.revision, s.total_key), (45, 6));
     }
 
+    /// A tool that answers `version` and hangs on everything else, under short limits.
+    fn hanging_tool(dir: &Path) -> CliTool {
+        use std::os::unix::fs::PermissionsExt as _;
+        let script = dir.join("etcdutl");
+        std::fs::write(
+            &script,
+            "#!/bin/sh\nif [ \"$1\" = version ]; then echo 'etcdutl version: 3.5.16'; exit 0; fi\nsleep 30\n",
+        )
+        .expect("script");
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let limits = crate::child::Limits {
+            restore_tool: Duration::from_millis(300),
+            probe: Duration::from_millis(300),
+            ..crate::child::Limits::default()
+        };
+        CliTool {
+            etcdutl: Some(script),
+            etcdctl: None,
+            runner: Runner::new(limits, "host-1"),
+        }
+    }
+
+    #[test]
+    fn a_hung_restore_tool_is_killed_at_its_deadline_naming_the_member() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tool = hanging_tool(dir.path());
+        assert_eq!(tool.info().expect("version answers").version, "3.5.16");
+        let peers = vec!["https://a:2380".to_owned()];
+        let started = std::time::Instant::now();
+        let err = tool
+            .restore(&RestoreArgs {
+                snapshot: &dir.path().join("absent.db"),
+                data_dir: &dir.path().join("restoring"),
+                wal_dir: None,
+                name: "cp-1",
+                initial_cluster: "cp-1=https://a:2380",
+                cluster_token: "quorate-x",
+                peer_urls: &peers,
+                bump_revision: 0,
+                skip_hash_check: false,
+            })
+            .expect_err("hangs");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert_eq!(err.code(), tonic::Code::DeadlineExceeded);
+        let text = err.to_string();
+        assert!(
+            text.contains("etcdutl snapshot restore")
+                && text.contains("on member cp-1 (host-1)")
+                && text.contains("`restore_tool`"),
+            "{text}"
+        );
+        // A probe that hangs is a hung tool, not a missing one.
+        std::fs::write(dir.path().join("etcdutl"), "#!/bin/sh\nsleep 30\n").expect("rewrite");
+        let err = tool.info().expect_err("hangs");
+        assert_eq!(err.code(), tonic::Code::DeadlineExceeded, "{err}");
+        assert!(
+            err.to_string().contains("etcdutl version` on host-1"),
+            "{err}"
+        );
+    }
+
     #[test]
     fn missing_tool_says_what_to_install() {
         let tool = CliTool {
             etcdutl: Some("/nonexistent/etcdutl".into()),
             etcdctl: Some("/nonexistent/etcdctl".into()),
+            runner: Runner::default(),
         };
         let err = tool.info().expect_err("missing");
         assert_eq!(err.code(), tonic::Code::FailedPrecondition);

@@ -48,6 +48,7 @@ impl Host {
             controllers: common::controllers(&self.controllers),
             tool: Box::new(FakeTool::default()),
             host_name: "api-1".into(),
+            runner: quorate_agent::child::Runner::default(),
         }
     }
 

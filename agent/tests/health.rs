@@ -129,6 +129,7 @@ async fn not_answering_then_no_leader_then_healthy() {
         controllers: Vec::new(),
         tool: Box::new(CliTool::default()),
         host_name: String::new(),
+        runner: quorate_agent::child::Runner::default(),
     });
     let member = EtcdMember::from_command(
         PodCommand::parse(&yaml(&lonely), Path::new("etcd.yaml")).expect("pod"),

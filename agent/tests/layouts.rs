@@ -197,8 +197,10 @@ impl Member {
             tool: Box::new(CliTool {
                 etcdutl: Some(tools.join("etcdutl")),
                 etcdctl: None,
+                runner: quorate_agent::child::Runner::default(),
             }),
             host_name: String::new(),
+            runner: quorate_agent::child::Runner::default(),
         };
         Self {
             kubelet: None,

@@ -203,8 +203,10 @@ async fn static_pod_restore_with_real_etcd() {
         tool: Box::new(CliTool {
             etcdutl: Some(tools.join("etcdutl")),
             etcdctl: None,
+            runner: quorate_agent::child::Runner::default(),
         }),
         host_name: String::new(),
+        runner: quorate_agent::child::Runner::default(),
     });
     let bytes = std::fs::read(&snap).expect("snapshot");
     let sha = common::sha256(&bytes);
@@ -260,7 +262,14 @@ async fn static_pod_restore_with_real_etcd() {
                 root_log(&steps_engine)
             );
             if step == Step::Halt {
-                assert!(!steps_engine.etcd().expect("etcd").is_running(None));
+                let aside = steps_engine.etcd_aside(id).expect("aside");
+                assert!(
+                    !steps_engine
+                        .etcd()
+                        .expect("etcd")
+                        .is_running(Some(&aside))
+                        .expect("readable with its manifest set aside")
+                );
                 assert!(
                     messages
                         .lock()

@@ -196,8 +196,8 @@ fn steps_need_the_claim_and_refuse_unsafe_orders() {
     run(&engine, id, Step::Claim, &sha);
     let err = engine
         .execute(&request(id, Step::Preserve, &sha), Op::Run, &|_| {})
-        .expect_err("etcd runs");
-    assert!(err.to_string().contains("etcd is still running"), "{err}");
+        .expect_err("not halted");
+    assert!(err.to_string().contains("has not halted etcd"), "{err}");
     run(&engine, id, Step::Halt, &sha);
     let err = engine
         .execute(&request(id, Step::Restore, &sha), Op::Run, &|_| {})
@@ -419,19 +419,23 @@ fn reverts_mirror_fence_and_unfence() {
 /// then) nor FENCE's revert: the outcome names it, and a replay reports it again.
 #[test]
 fn a_controller_that_will_not_start_is_reported_not_failed() {
-    let m = Member::new();
-    let engine = m.engine();
-    let id = RestoreId::new();
-    let sha = m.stage(id, b"S");
-    run(&engine, id, Step::Claim, &sha);
-    run(&engine, id, Step::Fence, &sha);
-    m.controllers[1]
-        .fails_to_start
-        .store(true, Ordering::SeqCst);
-    for (o, what) in [
-        (revert(&engine, id, Step::Fence, &sha), "fence's revert"),
-        (run(&engine, id, Step::Unfence, &sha), "unfence"),
-    ] {
+    // Fence's revert (a rollback) and unfence, each on its own restore: no restore goes forward
+    // after a revert.
+    for what in ["fence's revert", "unfence"] {
+        let m = Member::new();
+        let engine = m.engine();
+        let id = RestoreId::new();
+        let sha = m.stage(id, b"S");
+        run(&engine, id, Step::Claim, &sha);
+        run(&engine, id, Step::Fence, &sha);
+        m.controllers[1]
+            .fails_to_start
+            .store(true, Ordering::SeqCst);
+        let o = if what == "unfence" {
+            run(&engine, id, Step::Unfence, &sha)
+        } else {
+            revert(&engine, id, Step::Fence, &sha)
+        };
         assert!(o.ok, "{what}");
         assert!(m.apiserver.running(), "{what}: the apiserver serves");
         assert_eq!(o.details.started, ["kube-controller-manager"], "{what}");
@@ -445,10 +449,12 @@ fn a_controller_that_will_not_start_is_reported_not_failed() {
             "{what}: {failure:?} / {}",
             o.message
         );
+        if what == "unfence" {
+            let replayed = run(&engine, id, Step::Unfence, &sha);
+            assert!(replayed.replayed);
+            assert_eq!(replayed.details.not_started[0].component, "kube-scheduler");
+        }
     }
-    let replayed = run(&engine, id, Step::Unfence, &sha);
-    assert!(replayed.replayed);
-    assert_eq!(replayed.details.not_started[0].component, "kube-scheduler");
 }
 
 /// Without controller manifests beside the apiserver's (not every control plane runs them
@@ -471,4 +477,53 @@ fn a_member_without_controllers_fences_the_apiserver_alone() {
     );
     assert!(o.details.started.is_empty() && o.details.not_started.is_empty());
     assert!(engine.state.load(id).expect("journal").manifests.len() == 1);
+}
+
+/// Two coordinators on one restore: one rolled FENCE back; the other must not fence again.
+#[test]
+fn a_forward_step_after_a_revert_is_refused_and_changes_nothing() {
+    let m = Member::new();
+    let engine = m.engine();
+    let id = RestoreId::new();
+    let sha = m.stage(id, b"S");
+    run(&engine, id, Step::Claim, &sha);
+    run(&engine, id, Step::Fence, &sha);
+    revert(&engine, id, Step::Fence, &sha);
+    let manifest = m
+        .root()
+        .join("etc/kubernetes/manifests/kube-apiserver.yaml");
+    assert!(manifest.exists() && m.apiserver.running.load(Ordering::SeqCst));
+    let journal = std::fs::read(engine.state.journal_path(id)).expect("journal");
+    for step in [Step::Fence, Step::Claim, Step::Halt] {
+        let err = engine
+            .execute(&request(id, step, &sha), Op::Run, &|_| {})
+            .expect_err("forward after a revert");
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{step}: {err}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&format!(
+                "restore {id} began rolling back on cp-1 (fence reverted): it cannot go forward \
+                 again; finish the rollback with `quorate rollback {id}`"
+            )),
+            "{step}: {msg}"
+        );
+    }
+    // Nothing changed: the apiserver was stopped once and started once, and still runs.
+    assert_eq!(m.apiserver.stops.load(Ordering::SeqCst), 1);
+    assert_eq!(m.apiserver.starts.load(Ordering::SeqCst), 1);
+    assert!(manifest.exists() && m.apiserver.running.load(Ordering::SeqCst));
+    assert_eq!(m.etcd.stops.load(Ordering::SeqCst), 0);
+    assert_eq!(
+        std::fs::read(engine.state.journal_path(id)).expect("journal"),
+        journal,
+        "the journal is untouched"
+    );
+    // The rollback itself goes on: a repeated revert replays, and the claim is released.
+    assert!(revert(&engine, id, Step::Fence, &sha).replayed);
+    revert(&engine, id, Step::Claim, &sha);
+    assert_eq!(engine.state.active().expect("lock"), None);
+    let err = engine
+        .execute(&request(id, Step::Claim, &sha), Op::Run, &|_| {})
+        .expect_err("claim after the rollback");
+    assert!(err.to_string().contains("(claim reverted)"), "{err}");
 }

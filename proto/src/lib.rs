@@ -5,9 +5,12 @@
 //! - [`probe`]: a small HTTP(S) GET used for `/health` and `/readyz` probes.
 //! - [`bbolt`] and [`etcd_db`]: read what an etcd db file records (revision, cluster version,
 //!   membership) page by page, without starting etcd.
+//! - [`durable`]: crash-safe writes, renames and new directories (write temp, fsync, rename,
+//!   fsync the directory), used by the agent, the coordinator and the lab.
 #![forbid(unsafe_code)]
 
 pub mod bbolt;
+pub mod durable;
 pub mod etcd_db;
 pub mod model;
 pub mod probe;

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use nix::sys::signal::Signal;
 use quorate::inventory::{ClusterSection, Inventory, Member};
+use quorate_proto::durable;
 use quorate_proto::tls::TlsFiles;
 use serde::{Deserialize, Serialize};
 
@@ -317,8 +318,12 @@ impl Lab {
             }
         }
         self.save()?;
-        write_atomic(&dir.join("inventory.toml"), &self.inventory().to_toml())?;
-        write_atomic(&dir.join("lab.env"), &self.env_file())?;
+        durable::write_atomic(
+            &dir.join("inventory.toml"),
+            self.inventory().to_toml().as_bytes(),
+            0o644,
+        )?;
+        durable::write_atomic(&dir.join("lab.env"), self.env_file().as_bytes(), 0o644)?;
         self.wait_ready(opts.patience).await
     }
 
@@ -468,7 +473,8 @@ impl Lab {
 
     fn save(&self) -> anyhow::Result<()> {
         let text = serde_json::to_string_pretty(&self.state)?;
-        write_atomic(&self.state.dir.join(STATE_FILE), &text)
+        durable::write_atomic(&self.state.dir.join(STATE_FILE), text.as_bytes(), 0o644)?;
+        Ok(())
     }
 
     pub fn dir(&self) -> &Path {
@@ -1057,9 +1063,10 @@ fn write_manifests(
     no_anonymous_auth: bool,
 ) -> anyhow::Result<()> {
     fs::create_dir_all(host.manifests_dir())?;
-    write_atomic(
+    durable::write_atomic(
         &host.manifests_dir().join("etcd.yaml"),
-        &host.etcd_manifest(tools, etcd),
+        host.etcd_manifest(tools, etcd).as_bytes(),
+        0o644,
     )?;
     let apiserver = host.apiserver_command_for(&host.local_etcd_url(), no_anonymous_auth);
     write_control_plane(host, &apiserver)
@@ -1068,15 +1075,17 @@ fn write_manifests(
 /// Writes kube-apiserver (running `apiserver`), kube-controller-manager and kube-scheduler.
 fn write_control_plane(host: &Host, apiserver: &[String]) -> anyhow::Result<()> {
     fs::create_dir_all(host.manifests_dir())?;
-    write_atomic(
+    durable::write_atomic(
         &host.manifests_dir().join("kube-apiserver.yaml"),
-        &layout::static_pod(host, "kube-apiserver", apiserver, 5),
+        layout::static_pod(host, "kube-apiserver", apiserver, 5).as_bytes(),
+        0o644,
     )?;
     for controller in layout::CONTROLLERS {
         let command = host.controller_command(controller);
-        write_atomic(
+        durable::write_atomic(
             &host.manifests_dir().join(format!("{controller}.yaml")),
-            &layout::static_pod(host, controller, &command, 5),
+            layout::static_pod(host, controller, &command, 5).as_bytes(),
+            0o644,
         )?;
     }
     Ok(())
@@ -1091,7 +1100,6 @@ fn write_systemd_host(
     wal: Option<&str>,
     lab_bin: &Path,
 ) -> anyhow::Result<()> {
-    use std::os::unix::fs::PermissionsExt as _;
     for dir in [
         host.unit_dir(),
         host.path("run/systemd"),
@@ -1099,19 +1107,24 @@ fn write_systemd_host(
     ] {
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    write_atomic(
+    durable::write_atomic(
         &host.etcd_env_file(),
-        &host.etcd_env(tools, initial_cluster, wal),
+        host.etcd_env(tools, initial_cluster, wal).as_bytes(),
+        0o644,
     )?;
-    write_atomic(&host.unit_dir().join(ETCD_UNIT), &host.etcd_unit(tools))?;
+    durable::write_atomic(
+        &host.unit_dir().join(ETCD_UNIT),
+        host.etcd_unit(tools).as_bytes(),
+        0o644,
+    )?;
     if !host.faithful() {
         let wrapper = host.systemctl();
         fs::create_dir_all(wrapper.parent().expect("systemctl has a dir"))?;
-        write_atomic(
+        durable::write_atomic(
             &wrapper,
-            &crate::systemctl::wrapper_script(lab_bin, &host.root),
+            crate::systemctl::wrapper_script(lab_bin, &host.root).as_bytes(),
+            0o755,
         )?;
-        fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755))?;
     }
     Ok(())
 }
@@ -1236,7 +1249,7 @@ client_ca = {ca:?}
         sections = agent_runtime_sections(host, &tool, runtime),
     );
     let path = host.path("etc/quorate/agent.toml");
-    write_atomic(&path, &text)?;
+    durable::write_atomic(&path, text.as_bytes(), 0o644)?;
     Ok(host.inner("etc/quorate/agent.toml"))
 }
 
@@ -1302,7 +1315,7 @@ ca = {api_ca:?}
         manifest = host.inner_str("etc/kubernetes/manifests/kube-apiserver.yaml"),
         api_ca = host.inner_str("etc/kubernetes/pki/ca.crt"),
     );
-    write_atomic(&host.path("etc/quorate/agent.toml"), &text)?;
+    durable::write_atomic(&host.path("etc/quorate/agent.toml"), text.as_bytes(), 0o644)?;
     Ok(host.inner("etc/quorate/agent.toml"))
 }
 
@@ -1394,22 +1407,4 @@ fn prepare_dir(dir: &Path) -> anyhow::Result<()> {
         );
     }
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))
-}
-
-/// Write temp, fsync, rename, fsync the dir.
-pub fn write_atomic(path: &Path, text: &str) -> anyhow::Result<()> {
-    use std::io::Write;
-    let dir = path.parent().context("path without parent")?;
-    let tmp = dir.join(format!(
-        ".{}.tmp",
-        path.file_name()
-            .context("path without file name")?
-            .to_string_lossy()
-    ));
-    let mut f = fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()?;
-    fs::rename(&tmp, path).with_context(|| format!("renaming into {}", path.display()))?;
-    fs::File::open(dir)?.sync_all()?;
-    Ok(())
 }

@@ -236,7 +236,7 @@ impl Service {
         let pid = child.id();
         let file = pid_file(root, &self.name);
         std::fs::create_dir_all(file.parent().context("pid dir")?)?;
-        crate::lab::write_atomic(&file, &format!("{pid}\n"))?;
+        quorate_proto::durable::write_atomic(&file, format!("{pid}\n").as_bytes(), 0o644)?;
         Ok(pid)
     }
 

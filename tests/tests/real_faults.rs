@@ -116,7 +116,7 @@ async fn assert_back_to(lab: &Lab, original: &ClusterState, case: &str) {
 }
 
 #[tokio::test]
-async fn a_taken_client_port_fails_the_quorum_phase_on_that_member_and_rolls_back() {
+async fn a_taken_client_port_fails_the_preserve_phase_on_that_member_and_rolls_back() {
     let case = "cp-2's client port taken while its etcd is down";
     let lab = testlab::up(3, EtcdVersion::V35).await;
     let s = load_and_snapshot(&lab).await;
@@ -134,14 +134,21 @@ async fn a_taken_client_port_fails_the_quorum_phase_on_that_member_and_rolls_bac
         None,
         "{case}: the port was taken before the restored etcd started"
     );
-    let failed = faults::wait_journal(&lab, known, "quorum", "failed").await;
-    run.expect(failed, "the quorum phase fails");
-    // Rollback stops the crash-looping etcd (it waits for its ports to close) and starts the
-    // original one on the same port: give the port back.
+    // PRESERVE needs etcd provably down, its ports refusing connections: nothing is moved.
+    let failed = faults::wait_journal(&lab, known, "preserve", "failed").await;
+    run.expect(failed, "the preserve phase fails");
+    // Rollback starts the original etcd on the same port (it waits for it to come up): give the
+    // port back.
     drop(squatter);
     let (out, took) = run.finish().await.expect("quorate output");
 
-    let error = assert_rolled_back(&out, case, &host.name, "quorum");
+    let error = assert_rolled_back(&out, case, &host.name, "preserve");
+    assert!(
+        error.contains(&format!(
+            ":{CLIENT_PORT} (--listen-client-urls) accepts connections"
+        )),
+        "{case}: the error names the taken port: {error}"
+    );
     eprintln!("{case}: failed and rolled back in {took:.1?}: {error}");
     assert_back_to(&lab, &original, case).await;
 }

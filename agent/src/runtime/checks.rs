@@ -52,7 +52,7 @@ pub struct Target {
 }
 
 impl Target {
-    pub fn pids(&self) -> Vec<u32> {
+    pub fn pids(&self) -> Result<Vec<u32>> {
         find_processes_with_env(&self.argv, &self.env)
     }
 
@@ -95,22 +95,28 @@ fn readyz(component: &Component, command: &PodCommand) -> Result<Option<String>>
     })
 }
 
-/// What still keeps the component from being down, or `None` when it is down.
-pub fn still_up(component: &Component, target: &Target, ports: &[(String, u16)]) -> Option<String> {
-    let pids = target.pids();
+/// What still keeps the component from being down, or `None` when it is down; an error when
+/// its processes or sockets cannot be read.
+pub fn still_up(
+    component: &Component,
+    target: &Target,
+    ports: &[(String, u16)],
+) -> Result<Option<String>> {
+    let pids = target.pids()?;
     if !pids.is_empty() {
-        return Some(format!(
+        return Ok(Some(format!(
             "waiting for {} (pid {}) to exit",
             component.label(),
             join(&pids)
-        ));
+        )));
     }
-    let open: Vec<String> = ports
-        .iter()
-        .filter(|(h, p)| listening(h, *p))
-        .map(|(h, p)| format!("{h}:{p}"))
-        .collect();
-    (!open.is_empty()).then(|| format!("waiting for {} to close", open.join(", ")))
+    let mut open = Vec::new();
+    for (h, p) in ports {
+        if listening(h, *p)? {
+            open.push(format!("{h}:{p}"));
+        }
+    }
+    Ok((!open.is_empty()).then(|| format!("waiting for {} to close", open.join(", "))))
 }
 
 /// What still keeps the component from being up, or `None` when it is up. `starter` names who
@@ -121,18 +127,19 @@ pub fn not_up(
     ports: &[(String, u16)],
     starter: &str,
 ) -> Result<Option<String>> {
-    let pids = target.pids();
+    let pids = target.pids()?;
     if pids.is_empty() {
         return Ok(Some(format!(
             "waiting for {starter} to start {}",
             component.label()
         )));
     }
-    let closed: Vec<String> = ports
-        .iter()
-        .filter(|(h, p)| !listening(h, *p))
-        .map(|(h, p)| format!("{h}:{p}"))
-        .collect();
+    let mut closed = Vec::new();
+    for (h, p) in ports {
+        if !listening(h, *p)? {
+            closed.push(format!("{h}:{p}"));
+        }
+    }
     if !closed.is_empty() {
         return Ok(Some(format!(
             "waiting for {} (pid {}) to listen on {}",

@@ -55,8 +55,9 @@ pub trait Runtime: Send + Sync {
     /// Where the component's definition lives while it should run (manifest or unit file path).
     fn definition(&self) -> &Path;
     /// True when the component's process is present. `aside` is where the definition may have
-    /// been moved by a stop.
-    fn is_running(&self, aside: Option<&Path>) -> bool;
+    /// been moved by a stop. An error when that cannot be found out (its definition or /proc
+    /// cannot be read): never "not running" on a doubt.
+    fn is_running(&self, aside: Option<&Path>) -> Result<bool>;
     /// Stops the component (moving its definition to `aside` where the runtime works that way)
     /// and waits until it is down.
     fn stop(&self, aside: &Path, progress: Progress<'_>) -> Result<String>;

@@ -1,22 +1,30 @@
 //! Finding processes by their exact command line (and environment) and listening sockets by
-//! address, from /proc.
+//! address, from /proc. What cannot be read is an error, never "none found": a caller asking
+//! "is it down?" must not take an unreadable /proc for a yes.
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, ToSocketAddrs};
+use std::path::Path;
+
+use crate::error::{AgentError, Result};
 
 /// PIDs of live (non-zombie) processes on this host whose argv equals `argv` exactly. "On this
 /// host" means in the agent's network namespace: control-plane static pods run with
 /// `hostNetwork`, etcd units in the host's namespace, and a process with the same command line
 /// in another network namespace (a pod, a container, another host sharing the kernel) listens
 /// on other addresses and is not this member's.
-pub fn find_processes(argv: &[String]) -> Vec<u32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
+pub fn find_processes(argv: &[String]) -> Result<Vec<u32>> {
+    let proc = Path::new("/proc");
+    let listing = |e| AgentError::io("listing the processes in", proc, e);
+    let entries = std::fs::read_dir(proc).map_err(listing)?;
     let own_net = std::fs::read_link("/proc/self/ns/net").ok();
-    let mut pids: Vec<u32> = entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+    let names = entries
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<std::io::Result<Vec<_>>>()
+        .map_err(listing)?;
+    let mut pids: Vec<u32> = names
+        .iter()
+        .filter_map(|n| n.to_str()?.parse::<u32>().ok())
         .filter(|pid| argv_of(*pid).is_some_and(|a| a == argv) && !is_zombie(*pid))
         // A namespace that cannot be read (another user's process, without root) counts as
         // this host's: for "is it still running?" a false yes is the safe answer.
@@ -28,20 +36,21 @@ pub fn find_processes(argv: &[String]) -> Vec<u32> {
         )
         .collect();
     pids.sort_unstable();
-    pids
+    Ok(pids)
 }
 
 /// PIDs of live processes whose argv equals `argv` and whose environment holds every pair of
 /// `env`. A process whose environment cannot be read (another user's, without root) counts as a
 /// match: for "is it still running?" a false yes is the safe answer.
-pub fn find_processes_with_env(argv: &[String], env: &[(String, String)]) -> Vec<u32> {
-    let pids = find_processes(argv);
+pub fn find_processes_with_env(argv: &[String], env: &[(String, String)]) -> Result<Vec<u32>> {
+    let pids = find_processes(argv)?;
     if env.is_empty() {
-        return pids;
+        return Ok(pids);
     }
-    pids.into_iter()
+    Ok(pids
+        .into_iter()
         .filter(|pid| environ_of(*pid).is_none_or(|have| env.iter().all(|kv| have.contains(kv))))
-        .collect()
+        .collect())
 }
 
 fn environ_of(pid: u32) -> Option<Vec<(String, String)>> {
@@ -78,13 +87,14 @@ fn is_zombie(pid: u32) -> bool {
     })
 }
 
-/// True when a socket in LISTEN state is bound to `host:port` (or to the wildcard address).
-pub fn listening(host: &str, port: u16) -> bool {
+/// True when a socket in LISTEN state is bound to `host:port` (or to the wildcard address); an
+/// error when this namespace's sockets cannot be read.
+pub fn listening(host: &str, port: u16) -> Result<bool> {
     let wanted = addresses(host, port);
-    let listeners = listeners();
-    listeners
+    let listeners = listeners()?;
+    Ok(listeners
         .iter()
-        .any(|(ip, p)| *p == port && (ip.is_unspecified() || wanted.contains(ip)))
+        .any(|(ip, p)| *p == port && (ip.is_unspecified() || wanted.contains(ip))))
 }
 
 fn addresses(host: &str, port: u16) -> BTreeSet<IpAddr> {
@@ -97,12 +107,15 @@ fn addresses(host: &str, port: u16) -> BTreeSet<IpAddr> {
         .unwrap_or_default()
 }
 
-/// Every listening TCP socket of this network namespace.
-fn listeners() -> Vec<(IpAddr, u16)> {
+/// Every listening TCP socket of this network namespace (`/proc/net/tcp6` is absent where IPv6
+/// is off).
+fn listeners() -> Result<Vec<(IpAddr, u16)>> {
     let mut out = Vec::new();
     for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Ok(text) = std::fs::read_to_string(file) else {
-            continue;
+        let text = match std::fs::read_to_string(file) {
+            Ok(text) => text,
+            Err(e) if file.ends_with('6') && e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(AgentError::io("reading the sockets in", Path::new(file), e)),
         };
         for line in text.lines().skip(1) {
             let fields: Vec<&str> = line.split_whitespace().collect();
@@ -114,7 +127,7 @@ fn listeners() -> Vec<(IpAddr, u16)> {
             }
         }
     }
-    out
+    Ok(out)
 }
 
 /// `0B00007F:094B` (IPv4) or 32 hex digits (IPv6): each 32-bit word printed in host byte order.
@@ -146,17 +159,20 @@ mod tests {
     #[test]
     fn finds_own_process_and_listener() {
         let me: Vec<String> = std::env::args().collect();
-        assert!(find_processes(&me).contains(&std::process::id()));
-        assert!(find_processes(&["no-such-program-anywhere".to_owned()]).is_empty());
+        let found = |argv: &[String]| find_processes(argv).expect("/proc readable");
+        assert!(found(&me).contains(&std::process::id()));
+        assert!(found(&["no-such-program-anywhere".to_owned()]).is_empty());
+        let with_env =
+            |env: (String, String)| find_processes_with_env(&me, &[env]).expect("/proc readable");
         let path = ("PATH".to_owned(), std::env::var("PATH").unwrap_or_default());
-        assert!(find_processes_with_env(&me, &[path]).contains(&std::process::id()));
-        let other = ("QUORATE_NO_SUCH_VAR".to_owned(), "1".to_owned());
-        assert!(find_processes_with_env(&me, &[other]).is_empty());
+        assert!(with_env(path).contains(&std::process::id()));
+        assert!(with_env(("QUORATE_NO_SUCH_VAR".to_owned(), "1".to_owned())).is_empty());
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = l.local_addr().expect("addr").port();
-        assert!(listening("127.0.0.1", port));
-        assert!(!listening("127.0.0.2", port));
+        let listens = |host: &str| listening(host, port).expect("/proc/net readable");
+        assert!(listens("127.0.0.1"));
+        assert!(!listens("127.0.0.2"));
         drop(l);
-        assert!(!listening("127.0.0.1", port));
+        assert!(!listens("127.0.0.1"));
     }
 }

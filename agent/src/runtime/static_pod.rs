@@ -28,7 +28,7 @@ pub fn move_manifest(from: &Path, to: &Path) -> Result<bool> {
         (true, false) => {
             let dir = fsutil::parent(to)?;
             std::fs::create_dir_all(dir).map_err(|e| AgentError::io("creating", dir, e))?;
-            fsutil::rename_durable(from, to)?;
+            quorate_proto::durable::rename_durable(from, to)?;
             Ok(true)
         }
         (true, true) => Err(AgentError::Precondition(format!(
@@ -85,9 +85,14 @@ impl Runtime for StaticPod {
         &self.manifest
     }
 
-    fn is_running(&self, aside: Option<&Path>) -> bool {
-        self.current_command(aside)
-            .is_ok_and(|c| !find_processes(&c.argv).is_empty())
+    fn is_running(&self, aside: Option<&Path>) -> Result<bool> {
+        let command = self.current_command(aside).map_err(|e| {
+            AgentError::Precondition(format!(
+                "cannot tell whether {} runs: its manifest cannot be read ({e})",
+                self.label()
+            ))
+        })?;
+        Ok(!find_processes(&command.argv)?.is_empty())
     }
 
     fn stop(&self, aside: &Path, progress: Progress<'_>) -> Result<String> {
@@ -99,7 +104,7 @@ impl Runtime for StaticPod {
         let target = Self::target(PodCommand::load(aside)?);
         let ports = target.ports(&self.component)?;
         let waited = checks::wait(self.stop_timeout, progress, || {
-            Ok(checks::still_up(&self.component, &target, &ports))
+            checks::still_up(&self.component, &target, &ports)
         })?;
         match waited {
             Ok(took) => Ok(format!(

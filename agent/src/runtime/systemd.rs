@@ -9,13 +9,14 @@
 //! the search path under the configured root (see [`super::unit_files`]).
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use super::checks::{self, Component, Target};
 use super::systemd_view;
 use super::unit::{self, HostFacts, Unit, UnitSource};
 use super::{Progress, Runtime, SettingsFile, SettingsFormat};
+use crate::child::{Runner, Running};
 use crate::error::{AgentError, Result};
 use crate::manifest::PodCommand;
 
@@ -36,6 +37,8 @@ pub struct Systemd {
     pub start_timeout: Duration,
     /// Whether systemd's own view is asked first: the host's units, with systemd running.
     pub ask_systemd: bool,
+    /// Runs `systemctl` under the `[limits]` deadline.
+    pub runner: Runner,
     /// The unit's nominal file (see [`UnitSource::nominal_path`]); it never moves.
     path: PathBuf,
 }
@@ -48,10 +51,12 @@ impl Systemd {
         systemctl: PathBuf,
         stop_timeout: Duration,
         start_timeout: Duration,
+        runner: Runner,
     ) -> Self {
         let path = units.nominal_path(&unit);
         Self {
             component,
+            runner,
             unit,
             ask_systemd: units.is_host_root() && systemd_view::systemd_runs(),
             units,
@@ -63,7 +68,9 @@ impl Systemd {
     }
 
     fn load(&self) -> Result<Unit> {
-        let systemctl = self.ask_systemd.then_some(self.systemctl.as_path());
+        let systemctl = self
+            .ask_systemd
+            .then_some((self.systemctl.as_path(), &self.runner));
         systemd_view::load_unit(&self.units, &self.unit, systemctl, &HostFacts::read())
     }
 
@@ -104,46 +111,36 @@ impl Systemd {
         })
     }
 
-    fn spawn(&self, args: &[&str]) -> Result<Child> {
-        Command::new(&self.systemctl)
-            .args(args)
-            .arg(&self.unit)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
+    fn spawn(&self, args: &[&str]) -> Result<Running> {
+        let mut cmd = Command::new(&self.systemctl);
+        cmd.args(args).arg(&self.unit);
+        self.runner
+            .spawn(&mut cmd, self.runner.limits.systemctl, "systemctl")
             .map_err(|e| {
                 AgentError::CommandFailed(format!(
-                    "cannot run {} {} {}: {e}; install systemd's systemctl or set `systemctl` in \
-                     the agent config",
-                    self.systemctl.display(),
-                    args.join(" "),
-                    self.unit
+                    "{e}; install systemd's systemctl or set `systemctl` in the agent config"
                 ))
             })
     }
 
-    /// `None` while systemctl runs; an error when it ended with a failure, naming its output.
-    fn finished(&self, child: &mut Option<Child>, what: &str) -> Result<Option<()>> {
+    /// `None` while systemctl runs; an error when it ended with a failure, naming its output,
+    /// or ran past its deadline (it is then killed).
+    fn finished(&self, child: &mut Option<Running>) -> Result<Option<()>> {
         let Some(c) = child.as_mut() else {
             return Ok(Some(()));
         };
-        let status = c
-            .try_wait()
-            .map_err(|e| AgentError::CommandFailed(format!("waiting for {what}: {e}")))?;
-        let Some(status) = status else {
+        let Some(out) = c.poll()? else {
             return Ok(None);
         };
-        let out = child
-            .take()
-            .expect("checked above")
-            .wait_with_output()
-            .map_err(|e| AgentError::CommandFailed(format!("reading the output of {what}: {e}")))?;
-        if status.success() {
+        let what = c.line().to_owned();
+        *child = None;
+        if out.status.success() {
             return Ok(Some(()));
         }
         Err(AgentError::CommandFailed(format!(
-            "`{what}` failed ({status}): {}{}; check `systemctl status {}` and `journalctl -u {}`",
+            "`{what}` on {} failed ({}): {}{}; check `systemctl status {}` and `journalctl -u {}`",
+            self.runner.who,
+            out.status,
             String::from_utf8_lossy(&out.stderr).trim(),
             String::from_utf8_lossy(&out.stdout).trim(),
             self.unit,
@@ -162,17 +159,13 @@ impl Systemd {
         let what = format!("systemctl {} {}", args.join(" "), self.unit);
         progress(what.clone());
         let mut child = Some(self.spawn(args)?);
-        let waited = checks::wait(timeout, progress, || {
-            if self.finished(&mut child, &what)?.is_none() {
+        // Dropped still running (the step's own timeout passed first), systemctl is killed.
+        checks::wait(timeout, progress, || {
+            if self.finished(&mut child)?.is_none() {
                 return Ok(Some(format!("waiting for `{what}` to return")));
             }
             check()
-        });
-        if let Some(mut c) = child {
-            // Still running after the deadline: reap it whenever it ends.
-            std::thread::spawn(move || c.wait());
-        }
-        waited
+        })
     }
 }
 
@@ -185,12 +178,21 @@ impl Runtime for Systemd {
         &self.path
     }
 
-    fn is_running(&self, _aside: Option<&Path>) -> bool {
-        self.target().is_ok_and(|t| !t.pids().is_empty())
+    fn is_running(&self, _aside: Option<&Path>) -> Result<bool> {
+        let target = self.target().map_err(|e| {
+            AgentError::Precondition(format!(
+                "cannot tell whether {} runs: its unit {} cannot be read ({e})",
+                self.component.label(),
+                self.unit
+            ))
+        })?;
+        Ok(!target.pids()?.is_empty())
     }
 
     fn present(&self, _aside: &Path) -> bool {
-        let systemctl = self.ask_systemd.then_some(self.systemctl.as_path());
+        let systemctl = self
+            .ask_systemd
+            .then_some((self.systemctl.as_path(), &self.runner));
         systemd_view::unit_exists(&self.units, &self.unit, systemctl)
     }
 
@@ -200,7 +202,7 @@ impl Runtime for Systemd {
         let label = self.component.label();
         // Asked even when already down, so that systemd does not restart it (Restart=always).
         let waited = self.drive(&["stop"], self.stop_timeout, progress, || {
-            Ok(checks::still_up(&self.component, &target, &ports))
+            checks::still_up(&self.component, &target, &ports)
         })?;
         match waited {
             Ok(took) => Ok(format!(

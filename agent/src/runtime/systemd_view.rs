@@ -6,9 +6,10 @@
 //! systemd's command; where `systemctl show` cannot answer, it reads the search path instead.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use super::unit::{HostFacts, Unit, UnitFiles, UnitName, UnitSource};
+use crate::child::Runner;
 use crate::error::{AgentError, Result};
 
 /// The properties asked of `systemctl show`.
@@ -31,16 +32,16 @@ pub fn systemd_runs() -> bool {
     Path::new("/run/systemd/system").is_dir()
 }
 
-/// Reads unit `name`: from systemd's view when `systemctl` is given and answers, else from
-/// `source`'s search path.
+/// Reads unit `name`: from systemd's view when `systemctl` (with the runner that runs it under
+/// its deadline) is given and answers, else from `source`'s search path.
 pub fn load_unit(
     source: &UnitSource,
     name: &str,
-    systemctl: Option<&Path>,
+    systemctl: Option<(&Path, &Runner)>,
     host: &HostFacts,
 ) -> Result<Unit> {
-    if let Some(systemctl) = systemctl
-        && let Some(shown) = ask(systemctl, name)
+    if let Some((systemctl, runner)) = systemctl
+        && let Some(shown) = ask(systemctl, runner, name)?
     {
         return from_shown(&shown, name, host);
     }
@@ -49,22 +50,25 @@ pub fn load_unit(
 
 /// True when unit `name` exists: systemd knows it (when `systemctl` is given and answers), else
 /// its file is found in `source`'s search path. A masked unit does not count: it cannot run.
-pub fn unit_exists(source: &UnitSource, name: &str, systemctl: Option<&Path>) -> bool {
-    if let Some(systemctl) = systemctl
-        && let Some(shown) = ask(systemctl, name)
-    {
-        return !matches!(shown.load_state.as_str(), "not-found" | "masked");
+pub fn unit_exists(source: &UnitSource, name: &str, systemctl: Option<(&Path, &Runner)>) -> bool {
+    if let Some((systemctl, runner)) = systemctl {
+        match ask(systemctl, runner, name) {
+            Ok(Some(shown)) => return !matches!(shown.load_state.as_str(), "not-found" | "masked"),
+            Ok(None) => {}
+            Err(e) => tracing::warn!("{e}; looking for {name} on the search path instead"),
+        }
     }
     UnitName::parse(name).is_some_and(|n| source.resolve(&n).is_ok())
 }
 
-/// Runs `systemctl show`; `None` (with a warning) when it cannot answer.
-fn ask(systemctl: &Path, name: &str) -> Option<Shown> {
-    let out = Command::new(systemctl)
-        .args(["show", "--property", PROPERTIES, "--", name])
-        .stdin(Stdio::null())
-        .output();
-    match out {
+/// Runs `systemctl show`; `None` (with a warning) when it cannot answer; an error when it hung
+/// past its deadline (it was killed: systemd is in trouble, and the unit files may not be what
+/// it runs).
+fn ask(systemctl: &Path, runner: &Runner, name: &str) -> Result<Option<Shown>> {
+    let mut cmd = Command::new(systemctl);
+    cmd.args(["show", "--property", PROPERTIES, "--", name]);
+    let out = runner.run(&mut cmd, runner.limits.systemctl, "systemctl");
+    Ok(match out {
         Ok(o) if o.status.success() => Some(parse_show(&String::from_utf8_lossy(&o.stdout))),
         Ok(o) => {
             tracing::warn!(
@@ -75,14 +79,12 @@ fn ask(systemctl: &Path, name: &str) -> Option<Shown> {
             );
             None
         }
+        Err(e @ crate::child::ChildError::Deadline { .. }) => return Err(e.into()),
         Err(e) => {
-            tracing::warn!(
-                "cannot run {} show {name}: {e}; reading the unit files instead",
-                systemctl.display()
-            );
+            tracing::warn!("{e}; reading the unit files instead");
             None
         }
-    }
+    })
 }
 
 /// Parses `systemctl show` output (`Key=Value` lines).

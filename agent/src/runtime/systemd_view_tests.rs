@@ -12,6 +12,10 @@ fn facts() -> HostFacts {
     }
 }
 
+fn runner() -> Runner {
+    Runner::new(crate::child::Limits::default(), "member m1")
+}
+
 /// A `systemctl` that prints `show` for any unit, or fails with `exit`.
 fn systemctl(dir: &Path, show: &str, exit: i32) -> PathBuf {
     let path = dir.join("systemctl");
@@ -96,7 +100,13 @@ fn systemds_files_are_the_truth_where_systemd_answers() {
         ),
         0,
     );
-    let unit = load_unit(&source, "etcd@m1.service", Some(&ctl), &facts()).expect("unit");
+    let unit = load_unit(
+        &source,
+        "etcd@m1.service",
+        Some((ctl.as_path(), &runner())),
+        &facts(),
+    )
+    .expect("unit");
     assert_eq!(unit.resolved_by, "systemd (systemctl show)");
     assert_eq!(unit.drop_ins, std::slice::from_ref(&listed));
     assert_eq!(unit.environment, [("LISTED".to_owned(), "1".to_owned())]);
@@ -106,11 +116,38 @@ fn systemds_files_are_the_truth_where_systemd_answers() {
     assert_eq!(parsed.drop_ins.len(), 2);
     // A systemctl that cannot answer: the search path is read instead.
     let failing = systemctl(root, "", 1);
-    let fallback =
-        load_unit(&source, "etcd@m1.service", Some(&failing), &facts()).expect("fallback");
+    let fallback = load_unit(
+        &source,
+        "etcd@m1.service",
+        Some((failing.as_path(), &runner())),
+        &facts(),
+    )
+    .expect("fallback");
     assert_eq!(
         fallback.resolved_by,
         format!("systemd's search path under {}", root.display())
+    );
+    // A systemctl that hangs is killed at its deadline, and the unit is not read at all: systemd
+    // is in trouble, and its files may not be what it runs.
+    let hung = root.join("hung-systemctl");
+    std::fs::write(&hung, "#!/bin/sh\nsleep 30\n").expect("hung");
+    std::fs::set_permissions(&hung, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let quick = Runner::new(
+        crate::child::Limits {
+            systemctl: std::time::Duration::from_millis(300),
+            ..crate::child::Limits::default()
+        },
+        "member m1",
+    );
+    let started = std::time::Instant::now();
+    let err = load_unit(&source, "etcd@m1.service", Some((&hung, &quick)), &facts())
+        .expect_err("hung systemctl");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    assert_eq!(err.code(), tonic::Code::DeadlineExceeded);
+    let text = err.to_string();
+    assert!(
+        text.contains("show --property") && text.contains("member m1") && text.contains("300ms"),
+        "{text}"
     );
 }
 
@@ -171,9 +208,14 @@ fn systemds_refusals_name_the_unit_and_the_fix() {
     ];
     for (text, says) in cases {
         let ctl = systemctl(root, &text, 0);
-        let err = load_unit(&source, "etcd@m1.service", Some(&ctl), &facts())
-            .expect_err(says)
-            .to_string();
+        let err = load_unit(
+            &source,
+            "etcd@m1.service",
+            Some((ctl.as_path(), &runner())),
+            &facts(),
+        )
+        .expect_err(says)
+        .to_string();
         assert!(
             err.contains(says) && err.contains("etcd@m1.service"),
             "{says}: {err}"
@@ -204,7 +246,11 @@ fn unit_exists_asks_systemd_then_the_search_path() {
         let show = format!("Id=kube-controller-manager.service\nLoadState={state}\n");
         let systemctl = systemctl(&sub, &show, 0);
         assert_eq!(
-            unit_exists(&source, "kube-controller-manager.service", Some(&systemctl)),
+            unit_exists(
+                &source,
+                "kube-controller-manager.service",
+                Some((&systemctl, &runner()))
+            ),
             exists,
             "{state}"
         );
@@ -214,6 +260,6 @@ fn unit_exists_asks_systemd_then_the_search_path() {
     assert!(unit_exists(
         &source,
         "kube-scheduler.service",
-        Some(&broken)
+        Some((&broken, &runner()))
     ));
 }

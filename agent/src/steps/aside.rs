@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 
 use quorate_proto::model::{DirRole, RestoreId};
 
+use quorate_proto::durable;
+
 use crate::error::{AgentError, Result};
 use crate::fsutil::{self, Ownership};
 use crate::journal::{Moved, PreservedDir};
@@ -179,7 +181,7 @@ impl Spot {
                         home.display(),
                         preserved.display()
                     ));
-                    fsutil::rename_durable(home, preserved)?;
+                    durable::rename_durable(home, preserved)?;
                     Ok(format!(
                         "preserved {} {} at {}",
                         self.role.name(),
@@ -219,8 +221,8 @@ impl Spot {
                     }
                 }
                 if moved > 0 {
-                    fsutil::fsync_dir(preserved)?;
-                    fsutil::fsync_dir(home)?;
+                    durable::fsync_dir(preserved)?;
+                    durable::fsync_dir(home)?;
                 }
                 Ok(format!(
                     "{} {} is a mount point: preserved {} in {} (same filesystem; the mount point \
@@ -252,7 +254,7 @@ impl Spot {
                         preserved.display(),
                         home.display()
                     ));
-                    fsutil::rename_durable(preserved, home)?;
+                    durable::rename_durable(preserved, home)?;
                     Ok(format!(
                         "moved the original {} back to {}",
                         self.role.name(),
@@ -282,14 +284,14 @@ impl Spot {
                     }
                 }
                 if moved > 0 {
-                    fsutil::fsync_dir(home)?;
+                    durable::fsync_dir(home)?;
                 }
                 // The hidden dir is quorate's own and now empty: remove it so the mount point
                 // is exactly as it was. Anything left in it stays.
                 if fsutil::exists(preserved) && entries(preserved).is_empty() {
                     fs::remove_dir(preserved)
                         .map_err(|e| AgentError::io("removing empty dir", preserved, e))?;
-                    fsutil::fsync_dir(home)?;
+                    durable::fsync_dir(home)?;
                 }
                 Ok(format!(
                     "moved the original {} back into {}",

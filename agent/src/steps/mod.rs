@@ -14,6 +14,7 @@ use crate::runtime::{Progress, Runtime};
 use crate::snapshot;
 
 pub mod aside;
+pub mod down;
 mod fence;
 pub mod layout;
 mod preserve;
@@ -86,10 +87,37 @@ pub fn refuse_on_apiserver_host(req: &StepRequest, host_name: &str) -> Result<()
     }
 }
 
+/// Whether `step`/`op` needs etcd provably down first: PRESERVE and RESTORE both ways, START
+/// forward (except a repeat of a START that began: the etcd it started may be up).
+fn needs_etcd_down(plan: &Plan) -> bool {
+    match (plan.req.step, plan.op) {
+        (Step::Preserve | Step::Restore, _) => true,
+        (Step::Start, Op::Run) => plan
+            .journal
+            .steps
+            .get(&Step::Start)
+            .is_none_or(|r| r.op != Op::Run),
+        _ => false,
+    }
+}
+
 /// Refusals that change nothing; seen by the caller as a gRPC error.
 pub fn precheck(engine: &Engine, plan: &Plan) -> Result<()> {
     let id = plan.req.restore_id;
-    let etcd_running = || engine.etcd_running(id);
+    if (plan.req.step, plan.op) == (Step::Preserve, Op::Run) {
+        let halt = plan.journal.state(Step::Halt);
+        if halt != Some(StepState::Done) {
+            return Err(AgentError::Precondition(format!(
+                "restore {id} has not halted etcd on {} (HALT is {} in this agent's journal): \
+                 run the halt step first",
+                plan.name,
+                halt.map_or("not run", StepState::name)
+            )));
+        }
+    }
+    if needs_etcd_down(plan) {
+        down::etcd_down(engine, plan)?;
+    }
     match (plan.req.step, plan.op) {
         (Step::Claim, Op::Revert) => {
             let live: Vec<String> = plan
@@ -105,12 +133,6 @@ pub fn precheck(engine: &Engine, plan: &Plan) -> Result<()> {
                     live.join(", ")
                 )));
             }
-        }
-        (Step::Preserve, Op::Run) | (Step::Restore, _) if etcd_running() => {
-            return Err(AgentError::Precondition(format!(
-                "etcd is still running on {}: halt it first",
-                plan.name
-            )));
         }
         (Step::Preserve, Op::Run) if plan.journal.preserved.is_none() => {
             let member = plan.etcd_member()?;

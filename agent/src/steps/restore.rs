@@ -8,6 +8,8 @@ use quorate_proto::model::EtcdDir;
 
 use super::aside::{Role, Spot};
 use super::{Ctx, Done, done, spots};
+use quorate_proto::durable;
+
 use crate::error::{AgentError, Result};
 use crate::fsutil;
 use crate::settings::{self, FileEdit};
@@ -28,7 +30,7 @@ fn move_aside(ctx: &mut Ctx<'_>, dir: &Path, base: &Path, always_number: bool) -
         dir.display(),
         to.display()
     ));
-    fsutil::rename_durable(dir, &to)?;
+    durable::rename_durable(dir, &to)?;
     Ok(to)
 }
 
@@ -42,7 +44,7 @@ fn clear_restoring(ctx: &mut Ctx<'_>, spot: &Spot) -> Result<()> {
     if restoring.is_dir() && super::aside::entries(&restoring).is_empty() {
         std::fs::remove_dir(&restoring)
             .map_err(|e| AgentError::io("removing empty dir", &restoring, e))?;
-        return fsutil::fsync_dir(fsutil::parent(&restoring)?);
+        return Ok(durable::fsync_dir(fsutil::parent(&restoring)?)?);
     }
     move_aside(ctx, &restoring, &spot.place(".partial"), true)?;
     Ok(())
@@ -72,8 +74,8 @@ fn set_aside_copy(ctx: &mut Ctx<'_>, spot: &Spot) -> Result<Option<PathBuf>> {
         std::fs::rename(&from, to.join(&name))
             .map_err(|e| AgentError::io(format!("moving {} to", from.display()), &to, e))?;
     }
-    fsutil::fsync_dir(&to)?;
-    fsutil::fsync_dir(spot.home())?;
+    durable::fsync_dir(&to)?;
+    durable::fsync_dir(spot.home())?;
     Ok(Some(to))
 }
 
@@ -89,23 +91,23 @@ fn install(ctx: &Ctx<'_>, spot: &Spot) -> Result<()> {
     ));
     if !spot.inside() {
         fsutil::adopt_tree(&restoring, own)?;
-        return fsutil::rename_durable(&restoring, spot.home());
+        return Ok(durable::rename_durable(&restoring, spot.home())?);
     }
     let names = super::aside::entries(&restoring);
     for name in &names {
         fsutil::adopt_tree(&restoring.join(name), own)?;
     }
-    fsutil::fsync_dir(&restoring)?;
+    durable::fsync_dir(&restoring)?;
     for name in &names {
         let (from, to) = (restoring.join(name), spot.home().join(name));
         ctx.progress(format!("moving {} to {}", from.display(), to.display()));
         std::fs::rename(&from, &to)
             .map_err(|e| AgentError::io(format!("moving {} to", from.display()), &to, e))?;
     }
-    fsutil::fsync_dir(spot.home())?;
+    durable::fsync_dir(spot.home())?;
     std::fs::remove_dir(&restoring)
         .map_err(|e| AgentError::io("removing empty dir", &restoring, e))?;
-    fsutil::fsync_dir(spot.home())
+    Ok(durable::fsync_dir(spot.home())?)
 }
 
 /// The dirs PRESERVE journaled, checked against etcd's settings now: a data dir or `--wal-dir`

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use quorate_agent::child::Runner;
 use quorate_agent::engine::{Controller, Engine};
 use quorate_agent::error::{AgentError, Result};
 use quorate_agent::journal::{Staged, StateDir};
@@ -34,6 +35,8 @@ pub struct PodState {
     pub fails_to_start: AtomicBool,
     /// Shared by the pods of one member: "stop <name>" / "start <name>", in order.
     pub events: Events,
+    /// Set: whether it runs cannot be read (as when /proc or its manifest is unreadable).
+    pub unreadable: Mutex<Option<String>>,
 }
 
 pub type Events = Arc<Mutex<Vec<String>>>;
@@ -51,6 +54,7 @@ impl FakePod {
             starts: AtomicUsize::new(0),
             fails_to_start: AtomicBool::new(false),
             events,
+            unreadable: Mutex::new(None),
         }))
     }
 
@@ -77,8 +81,11 @@ impl Runtime for FakePod {
     fn definition(&self) -> &Path {
         &self.manifest
     }
-    fn is_running(&self, _aside: Option<&Path>) -> bool {
-        self.running.load(Ordering::SeqCst)
+    fn is_running(&self, _aside: Option<&Path>) -> Result<bool> {
+        if let Some(why) = self.unreadable.lock().expect("lock").clone() {
+            return Err(AgentError::Precondition(why));
+        }
+        Ok(self.running.load(Ordering::SeqCst))
     }
     fn stop(&self, aside: &Path, progress: Progress<'_>) -> Result<String> {
         progress("moving manifest out".into());
@@ -147,8 +154,19 @@ impl RestoreTool for FakeTool {
 
 pub const PEER: &str = "https://127.0.0.11:2380";
 
+/// A loopback port nothing listens on (for now): this member's etcd "listens" there.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
 pub struct Member {
     pub dir: tempfile::TempDir,
+    /// `--listen-client-urls` and `--listen-peer-urls` ports on 127.0.0.1, free when made.
+    pub client_port: u16,
+    pub peer_port: u16,
     pub etcd: FakePod,
     pub apiserver: FakePod,
     /// kube-controller-manager and kube-scheduler, beside the apiserver.
@@ -185,8 +203,9 @@ impl Member {
         let root = dir.path();
         let manifests = root.join("etc/kubernetes/manifests");
         std::fs::create_dir_all(&manifests).expect("mkdir");
+        let (client_port, peer_port) = (free_port(), free_port());
         let etcd_manifest = format!(
-            "spec:\n  containers:\n  - command:\n    - /nonexistent/etcd\n    - --name=cp-1\n    - --data-dir={}\n    - --initial-advertise-peer-urls={PEER}\n    - --listen-peer-urls={PEER}\n",
+            "spec:\n  containers:\n  - command:\n    - /nonexistent/etcd\n    - --name=cp-1\n    - --data-dir={}\n    - --initial-advertise-peer-urls={PEER}\n    - --listen-peer-urls=https://127.0.0.1:{peer_port}\n    - --listen-client-urls=https://127.0.0.1:{client_port}\n",
             root.join("var/lib/etcd").display()
         );
         std::fs::write(manifests.join("etcd.yaml"), etcd_manifest).expect("manifest");
@@ -207,6 +226,8 @@ impl Member {
         let controllers =
             CONTROLLERS.map(|name| FakePod::logged(pod_manifest(&manifests, name), events.clone()));
         Self {
+            client_port,
+            peer_port,
             etcd: FakePod::new(manifests.join("etcd.yaml")),
             apiserver: FakePod::logged(manifests.join("kube-apiserver.yaml"), events.clone()),
             controllers,
@@ -238,6 +259,7 @@ impl Member {
             controllers: controllers(&self.controllers),
             tool: Box::new(self.tool.clone()),
             host_name: "cp-1-host".into(),
+            runner: Runner::default(),
         }
     }
 
