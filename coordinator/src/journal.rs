@@ -12,9 +12,11 @@
 
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use quorate_proto::durable;
 use quorate_proto::model::RestoreId;
 use serde::{Deserialize, Serialize};
 
@@ -224,6 +226,7 @@ impl Journal {
         let file = OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(FILE_MODE)
             .open(&path)
             .map_err(io(&path))?;
         File::open(&dir)
@@ -437,6 +440,7 @@ fn lock(dir: &Path, id: RestoreId, holder: &Holder) -> Result<File, JournalError
         .truncate(false)
         .read(true)
         .write(true)
+        .mode(FILE_MODE)
         .open(&path)
         .map_err(io)?;
     match file.try_lock() {
@@ -482,43 +486,21 @@ fn hostname() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
-/// Write temp, fsync, rename, fsync the dir.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp",
-        path.file_name()
-            .map_or("file".into(), |n| n.to_string_lossy())
-    ));
-    let mut f = File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    fs::rename(&tmp, path)?;
-    File::open(dir)?.sync_all()
+/// The restore's files hold its plan and inventory: readable by the coordinator's user alone.
+const FILE_MODE: u32 = 0o600;
+const DIR_MODE: u32 = 0o700;
+
+/// Writes `path` crash-safely ([`durable::write_atomic`]).
+fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    durable::write_atomic(path, bytes, FILE_MODE)
+        .map_err(|e| std::io::Error::new(e.source.kind(), e.to_string()))
 }
 
-/// Creates `dir` and any missing parents, fsyncing the parent of each one made.
+/// Creates `dir` and any missing parents, each durable ([`durable::create_dir_durable`]).
 fn create_dir_durable(dir: &Path) -> std::io::Result<()> {
-    let mut missing = Vec::new();
-    let mut at = dir;
-    while !at.exists() {
-        missing.push(at.to_owned());
-        match at.parent() {
-            Some(p) if !p.as_os_str().is_empty() => at = p,
-            _ => break,
-        }
-    }
-    for d in missing.iter().rev() {
-        match fs::create_dir(d) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(e),
-        }
-        if let Some(parent) = d.parent().filter(|p| !p.as_os_str().is_empty()) {
-            File::open(parent)?.sync_all()?;
-        }
-    }
-    Ok(())
+    durable::create_dir_durable(dir, DIR_MODE)
+        .map(drop)
+        .map_err(|e| std::io::Error::new(e.source.kind(), e.to_string()))
 }
 
 #[cfg(test)]
