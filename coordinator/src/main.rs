@@ -201,6 +201,7 @@ impl Target {
             no_bump_revision: self.no_bump_revision,
             skip_hash_check: self.skip_hash_check,
             allow_membership_change: self.allow_membership_change,
+            etcd_dir: None,
         }
     }
 }

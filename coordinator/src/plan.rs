@@ -495,7 +495,7 @@ impl Plan {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::path::PathBuf;
 
     use quorate_proto::tls::TlsFiles;
@@ -505,7 +505,7 @@ mod tests {
     use super::*;
     use crate::inventory::ClusterSection;
 
-    pub(super) fn inventory(n: usize) -> Inventory {
+    pub(crate) fn inventory(n: usize) -> Inventory {
         Inventory {
             cluster: ClusterSection { name: "t".into() },
             agent_tls: TlsFiles {
@@ -528,7 +528,7 @@ mod tests {
     }
 
     /// [`super::build`] with the agents' answers checked as the agent client checks them.
-    pub(super) fn build(
+    pub(crate) fn build(
         inventory: &Inventory,
         described: &[Result<pb::DescribeResponse, String>],
         snapshot: CheckedSnapshot,
@@ -545,7 +545,7 @@ mod tests {
     }
 
     /// A stacked member (etcd and a kube-apiserver) ready for a restore.
-    pub(super) fn healthy(m: &Member) -> pb::DescribeResponse {
+    pub(crate) fn healthy(m: &Member) -> pb::DescribeResponse {
         pb::DescribeResponse {
             role: pb::AgentRole::EtcdMember as i32,
             apiserver_present: true,
@@ -563,7 +563,7 @@ mod tests {
         }
     }
 
-    pub(super) fn snapshot() -> CheckedSnapshot {
+    pub(crate) fn snapshot() -> CheckedSnapshot {
         CheckedSnapshot {
             path: PathBuf::from("/x/snap.db"),
             size: 100 << 20,
@@ -574,7 +574,7 @@ mod tests {
 
     /// What preflight learns of a 3.5 snapshot with a trailer, from a live cluster whose members
     /// are the inventory's.
-    pub(super) fn options(inv: &Inventory) -> Options {
+    pub(crate) fn options(inv: &Inventory) -> Options {
         let members = inv
             .members
             .iter()

@@ -20,6 +20,9 @@ pub struct Request {
     pub no_bump_revision: bool,
     pub skip_hash_check: bool,
     pub allow_membership_change: bool,
+    /// Where to find etcdutl (or etcdctl) for `snapshot status`; default: `QUORATE_ETCD_DIR`,
+    /// else PATH.
+    pub etcd_dir: Option<PathBuf>,
 }
 
 /// One client per agent: the members', then the apiserver hosts' ([`Inventory::agents`]).
@@ -102,7 +105,7 @@ pub async fn check<C: AgentClient>(
         checked: Some(checked),
         ..snapshot_verify::VerifyOptions::default()
     };
-    match snapshot_verify::find_tools(None, false) {
+    match snapshot_verify::find_tools(request.etcd_dir.as_deref(), false) {
         Ok(_) => {
             snapshot_verify::verify(&request.snapshot, &verify_options)
                 .await
@@ -116,3 +119,7 @@ pub async fn check<C: AgentClient>(
     }
     Ok(plan)
 }
+
+#[cfg(test)]
+#[path = "preflight_tests.rs"]
+mod tests;
