@@ -53,6 +53,9 @@ pub enum Action {
     Nothing,
     /// The phase's step on every target at once.
     Run,
+    /// The phase's step on every follower at once, then on the leader (as the cluster reports
+    /// it; on every member at once when it does not answer).
+    RunFollowersFirst,
     /// The phase's step on every target at once; each host reports the components it started.
     RunReportingStarted,
     /// The phase's step reverted on every target at once.
@@ -117,10 +120,10 @@ pub const TABLE: [PhaseDef; 9] = [
         step: Some(Step::Halt),
         targets: Targets::Members,
         bound: Bound::Stop,
-        forward: Action::Run,
+        forward: Action::RunFollowersFirst,
         backward: Action::QuorumOrderRevert,
         commits: false,
-        plan_text: "stop etcd everywhere; wait until the processes are gone and ports closed",
+        plan_text: "stop etcd on the followers, then on the leader (no leader transfer to a member that is stopping); wait until the processes are gone and ports closed",
     },
     PhaseDef {
         phase: Phase::Preserve,
@@ -300,7 +303,11 @@ mod tests {
         for d in TABLE {
             let needs_step = matches!(
                 d.forward,
-                Action::Run | Action::RunReportingStarted | Action::Stage | Action::QuorumOrderRun
+                Action::Run
+                    | Action::RunFollowersFirst
+                    | Action::RunReportingStarted
+                    | Action::Stage
+                    | Action::QuorumOrderRun
             ) || matches!(d.backward, Action::Revert | Action::QuorumOrderRevert);
             assert_eq!(d.step.is_some(), needs_step, "{}", d.name);
         }

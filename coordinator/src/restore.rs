@@ -162,6 +162,17 @@ impl<C: AgentClient, P: ClusterProbe> Restore<'_, C, P> {
                 self.call_on(&targets, step()?, deadline, Way::Run).await?;
                 Ok(PhaseFacts::None)
             }
+            Action::RunFollowersFirst => {
+                let (followers, leader) = self.followers_and_leader(&targets).await;
+                if !followers.is_empty() {
+                    self.call_on(&followers, step()?, deadline, Way::Run)
+                        .await?;
+                }
+                if !leader.is_empty() {
+                    self.call_on(&leader, step()?, deadline, Way::Run).await?;
+                }
+                Ok(PhaseFacts::None)
+            }
             Action::RunReportingStarted => {
                 let outcomes = self.call_on(&targets, step()?, deadline, Way::Run).await?;
                 let names: Vec<String> = targets.iter().map(|&i| self.name_of(i)).collect();
@@ -199,6 +210,20 @@ impl<C: AgentClient, P: ClusterProbe> Restore<'_, C, P> {
                 def.name, self.plan.restore_id
             ))]),
         }
+    }
+
+    /// `targets` split into the followers and the leader, as the members report it now; all of
+    /// them followers when no leader is known (the cluster does not answer).
+    async fn followers_and_leader(&self, targets: &[usize]) -> (Vec<usize>, Vec<usize>) {
+        let views = self.probe.observe().await;
+        let leader = views
+            .iter()
+            .find(|v| v.leader != 0 && v.member_id == v.leader)
+            .map(|v| v.name.clone());
+        let (leader, followers): (Vec<usize>, Vec<usize>) = targets
+            .iter()
+            .partition(|&&i| leader.as_deref() == Some(self.name_of(i).as_str()));
+        (followers, leader)
     }
 
     fn request(&self, i: usize, step: Step) -> StepRequest {

@@ -39,6 +39,8 @@ struct World {
     pushed: Mutex<Vec<(usize, usize)>>,
     /// Members whose agent already holds the staged snapshot (a resumed STAGE).
     holds: Vec<usize>,
+    /// The member the cluster reports as its leader; `None`: the cluster does not answer.
+    leader: Option<usize>,
 }
 
 #[derive(Clone, Copy)]
@@ -263,7 +265,18 @@ impl ClusterProbe for FakeProbe<'_> {
         })
     }
     async fn observe(&self) -> Vec<MemberView> {
-        vec![]
+        let Some(leader) = self.0.leader else {
+            return vec![];
+        };
+        (0..5)
+            .map(|i| MemberView {
+                name: format!("cp-{}", i + 1),
+                member_id: 100 + i as u64,
+                cluster_id: 7,
+                leader: 100 + leader as u64,
+                revision: 42,
+            })
+            .collect()
     }
 }
 
@@ -1059,4 +1072,21 @@ async fn a_member_that_already_holds_the_snapshot_is_not_sent_it_again_and_does_
         [(1, SNAPSHOT_BYTES)],
         "only cp-2 was sent the snapshot"
     );
+}
+
+#[tokio::test]
+async fn halt_stops_the_followers_then_the_leader() {
+    let world = World {
+        leader: Some(1),
+        ..World::default()
+    };
+    run(5, &world, fast()).await.0.expect("restore");
+    let timeline = world.timeline.lock().expect("lock").clone();
+    let leader_halt = at(&timeline, "cp-2 halt");
+    for k in [1, 3, 4, 5] {
+        assert!(
+            at(&timeline, &format!("cp-{k} halt")) < leader_halt,
+            "cp-{k} (a follower) halted before the leader: {timeline:?}"
+        );
+    }
 }
