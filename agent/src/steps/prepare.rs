@@ -97,7 +97,10 @@ fn differences(made: &Fingerprint, want: &Fingerprint) -> Vec<String> {
         format!("{} {}", made.tool, made.tool_version),
         format!("{} {}", want.tool, want.tool_version),
     );
-    let show = |p: &Option<PathBuf>| p.as_ref().map_or("unset".into(), |p| p.display().to_string());
+    let show = |p: &Option<PathBuf>| {
+        p.as_ref()
+            .map_or("unset".into(), |p| p.display().to_string())
+    };
     field(
         "--wal-dir inside the data dir",
         show(&made.wal_in_data),
@@ -267,7 +270,10 @@ pub(super) fn prepare(ctx: &mut Ctx<'_>) -> Result<Done> {
     if let Some(copy) = &ctx.journal.prepared
         && copy.fingerprint == want
         && copy.dirs == dirs
-        && copy.files.as_ref().is_some_and(|f| damage(f, &dirs).is_none())
+        && copy
+            .files
+            .as_ref()
+            .is_some_and(|f| damage(f, &dirs).is_none())
     {
         return Ok(done(format!(
             "the snapshot is already prepared for member {} in {}",
