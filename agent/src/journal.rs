@@ -165,6 +165,48 @@ pub struct Staged {
     pub total_keys: u64,
 }
 
+/// What a copy PREPARE made was restored from and with: RESTORE uses the copy only when this is
+/// exactly what it would restore now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fingerprint {
+    pub snapshot_sha256: String,
+    pub member_name: String,
+    pub peer_urls: Vec<String>,
+    pub initial_cluster: String,
+    pub cluster_token: String,
+    pub bump_revision: u64,
+    pub mark_compacted: bool,
+    pub skip_hash_check: bool,
+    /// `etcdutl` or `etcdctl`, and its version.
+    pub tool: String,
+    pub tool_version: String,
+    /// etcd's `--wal-dir` relative to the data dir, when it lies inside it.
+    pub wal_in_data: Option<PathBuf>,
+}
+
+/// One dir of a prepared copy: where it is, for which of etcd's dirs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreparedDir {
+    /// The dir etcd uses (its data dir, or its `--wal-dir` of its own).
+    pub home: PathBuf,
+    /// `<home>.quorate-<id>.prepared`, or `<home>/.quorate-<id>.prepared` in a mount point.
+    pub path: PathBuf,
+    /// `home` is a mount point (the copy is inside it).
+    pub inside: bool,
+}
+
+/// The copy PREPARE restored while etcd still served.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreparedCopy {
+    pub fingerprint: Fingerprint,
+    /// The data dir's copy, then the WAL dir's when it has its own; journaled before they are
+    /// made, so whatever an interrupted PREPARE left is known and removed.
+    pub dirs: Vec<PreparedDir>,
+    /// Every file of the copy with its size, recorded once the restore completed and was synced;
+    /// `None` while it is being made: such a copy is never used.
+    pub files: Option<BTreeMap<PathBuf, u64>>,
+}
+
 /// Everything this member did for one restore.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Journal {
@@ -194,6 +236,9 @@ pub struct Journal {
     /// originals are kept.
     #[serde(default)]
     pub edits: Vec<FileEdit>,
+    /// The copy PREPARE made and RESTORE has not used (or removed) yet.
+    #[serde(default)]
+    pub prepared: Option<PreparedCopy>,
 }
 
 impl Journal {
@@ -209,6 +254,7 @@ impl Journal {
             set_aside: Vec::new(),
             staged: None,
             edits: Vec::new(),
+            prepared: None,
         }
     }
 

@@ -134,7 +134,13 @@ fn every_etcd_step_and_a_wrong_identity_are_refused_before_anything_changes() {
     let engine = host.engine();
     let id = RestoreId::new();
     ok(&engine, id, Step::Claim, Op::Run);
-    for step in [Step::Halt, Step::Preserve, Step::Restore, Step::Start] {
+    for step in [
+        Step::Prepare,
+        Step::Halt,
+        Step::Preserve,
+        Step::Restore,
+        Step::Start,
+    ] {
         for op in [Op::Run, Op::Revert] {
             let err = engine
                 .execute(&request(id, step, "api-1"), op, &|_| {})

@@ -319,10 +319,21 @@ impl Member {
         std::fs::create_dir_all(staged.parent().expect("parent")).expect("mkdir");
         std::fs::copy(&snap, &staged).expect("stage");
         let status = self.engine.tool.status(&staged).expect("snapshot status");
-        (
-            common::sha256(&std::fs::read(&staged).expect("read")),
-            status.revision,
-        )
+        let bytes = std::fs::read(&staged).expect("read");
+        let sha = common::sha256(&bytes);
+        // Journaled as a push journals it.
+        let mut journal = self.engine.state.load(id).expect("journal");
+        journal.staged = Some(quorate_agent::journal::Staged {
+            sha256: sha.clone(),
+            size: bytes.len() as u64,
+            revision: status.revision,
+            total_keys: status.total_key,
+        });
+        self.engine
+            .state
+            .save(&journal)
+            .expect("journal the staged snapshot");
+        (sha, status.revision)
     }
 
     fn request(&self, id: RestoreId, step: Step, sha: &str) -> StepRequest {
@@ -414,6 +425,41 @@ fn restore_then_roll_back(m: &Member) {
         })
         .collect();
     m.step(id, Step::Claim, Op::Run, &sha);
+    // While etcd serves: the copy goes beside each dir, or inside one that is a mount point.
+    let prepared = m.step(id, Step::Prepare, Op::Run, &sha);
+    let copies: Vec<PathBuf> = mounted
+        .iter()
+        .map(|(dir, mount)| {
+            if *mount {
+                dir.join(format!(".quorate-{id}.prepared"))
+            } else {
+                PathBuf::from(format!("{}.quorate-{id}.prepared", dir.display()))
+            }
+        })
+        .collect();
+    for copy in &copies {
+        assert!(
+            copy.is_dir(),
+            "{} holds the copy: {prepared}",
+            copy.display()
+        );
+    }
+    assert!(
+        copies[0].join("member/snap/db").is_file(),
+        "the data dir's copy: {prepared}"
+    );
+    if let (Some(w), Some(copy)) = (&m.wal_dir, copies.get(1)) {
+        assert!(
+            std::fs::read_dir(copy)
+                .expect("wal copy")
+                .flatten()
+                .any(|e| e.file_name().to_string_lossy().ends_with(".wal")),
+            "the WAL of {} is prepared in {}",
+            w.display(),
+            copy.display()
+        );
+    }
+    m.etcdctl(&["put", "while-prepared", "1"]);
     m.step(id, Step::Halt, Op::Run, &sha);
     let original_data = digest(&m.data_dir);
     let original_wal = m.wal_dir.as_deref().map(digest);
@@ -427,7 +473,14 @@ fn restore_then_roll_back(m: &Member) {
             dir.display()
         );
     }
-    m.step(id, Step::Restore, Op::Run, &sha);
+    let restored = m.step(id, Step::Restore, Op::Run, &sha);
+    assert!(
+        restored.contains("moved the snapshot prepared before the halt"),
+        "{restored}"
+    );
+    for copy in &copies {
+        assert!(!copy.exists(), "{} moved into place", copy.display());
+    }
     m.step(id, Step::Start, Op::Run, &sha);
     m.wait_healthy();
     assert_eq!(m.get("before").as_deref(), Some("1"));
@@ -436,6 +489,7 @@ fn restore_then_roll_back(m: &Member) {
         None,
         "keys written after the snapshot are gone"
     );
+    assert_eq!(m.get("while-prepared"), None);
     assert_eq!(
         m.revision(),
         snap_rev,
@@ -486,7 +540,12 @@ fn restore_then_roll_back(m: &Member) {
         Some("2"),
         "the original data serves"
     );
-    assert_eq!(m.revision(), rev_before);
+    assert_eq!(m.get("while-prepared").as_deref(), Some("1"));
+    assert_eq!(m.revision(), rev_before + 1);
+    m.step(id, Step::Prepare, Op::Revert, &sha);
+    for copy in &copies {
+        assert!(!copy.exists(), "{} is not left behind", copy.display());
+    }
     m.step(id, Step::Claim, Op::Revert, &sha);
 }
 

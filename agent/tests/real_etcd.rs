@@ -261,6 +261,15 @@ async fn static_pod_restore_with_real_etcd() {
                 o.message,
                 root_log(&steps_engine)
             );
+            if step == Step::Restore {
+                // PREPARE restored it while etcd served: RESTORE only renames.
+                assert!(
+                    o.message
+                        .contains("moved the snapshot prepared before the halt"),
+                    "{}",
+                    o.message
+                );
+            }
             if step == Step::Halt {
                 let aside = steps_engine.etcd_aside(id).expect("aside");
                 assert!(
@@ -317,6 +326,11 @@ async fn static_pod_restore_with_real_etcd() {
     assert!(
         !old.status.success() && err.contains("compacted"),
         "a read at the pre-restore revision {live} is refused as compacted: {err}"
+    );
+    let members = etcdctl(&tools, &["member", "list"]);
+    assert!(
+        members.contains(&format!(", q1, http://{IP}:12380,")),
+        "restored as member q1 with its peer URL: {members}"
     );
     let preserved = PathBuf::from(format!("{}.quorate-{id}", data_dir.display()));
     assert!(preserved.join("member").is_dir());

@@ -167,7 +167,8 @@ impl<C: AgentClient, P: ClusterProbe> Restore<'_, C, P> {
                 .record(begin)
                 .map_err(|e| self.journal_error(journal, &tag, &e))?;
             if direction == Direction::Forward {
-                progress.begun = Some(phase);
+                // The furthest phase begun (see `Progress::from_entries`).
+                progress.begun = progress.begun.max(Some(phase));
             }
             let started = Instant::now();
             let result = self.act(def, action, progress).await.and_then(|facts| {

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "kebab-case")]
 pub enum Phase {
     Stage,
+    Prepare,
     Fence,
     Halt,
     Preserve,
@@ -91,7 +92,7 @@ pub struct PhaseDef {
 }
 
 /// The restore, phase by phase. Rollback walks it backwards from the last phase begun.
-pub const TABLE: [PhaseDef; 9] = [
+pub const TABLE: [PhaseDef; 10] = [
     PhaseDef {
         phase: Phase::Stage,
         name: "stage",
@@ -102,6 +103,17 @@ pub const TABLE: [PhaseDef; 9] = [
         backward: Action::Revert,
         commits: false,
         plan_text: "claim each member for this restore; stream the snapshot to every agent; sha256 checked on arrival",
+    },
+    PhaseDef {
+        phase: Phase::Prepare,
+        name: "prepare",
+        step: Some(Step::Prepare),
+        targets: Targets::Members,
+        bound: Bound::StartScaled,
+        forward: Action::Run,
+        backward: Action::Revert,
+        commits: false,
+        plan_text: "while etcd still serves, restore the snapshot on each member with its name and peer URL under the new token into <dir>.quorate-<id>.prepared beside its data dir (and wal dir), or inside one that is a mount point; what it was made from is recorded",
     },
     PhaseDef {
         phase: Phase::Fence,
@@ -145,7 +157,7 @@ pub const TABLE: [PhaseDef; 9] = [
         forward: Action::Run,
         backward: Action::Revert,
         commits: false,
-        plan_text: "restore the snapshot with each member's name and peer URL under the new token",
+        plan_text: "move each member's prepared copy into place by renames (owner and mode of the original); a copy whose snapshot, facts, tool or files differ from what it was made with is removed and the snapshot restored here instead",
     },
     PhaseDef {
         phase: Phase::Quorum,
@@ -189,13 +201,13 @@ pub const TABLE: [PhaseDef; 9] = [
         forward: Action::Run,
         backward: Action::RollForwardOnly,
         commits: false,
-        plan_text: "release every member, delete the staged snapshot copies; preserved dirs are kept",
+        plan_text: "release every member, delete the staged snapshot copies and any prepared copy left; preserved dirs are kept",
     },
 ];
 
 impl Phase {
-    pub const ALL: [Phase; 9] = {
-        let mut all = [Phase::Stage; 9];
+    pub const ALL: [Phase; 10] = {
+        let mut all = [Phase::Stage; 10];
         let mut i = 0;
         while i < TABLE.len() {
             all[i] = TABLE[i].phase;

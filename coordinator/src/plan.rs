@@ -454,6 +454,7 @@ impl Plan {
                 );
             }
         }
+        let _ = writeln!(out, "{}", layout::room_text(self.snapshot.size));
         let _ = writeln!(out, "{}", self.membership_line());
         let hosts = if self.apiserver_hosts.is_empty() {
             String::new()

@@ -22,7 +22,7 @@ pub struct Progress {
     /// The restored cluster as VERIFY saw it: set once the point of no return is passed.
     pub verified: Option<Verified>,
     pub done: Vec<Phase>,
-    /// The last phase begun (it may have finished on some members only).
+    /// The furthest phase begun (it may have finished on some members only).
     pub begun: Option<Phase>,
     pub failed: Option<Phase>,
     pub rollback_begun: bool,
@@ -46,6 +46,7 @@ pub struct Inconsistent {
 impl Progress {
     pub fn from_entries(entries: &[Entry]) -> Result<Self, Inconsistent> {
         let mut p = Progress::default();
+        let mut last_begun = None;
         for (i, entry) in entries.iter().enumerate() {
             let bad = |what: String| Inconsistent { entry: i + 1, what };
             match entry {
@@ -57,10 +58,13 @@ impl Progress {
                     if !p.started {
                         return Err(bad(format!("{phase} began before preflight was journaled")));
                     }
-                    p.begun = Some(*phase);
+                    // The furthest phase begun: a journal written before a phase was added to
+                    // the table runs that phase on resume after later ones.
+                    p.begun = p.begun.max(Some(*phase));
+                    last_begun = Some(*phase);
                 }
                 Entry::Done { phase, facts } => {
-                    if p.begun != Some(*phase) {
+                    if last_begun != Some(*phase) {
                         return Err(bad(format!("{phase} done but not begun")));
                     }
                     match (phase, facts) {

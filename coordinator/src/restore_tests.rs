@@ -631,6 +631,7 @@ async fn a_rollback_restarts_the_original_etcd_one_at_a_time_waiting_on_agent_he
             Phase::Preserve,
             Phase::Halt,
             Phase::Fence,
+            Phase::Prepare,
             Phase::Stage
         ]
     );
@@ -764,6 +765,11 @@ async fn apiserver_hosts_are_fenced_before_halt_and_unfenced_after_verify() {
         let fenced = at(&timeline, &format!("{host} fence"));
         for m in ["cp-1", "cp-2", "cp-3"] {
             assert!(fenced < at(&timeline, &format!("{m} halt")), "{timeline:?}");
+            // The snapshot is prepared on the members while every apiserver still serves.
+            assert!(
+                at(&timeline, &format!("{m} prepare")) < at(&timeline, "api-1 fence"),
+                "{timeline:?}"
+            );
         }
         assert!(
             at(&timeline, "verify") < at(&timeline, &format!("{host} unfence")),
@@ -864,9 +870,44 @@ fn progress_from_the_journal_names_the_last_phase_begun_even_when_it_failed() {
             Phase::Preserve,
             Phase::Halt,
             Phase::Fence,
+            Phase::Prepare,
             Phase::Stage
         ],
         "phases a rollback undoes, newest first: every one up to the last begun"
+    );
+}
+
+/// A journal written before PREPARE was in the table, resumed after FENCE: PREPARE runs then, and
+/// a rollback from it still undoes FENCE.
+#[test]
+fn a_phase_added_to_the_table_and_run_late_on_resume_keeps_the_furthest_phase_to_undo() {
+    use crate::journal::{Entry, PhaseFacts};
+    let mut entries = vec![Entry::Preflight { before: vec![] }];
+    for phase in [Phase::Stage, Phase::Fence] {
+        entries.push(Entry::Begin { phase });
+        entries.push(Entry::Done {
+            phase,
+            facts: match phase {
+                Phase::Stage => PhaseFacts::Staged {
+                    snapshot_revision: Some(42),
+                },
+                _ => PhaseFacts::None,
+            },
+        });
+    }
+    entries.push(Entry::Begin {
+        phase: Phase::Prepare,
+    });
+    entries.push(Entry::Done {
+        phase: Phase::Prepare,
+        facts: PhaseFacts::None,
+    });
+    let p = Progress::from_entries(&entries).expect("consistent");
+    assert_eq!(p.begun, Some(Phase::Fence));
+    assert_eq!(
+        p.to_undo(),
+        [Phase::Fence, Phase::Prepare, Phase::Stage],
+        "FENCE is undone although PREPARE began after it"
     );
 }
 

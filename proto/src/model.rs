@@ -73,6 +73,7 @@ pub use outcome::{ComponentFailure, DirRole, ErrorCode, EtcdDir, OutcomeDetails,
 #[serde(rename_all = "kebab-case")]
 pub enum Step {
     Claim,
+    Prepare,
     Fence,
     Halt,
     Preserve,
@@ -83,8 +84,9 @@ pub enum Step {
 }
 
 impl Step {
-    pub const ALL: [Step; 8] = [
+    pub const ALL: [Step; 9] = [
         Step::Claim,
+        Step::Prepare,
         Step::Fence,
         Step::Halt,
         Step::Preserve,
@@ -94,18 +96,19 @@ impl Step {
         Step::Finish,
     ];
 
-    /// Steps that act on etcd itself; an apiserver-only host runs only the others (claim, fence,
-    /// unfence, finish).
+    /// Steps that act on etcd itself or its data; an apiserver-only host runs only the others
+    /// (claim, fence, unfence, finish).
     pub fn touches_etcd(self) -> bool {
         matches!(
             self,
-            Step::Halt | Step::Preserve | Step::Restore | Step::Start
+            Step::Prepare | Step::Halt | Step::Preserve | Step::Restore | Step::Start
         )
     }
 
     pub fn name(self) -> &'static str {
         match self {
             Step::Claim => "claim",
+            Step::Prepare => "prepare",
             Step::Fence => "fence",
             Step::Halt => "halt",
             Step::Preserve => "preserve",
@@ -128,6 +131,7 @@ impl TryFrom<i32> for Step {
     fn try_from(v: i32) -> Result<Self, ModelError> {
         match pb::Step::try_from(v) {
             Ok(pb::Step::Claim) => Ok(Step::Claim),
+            Ok(pb::Step::Prepare) => Ok(Step::Prepare),
             Ok(pb::Step::Fence) => Ok(Step::Fence),
             Ok(pb::Step::Halt) => Ok(Step::Halt),
             Ok(pb::Step::Preserve) => Ok(Step::Preserve),
@@ -144,6 +148,7 @@ impl From<Step> for pb::Step {
     fn from(s: Step) -> Self {
         match s {
             Step::Claim => pb::Step::Claim,
+            Step::Prepare => pb::Step::Prepare,
             Step::Fence => pb::Step::Fence,
             Step::Halt => pb::Step::Halt,
             Step::Preserve => pb::Step::Preserve,
@@ -398,6 +403,8 @@ mod tests {
         };
         assert!(StepRequest::try_from(req(Step::Fence)).is_ok());
         let err = StepRequest::try_from(req(Step::Halt)).expect_err("halt without peers");
+        assert!(err.0.contains("etcd steps are for etcd members"), "{err}");
+        let err = StepRequest::try_from(req(Step::Prepare)).expect_err("prepare without peers");
         assert!(err.0.contains("etcd steps are for etcd members"), "{err}");
         assert!(Step::try_from(0).is_err());
         assert!(Step::try_from(99).is_err());

@@ -14,8 +14,8 @@ use quorate_lab::tools::EtcdVersion;
 use quorate_lab::{load, scenario};
 
 /// The phases after which a failure is still a failed restore (after finish it is done).
-const BOUNDARIES: [&str; 8] = [
-    "stage", "fence", "halt", "preserve", "restore", "quorum", "verify", "unfence",
+const BOUNDARIES: [&str; 9] = [
+    "stage", "prepare", "fence", "halt", "preserve", "restore", "quorum", "verify", "unfence",
 ];
 
 /// Boundaries past the point of no return: VERIFY has passed, every member holds the verified
@@ -326,6 +326,7 @@ async fn an_agent_killed_mid_step_and_restarted_reports_the_truth_and_the_restor
     let mut s = setup().await;
     for (step, member) in [
         ("claim", 0usize),
+        ("prepare", 1),
         ("fence", 2),
         ("halt", 1),
         ("preserve", 2),

@@ -153,8 +153,10 @@ async fn a_taken_client_port_fails_the_preserve_phase_on_that_member_and_rolls_b
     assert_back_to(&lab, &original, case).await;
 }
 
+/// The staged copy is checked where it is restored from: in PREPARE, before the fence.
+#[cfg(feature = "failpoints")]
 #[tokio::test]
-async fn a_staged_snapshot_damaged_after_staging_fails_the_restore_phase_and_rolls_back() {
+async fn a_staged_snapshot_damaged_after_staging_fails_the_prepare_phase_and_rolls_back() {
     let case = "cp-3's staged snapshot damaged after staging";
     let lab = testlab::up(3, EtcdVersion::V35).await;
     let s = load_and_snapshot(&lab).await;
@@ -162,16 +164,17 @@ async fn a_staged_snapshot_damaged_after_staging_fails_the_restore_phase_and_rol
     let victim = 2;
     let host = lab.hosts()[victim].clone();
 
-    let mut run = RestoreRun::start(&lab, &s.snapshot, "").expect("quorate");
-    // Fence and halt (seconds: etcd's leader transfer) stand between staging and the restore
-    // step; the check below makes sure the damage came first.
+    // The coordinator waits 3 s once every member staged: the check below makes sure the
+    // damage came before the prepare step.
+    let mut run = RestoreRun::start(&lab, &s.snapshot, "coordinator::after-stage=sleep(3000)")
+        .expect("quorate");
     let staged = realfaults::wait_staged(&lab, victim).await;
     let staged = run.expect(staged, "staged on cp-3");
     let offset = realfaults::flip_middle_byte(&staged).expect("damage the staged copy");
     assert_eq!(
-        realfaults::agent_step_state(&lab, victim, "restore"),
+        realfaults::agent_step_state(&lab, victim, "prepare"),
         None,
-        "{case}: the copy was damaged before the restore step began"
+        "{case}: the copy was damaged before the prepare step began"
     );
     eprintln!(
         "{case}: flipped the byte at {offset} of {}",
@@ -179,7 +182,7 @@ async fn a_staged_snapshot_damaged_after_staging_fails_the_restore_phase_and_rol
     );
     let (out, took) = run.finish().await.expect("quorate output");
 
-    let error = assert_rolled_back(&out, case, &host.name, "restore");
+    let error = assert_rolled_back(&out, case, &host.name, "prepare");
     assert!(
         error.contains("sha256") && error.contains("damaged after staging"),
         "{case}: the error says the staged copy is damaged: {error}"
@@ -189,83 +192,62 @@ async fn a_staged_snapshot_damaged_after_staging_fails_the_restore_phase_and_rol
 }
 
 /// The lab keeps the agent's state dir under `var/lib`, so a tmpfs there also holds it (and the
-/// staged snapshot); set-aside manifests stay beside the manifests dir.
+/// staged snapshot); set-aside manifests stay beside the manifests dir. The snapshot is restored
+/// (PREPARE) before anything stops, so a full disk fails the restore while the API still serves;
+/// RESTORE itself only renames.
 #[cfg(feature = "failpoints")]
 #[tokio::test]
-async fn a_disk_that_fills_before_the_restore_step_fails_it_and_rolls_back() {
+async fn a_disk_that_fills_before_the_prepare_step_fails_it_while_the_api_serves_and_rolls_back() {
     use quorate_lab::realfaults::SmallDiskLab;
 
     if !realfaults::root_or_skip("mounting a tmpfs as a member's var/lib") {
         return;
     }
-    let case = "cp-1's disk full before its restore step";
+    let case = "cp-1's disk full before its prepare step";
     let mut lab = SmallDiskLab::new(testlab::up(3, EtcdVersion::V35).await);
     let s = load_and_snapshot(&lab).await;
     let victim = 0;
+    let host = lab.hosts()[victim].clone();
 
-    // Enough for the preflight (twice the snapshot plus etcd's 64 MB WAL), with some margin.
+    // Enough for the preflight (twice the snapshot plus three 64 MB WAL segments), with some
+    // margin.
     let size = std::fs::metadata(&s.snapshot).expect("snapshot").len();
     let var_lib = lab
-        .shrink_var_lib(victim, 2 * size + (64 << 20) + (48 << 20))
+        .shrink_var_lib(victim, 2 * size + 3 * (64 << 20) + (48 << 20))
         .await
         .expect("cp-1's var/lib on a tmpfs");
     let original = changed_original(&lab, &s).await;
     let free_before = realfaults::free_bytes(&var_lib).expect("free");
-    let known = faults::restore_ids(&lab).len();
 
-    // The coordinator waits 3 s after every member preserved its data dir: etcd is down on all
-    // of them (nothing writes to cp-1's disk) and no restore step has begun.
-    let mut run = RestoreRun::start(&lab, &s.snapshot, "coordinator::after-preserve=sleep(3000)")
+    // The coordinator waits 3 s once every member staged the snapshot: the disk fills before
+    // any prepare step begins.
+    let mut run = RestoreRun::start(&lab, &s.snapshot, "coordinator::after-stage=sleep(3000)")
         .expect("quorate");
-    let preserved = faults::wait_agent_step(&lab, victim, "preserve", "done").await;
-    run.expect(preserved, "cp-1 preserved");
+    let staged = realfaults::wait_staged(&lab, victim).await;
+    run.expect(staged, "staged on cp-1");
     let filler = var_lib.join("filler");
     let filled = realfaults::fill(&filler, 1 << 20).expect("fill cp-1's disk");
     assert_eq!(
-        realfaults::agent_step_state(&lab, victim, "restore"),
+        realfaults::agent_step_state(&lab, victim, "prepare"),
         None,
-        "{case}: the disk filled before the restore step began"
+        "{case}: the disk filled before the prepare step began"
     );
-    let failed = faults::wait_journal(&lab, known, "restore", "failed").await;
-    let id = run.expect(failed, "the restore phase fails");
-    // The disk stays full: the automatic rollback cannot even journal on cp-1, so it stops
-    // there, keeping every journal, and says what to do.
     let (out, took) = run.finish().await.expect("quorate output");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(!out.status.success(), "{case}: the restore failed");
-    let stopped = stdout
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|e| e["event"] == "stopped")
-        .unwrap_or_else(|| panic!("{case}: the rollback stopped on the full disk: {stdout}"));
-    let error = stopped["error"].as_str().unwrap_or_default().to_owned();
-    assert!(
-        error.contains("failed in phase restore") && error.contains("member cp-1"),
-        "{case}: the error names the phase and the member: {error}"
-    );
+    std::fs::remove_file(&filler).expect("remove the filler");
+    let error = assert_rolled_back(&out, case, &host.name, "prepare");
     assert!(
         error.to_lowercase().contains("no space left on device"),
         "{case}: the error says the disk is full: {error}"
     );
-    let rollback_error = stopped["rollback_error"].as_str().unwrap_or_default();
+    let fenced = realfaults::json_events(&out.stdout)
+        .iter()
+        .any(|e| e["event"] == "phase-started" && e["phase"] == "fence");
     assert!(
-        rollback_error.contains("cp-1") && rollback_error.contains("No space left"),
-        "{case}: the rollback says why it stopped: {rollback_error}"
-    );
-    let (_, status) = faults::quorate_on(&lab, "status", &id).expect("status");
-    assert!(
-        status.contains(&format!("quorate rollback {id}")),
-        "{case}: status names the next step: {status}"
-    );
-    // The operator frees the space and finishes the rollback.
-    std::fs::remove_file(&filler).expect("remove the filler");
-    let (ok, text) = faults::quorate_on(&lab, "rollback", &id).expect("rollback");
-    assert!(
-        ok,
-        "{case}: the rollback completes once there is room: {text}"
+        !fenced,
+        "{case}: no apiserver was stopped: the API served throughout"
     );
     eprintln!(
-        "{case}: filled {} MB; failed in {took:.1?}: {error}; rolled back after freeing the space",
+        "{case}: filled {} MB; failed and rolled back in {took:.1?}: {error}",
         filled >> 20
     );
     assert_back_to(&lab, &original, case).await;
@@ -274,6 +256,10 @@ async fn a_disk_that_fills_before_the_restore_step_fails_it_and_rolls_back() {
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
+    assert!(
+        !left.iter().any(|n| n.ends_with(".prepared")),
+        "{case}: no prepared copy is left: {left:?}"
+    );
     let free_after = realfaults::free_bytes(&var_lib).expect("free");
     eprintln!(
         "{case}: after the rollback cp-1's var/lib holds {left:?}; free {} MB, {} MB before the restore",

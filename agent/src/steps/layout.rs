@@ -237,13 +237,15 @@ fn moves_of(dir: &Dir, entries: &str) -> String {
     let path = dir.path.display();
     if dir.place.mount_point {
         format!(
-            "a mount point, never renamed: PRESERVE moves {entries} into {path}/.quorate-<id>/ and \
-             RESTORE prepares the copy in {path}/.quorate-<id>.restoring/, on that filesystem"
+            "a mount point, never renamed: PREPARE restores the copy into \
+             {path}/.quorate-<id>.prepared/ while etcd serves, PRESERVE moves {entries} into \
+             {path}/.quorate-<id>/ and RESTORE moves the copy's entries into place, on that \
+             filesystem"
         )
     } else {
         format!(
-            "PRESERVE renames it to {path}.quorate-<id>; RESTORE prepares the copy in \
-             {path}.quorate-<id>.restoring"
+            "PREPARE restores the copy into {path}.quorate-<id>.prepared while etcd serves; \
+             PRESERVE renames it to {path}.quorate-<id>; RESTORE renames the copy into place"
         )
     }
 }

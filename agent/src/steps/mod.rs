@@ -17,6 +17,7 @@ pub mod aside;
 pub mod down;
 mod fence;
 pub mod layout;
+pub mod prepare;
 mod preserve;
 mod restore;
 
@@ -76,7 +77,7 @@ impl Ctx<'_> {
 pub fn refuse_on_apiserver_host(req: &StepRequest, host_name: &str) -> Result<()> {
     match req.step {
         Step::Claim | Step::Fence | Step::Unfence | Step::Finish => Ok(()),
-        Step::Halt | Step::Preserve | Step::Restore | Step::Start => {
+        Step::Prepare | Step::Halt | Step::Preserve | Step::Restore | Step::Start => {
             Err(AgentError::InvalidRequest(format!(
                 "step {} touches etcd, and {host_name} is an apiserver-only host (no [etcd] in its \
                  agent config): list it as an [[apiserver]] host, not a [[member]], in the \
@@ -154,6 +155,9 @@ pub fn precheck(engine: &Engine, plan: &Plan) -> Result<()> {
                 return Err(AgentError::Precondition(c));
             }
         }
+        (Step::Prepare, Op::Run) => {
+            snapshot::staged(&engine.state, id)?;
+        }
         (Step::Restore, Op::Run) => {
             snapshot::staged(&engine.state, id)?;
             if plan.journal.state(Step::Preserve) != Some(StepState::Done) {
@@ -193,6 +197,8 @@ pub fn act(ctx: &mut Ctx<'_>, op: Op) -> Result<Done> {
         (Step::Halt, Op::Revert) | (Step::Start, Op::Run) => {
             control(ctx, "etcd", engine.etcd()?, Op::Revert)
         }
+        (Step::Prepare, Op::Run) => prepare::prepare(ctx),
+        (Step::Prepare, Op::Revert) => prepare::unprepare(ctx),
         (Step::Preserve, Op::Run) => preserve(ctx),
         (Step::Preserve, Op::Revert) => unpreserve(ctx),
         (Step::Restore, Op::Run) => restore(ctx),
@@ -211,6 +217,8 @@ fn release(ctx: &mut Ctx<'_>) -> Result<Done> {
     // finished or rolled back.
     snapshot::remove_staged(state, id)?;
     message.push_str("; the staged snapshot copy is deleted");
+    let removed = prepare::discard(ctx)?;
+    message.push_str(&prepare::removed_note(&removed));
     if ctx.req.step == Step::Finish {
         for spot in spots(&ctx.journal, id) {
             message.push_str(&format!(

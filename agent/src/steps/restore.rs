@@ -1,20 +1,23 @@
-//! RESTORE and its inverse: restore into a fresh place on each dir's own filesystem (beside it,
-//! or inside it when it is a mount point), adopt the original's owner and mode, move into place;
-//! on revert, move the restored copy away. Nothing is ever deleted.
+//! RESTORE and its inverse: take the copy PREPARE made before the halt when it matches this
+//! request (see `prepare.rs`), else restore now into a fresh place on each dir's own filesystem
+//! (beside it, or inside it when it is a mount point); adopt the original's owner and mode, move
+//! into place; on revert, move the restored copy away. Nothing of etcd's is ever deleted (a
+//! prepared copy that is not used is quorate's own, and is removed).
 
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
-use quorate_proto::model::EtcdDir;
+use quorate_proto::model::{EtcdDir, Step};
 
 use super::aside::{Role, Spot};
-use super::{Ctx, Done, done, spots};
+use super::{Ctx, Done, done, prepare, spots};
 use quorate_proto::durable;
 
 use crate::error::{AgentError, Result};
 use crate::fsutil;
 use crate::settings::{self, FileEdit};
 use crate::snapshot;
-use crate::tool::RestoreArgs;
+use crate::tool::{RestoreArgs, ToolInfo};
 
 /// Moves `dir` to a fresh name based on `base`, records it, and returns the new path.
 fn move_aside(ctx: &mut Ctx<'_>, dir: &Path, base: &Path, always_number: bool) -> Result<PathBuf> {
@@ -79,9 +82,9 @@ fn set_aside_copy(ctx: &mut Ctx<'_>, spot: &Spot) -> Result<Option<PathBuf>> {
     Ok(Some(to))
 }
 
-/// Gives the prepared copy the original's owner and mode and moves it into place.
-fn install(ctx: &Ctx<'_>, spot: &Spot) -> Result<()> {
-    let (restoring, own) = (spot.restoring(), spot.rec.owner);
+/// Gives the copy in `restoring` the original's owner and mode and moves it into place.
+fn install(ctx: &Ctx<'_>, spot: &Spot, restoring: &Path) -> Result<()> {
+    let own = spot.rec.owner;
     ctx.progress(format!(
         "setting owner {}:{} and mode {:o} on {}, syncing",
         own.uid,
@@ -90,14 +93,14 @@ fn install(ctx: &Ctx<'_>, spot: &Spot) -> Result<()> {
         restoring.display()
     ));
     if !spot.inside() {
-        fsutil::adopt_tree(&restoring, own)?;
-        return Ok(durable::rename_durable(&restoring, spot.home())?);
+        fsutil::adopt_tree(restoring, own)?;
+        return Ok(durable::rename_durable(restoring, spot.home())?);
     }
-    let names = super::aside::entries(&restoring);
+    let names = super::aside::entries(restoring);
     for name in &names {
         fsutil::adopt_tree(&restoring.join(name), own)?;
     }
-    durable::fsync_dir(&restoring)?;
+    durable::fsync_dir(restoring)?;
     for name in &names {
         let (from, to) = (restoring.join(name), spot.home().join(name));
         ctx.progress(format!("moving {} to {}", from.display(), to.display()));
@@ -105,8 +108,8 @@ fn install(ctx: &Ctx<'_>, spot: &Spot) -> Result<()> {
             .map_err(|e| AgentError::io(format!("moving {} to", from.display()), &to, e))?;
     }
     durable::fsync_dir(spot.home())?;
-    std::fs::remove_dir(&restoring)
-        .map_err(|e| AgentError::io("removing empty dir", &restoring, e))?;
+    std::fs::remove_dir(restoring)
+        .map_err(|e| AgentError::io("removing empty dir", restoring, e))?;
     Ok(durable::fsync_dir(spot.home())?)
 }
 
@@ -162,16 +165,27 @@ fn journaled_spots(ctx: &Ctx<'_>) -> Result<Vec<Spot>> {
 
 pub(super) fn restore(ctx: &mut Ctx<'_>) -> Result<Done> {
     let engine = ctx.engine;
-    let id = ctx.req.restore_id;
     let spots = journaled_spots(ctx)?;
-    let snapshot = snapshot::staged(&engine.state, id)?;
-    let size = std::fs::metadata(&snapshot).map_or(0, |m| m.len());
-    ctx.progress(format!(
-        "checking the sha256 of the staged snapshot ({})",
-        snapshot::human(size)
-    ));
-    snapshot::check_sha256(&snapshot, &ctx.req.facts.snapshot_sha256)?;
     let tool = engine.tool.info()?;
+    let want = prepare::fingerprint(ctx.req, &tool, ctx.journal.wal_in_data.as_deref());
+    let (how, note) = match prepare::usable(&ctx.journal, &spots, &want) {
+        Ok(dirs) => {
+            ctx.progress("using the copy prepared before the halt".into());
+            (How::Prepared(dirs), String::new())
+        }
+        Err(why) => {
+            let removed = prepare::discard(ctx)?;
+            let note = if ctx.journal.steps.contains_key(&Step::Prepare) {
+                format!(
+                    "; the copy prepared before the halt was not used ({why}){}",
+                    prepare::removed_note(&removed)
+                )
+            } else {
+                String::new()
+            };
+            (How::Now, note)
+        }
+    };
 
     // What an earlier attempt left: a partial copy, or a restored copy already in place.
     for spot in &spots {
@@ -180,37 +194,34 @@ pub(super) fn restore(ctx: &mut Ctx<'_>) -> Result<Done> {
     }
     let data = &spots[0];
     let wal = spots.iter().find(|s| s.role == Role::Wal);
-    let wal_dir = match (wal, &ctx.journal.wal_in_data) {
-        (Some(w), _) => Some(w.restoring()),
-        (None, Some(rel)) => Some(data.restoring().join(rel)),
-        (None, None) => None,
+    let started = Instant::now();
+    let used_prepared = matches!(how, How::Prepared(_));
+    let sources: Vec<PathBuf> = match how {
+        How::Prepared(dirs) => dirs,
+        How::Now => {
+            restore_now(ctx, &spots, &tool)?;
+            spots.iter().map(Spot::restoring).collect()
+        }
     };
-    ctx.progress(format!(
-        "restoring {} snapshot with {} {}",
-        snapshot::human(size),
-        tool.kind.name(),
-        tool.version
-    ));
-    let facts = &ctx.req.facts;
-    engine.tool.restore(&RestoreArgs {
-        snapshot: &snapshot,
-        data_dir: &data.restoring(),
-        wal_dir: wal_dir.as_deref(),
-        name: &facts.member_name,
-        initial_cluster: &facts.initial_cluster,
-        cluster_token: &facts.cluster_token,
-        peer_urls: &facts.peer_urls,
-        bump_revision: facts.bump_revision,
-        skip_hash_check: facts.skip_hash_check,
-    })?;
     // The WAL first: the data dir's member/ in place is what lets etcd start.
-    for spot in spots.iter().rev() {
-        install(ctx, spot)?;
+    for (spot, from) in spots.iter().zip(&sources).rev() {
+        install(ctx, spot, from)?;
     }
+    if used_prepared {
+        // Moved into place: nothing of it is left to remove.
+        ctx.journal.prepared = None;
+        ctx.save()?;
+    }
+    let took = started.elapsed().as_secs_f64();
     let rewritten = rewrite_settings(ctx)?;
     let facts = &ctx.req.facts;
     let mut d = done(format!(
-        "restored the snapshot into {}{} as member {} with {} {}{}",
+        "{} into {}{} as member {} with {} {} in {took:.3} s{note}{}",
+        if used_prepared {
+            "moved the snapshot prepared before the halt"
+        } else {
+            "restored the snapshot"
+        },
         data.home().display(),
         wal.map(|w| format!(" (wal dir {})", w.home().display()))
             .unwrap_or_default(),
@@ -237,6 +248,53 @@ pub(super) fn restore(ctx: &mut Ctx<'_>) -> Result<Done> {
     d.message
         .push_str(&format!("; cluster token {}", facts.cluster_token));
     Ok(d)
+}
+
+/// Where RESTORE's copy comes from.
+enum How {
+    /// PREPARE's copy, one dir per spot.
+    Prepared(Vec<PathBuf>),
+    /// Restored now from the staged snapshot into each spot's restoring place.
+    Now,
+}
+
+/// Restores the staged snapshot into each spot's restoring place (the halt has happened: this is
+/// the slow way, inside the API-down window).
+fn restore_now(ctx: &Ctx<'_>, spots: &[Spot], tool: &ToolInfo) -> Result<()> {
+    let engine = ctx.engine;
+    let snapshot = snapshot::staged(&engine.state, ctx.req.restore_id)?;
+    let size = std::fs::metadata(&snapshot).map_or(0, |m| m.len());
+    ctx.progress(format!(
+        "checking the sha256 of the staged snapshot ({})",
+        snapshot::human(size)
+    ));
+    snapshot::check_sha256(&snapshot, &ctx.req.facts.snapshot_sha256)?;
+    let data = &spots[0];
+    let wal = spots.iter().find(|s| s.role == Role::Wal);
+    let wal_dir = match (wal, &ctx.journal.wal_in_data) {
+        (Some(w), _) => Some(w.restoring()),
+        (None, Some(rel)) => Some(data.restoring().join(rel)),
+        (None, None) => None,
+    };
+    ctx.progress(format!(
+        "restoring {} snapshot with {} {}",
+        snapshot::human(size),
+        tool.kind.name(),
+        tool.version
+    ));
+    let facts = &ctx.req.facts;
+    engine.tool.restore(&RestoreArgs {
+        snapshot: &snapshot,
+        data_dir: &data.restoring(),
+        wal_dir: wal_dir.as_deref(),
+        name: &facts.member_name,
+        initial_cluster: &facts.initial_cluster,
+        cluster_token: &facts.cluster_token,
+        peer_urls: &facts.peer_urls,
+        bump_revision: facts.bump_revision,
+        skip_hash_check: facts.skip_hash_check,
+    })?;
+    Ok(())
 }
 
 /// Sets the new token and initial cluster in every settings file of etcd that restates them

@@ -60,9 +60,42 @@ impl DirPlan {
     }
 }
 
+/// WAL segments a filesystem that holds etcd's WAL needs free while the restore runs: the
+/// prepared copy's segment, the next one the original (still serving beside the copy) may
+/// preallocate before the halt, and the next one the restored member preallocates once it runs.
+pub const WAL_SEGMENTS_NEEDED: u64 = 3;
+
+/// The bytes the data dir's filesystem needs free for a snapshot of `snapshot_size`: the copy
+/// PREPARE makes while the original still exists (the snapshot's size) and as much again for
+/// the databases to grow, plus [`WAL_SEGMENTS_NEEDED`] WAL segments when the WAL is on it.
+pub fn data_needed(snapshot_size: u64, wal_here: bool) -> u64 {
+    2 * snapshot_size + if wal_here { wal_needed() } else { 0 }
+}
+
+/// The bytes a `--wal-dir` on a filesystem of its own needs free.
+pub fn wal_needed() -> u64 {
+    WAL_SEGMENTS_NEEDED * WAL_PREALLOCATION
+}
+
+/// What the room check requires, for `quorate plan`.
+pub fn room_text(snapshot_size: u64) -> String {
+    format!(
+        "room: the snapshot is restored beside each data dir (PREPARE) while the original still \
+         exists and serves, so each data dir's filesystem needs {} MB free (twice the snapshot: \
+         the prepared copy and as much again for growth) plus {} MB when the WAL is on it ({} \
+         WAL segments of 64 MB: the copy's, the next one the serving original may preallocate, \
+         the next one the restored member preallocates); a wal dir on its own filesystem needs \
+         the {} MB",
+        data_needed(snapshot_size, false) >> 20,
+        wal_needed() >> 20,
+        WAL_SEGMENTS_NEEDED,
+        wal_needed() >> 20
+    )
+}
+
 /// The problems of one member's layout: its agent's refusals and too little room on the
-/// filesystem(s) that will hold the restored copy (the data dir's, and the WAL dir's when it
-/// is another one).
+/// filesystem(s) that will hold the prepared copy beside the original (the data dir's, and the
+/// WAL dir's when it is another one). See [`room_text`].
 pub fn problems(name: &str, d: &pb::DescribeResponse, snapshot_size: u64) -> Vec<String> {
     let mut out: Vec<String> = d
         .layout_problems
@@ -76,27 +109,27 @@ pub fn problems(name: &str, d: &pb::DescribeResponse, snapshot_size: u64) -> Vec
         .wal_layout
         .as_ref()
         .filter(|w| data.is_none_or(|l| l.device.is_empty() || w.device != l.device));
-    let (data_needed, why) = match separate_wal {
-        Some(_) => (2 * snapshot_size, "twice the snapshot"),
-        None => (
-            2 * snapshot_size + WAL_PREALLOCATION,
-            "twice the snapshot plus etcd's 64 MB WAL",
-        ),
+    let data_needed = data_needed(snapshot_size, separate_wal.is_none());
+    let why = match separate_wal {
+        Some(_) => "twice the snapshot",
+        None => "twice the snapshot plus three 64 MB WAL segments",
     };
     if data_free < data_needed {
         out.push(format!(
             "member {name}: {} MB free on the filesystem of data dir {data_where}, {} MB needed \
-             ({why}): the restored copy is prepared there; free some space",
+             ({why}): the restored copy is prepared there while the original still exists; free \
+             some space",
             data_free >> 20,
             data_needed >> 20
         ));
     }
     if let Some(w) = separate_wal {
-        let needed = 2 * WAL_PREALLOCATION;
+        let needed = wal_needed();
         if w.free_bytes < needed {
             out.push(format!(
                 "member {name}: {} MB free on the filesystem of wal dir {}, {} MB needed (the \
-                 restored 64 MB WAL segment and the next one etcd preallocates): free some space",
+                 prepared copy's 64 MB WAL segment, the next one the serving original may \
+                 preallocate, and the next one the restored member preallocates): free some space",
                 w.free_bytes >> 20,
                 DirPlan::from(w).describe(),
                 needed >> 20
@@ -218,11 +251,11 @@ mod tests {
     fn room_is_checked_on_the_filesystem_that_holds_each_restored_part() {
         // 100 MB snapshot: the data dir's filesystem needs 200 MB when the WAL is elsewhere.
         let data = dir("/var/lib/etcd", true, "ext4", "8:16", 210 << 20);
-        let small_wal = dir("/var/lib/etcd-wal", true, "tmpfs", "0:50", 100 << 20);
+        let small_wal = dir("/var/lib/etcd-wal", true, "tmpfs", "0:50", 150 << 20);
         let found = plan_with(data.clone(), Some(small_wal.clone()), &[]).expect_err("wal room");
         assert_eq!(found.len(), 3, "{found:?}");
         assert!(
-            found[0].starts_with("member cp-1: 100 MB free on the filesystem of wal dir /var/lib/etcd-wal (mount point, tmpfs), 128 MB needed"),
+            found[0].starts_with("member cp-1: 150 MB free on the filesystem of wal dir /var/lib/etcd-wal (mount point, tmpfs), 192 MB needed"),
             "{found:?}"
         );
         let roomy_wal = dir("/var/lib/etcd-wal", true, "tmpfs", "0:50", 1 << 30);
@@ -237,8 +270,22 @@ mod tests {
         );
         let found = plan_with(data, Some(same_fs), &[]).expect_err("shared room");
         assert!(
-            found[0].contains("210 MB free on the filesystem of data dir /var/lib/etcd (mount point, ext4), 264 MB needed"),
+            found[0].contains("210 MB free on the filesystem of data dir /var/lib/etcd (mount point, ext4), 392 MB needed")
+                && found[0].contains("prepared there while the original still exists"),
             "{found:?}"
+        );
+        // The plan says what the check requires, for this snapshot.
+        let plan = plan_with(
+            dir("/var/lib/etcd", false, "ext4", "8:1", 10 << 30),
+            None,
+            &[],
+        )
+        .expect("plan");
+        let text = plan.render();
+        assert!(
+            text.contains("each data dir's filesystem needs 200 MB free (twice the snapshot")
+                && text.contains("plus 192 MB when the WAL is on it"),
+            "{text}"
         );
     }
 
