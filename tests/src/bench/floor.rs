@@ -200,10 +200,7 @@ fn restore_one(lab: &Lab, host: &Host, snapshot: &Path, token: &str) -> anyhow::
 pub fn restore_flags(lab: &Lab, host: &Host, token: &str) -> Vec<String> {
     vec![
         format!("--name={}", host.name),
-        format!(
-            "--initial-cluster={}",
-            layout::initial_cluster(lab.hosts())
-        ),
+        format!("--initial-cluster={}", layout::initial_cluster(lab.hosts())),
         format!("--initial-cluster-token={token}"),
         format!("--initial-advertise-peer-urls={}", host.peer_url()),
     ]
@@ -274,7 +271,10 @@ async fn wait_metrics_answer(host: &Host, child: &mut Child) -> anyhow::Result<(
             );
         }
         if Instant::now() > deadline {
-            bail!("floor: {}'s etcd gave no answer on {url} in 120 s", host.name);
+            bail!(
+                "floor: {}'s etcd gave no answer on {url} in 120 s",
+                host.name
+            );
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

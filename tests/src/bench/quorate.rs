@@ -89,9 +89,7 @@ pub async fn measure(lab: &mut Lab, snapshot: &Path) -> anyhow::Result<QuorateFi
             seconds: p["seconds"].as_f64().unwrap_or(f64::NAN),
         })
         .collect();
-    let fence_at = run
-        .fence_at
-        .context("quorate announced no FENCE phase")?;
+    let fence_at = run.fence_at.context("quorate announced no FENCE phase")?;
     let last_down = samples
         .iter()
         .filter(|(t, ready)| !ready && *t >= fence_at)

@@ -25,9 +25,7 @@ const SHADOW: &str = "etc/shadow";
 /// Refuses to start without the OpenSSH server and clients.
 pub fn check_installed() -> anyhow::Result<()> {
     if !Path::new(SSHD).is_file() {
-        bail!(
-            "{SSHD} not found: install Debian's openssh-server (tests/setup.sh does, as root)"
-        );
+        bail!("{SSHD} not found: install Debian's openssh-server (tests/setup.sh does, as root)");
     }
     for tool in ["ssh", "scp", "ssh-keygen"] {
         if Command::new(tool)
@@ -97,7 +95,10 @@ impl Sshd {
             let mut fields = host_public.split_whitespace();
             let (kind, blob) = (fields.next(), fields.next());
             let (Some(kind), Some(blob)) = (kind, blob) else {
-                bail!("ssh-keygen wrote an unreadable public key for {}", host.name);
+                bail!(
+                    "ssh-keygen wrote an unreadable public key for {}",
+                    host.name
+                );
             };
             known.push_str(&format!("{} {kind} {blob}\n", host.ip));
             crate::lab::write_atomic(&host.path(AUTHORIZED), &format!("{client_public}\n"))?;
