@@ -101,13 +101,12 @@ async fn cold_start(
 ) -> anyhow::Result<(Duration, Duration)> {
     let token = format!("{token}-{}", std::process::id());
     let restore = restore_all(lab, snapshot, &token)?;
-    let mut started: Vec<(u32, Child)> = Vec::new();
+    let mut started = Started(Vec::new());
     let result = async {
         let t0 = Instant::now();
         for host in lab.hosts() {
-            let child = spawn_etcd(lab, host, check)?;
-            started.push((child.id(), child));
-            let (_, child) = started.last_mut().expect("just pushed");
+            started.0.push(spawn_etcd(lab, host, check)?);
+            let child = started.0.last_mut().expect("just pushed");
             wait_metrics_answer(host, child).await?;
         }
         for host in lab.hosts() {
@@ -126,12 +125,7 @@ async fn cold_start(
         anyhow::Ok(t0.elapsed())
     }
     .await;
-    for (pid, _) in &started {
-        procs::signal(*pid, nix::sys::signal::Signal::SIGKILL);
-    }
-    for (_, child) in &mut started {
-        let _ = child.wait();
-    }
+    drop(started);
     for host in lab.hosts() {
         let scratch = host.path(SCRATCH);
         if scratch.exists() {
@@ -140,6 +134,21 @@ async fn cold_start(
         }
     }
     Ok((restore, result?))
+}
+
+/// The floor's etcd processes: killed (by PID) and reaped when dropped, also when the bench is
+/// interrupted halfway.
+struct Started(Vec<Child>);
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        for child in &self.0 {
+            procs::signal(child.id(), nix::sys::signal::Signal::SIGKILL);
+        }
+        for child in &mut self.0 {
+            let _ = child.wait();
+        }
+    }
 }
 
 /// Every member's `snapshot restore` into its scratch dir, all at once; the wall time.

@@ -435,7 +435,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 bench::Sizes::Keys(vec![100_000])
             };
             let json = output == Output::Json;
-            let all = bench::run(&bench::Options {
+            let opts = bench::Options {
                 members,
                 sizes,
                 runs,
@@ -443,8 +443,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 dir,
                 json,
                 runbook_poll,
-            })
-            .await?;
+            };
+            // On SIGINT or SIGTERM the bench's future is dropped: its labs go down and its
+            // sshds stop (their guards), before this process exits.
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            let all = tokio::select! {
+                all = bench::run(&opts) => all?,
+                _ = tokio::signal::ctrl_c() => anyhow::bail!("lab bench interrupted: its labs and sshds are stopped"),
+                _ = term.recv() => anyhow::bail!("lab bench terminated: its labs and sshds are stopped"),
+            };
             if json {
                 eprintln!("{}", bench::render(&all));
             } else {
