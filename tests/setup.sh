@@ -11,6 +11,9 @@
 #   mkfs.ext4                  their disks (root only; without root the lab's hosts are flat)
 #   /lib/systemd/systemd       Debian's systemd, not run: `systemd --test` checks the agent's
 #                              reading of unit files (root only)
+#   /usr/sbin/sshd, ssh, scp   Debian's openssh-server and openssh-client: `lab bench` runs an sshd
+#                              in each lab host and the published runbook over SSH (root only;
+#                              the package's own ssh service is not started)
 #
 # The lab finds etcd through QUORATE_ETCD_DIR (3.5.16, default tools/etcd-3.5.16),
 # QUORATE_ETCD351_DIR (3.5.1, default tools/etcd-3.5.1) and QUORATE_ETCD34_DIR (3.4, /usr/bin).
@@ -127,11 +130,28 @@ if [ "$(id -u)" = 0 ]; then
   command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
   command -v nsenter >/dev/null && command -v unshare >/dev/null || need+=(util-linux)
   command -v ip >/dev/null || need+=(iproute2)
+  [ -x /usr/sbin/sshd ] || need+=(openssh-server)
+  command -v ssh >/dev/null && command -v scp >/dev/null && command -v ssh-keygen >/dev/null || need+=(openssh-client)
   if [ ${#need[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
+    # Installing openssh-server must not start the machine's own sshd: where no policy says
+    # otherwise, deny service starts for the time of the install.
+    policy=/usr/sbin/policy-rc.d
+    own_policy=
+    if [ ! -e "$policy" ]; then
+      printf '#!/bin/sh\n# quorate tests/setup.sh: no service starts while it installs\nexit 101\n' >"$policy"
+      chmod 755 "$policy"
+      own_policy=1
+      trap 'rm -f "$policy"' EXIT
+    fi
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+    if [ -n "$own_policy" ]; then
+      rm -f "$policy"
+      trap - EXIT
+    fi
   fi
+  [ -x /usr/sbin/sshd ] || { echo "setup: /usr/sbin/sshd missing after installing openssh-server" >&2; exit 1; }
   /usr/bin/etcd --version | head -1
 else
   echo "setup: not root: etcd 3.4 (Debian etcd-server/etcd-client) and nftables not installed; their tests will skip"

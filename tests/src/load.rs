@@ -82,7 +82,19 @@ fn value(rng: &mut StdRng, kind: &str, name: &str, size: usize) -> Vec<u8> {
 /// Writes `count` keys (seeded, so a load can be repeated exactly), 100 per transaction, four
 /// transactions in flight.
 pub async fn load(client: &Client, count: usize, seed: u64) -> anyhow::Result<LoadReport> {
-    let kvs = generate(count, seed);
+    load_from(client, 0, count, seed).await
+}
+
+/// Writes keys `from..count` of [`generate`]`(count, seed)`: after a load of `from` keys with the
+/// same seed, the cluster holds exactly the `count` keys of one load, each written once.
+pub async fn load_from(
+    client: &Client,
+    from: usize,
+    count: usize,
+    seed: u64,
+) -> anyhow::Result<LoadReport> {
+    let all = generate(count, seed);
+    let kvs = all.get(from..).unwrap_or_default();
     let bytes = kvs.iter().map(|(k, v)| k.len() + v.len()).sum();
     let mut revision = 0;
     for group in kvs.chunks(400) {
@@ -100,7 +112,7 @@ pub async fn load(client: &Client, count: usize, seed: u64) -> anyhow::Result<Lo
         }
     }
     Ok(LoadReport {
-        keys: count,
+        keys: kvs.len(),
         bytes,
         revision,
     })

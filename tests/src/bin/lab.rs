@@ -116,18 +116,40 @@ enum Cmd {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
-    /// In one run on an existing lab: quorate against the floor of a restore (the slowest
-    /// member's `snapshot restore` plus an etcd cold start and election) and against the
-    /// sequential runbook SREs run by hand; prints the figures and their ratios. It restores the
-    /// lab's cluster twice (runbook, then quorate): use a lab you can spare.
+    /// The restore as the field measures it: per member count a lab of its own (as root: hosts
+    /// as namespaces, an sshd in each), per snapshot size and run, in that one run: quorate's
+    /// API-down window (FENCE to every apiserver ready), total, phases and peak RSS (coordinator,
+    /// one agent); the floor (etcd's own parallel restore and rolling cold start, with kubeadm's
+    /// corrupt check and without); the published runbook run member by member over SSH. Prints a
+    /// table with the ratios; with --output json, one JSON object per (members, size, run).
+    ///
+    ///   lab bench --members 3,5 --snapshot-mb 10,354
+    ///   lab bench --members 3,5,7 --keys 28000,100000 --runs 3 --output json
+    #[command(verbatim_doc_comment)]
     Bench {
-        #[arg(long)]
+        /// Member counts, one lab each.
+        #[arg(long, value_delimiter = ',', default_value = "3")]
+        members: Vec<u8>,
+        /// Snapshot sizes as key counts (Kubernetes-shaped values: 100,000 keys make ~354 MB).
+        #[arg(long, value_delimiter = ',', conflicts_with = "snapshot_mb")]
+        keys: Vec<usize>,
+        /// Snapshot sizes in MB (turned into key counts: 100,000 keys per 354 MB).
+        #[arg(long, value_delimiter = ',')]
+        snapshot_mb: Vec<u64>,
+        /// Runs per member count and size.
+        #[arg(long, default_value_t = 1)]
+        runs: usize,
+        #[arg(long, default_value = "3.5")]
+        etcd: EtcdVersion,
+        /// Where the labs, snapshots and keys go (removed at the end; kept on failure).
+        #[arg(long, default_value = "/tmp/quorate-bench")]
         dir: PathBuf,
-        #[arg(long, default_value_t = 100_000)]
-        keys: usize,
-        /// Also print the figures as JSON.
-        #[arg(long)]
-        json: bool,
+        /// human (a table) or json (one object per run on stdout; the table on stderr).
+        #[arg(long, default_value = "human")]
+        output: Output,
+        /// The runbook's `sleep` between checks (etcd stopped, `endpoint health`).
+        #[arg(long, default_value = "1s", value_parser = humantime_duration)]
+        runbook_poll: Duration,
     },
     /// The whole story on a fresh 3-member lab: load data, snapshot it with plain etcdctl, change
     /// the data, restore with `quorate restore`, and show that every member holds the snapshot's data.
@@ -174,6 +196,13 @@ enum Cmd {
     /// The systemctl stand-in for one host (run through HOSTROOT/usr/bin/systemctl).
     #[command(hide = true)]
     Systemctl(systemctl::SystemctlArgs),
+}
+
+/// How `lab bench` prints its figures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Output {
+    Human,
+    Json,
 }
 
 /// Where etcd runs relative to the apiservers.
@@ -388,12 +417,46 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             etcd,
             keep,
         } => demo::run(dir, members, keys, etcd, keep).await?,
-        Cmd::Bench { dir, keys, json } => {
-            let lab = Lab::open(&dir)?;
-            let figures = bench::run(&lab, keys).await?;
-            println!("{}", figures.render());
+        Cmd::Bench {
+            members,
+            keys,
+            snapshot_mb,
+            runs,
+            etcd,
+            dir,
+            output,
+            runbook_poll,
+        } => {
+            let sizes = if !snapshot_mb.is_empty() {
+                bench::Sizes::Megabytes(snapshot_mb)
+            } else if !keys.is_empty() {
+                bench::Sizes::Keys(keys)
+            } else {
+                bench::Sizes::Keys(vec![100_000])
+            };
+            let json = output == Output::Json;
+            let opts = bench::Options {
+                members,
+                sizes,
+                runs,
+                version: etcd,
+                dir,
+                json,
+                runbook_poll,
+            };
+            // On SIGINT or SIGTERM the bench's future is dropped: its labs go down and its
+            // sshds stop (their guards), before this process exits.
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            let all = tokio::select! {
+                all = bench::run(&opts) => all?,
+                _ = tokio::signal::ctrl_c() => anyhow::bail!("lab bench interrupted: its labs and sshds are stopped"),
+                _ = term.recv() => anyhow::bail!("lab bench terminated: its labs and sshds are stopped"),
+            };
             if json {
-                println!("{}", serde_json::to_string(&figures)?);
+                eprintln!("{}", bench::render(&all));
+            } else {
+                println!("{}", bench::render(&all));
             }
         }
         Cmd::Component { name, .. } => {
