@@ -101,16 +101,28 @@ impl Sshd {
                 );
             };
             known.push_str(&format!("{} {kind} {blob}\n", host.ip));
-            crate::lab::write_atomic(&host.path(AUTHORIZED), &format!("{client_public}\n"))?;
+            quorate_proto::durable::write_atomic(
+                &host.path(AUTHORIZED),
+                format!("{client_public}\n").as_bytes(),
+                0o600,
+            )?;
             std::fs::set_permissions(
                 host.path(AUTHORIZED),
                 std::fs::Permissions::from_mode(0o600),
             )?;
-            crate::lab::write_atomic(&host.path(CONFIG), &config(host))?;
+            quorate_proto::durable::write_atomic(
+                &host.path(CONFIG),
+                config(host).as_bytes(),
+                0o644,
+            )?;
             // Without PAM, sshd refuses an account it cannot find in /etc/shadow as locked: a
             // node's root entry, with no password that could log in.
             if !host.path(SHADOW).exists() {
-                crate::lab::write_atomic(&host.path(SHADOW), "root:*:20000:0:99999:7:::\n")?;
+                quorate_proto::durable::write_atomic(
+                    &host.path(SHADOW),
+                    b"root:*:20000:0:99999:7:::\n",
+                    0o640,
+                )?;
                 std::fs::set_permissions(
                     host.path(SHADOW),
                     std::fs::Permissions::from_mode(0o640),
@@ -128,7 +140,7 @@ impl Sshd {
                 .with_context(|| format!("starting sshd on {}", host.name))?;
             sshd.servers.push((host.clone(), child));
         }
-        crate::lab::write_atomic(&sshd.known_hosts, &known)?;
+        quorate_proto::durable::write_atomic(&sshd.known_hosts, known.as_bytes(), 0o644)?;
         for (host, child) in &mut sshd.servers {
             let deadline = Instant::now() + Duration::from_secs(10);
             while !procs::port_open(host.ip, 22) {
