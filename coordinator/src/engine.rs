@@ -171,6 +171,7 @@ impl<C: AgentClient, P: ClusterProbe> Restore<'_, C, P> {
                 progress.begun = progress.begun.max(Some(phase));
             }
             let started = Instant::now();
+            self.member_times.take();
             let result = self.act(def, action, progress).await.and_then(|facts| {
                 // What the phase learnt holds even if what follows fails: a VERIFY that passed
                 // puts the restore past the point of no return.
@@ -207,6 +208,7 @@ impl<C: AgentClient, P: ClusterProbe> Restore<'_, C, P> {
             progress.timings.push(PhaseTiming {
                 phase,
                 seconds: started.elapsed().as_secs_f64(),
+                members: self.member_times.take(),
             });
         }
         Ok(())

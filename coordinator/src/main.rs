@@ -143,6 +143,10 @@ struct Timeouts {
     /// health endpoint before starting the next one anyway.
     #[arg(long, global = true, default_value = "15s", value_parser = humantime::parse_duration)]
     member_start_wait: Duration,
+    /// The slowest rate, in MiB/s, assumed for moving the snapshot: staging and restoring it get
+    /// their deadline plus size / rate (staging: size × members, one copy each).
+    #[arg(long, global = true, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
+    min_throughput_mib: u64,
 }
 
 impl Timeouts {
@@ -153,7 +157,7 @@ impl Timeouts {
             start: self.start_timeout,
             quorum: self.quorum_timeout,
             member_answer: self.member_start_wait,
-            ..Deadlines::default()
+            min_throughput: self.min_throughput_mib << 20,
         }
     }
 }
@@ -395,6 +399,7 @@ impl<'a> Run<'a> {
             probe: &self.probe,
             deadlines: self.deadlines.clone(),
             observer: &self.printer,
+            member_times: Default::default(),
         }
     }
 }

@@ -10,6 +10,16 @@ use crate::verify::{MemberView, Verified};
 pub struct PhaseTiming {
     pub phase: Phase,
     pub seconds: f64,
+    /// How long each agent's step of the phase took (its stop, its start, …).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<MemberTiming>,
+}
+
+/// One agent's time in a phase.
+#[derive(Debug, Clone, Serialize)]
+pub struct MemberTiming {
+    pub member: String,
+    pub seconds: f64,
 }
 
 /// Where a restore stands.

@@ -17,7 +17,7 @@ use crate::inventory::Inventory;
 use crate::journal::PhaseFacts;
 use crate::phases::{Action, Deadlines, Phase, PhaseDef, Targets};
 use crate::plan::Plan;
-use crate::progress::{PhaseTiming, Progress};
+use crate::progress::{MemberTiming, PhaseTiming, Progress};
 use crate::verify::{self, Expect, MemberView, Verified};
 
 /// The longest one Health call may take while waiting for members to become healthy.
@@ -129,6 +129,34 @@ pub struct Restore<'a, C: AgentClient, P: ClusterProbe> {
     pub probe: &'a P,
     pub deadlines: Deadlines,
     pub observer: &'a dyn Observer,
+    /// How long each agent took in the phase under way; the engine files it with the phase.
+    pub member_times: MemberTimes,
+}
+
+/// Per agent, how long its calls of the current phase took.
+#[derive(Debug, Default)]
+pub struct MemberTimes(std::sync::Mutex<Vec<MemberTiming>>);
+
+impl MemberTimes {
+    fn add(&self, name: String, took: Duration) {
+        if let Ok(mut v) = self.0.lock() {
+            match v.iter_mut().find(|t| t.member == name) {
+                Some(t) => t.seconds += took.as_secs_f64(),
+                None => v.push(MemberTiming {
+                    member: name,
+                    seconds: took.as_secs_f64(),
+                }),
+            }
+        }
+    }
+
+    /// The times so far, leaving none.
+    pub(crate) fn take(&self) -> Vec<MemberTiming> {
+        self.0
+            .lock()
+            .map(|mut v| std::mem::take(&mut *v))
+            .unwrap_or_default()
+    }
 }
 
 /// Which way a step goes on an agent.
@@ -146,7 +174,11 @@ impl<C: AgentClient, P: ClusterProbe> Restore<'_, C, P> {
         action: Action,
         progress: &Progress,
     ) -> Result<PhaseFacts, Failures> {
-        let deadline = self.deadlines.of(def.bound, self.plan.snapshot.size);
+        let deadline = self.deadlines.of(
+            def.bound,
+            self.plan.snapshot.size,
+            self.inventory.members.len(),
+        );
         let targets = self.targets(def.targets);
         let step = || {
             def.step.ok_or_else(|| {
@@ -260,6 +292,11 @@ impl<C: AgentClient, P: ClusterProbe> Restore<'_, C, P> {
         let started = Instant::now();
         let calls = which.iter().map(|&i| async move {
             let mut backoff = Duration::from_millis(250);
+            let _timer = Timer {
+                times: &self.member_times,
+                name: self.name_of(i),
+                started: Instant::now(),
+            };
             loop {
                 let left = deadline.saturating_sub(started.elapsed());
                 let request = self.request(i, step);
@@ -511,6 +548,20 @@ async fn fan_out(
             }
         }
         senders = kept;
+    }
+}
+
+/// Files one agent's call time when the call ends, however it ends.
+struct Timer<'t> {
+    times: &'t MemberTimes,
+    name: String,
+    started: Instant,
+}
+
+impl Drop for Timer<'_> {
+    fn drop(&mut self) {
+        self.times
+            .add(std::mem::take(&mut self.name), self.started.elapsed());
     }
 }
 

@@ -441,6 +441,7 @@ async fn run_then(
         probe: &probe,
         deadlines,
         observer: &Quiet,
+        member_times: Default::default(),
     };
     let mut progress = Progress::default();
     let result = restore.run(&mut journal, &mut progress).await;
@@ -487,6 +488,19 @@ async fn phases_run_in_lockstep_and_in_order() {
         );
     }
     assert_eq!(report.snapshot_revision, Some(42));
+    let halt = report
+        .phases
+        .iter()
+        .find(|p| p.phase == Phase::Halt)
+        .expect("halt timed");
+    let mut stopped: Vec<&str> = halt.members.iter().map(|m| m.member.as_str()).collect();
+    stopped.sort_unstable();
+    assert_eq!(
+        stopped,
+        ["cp-1", "cp-2", "cp-3", "cp-4", "cp-5"],
+        "how long each member's stop took"
+    );
+    assert!(halt.members.iter().all(|m| m.seconds > 0.0));
     let mut pushed = world.pushed.lock().expect("lock").clone();
     pushed.sort_unstable();
     assert_eq!(
@@ -958,6 +972,7 @@ async fn forward(n: usize, world: &World) -> crate::ops::Ending {
         probe: &probe,
         deadlines: fast(),
         observer: &Quiet,
+        member_times: Default::default(),
     };
     let mut progress = Progress::default();
     crate::ops::forward(&restore, &mut journal, &mut progress, true).await
@@ -1069,6 +1084,7 @@ async fn a_rollback_is_refused_once_finish_began_and_after_verify_unless_forced(
         probe: &probe,
         deadlines: fast(),
         observer: &Quiet,
+        member_times: Default::default(),
     };
     let mut progress = Progress::default();
     let err = restore
