@@ -16,7 +16,9 @@ use quorate_lab::matrix::{self, EXIT_PAST_NO_RETURN, Setup};
 use quorate_lab::realfaults;
 
 /// One case of a coordinator killed inside a phase: the agent step the phase runs, the member
-/// held inside it (by `agent::before-<step>=sleep(hold)`), and how long it is held.
+/// held inside it (by `agent::before-<step>=sleep(hold)`), and how long it is held. HALT holds
+/// the leader whatever `held` says: it stops the followers first and the leader last, so only
+/// the leader can be inside HALT while every other member is done with it.
 struct MidPhase {
     phase: &'static str,
     step: &'static str,
@@ -24,9 +26,8 @@ struct MidPhase {
     hold: Duration,
 }
 
-/// The phases of the 3-member matrix. HALT is held longest: the other members' etcd may take
-/// seconds to stop (leader transfer). In QUORUM the held member is one started after the first
-/// majority (cp-3 of 3), so the others have started and elected a leader.
+/// The phases of the 3-member matrix. In QUORUM the held member is the last one started (cp-3 of
+/// 3), so the others have started before it.
 const MID_PHASE_3: [MidPhase; 4] = [
     MidPhase {
         phase: "halt",
@@ -54,7 +55,7 @@ const MID_PHASE_3: [MidPhase; 4] = [
     },
 ];
 
-/// On 5 members: HALT (held on cp-2) and QUORUM (held on cp-5, started after cp-1..cp-3).
+/// On 5 members: HALT (held on the leader) and QUORUM (held on cp-5, started after cp-1..cp-4).
 const MID_PHASE_5: [MidPhase; 2] = [
     MidPhase {
         phase: "halt",
@@ -101,6 +102,22 @@ async fn wait_step(s: &Setup, i: usize, id: &str, step: &str, state: &str) -> an
     }
 }
 
+/// The host whose etcd is the leader now.
+async fn leader_index(s: &Setup) -> usize {
+    let tls = s.lab.etcd_tls();
+    for (i, host) in s.lab.hosts().iter().enumerate() {
+        let mut client = quorate_lab::etcd::member_client(&host.client_url(), &tls)
+            .await
+            .expect("a client");
+        let status = client.status().await.expect("status");
+        let me = status.header().map(|h| h.member_id());
+        if me == Some(status.leader()) {
+            return i;
+        }
+    }
+    panic!("no member reports itself leader");
+}
+
 fn step_state(journal: &std::path::Path, step: &str) -> Option<String> {
     let text = std::fs::read_to_string(journal).ok()?;
     let v: serde_json::Value = serde_json::from_str(&text).ok()?;
@@ -112,6 +129,12 @@ fn step_state(journal: &std::path::Path, step: &str) -> Option<String> {
 /// the restore id.
 async fn crash_mid_phase(s: &mut Setup, c: &MidPhase) -> String {
     let members = s.lab.hosts().len();
+    let held = if c.step == "halt" {
+        leader_index(s).await
+    } else {
+        c.held
+    };
+    let c = &MidPhase { held, ..*c };
     let held_name = s.lab.hosts()[c.held].name.clone();
     matrix::restart_agent(
         &mut s.lab,
