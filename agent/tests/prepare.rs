@@ -19,27 +19,6 @@ use quorate_agent::journal::{Op, Staged, StateDir};
 use quorate_agent::tool::CliTool;
 use quorate_proto::model::{RestoreId, Step, StepRequest};
 
-/// The etcd 3.5.16 dir; `None` (skip) only for a non-root user outside CI.
-fn tools() -> Option<PathBuf> {
-    let dir = std::env::var_os("QUORATE_ETCD_DIR")
-        .filter(|d| !d.is_empty())
-        .map_or_else(
-            || Path::new(env!("CARGO_MANIFEST_DIR")).join("../tools/etcd-3.5.16"),
-            PathBuf::from,
-        );
-    if dir.join("etcdutl").exists() {
-        return Some(dir);
-    }
-    let why = format!(
-        "no etcd 3.5.16 in {} (run tests/setup.sh or set QUORATE_ETCD_DIR)",
-        dir.display()
-    );
-    let must = nix::unistd::Uid::effective().is_root() || std::env::var_os("CI").is_some();
-    assert!(!must, "{why}");
-    eprintln!("SKIPPED: {why}");
-    None
-}
-
 /// A real etcd process, stopped (SIGTERM, then reaped) when dropped, also on panic.
 struct Etcd(Child);
 
@@ -65,7 +44,7 @@ impl Member {
     /// Starts etcd on a fresh data dir, writes `before`, saves a snapshot, writes `after`, and
     /// stages the snapshot for `id`. Returns the member and the snapshot's sha256.
     fn with_snapshot(ip: &'static str, id: RestoreId) -> Option<(Self, String)> {
-        let tools = tools()?;
+        let tools = common::etcd_3516()?;
         let root = tempfile::tempdir().expect("tempdir");
         let manifests = root.path().join("manifests");
         std::fs::create_dir_all(&manifests).expect("mkdir");

@@ -23,27 +23,6 @@ const IP: &str = "127.0.0.231";
 /// How far the restore bumps the revision.
 const BUMP: u64 = 1_000_000;
 
-/// The etcd 3.5.16 dir; `None` (skip) only for a non-root user outside CI.
-fn tools() -> Option<PathBuf> {
-    let dir = std::env::var_os("QUORATE_ETCD_DIR")
-        .filter(|d| !d.is_empty())
-        .map_or_else(
-            || Path::new(env!("CARGO_MANIFEST_DIR")).join("../tools/etcd-3.5.16"),
-            PathBuf::from,
-        );
-    if dir.join("etcdutl").exists() {
-        return Some(dir);
-    }
-    let why = format!(
-        "no etcd 3.5.16 in {} (run tests/setup.sh or set QUORATE_ETCD_DIR)",
-        dir.display()
-    );
-    let must = nix::unistd::Uid::effective().is_root() || std::env::var_os("CI").is_some();
-    assert!(!must, "{why}");
-    eprintln!("SKIPPED: {why}");
-    None
-}
-
 /// The revision the member is at, from `etcdctl get -w json`.
 fn revision(tools: &Path, key: &str) -> i64 {
     let out = etcdctl(tools, &["get", key, "-w", "json"]);
@@ -143,7 +122,7 @@ fn eventually(what: &str, mut f: impl FnMut() -> bool) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn static_pod_restore_with_real_etcd() {
-    let Some(tools) = tools() else {
+    let Some(tools) = common::etcd_3516() else {
         return;
     };
     let dir = tempfile::tempdir().expect("tempdir");

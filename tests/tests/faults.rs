@@ -7,11 +7,12 @@
 
 use std::time::Duration;
 
-use quorate_lab::etcd::member_client;
-use quorate_lab::faults::{self, ClusterState};
-use quorate_lab::testlab::{self, PATIENCE, TestLab};
-use quorate_lab::tools::EtcdVersion;
-use quorate_lab::{load, scenario};
+use quorate_lab::faults;
+use quorate_lab::matrix::{
+    EXIT_PAST_NO_RETURN, Setup, assert_back_to, assert_restored, fresh_original,
+};
+use quorate_lab::realfaults::json_events;
+use quorate_lab::scenario;
 
 /// The phases after which a failure is still a failed restore (after finish it is done).
 const BOUNDARIES: [&str; 9] = [
@@ -24,96 +25,9 @@ fn past_no_return(phase: &str) -> bool {
     matches!(phase, "verify" | "unfence")
 }
 
-/// The exit code of a restore stopped after VERIFY, and of a rollback refused for that reason.
-const EXIT_PAST_NO_RETURN: i32 = 3;
-
-struct Setup {
-    lab: TestLab,
-    snapshot: std::path::PathBuf,
-    /// The snapshot's data (without heartbeats), read live at its revision.
-    snapshot_data: std::collections::BTreeMap<Vec<u8>, Vec<u8>>,
-}
-
-async fn setup() -> Setup {
-    let lab = testlab::up(3, EtcdVersion::V35).await;
-    let cp1 = lab.hosts()[0].clone();
-    let client = member_client(&cp1.client_url(), &lab.etcd_tls())
-        .await
-        .expect("client");
-    load::load(&client, 3000, 5).await.expect("load");
-    let snapshot = lab.dir().join("snapshot.db");
-    let rev = scenario::save_snapshot(&lab, &cp1, &snapshot).expect("snapshot");
-    let at_rev = scenario::dumps_at(&lab, Some(rev)).await.expect("dump")[0]
-        .1
-        .clone();
-    Setup {
-        snapshot_data: faults::without_heartbeats(&at_rev),
-        lab,
-        snapshot,
-    }
-}
-
-/// Changes the data so that it differs from the snapshot, and returns the state to come back to.
-async fn fresh_original(s: &Setup) -> ClusterState {
-    scenario::mutate(&s.lab).await.expect("mutate");
-    let state = faults::cluster_state(&s.lab).await.expect("state before");
-    assert_ne!(
-        state.data, s.snapshot_data,
-        "the data differs from the snapshot before the case"
-    );
-    state
-}
-
-async fn assert_back_to(s: &Setup, original: &ClusterState, case: &str) {
-    let now = faults::cluster_state(&s.lab)
-        .await
-        .unwrap_or_else(|e| panic!("{case}: {e:#}"));
-    assert_eq!(
-        now.cluster_id, original.cluster_id,
-        "{case}: the original cluster ID is back"
-    );
-    assert_eq!(
-        now.member_ids, original.member_ids,
-        "{case}: the original member IDs are back"
-    );
-    assert!(
-        now.data == original.data,
-        "{case}: every member holds the original data"
-    );
-    scenario::wait_apiservers(&s.lab, PATIENCE)
-        .await
-        .unwrap_or_else(|e| panic!("{case}: {e:#}"));
-}
-
-async fn assert_restored(s: &Setup, original: &ClusterState, case: &str) {
-    let now = faults::cluster_state(&s.lab)
-        .await
-        .unwrap_or_else(|e| panic!("{case}: {e:#}"));
-    assert_ne!(
-        now.cluster_id, original.cluster_id,
-        "{case}: a new cluster ID"
-    );
-    assert!(
-        now.data == s.snapshot_data,
-        "{case}: every member holds the snapshot's data"
-    );
-    scenario::wait_apiservers(&s.lab, PATIENCE)
-        .await
-        .unwrap_or_else(|e| panic!("{case}: {e:#}"));
-}
-
-fn json_events(stdout: &[u8]) -> Vec<serde_json::Value> {
-    String::from_utf8_lossy(stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
-}
-
-/// An error at each boundary before VERIFY rolls every member back; after VERIFY it stops with
-/// every member on the verified snapshot data, and `resume` completes the restore.
 #[tokio::test]
 async fn an_error_at_each_coordinator_boundary_rolls_back_before_verify_and_stops_after_it() {
-    let s = setup().await;
+    let s = quorate_lab::matrix::setup(3).await;
     for phase in BOUNDARIES {
         let case = format!("error after {phase}");
         let original = fresh_original(&s).await;
@@ -205,7 +119,7 @@ async fn crash_after(s: &Setup, i: usize, phase: &str) -> String {
 #[tokio::test]
 async fn a_coordinator_killed_at_each_boundary_is_resumed_to_the_same_end_as_an_uninterrupted_restore()
  {
-    let s = setup().await;
+    let s = quorate_lab::matrix::setup(3).await;
     for (i, phase) in BOUNDARIES.into_iter().enumerate() {
         let original = fresh_original(&s).await;
         let id = crash_after(&s, i, phase).await;
@@ -219,7 +133,7 @@ async fn a_coordinator_killed_at_each_boundary_is_resumed_to_the_same_end_as_an_
 
 #[tokio::test]
 async fn a_coordinator_killed_at_each_boundary_is_rolled_back_to_the_original_cluster() {
-    let s = setup().await;
+    let s = quorate_lab::matrix::setup(3).await;
     for (i, phase) in BOUNDARIES.into_iter().enumerate() {
         let original = fresh_original(&s).await;
         let id = crash_after(&s, i, phase).await;
@@ -247,7 +161,7 @@ async fn a_coordinator_killed_at_each_boundary_is_rolled_back_to_the_original_cl
 
 #[tokio::test]
 async fn a_rollback_that_loses_an_agent_for_good_stops_naming_it_and_finishes_once_it_is_back() {
-    let mut s = setup().await;
+    let mut s = quorate_lab::matrix::setup(3).await;
     let original = fresh_original(&s).await;
     // cp-2's agent will hang while reverting its restore step, then disappear.
     s.lab.kill_agent(1).expect("kill agent");
@@ -323,7 +237,7 @@ async fn a_rollback_that_loses_an_agent_for_good_stops_naming_it_and_finishes_on
 
 #[tokio::test]
 async fn an_agent_killed_mid_step_and_restarted_reports_the_truth_and_the_restore_completes() {
-    let mut s = setup().await;
+    let mut s = quorate_lab::matrix::setup(3).await;
     for (step, member) in [
         ("claim", 0usize),
         ("prepare", 1),
@@ -372,7 +286,7 @@ async fn an_agent_killed_mid_step_and_restarted_reports_the_truth_and_the_restor
 
 #[tokio::test]
 async fn an_error_on_one_member_rolls_every_member_back() {
-    let mut s = setup().await;
+    let mut s = quorate_lab::matrix::setup(3).await;
     for (fp, member) in [
         ("agent::after-restore", 1usize),
         ("agent::before-halt", 2),
