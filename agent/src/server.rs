@@ -9,13 +9,13 @@ use tokio::net::TcpListener;
 use crate::config::AgentConfig;
 use crate::service::AgentService;
 
-/// The rustls configuration for `config`: the agent's certificate, clients from `tls.client_ca`
-/// with a name from `allowed_clients`.
+/// The rustls configuration for `config`: TLS 1.3 and `h2` only, the agent's certificate,
+/// clients from `tls.client_ca` with a name from `allowed_clients`.
 pub fn tls_config(config: &AgentConfig) -> anyhow::Result<rustls::ServerConfig> {
-    quorate_proto::tls::server_config(
+    quorate_proto::tls::agent_server_config(
         &config.tls.cert,
         &config.tls.key,
-        Some(&config.tls.client_ca),
+        &config.tls.client_ca,
         &config.allowed_clients,
     )
     .context("building the agent's TLS configuration (check the [tls] section of the agent config)")

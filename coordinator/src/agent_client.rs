@@ -10,7 +10,7 @@ use quorate_proto::model::{
 use quorate_proto::pb;
 use quorate_proto::tls::TlsFiles;
 use tokio_stream::StreamExt as _;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use tonic::transport::Channel;
 
 use crate::snapshot::CheckedSnapshot;
 
@@ -104,6 +104,14 @@ fn tls_hint(text: &str) -> Option<&'static str> {
             "the agent does not trust the CA that issued this coordinator's certificate (agent_tls in the inventory): use a certificate of the agent's CA",
         ),
         (
+            "received fatal alert: ProtocolVersion",
+            "the server at the agent's address does not speak TLS 1.3: check that agent_url points at a quorate agent",
+        ),
+        (
+            "received fatal alert: NoApplicationProtocol",
+            "the server at the agent's address does not offer gRPC over HTTP/2 (ALPN h2): check that agent_url points at a quorate agent",
+        ),
+        (
             "received fatal alert: CertificateRequired",
             "the agent requires a client certificate: set agent_tls cert and key in the inventory",
         ),
@@ -154,18 +162,12 @@ pub struct GrpcAgent {
 }
 
 impl GrpcAgent {
-    /// A lazily connecting channel to `url`, checking the agent's certificate for `server_name`.
+    /// A lazily connecting channel to `url` (mTLS 1.3, ALPN `h2`), checking the agent's
+    /// certificate for `server_name`.
     pub fn new(member: &str, url: &str, server_name: &str, tls: &TlsFiles) -> anyhow::Result<Self> {
-        let identity = tls.read_identity()?;
-        let config = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(tls.read_ca()?))
-            .identity(Identity::from_pem(identity.cert, identity.key))
-            .domain_name(server_name);
-        let channel = Channel::from_shared(url.to_owned())
-            .map_err(|e| anyhow::anyhow!("member {member}: agent URL {url}: {e}"))?
-            .tls_config(config)?
-            .connect_timeout(Duration::from_secs(5))
-            .connect_lazy();
+        let channel =
+            quorate_proto::channel::agent_channel(url, server_name, tls, Duration::from_secs(5))
+                .map_err(|e| anyhow::anyhow!("member {member}: {e}"))?;
         Ok(Self {
             member: member.to_owned(),
             client: pb::agent_client::AgentClient::new(channel).max_decoding_message_size(16 << 20),

@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bbolt;
+pub mod channel;
 pub mod durable;
 pub mod etcd_db;
 pub mod model;

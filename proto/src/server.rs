@@ -23,21 +23,47 @@ pub type TlsConn = tokio_rustls::server::TlsStream<TcpStream>;
 /// How long a client may take to complete the TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Handshakes in progress at once. Past this, new connections wait in the kernel's accept queue
+/// until a handshake ends (done, refused or timed out), so a flood of connections that never
+/// finish their handshake holds at most this many descriptors and each for at most
+/// [`HANDSHAKE_TIMEOUT`].
+pub const MAX_HANDSHAKES: usize = 32;
+
 /// Connections whose handshake has finished but that tonic has not taken yet.
 const BACKLOG: usize = 64;
 
 /// Accepts TCP connections on `listener` and yields those whose TLS handshake succeeds.
 ///
 /// Failed or timed-out handshakes (wrong CA, a name not on the allow-list, no client certificate,
-/// plain HTTP) are logged at debug level and dropped. Accepting stops when the stream is dropped.
+/// TLS older than the config allows, plain HTTP) are logged and dropped. At most
+/// [`MAX_HANDSHAKES`] run at once. Accepting stops when the stream is dropped.
 pub fn tls_incoming(
     listener: TcpListener,
     config: Arc<rustls::ServerConfig>,
 ) -> impl Stream<Item = Result<TlsConn, std::io::Error>> + Send + 'static {
+    tls_incoming_with(listener, config, MAX_HANDSHAKES, HANDSHAKE_TIMEOUT)
+}
+
+/// [`tls_incoming`] with its limits given: at most `max_handshakes` at once, each cut off after
+/// `deadline`.
+pub fn tls_incoming_with(
+    listener: TcpListener,
+    config: Arc<rustls::ServerConfig>,
+    max_handshakes: usize,
+    deadline: Duration,
+) -> impl Stream<Item = Result<TlsConn, std::io::Error>> + Send + 'static {
     let (tx, rx) = mpsc::channel(BACKLOG);
     let acceptor = TlsAcceptor::from(config);
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_handshakes.max(1)));
     tokio::spawn(async move {
         loop {
+            // Wait for a handshake slot before accepting: what cannot be served yet stays in the
+            // kernel's queue instead of holding a descriptor here.
+            let slot = tokio::select! {
+                () = tx.closed() => break,
+                slot = Arc::clone(&slots).acquire_owned() => slot,
+            };
+            let Ok(slot) = slot else { break };
             let accepted = tokio::select! {
                 () = tx.closed() => break,
                 accepted = listener.accept() => accepted,
@@ -47,12 +73,17 @@ pub fn tls_incoming(
                     let acceptor = acceptor.clone();
                     let tx = tx.clone();
                     tokio::spawn(async move {
-                        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                        let handshake = tokio::time::timeout(deadline, acceptor.accept(tcp)).await;
+                        drop(slot);
+                        match handshake {
                             Ok(Ok(tls)) => {
                                 let _server_gone = tx.send(Ok(tls)).await;
                             }
-                            Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake refused: {e}"),
-                            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                            Ok(Err(e)) => tracing::info!(%peer, "TLS handshake refused: {e}"),
+                            Err(_) => tracing::info!(
+                                %peer,
+                                "TLS handshake not finished within {deadline:?}: connection closed"
+                            ),
                         }
                     });
                 }

@@ -1,8 +1,11 @@
 //! TLS configuration shared by the agent, the coordinator and the lab.
 //!
-//! Every agent connection is mutual TLS: the agent accepts only client certificates signed by its
+//! Every agent connection is mutual TLS 1.3 with ALPN `h2` only (both ends are quorate's, so
+//! nothing older needs to be spoken): the agent accepts only client certificates signed by its
 //! configured CA that are valid for one of its allowed names; the coordinator checks the agent's
-//! server name against its CA. Key material never appears in `Debug` output.
+//! server name against its CA. [`agent_server_config`] and [`agent_client_config`] build those two
+//! ends; [`server_config`] and [`client_config`] are the general builders (the lab's apiserver
+//! stand-ins and probes speak to other software). Key material never appears in `Debug` output.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -157,6 +160,56 @@ pub fn server_config(
         None => builder.with_no_client_auth().with_single_cert(chain, key)?,
     };
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// The protocol an agent connection speaks: gRPC over HTTP/2, negotiated by ALPN.
+pub const ALPN_H2: &[u8] = b"h2";
+
+/// The agent's end of an agent connection: TLS 1.3 only, ALPN `h2` only, and a client
+/// certificate from `client_ca` valid for one of `allowed_names` (which must not be empty).
+pub fn agent_server_config(
+    cert: &Path,
+    key_path: &Path,
+    client_ca: &Path,
+    allowed_names: &[String],
+) -> Result<rustls::ServerConfig, TlsError> {
+    if allowed_names.is_empty() {
+        return Err(TlsError::Verifier(
+            "no allowed client names: list the DNS names on the coordinator's client certificate \
+             (allowed_clients)"
+                .into(),
+        ));
+    }
+    let chain = certs(&read(cert, "certificate")?, cert)?;
+    let key = key(&read(key_path, "private key")?, key_path)?;
+    let roots = Arc::new(roots(&read(client_ca, "CA certificate")?, client_ca)?);
+    let inner = WebPkiClientVerifier::builder_with_provider(roots, provider())
+        .build()
+        .map_err(|e| TlsError::Verifier(e.to_string()))?;
+    let verifier = AllowedNames {
+        inner,
+        names: allowed_names.to_vec(),
+    };
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(Arc::new(verifier))
+        .with_single_cert(chain, key)?;
+    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    Ok(config)
+}
+
+/// The coordinator's end of an agent connection: TLS 1.3 only, ALPN `h2` only, trusting `ca`
+/// and presenting the coordinator's certificate.
+pub fn agent_client_config(files: &TlsFiles) -> Result<rustls::ClientConfig, TlsError> {
+    let roots = roots(&files.read_ca()?, &files.ca)?;
+    let chain = certs(&read(&files.cert, "certificate")?, &files.cert)?;
+    let key = key(&read(&files.key, "private key")?, &files.key)?;
+    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)?;
+    config.alpn_protocols = vec![ALPN_H2.to_vec()];
     Ok(config)
 }
 
