@@ -188,6 +188,11 @@ pub struct EtcdEndpoint {
 }
 
 impl EtcdEndpoint {
+    /// GETs `path` (e.g. `/metrics`) on this listener.
+    pub async fn get(&self, path: &str, timeout: Duration) -> anyhow::Result<probe::Response> {
+        probe::get(&format!("{}{path}", self.base), self.tls.clone(), timeout).await
+    }
+
     pub fn health_url(&self) -> String {
         format!("{}/health", self.base)
     }

@@ -21,6 +21,7 @@ pub mod health;
 pub mod journal;
 pub mod kubeconfig;
 pub mod manifest;
+pub mod peers;
 pub mod runtime;
 pub mod server;
 pub mod service;

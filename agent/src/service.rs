@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use quorate_proto::model::{RestoreId, StepRequest};
+use quorate_proto::model::{RestoreId, Step, StepRequest};
 use quorate_proto::pb::{self, agent_server::AgentServer, step_event::Event};
 use tokio::sync::{Mutex, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
@@ -22,7 +22,7 @@ use crate::journal::{Op, StateDir};
 use crate::runtime::{Component, Runtime, StaticPod, Systemd};
 use crate::steps::CONTROLLERS;
 use crate::tool::CliTool;
-use crate::{describe, health, snapshot};
+use crate::{describe, health, peers, snapshot};
 
 type EventStream = ReceiverStream<Result<pb::StepEvent, Status>>;
 
@@ -207,6 +207,26 @@ impl AgentService {
                 let _client_gone = tx.send(outcome_event(outcome)).await;
             }
             Prepared::Act(plan) => {
+                if plan.req.step == Step::Halt && op == Op::Run && !self.engine.apiserver_only() {
+                    // Before anything is journaled: waiting changes nothing on this member.
+                    let waited = peers::wait_until_leader_alone(
+                        Arc::clone(&self.engine),
+                        Arc::clone(&self.health),
+                        peers::LEADER_WAIT,
+                        |m: String| {
+                            tracing::info!("{m}");
+                            let _client_gone =
+                                tx.try_send(event(Event::Progress(pb::Progress { message: m })));
+                        },
+                    )
+                    .await;
+                    match waited {
+                        Ok(Some(note)) => tracing::info!("{note}"),
+                        Ok(None) => {}
+                        // Not knowing is not a reason to keep etcd up: HALT goes on.
+                        Err(e) => tracing::info!("cannot tell whether etcd leads peers: {e}"),
+                    }
+                }
                 let engine = Arc::clone(&self.engine);
                 // The step finishes (and is journaled) even if the client goes away.
                 tokio::task::spawn_blocking(move || {

@@ -132,6 +132,7 @@ where
         });
     }
     let partial = engine.state.partial_path(id);
+    let receiving = std::time::Instant::now();
     let written = write_partial(&partial, first.data, &mut chunks, header.size).await;
     let (size, sha256) = match written {
         Ok(v) => v,
@@ -148,6 +149,7 @@ where
             header.size, header.sha256
         )));
     }
+    let received = receiving.elapsed();
     let _guard = step_lock.lock().await;
     let engine2 = Arc::clone(&engine);
     let (p, t) = (partial.clone(), target.clone());
@@ -175,7 +177,10 @@ where
         size,
         revision = status.revision,
         keys = status.total_key,
-        "snapshot staged"
+        "snapshot staged: received, hashed and synced in {:.2}s ({:.0} MB/s), checked in {:.2}s",
+        received.as_secs_f64(),
+        size as f64 / 1e6 / received.as_secs_f64().max(1e-3),
+        receiving.elapsed().saturating_sub(received).as_secs_f64()
     );
     Ok(SnapshotReceipt {
         sha256,
@@ -240,8 +245,13 @@ where
             None => break,
         }
     }
+    let syncing = std::time::Instant::now();
     file.sync_all()
         .await
         .map_err(|e| AgentError::io("syncing", partial, e))?;
+    tracing::info!(
+        "{size} bytes synced to disk in {:.2}s",
+        syncing.elapsed().as_secs_f64()
+    );
     Ok((size, hex::encode(hasher.finalize())))
 }

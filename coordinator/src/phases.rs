@@ -57,9 +57,6 @@ pub enum Action {
     Nothing,
     /// The phase's step on every target at once.
     Run,
-    /// The phase's step on every follower at once, then on the leader (as the cluster reports
-    /// it; on every member at once when it does not answer).
-    RunFollowersFirst,
     /// The phase's step on every target at once; each host reports the components it started.
     RunReportingStarted,
     /// The phase's step reverted on every target at once.
@@ -127,7 +124,7 @@ pub const TABLE: [PhaseDef; 10] = [
         forward: Action::Run,
         backward: Action::Revert,
         commits: false,
-        plan_text: "stop every kube-apiserver{hosts}, then kube-controller-manager and kube-scheduler, and wait until they are down",
+        plan_text: "stop every kube-apiserver{hosts}, kube-controller-manager and kube-scheduler, all at once, and wait until they are down",
     },
     PhaseDef {
         phase: Phase::Halt,
@@ -135,10 +132,10 @@ pub const TABLE: [PhaseDef; 10] = [
         step: Some(Step::Halt),
         targets: Targets::Members,
         bound: Bound::Stop,
-        forward: Action::RunFollowersFirst,
+        forward: Action::Run,
         backward: Action::QuorumOrderRevert,
         commits: false,
-        plan_text: "stop etcd on the followers, then on the leader (no leader transfer to a member that is stopping); wait until the processes are gone and ports closed",
+        plan_text: "stop etcd on every member at once, the leader's agent holding its stop until no follower is left (no leader transfer to a member that is stopping); wait until the processes are gone and ports closed",
     },
     PhaseDef {
         phase: Phase::Preserve,
@@ -336,11 +333,7 @@ mod tests {
         for d in TABLE {
             let needs_step = matches!(
                 d.forward,
-                Action::Run
-                    | Action::RunFollowersFirst
-                    | Action::RunReportingStarted
-                    | Action::Stage
-                    | Action::QuorumOrderRun
+                Action::Run | Action::RunReportingStarted | Action::Stage | Action::QuorumOrderRun
             ) || matches!(d.backward, Action::Revert | Action::QuorumOrderRevert);
             assert_eq!(d.step.is_some(), needs_step, "{}", d.name);
         }

@@ -151,7 +151,7 @@ fn apiserver_hosts_are_planned_and_shown_fenced_and_unfenced_with_the_members() 
     for line in [
         "apiserver hosts (no etcd; fenced before etcd halts, unfenced after verify):",
         "api-1    agent https://10.0.0.21:7443  host api-1.example.internal  apiserver: static-pod",
-        "fence      stop every kube-apiserver (on the members and on api-1, api-2), then kube-controller-manager",
+        "fence      stop every kube-apiserver (on the members and on api-1, api-2), kube-controller-manager and kube-scheduler, all at once",
         "unfence    start every kube-apiserver (on the members and on api-1, api-2) and wait",
     ] {
         assert!(text.contains(line), "{line}\n{text}");

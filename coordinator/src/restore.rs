@@ -194,17 +194,6 @@ impl<C: AgentClient, P: ClusterProbe> Restore<'_, C, P> {
                 self.call_on(&targets, step()?, deadline, Way::Run).await?;
                 Ok(PhaseFacts::None)
             }
-            Action::RunFollowersFirst => {
-                let (followers, leader) = self.followers_and_leader(&targets).await;
-                if !followers.is_empty() {
-                    self.call_on(&followers, step()?, deadline, Way::Run)
-                        .await?;
-                }
-                if !leader.is_empty() {
-                    self.call_on(&leader, step()?, deadline, Way::Run).await?;
-                }
-                Ok(PhaseFacts::None)
-            }
             Action::RunReportingStarted => {
                 let outcomes = self.call_on(&targets, step()?, deadline, Way::Run).await?;
                 let names: Vec<String> = targets.iter().map(|&i| self.name_of(i)).collect();
@@ -242,20 +231,6 @@ impl<C: AgentClient, P: ClusterProbe> Restore<'_, C, P> {
                 def.name, self.plan.restore_id
             ))]),
         }
-    }
-
-    /// `targets` split into the followers and the leader, as the members report it now; all of
-    /// them followers when no leader is known (the cluster does not answer).
-    async fn followers_and_leader(&self, targets: &[usize]) -> (Vec<usize>, Vec<usize>) {
-        let views = self.probe.observe().await;
-        let leader = views
-            .iter()
-            .find(|v| v.leader != 0 && v.member_id == v.leader)
-            .map(|v| v.name.clone());
-        let (leader, followers): (Vec<usize>, Vec<usize>) = targets
-            .iter()
-            .partition(|&&i| leader.as_deref() == Some(self.name_of(i).as_str()));
-        (followers, leader)
     }
 
     fn request(&self, i: usize, step: Step) -> StepRequest {
@@ -437,7 +412,7 @@ impl<C: AgentClient, P: ClusterProbe> Restore<'_, C, P> {
                 ));
                 return;
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
@@ -492,7 +467,7 @@ impl<C: AgentClient, P: ClusterProbe> Restore<'_, C, P> {
                     })
                     .collect());
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
@@ -505,7 +480,7 @@ impl<C: AgentClient, P: ClusterProbe> Restore<'_, C, P> {
                 Ok(v) => return Ok(v),
                 Err(e) if started.elapsed() < self.deadlines.call => {
                     tracing::debug!("verify not yet: {e}");
-                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 Err(e) => return Err(vec![MemberFailure::cluster(e)]),
             }

@@ -103,6 +103,17 @@ async fn restore_round_trip(members: u8, version: EtcdVersion, keys: usize) {
     );
     let report = &scenario::restore_report(&lab, &snapshot);
     eprintln!("phases ({members} members): {}", report["phases"]);
+    // HALT stopped every member without a leadership transfer: the leader's agent held its stop
+    // until its followers had left, so its SIGTERM had no one to hand leadership to (a transfer
+    // to a member that is stopping waits etcd's request timeout, ~7 s).
+    for host in lab.hosts() {
+        let log = std::fs::read_to_string(host.path("var/log/pods/etcd.log")).unwrap_or_default();
+        assert!(
+            !log.contains("leadership transfer starting"),
+            "{}'s etcd tried to hand over leadership while stopping",
+            host.name
+        );
+    }
 
     // The restored cluster was verified at the snapshot's revision (plus the bump, if any) before
     // the apiservers returned: nothing wrote between fence and unfence.

@@ -10,7 +10,8 @@ use crate::error::{AgentError, Result};
 use crate::health::{self, ReadyzConfig};
 use crate::manifest::{Apiserver, EtcdMember, PodCommand};
 
-const POLL: Duration = Duration::from_millis(100);
+/// How often a wait looks again (a /proc scan and a few connects: cheap).
+const POLL: Duration = Duration::from_millis(25);
 /// How often a wait repeats its progress message.
 const REPORT_EVERY: Duration = Duration::from_secs(5);
 

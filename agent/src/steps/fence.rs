@@ -4,18 +4,19 @@
 //!
 //! | | apiserver | controllers (each where present) |
 //! |---|---|---|
-//! | FENCE, UNFENCE's revert | stopped first | then stopped; one that will not stop fails the step |
-//! | UNFENCE, FENCE's revert | started, ready | then started; one that will not start is reported |
+//! | FENCE, UNFENCE's revert | stopped | stopped at the same time; any that will not stop fails the step |
+//! | UNFENCE, FENCE's revert | started, ready | then started together; one that will not start is reported |
 //!
 //! Every move is journaled before it is made (see [`control`]), so an agent restarted mid-step
 //! knows where each manifest is.
 
 use quorate_proto::model::ComponentFailure;
 
-use super::{Ctx, Done, control, done};
+use super::{Ctx, Done, control, control_all, done};
 use crate::engine::Controller;
 use crate::error::Result;
 use crate::journal::Op;
+use crate::runtime::Runtime;
 
 /// The control-plane components stopped and started with the kube-apiserver.
 pub const CONTROLLERS: [&str; 2] = ["kube-controller-manager", "kube-scheduler"];
@@ -38,7 +39,8 @@ fn present<'e>(ctx: &Ctx<'e>) -> Vec<&'e Controller> {
         .collect()
 }
 
-/// Stops the kube-apiserver, then each controller present, and waits until each is down.
+/// Stops the kube-apiserver and each controller present at the same time (nothing orders them:
+/// the controllers only talk to the apiserver), and waits until each is down.
 pub(super) fn stop(ctx: &mut Ctx<'_>) -> Result<Done> {
     let engine = ctx.engine;
     let Some(apiserver) = engine.apiserver.as_deref() else {
@@ -46,15 +48,21 @@ pub(super) fn stop(ctx: &mut Ctx<'_>) -> Result<Done> {
             "no kube-apiserver on this member; nothing to stop".into(),
         ));
     };
-    let mut messages = vec![control(ctx, APISERVER, apiserver, Op::Run)?.message];
-    for c in present(ctx) {
-        messages.push(control(ctx, &c.name, c.runtime.as_ref(), Op::Run)?.message);
+    let mut components: Vec<(&str, &dyn Runtime)> = vec![(APISERVER, apiserver)];
+    components.extend(
+        present(ctx)
+            .into_iter()
+            .map(|c| (c.name.as_str(), c.runtime.as_ref())),
+    );
+    let mut messages = Vec::with_capacity(components.len());
+    for stopped in control_all(ctx, &components, Op::Run) {
+        messages.push(stopped?.message);
     }
     Ok(done(messages.join("; ")))
 }
 
-/// Starts the kube-apiserver and waits until `/readyz` answers, then starts each controller
-/// present. A controller that will not start does not fail the step (the apiserver serves; the
+/// Starts the kube-apiserver and waits until `/readyz` answers, then starts the controllers
+/// present, together. A controller that will not start does not fail the step (the apiserver serves; the
 /// data is restored, or put back on a rollback): the outcome lists it in `not_started`.
 pub(super) fn start(ctx: &mut Ctx<'_>) -> Result<Done> {
     let engine = ctx.engine;
@@ -64,8 +72,14 @@ pub(super) fn start(ctx: &mut Ctx<'_>) -> Result<Done> {
         ));
     };
     let mut d = control(ctx, APISERVER, apiserver, Op::Revert)?;
-    for c in present(ctx) {
-        match control(ctx, &c.name, c.runtime.as_ref(), Op::Revert) {
+    let controllers = present(ctx);
+    let components: Vec<(&str, &dyn Runtime)> = controllers
+        .iter()
+        .map(|c| (c.name.as_str(), c.runtime.as_ref()))
+        .collect();
+    let started = control_all(ctx, &components, Op::Revert);
+    for (c, started) in controllers.into_iter().zip(started) {
+        match started {
             Ok(started) => {
                 d.message = format!("{}; {}", d.message, started.message);
                 d.details.started.push(c.name.clone());

@@ -234,24 +234,74 @@ fn release(ctx: &mut Ctx<'_>) -> Result<Done> {
 /// `Op::Run` = stop (manifest out), `Op::Revert` = start (manifest back in). The move is
 /// journaled under `component` before it is made.
 fn control(ctx: &mut Ctx<'_>, component: &str, rt: &dyn Runtime, way: Op) -> Result<Done> {
-    let aside = ctx
-        .engine
-        .state
-        .manifest_aside(ctx.req.restore_id, rt.definition());
-    // Journal the move before making it: a restarted agent then knows where to look.
-    ctx.journal.manifests.insert(
-        component.to_owned(),
-        ManifestMove {
-            home: rt.definition().to_owned(),
-            aside: aside.clone(),
-            last: way,
-        },
-    );
-    ctx.save()?;
+    control_all(ctx, &[(component, rt)], way)
+        .pop()
+        .unwrap_or_else(|| Ok(done(String::new())))
+}
+
+/// [`control`] for several components at once: every move is journaled first (one save), then
+/// each component is stopped or started and waited for in its own thread. The results are in
+/// the order of `components`.
+fn control_all(
+    ctx: &mut Ctx<'_>,
+    components: &[(&str, &dyn Runtime)],
+    way: Op,
+) -> Vec<Result<Done>> {
+    let mut asides = Vec::with_capacity(components.len());
+    for (component, rt) in components {
+        let aside = ctx
+            .engine
+            .state
+            .manifest_aside(ctx.req.restore_id, rt.definition());
+        // Journal the move before making it: a restarted agent then knows where to look.
+        ctx.journal.manifests.insert(
+            (*component).to_owned(),
+            ManifestMove {
+                home: rt.definition().to_owned(),
+                aside: aside.clone(),
+                last: way,
+            },
+        );
+        asides.push(aside);
+    }
+    if let Err(e) = ctx.save() {
+        let text = e.to_string();
+        let mut errors = vec![Err(e)];
+        errors.extend(
+            components[1..]
+                .iter()
+                .map(|_| Err(AgentError::Aborted(text.clone()))),
+        );
+        return errors;
+    }
+    let ctx = &*ctx;
     let progress = |m: String| ctx.progress(m);
-    let message = match way {
-        Op::Run => rt.stop(&aside, &progress)?,
-        Op::Revert => rt.start(&aside, &progress)?,
+    let act = |rt: &dyn Runtime, aside: &std::path::Path| {
+        let message = match way {
+            Op::Run => rt.stop(aside, &progress)?,
+            Op::Revert => rt.start(aside, &progress)?,
+        };
+        Ok(done(message))
     };
-    Ok(done(message))
+    if let [(_, rt)] = components {
+        return vec![act(*rt, &asides[0])];
+    }
+    std::thread::scope(|scope| {
+        let running: Vec<_> = components
+            .iter()
+            .zip(&asides)
+            .map(|((_, rt), aside)| scope.spawn(move || act(*rt, aside)))
+            .collect();
+        running
+            .into_iter()
+            .zip(components)
+            .map(|(thread, (component, _))| {
+                thread.join().unwrap_or_else(|_| {
+                    Err(AgentError::Aborted(format!(
+                        "controlling {component} panicked; run the step again"
+                    )))
+                })
+            })
+            .collect()
+    })
 }
