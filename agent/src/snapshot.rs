@@ -7,7 +7,6 @@ use std::sync::Arc;
 use quorate_proto::model::{RestoreId, check_sha256 as check_hex};
 use quorate_proto::pb::{SnapshotChunk, SnapshotReceipt};
 use sha2::{Digest, Sha256};
-use tokio::io::AsyncWriteExt;
 use tokio_stream::{Stream, StreamExt};
 
 use crate::engine::Engine;
@@ -205,8 +204,12 @@ where
     }
 }
 
+/// Chunks received but not yet hashed and written.
+const WRITE_QUEUE: usize = 16;
+
 /// Writes the chunks to `partial`, hashing as they arrive; returns (size, sha256). Stops early
-/// when more than `limit` bytes arrive.
+/// when more than `limit` bytes arrive. Receiving (TLS, HTTP/2) and hashing-and-writing run on
+/// different threads, so the two overlap.
 async fn write_partial<S>(
     partial: &Path,
     first: prost::bytes::Bytes,
@@ -220,35 +223,59 @@ where
     tokio::fs::create_dir_all(dir)
         .await
         .map_err(|e| AgentError::io("creating", dir, e))?;
-    let mut file = tokio::fs::File::create(partial)
+    let (tx, rx) = tokio::sync::mpsc::channel::<prost::bytes::Bytes>(WRITE_QUEUE);
+    let path = partial.to_owned();
+    let writer = tokio::task::spawn_blocking(move || write_chunks(&path, rx));
+    let received = async {
+        let mut size = 0u64;
+        let mut data = first;
+        loop {
+            if !data.is_empty() {
+                size += data.len() as u64;
+                if size > limit {
+                    return Err(AgentError::Corrupt(format!(
+                        "the snapshot is larger than the {limit} bytes its header announced; \
+                         nothing was staged"
+                    )));
+                }
+                if tx.send(data).await.is_err() {
+                    // The writer stopped on an error: it is reported below.
+                    return Ok(());
+                }
+            }
+            match next(chunks).await? {
+                Some(chunk) => data = chunk.data,
+                None => return Ok(()),
+            }
+        }
+    }
+    .await;
+    drop(tx);
+    let written = writer
         .await
-        .map_err(|e| AgentError::io("creating", partial, e))?;
+        .map_err(|e| AgentError::Aborted(format!("the staging writer failed: {e}")))?;
+    received?;
+    written
+}
+
+/// Hashes and writes what `rx` brings to a new `path`, then syncs it; returns (size, sha256).
+fn write_chunks(
+    path: &Path,
+    mut rx: tokio::sync::mpsc::Receiver<prost::bytes::Bytes>,
+) -> Result<(u64, String)> {
+    use std::io::Write as _;
+    let mut file = std::fs::File::create(path).map_err(|e| AgentError::io("creating", path, e))?;
     let mut hasher = Sha256::new();
     let mut size = 0u64;
-    let mut data = first;
-    loop {
-        if !data.is_empty() {
-            size += data.len() as u64;
-            if size > limit {
-                return Err(AgentError::Corrupt(format!(
-                    "the snapshot is larger than the {limit} bytes its header announced; nothing was \
-                     staged"
-                )));
-            }
-            hasher.update(&data);
-            file.write_all(&data)
-                .await
-                .map_err(|e| AgentError::io("writing", partial, e))?;
-        }
-        match next(chunks).await? {
-            Some(chunk) => data = chunk.data,
-            None => break,
-        }
+    while let Some(data) = rx.blocking_recv() {
+        hasher.update(&data);
+        file.write_all(&data)
+            .map_err(|e| AgentError::io("writing", path, e))?;
+        size += data.len() as u64;
     }
     let syncing = std::time::Instant::now();
     file.sync_all()
-        .await
-        .map_err(|e| AgentError::io("syncing", partial, e))?;
+        .map_err(|e| AgentError::io("syncing", path, e))?;
     tracing::info!(
         "{size} bytes synced to disk in {:.2}s",
         syncing.elapsed().as_secs_f64()

@@ -340,7 +340,7 @@ impl<C: AgentClient, P: ClusterProbe> Restore<'_, C, P> {
         let pushes: Vec<_> = members
             .iter()
             .map(|&i| {
-                let (tx, rx) = tokio::sync::mpsc::channel::<Chunk>(4);
+                let (tx, rx) = tokio::sync::mpsc::channel::<Chunk>(QUEUED_CHUNKS);
                 senders.push(tx);
                 async move {
                     self.agents[i]
@@ -488,7 +488,15 @@ impl<C: AgentClient, P: ClusterProbe> Restore<'_, C, P> {
     }
 }
 
-/// Reads `path` once, in 1 MiB chunks, and hands each chunk to every sender still listening;
+/// How much of the snapshot one message carries. Each member's stream holds about one encoded
+/// message at a time, so this is what every further member adds to the coordinator's memory.
+const CHUNK: usize = 256 * 1024;
+
+/// Chunks queued per member's stream. A chunk is read once and shared by every stream, so at most
+/// this many chunks are held however many members there are.
+const QUEUED_CHUNKS: usize = 8;
+
+/// Reads `path` once, in [`CHUNK`] pieces, and hands each piece to every sender still listening;
 /// closes them all at the end of the file. A sender whose agent stopped listening (it answered,
 /// or failed) is dropped; the rest go on at the pace of the slowest.
 async fn fan_out(
@@ -501,7 +509,7 @@ async fn fan_out(
         if senders.is_empty() {
             return Ok(());
         }
-        let mut buf = vec![0u8; 1 << 20];
+        let mut buf = vec![0u8; CHUNK];
         let mut filled = 0;
         while filled < buf.len() {
             let n = file.read(&mut buf[filled..]).await?;
