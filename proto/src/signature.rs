@@ -110,7 +110,10 @@ impl fmt::Debug for PublicKey {
 
 impl PublicKey {
     pub fn from_raw(raw: [u8; 32]) -> Self {
-        Self { id: key_id(&raw), raw }
+        Self {
+            id: key_id(&raw),
+            raw,
+        }
     }
 
     /// Its short id: the first 8 bytes, in hex, of the sha256 of the raw key.
@@ -444,7 +447,10 @@ pub fn key_list(keys: &[PublicKey]) -> String {
     if keys.is_empty() {
         "none".to_owned()
     } else {
-        keys.iter().map(|k| k.id.as_str()).collect::<Vec<_>>().join(", ")
+        keys.iter()
+            .map(|k| k.id.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 

@@ -22,7 +22,8 @@ fn a_signature_verifies_with_its_key_and_round_trips_through_file_and_proto() {
     assert_eq!(sig.key_id, key.public().id());
     let trusted = [key.public().clone()];
     assert_eq!(sig.verify(&trusted).expect("verifies"), key.public());
-    sig.check_file(&"ab".repeat(32), 20_480_032).expect("same file");
+    sig.check_file(&"ab".repeat(32), 20_480_032)
+        .expect("same file");
     sig.check_status(1234, 5678).expect("same status");
 
     let back = SnapshotSignature::from_json(&sig.to_json()).expect("file form");
@@ -45,8 +46,14 @@ fn a_signature_verifies_with_its_key_and_round_trips_through_file_and_proto() {
     };
     let sig = SnapshotSignature::sign(unknown, &key).expect("sign");
     let text = String::from_utf8(sig.message()).expect("utf8");
-    assert!(text.starts_with("quorate-snapshot-signature-v1\nsha256="), "{text}");
-    assert!(text.contains("\nrevision=unknown\ntotal_keys=unknown\n"), "{text}");
+    assert!(
+        text.starts_with("quorate-snapshot-signature-v1\nsha256="),
+        "{text}"
+    );
+    assert!(
+        text.contains("\nrevision=unknown\ntotal_keys=unknown\n"),
+        "{text}"
+    );
     sig.verify(&trusted).expect("verifies");
     sig.check_status(99, 99).expect("nothing to compare");
 }
@@ -65,8 +72,14 @@ fn keys_round_trip_through_pem_and_debug_hides_the_private_key() {
     );
     assert_eq!(key.public().id().len(), 16);
     let shown = format!("{key:?}");
-    assert!(shown.contains("hidden") && !shown.contains(&pem[30..60]), "{shown}");
-    assert!(PublicKey::from_pem(&pem).is_err(), "a private key is not a public key");
+    assert!(
+        shown.contains("hidden") && !shown.contains(&pem[30..60]),
+        "{shown}"
+    );
+    assert!(
+        PublicKey::from_pem(&pem).is_err(),
+        "a private key is not a public key"
+    );
     assert!(SigningKey::from_pem(&public_pem).is_err());
     // An OpenSSL-written key (`openssl genpkey -algorithm ed25519`: PKCS#8 v1, no public key).
     let openssl = "-----BEGIN PRIVATE KEY-----\n\
@@ -121,7 +134,13 @@ fn tampered_fields_another_key_a_truncated_signature_and_another_version_are_ref
         text.contains(other.public().id()) && text.contains(key.public().id()),
         "{text}"
     );
-    assert!(by_other.verify(&[]).expect_err("none").to_string().contains("trusted: none"));
+    assert!(
+        by_other
+            .verify(&[])
+            .expect_err("none")
+            .to_string()
+            .contains("trusted: none")
+    );
     // Another key claiming the trusted key's id does not verify.
     let mut forged = by_other.clone();
     forged.key_id = sig.key_id.clone();
@@ -166,7 +185,10 @@ fn a_signature_for_another_file_or_status_is_named_as_such() {
     let err = sig
         .check_file(&"cd".repeat(32), 20_480_032)
         .expect_err("sha");
-    assert!(matches!(err, SignatureError::Mismatch { what: "sha256", .. }));
+    assert!(matches!(
+        err,
+        SignatureError::Mismatch { what: "sha256", .. }
+    ));
     assert!(err.to_string().contains("another snapshot"), "{err}");
     let err = sig.check_file(&"ab".repeat(32), 1).expect_err("size");
     assert!(matches!(err, SignatureError::Mismatch { what: "size", .. }));
