@@ -190,4 +190,40 @@ mod tests {
         none.check_staging("cp-1", &Journal::new(RestoreId::new()), &sha, None)
             .expect("not required");
     }
+
+    #[test]
+    fn the_config_reads_the_trusted_keys_and_names_a_bad_one() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (key, _) = SigningKey::generate().expect("key");
+        let public = dir.path().join("signing.pub");
+        std::fs::write(&public, key.public().to_pem()).expect("write");
+        let example = include_str!("../../deploy/agent.example.toml");
+        let with = |path: &str| {
+            example.replace(
+                "# trusted_snapshot_keys = [\"/etc/quorate/snapshot-signing.pub\"]",
+                &format!("trusted_snapshot_keys = [{path:?}]"),
+            )
+        };
+        let at = std::path::Path::new("/etc/quorate/agent.toml");
+        let config =
+            crate::AgentConfig::parse(&with(&public.display().to_string()), at).expect("config");
+        assert_eq!(config.trusted_keys, [key.public().clone()]);
+        let none = crate::AgentConfig::parse(example, at).expect("example");
+        assert!(none.trusted_keys.is_empty());
+
+        let missing = dir.path().join("missing.pub");
+        let err = crate::AgentConfig::parse(&with(&missing.display().to_string()), at)
+            .expect_err("missing key");
+        assert!(
+            err.to_string().contains("trusted_snapshot_keys")
+                && err.to_string().contains("missing.pub"),
+            "{err}"
+        );
+        let err = crate::AgentConfig::parse(&with("signing.pub"), at).expect_err("relative");
+        assert!(err.to_string().contains("absolute"), "{err}");
+        std::fs::write(&public, "not a key").expect("write");
+        let err = crate::AgentConfig::parse(&with(&public.display().to_string()), at)
+            .expect_err("garbage");
+        assert!(err.to_string().contains("PEM"), "{err}");
+    }
 }
