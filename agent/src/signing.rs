@@ -53,9 +53,7 @@ impl Trust {
     fn refusal(&self, member: &str, why: &str) -> AgentError {
         AgentError::Untrusted(format!(
             "member {member} requires snapshots signed by a trusted key (trusted_snapshot_keys: \
-             {}), and {why}: nothing was changed; sign the snapshot with one of those keys' \
-             private keys (`quorate snapshot sign SNAPSHOT --key KEY` writes SNAPSHOT.sig, which \
-             restore reads beside the snapshot, or pass --signature FILE) and restore again",
+             {}), and {why}; nothing was changed on it",
             key_list(&self.keys)
         ))
     }
@@ -71,8 +69,14 @@ impl Trust {
         if !self.required() {
             return Ok(None);
         }
-        let sig = signature
-            .ok_or_else(|| self.refusal(member, "the claim carries no snapshot signature"))?;
+        let sig = signature.ok_or_else(|| {
+            self.refusal(
+                member,
+                "the claim carries no snapshot signature: sign the snapshot with one of those \
+                 keys (`quorate snapshot sign SNAPSHOT --key KEY` writes SNAPSHOT.sig, which \
+                 restore reads beside it, or pass --signature FILE)",
+            )
+        })?;
         sig.verify(&self.keys)
             .map_err(|e| self.refusal(member, &e.to_string()))?;
         if sig.facts.sha256 != sha256 {
@@ -80,7 +84,8 @@ impl Trust {
                 member,
                 &format!(
                     "the signature is for the snapshot with sha256 {}, not {sha256}, the one this \
-                     restore stages",
+                     restore stages: sign this snapshot (`quorate snapshot sign SNAPSHOT --key \
+                     KEY`)",
                     sig.facts.sha256
                 ),
             ));

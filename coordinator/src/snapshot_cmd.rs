@@ -152,23 +152,12 @@ pub async fn run(cmd: SnapshotCmd, format: Format) -> anyhow::Result<ExitCode> {
             let mut report = VerifyReport::default();
             let result = verify_into(&file, &options, &mut report).await;
             let mut sig_report: Option<SignatureReport> = None;
-            let result =
-                result.map_err(|e| e.to_string()).and_then(
-                    |()| match snapshot_sign::check_signature(
-                        &report,
-                        signature.as_deref(),
-                        &trusted_key,
-                    ) {
-                        Ok(r) => {
-                            sig_report = r;
-                            Ok(())
-                        }
-                        Err((r, e)) => {
-                            sig_report = Some(r);
-                            Err(format!("signature: {e}"))
-                        }
-                    },
-                );
+            let result = result.map_err(|e| e.to_string()).and_then(|()| {
+                let (r, checked) =
+                    snapshot_sign::check_signature(&report, signature.as_deref(), &trusted_key);
+                sig_report = r;
+                checked.map_err(|e| format!("signature: {e}"))
+            });
             if let Err(e) = &result {
                 report.ok = false;
                 report.error.get_or_insert_with(|| e.clone());

@@ -186,45 +186,52 @@ pub struct SignatureReport {
 }
 
 /// Checks `<snapshot>.sig` (or `signature`) against `trusted` public key files and what
-/// `report` found in the snapshot. `Ok(None)`: no signature and none asked for.
+/// `report` found in the snapshot: what was learnt of the signature (`None`: no signature and
+/// none asked for), and whether it passed.
 pub fn check_signature(
     report: &VerifyReport,
     signature: Option<&Path>,
     trusted: &[PathBuf],
-) -> Result<Option<SignatureReport>, (SignatureReport, SignatureError)> {
+) -> (Option<SignatureReport>, Result<(), SignatureError>) {
     let file = signature.map_or_else(|| default_path(&report.file), Path::to_owned);
+    if signature.is_none() && trusted.is_empty() && !file.exists() {
+        return (None, Ok(()));
+    }
     let mut out = SignatureReport {
-        file: file.clone(),
+        file,
         key_id: None,
         signed_at: None,
         verified: false,
         trusted_keys: Vec::new(),
     };
-    if signature.is_none() && trusted.is_empty() && !file.exists() {
-        return Ok(None);
-    }
+    let result = fill(report, trusted, &mut out);
+    (Some(out), result)
+}
+
+fn fill(
+    report: &VerifyReport,
+    trusted: &[PathBuf],
+    out: &mut SignatureReport,
+) -> Result<(), SignatureError> {
     let keys = trusted
         .iter()
         .map(|p| PublicKey::load(p))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| (out.clone(), e))?;
+        .collect::<Result<Vec<_>, _>>()?;
     out.trusted_keys = keys.iter().map(|k| k.id().to_owned()).collect();
-    let sig = SnapshotSignature::load(&file).map_err(|e| (out.clone(), e))?;
+    let sig = SnapshotSignature::load(&out.file)?;
     out.key_id = Some(sig.key_id.clone());
     out.signed_at = Some(sig.facts.signed_at.clone());
-    let fail = |e| (out.clone(), e);
     if let (Some(sha), Some(size)) = (&report.sha256, report.size) {
-        sig.check_file(sha, size).map_err(fail)?;
+        sig.check_file(sha, size)?;
     }
     if let (Some(rev), Some(keys)) = (report.revision, report.total_keys) {
-        sig.check_status(rev, u64::try_from(keys).unwrap_or_default())
-            .map_err(fail)?;
+        sig.check_status(rev, u64::try_from(keys).unwrap_or_default())?;
     }
     if !keys.is_empty() {
-        sig.verify(&keys).map_err(fail)?;
+        sig.verify(&keys)?;
         out.verified = true;
     }
-    Ok(Some(out))
+    Ok(())
 }
 
 impl SignatureReport {

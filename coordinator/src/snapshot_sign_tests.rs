@@ -82,18 +82,19 @@ async fn sign_writes_a_signature_that_verify_checks_against_trusted_keys() {
         size: Some(checked.size),
         ..VerifyReport::default()
     };
-    let ok = check_signature(&report, None, std::slice::from_ref(&keys.public_key))
-        .expect("verified")
-        .expect("a signature");
+    let (ok, result) = check_signature(&report, None, std::slice::from_ref(&keys.public_key));
+    result.expect("verified");
+    let ok = ok.expect("a signature");
     assert!(ok.verified, "{ok:?}");
     assert!(ok.render().contains("verified"), "{}", ok.render());
     // Without trusted keys: read and matched, not verified, and the report says so.
-    let unverified = check_signature(&report, None, &[])
-        .expect("matches")
-        .expect("a signature");
+    let (unverified, result) = check_signature(&report, None, &[]);
+    result.expect("matches");
+    let unverified = unverified.expect("a signature");
     assert!(!unverified.verified && unverified.render().contains("--trusted-key"));
     // Another key trusted: refused, naming both.
-    let (_, e) = check_signature(&report, None, std::slice::from_ref(&other.public_key))
+    let e = check_signature(&report, None, std::slice::from_ref(&other.public_key))
+        .1
         .expect_err("untrusted");
     assert!(matches!(e, SignatureError::Untrusted { .. }), "{e}");
     // Another file: refused as a mismatch.
@@ -101,7 +102,8 @@ async fn sign_writes_a_signature_that_verify_checks_against_trusted_keys() {
         size: Some(checked.size + 512),
         ..report.clone()
     };
-    let (_, e) = check_signature(&changed, None, std::slice::from_ref(&keys.public_key))
+    let e = check_signature(&changed, None, std::slice::from_ref(&keys.public_key))
+        .1
         .expect_err("other size");
     assert!(
         matches!(e, SignatureError::Mismatch { what: "size", .. }),
@@ -111,13 +113,16 @@ async fn sign_writes_a_signature_that_verify_checks_against_trusted_keys() {
     let text = std::fs::read_to_string(&signed.signature_file).expect("sig");
     let tampered = text.replace(&signed.facts.signed_at, "2020-01-01T00:00:00Z");
     std::fs::write(&signed.signature_file, tampered).expect("write");
-    let (_, e) = check_signature(&report, None, std::slice::from_ref(&keys.public_key))
+    let e = check_signature(&report, None, std::slice::from_ref(&keys.public_key))
+        .1
         .expect_err("tampered");
     assert!(matches!(e, SignatureError::Invalid { .. }), "{e}");
     // Trusted keys asked for, and no signature at all.
     std::fs::remove_file(&signed.signature_file).expect("rm");
-    assert!(check_signature(&report, None, std::slice::from_ref(&keys.public_key)).is_err());
-    assert!(check_signature(&report, None, &[]).expect("none").is_none());
+    let (found, result) = check_signature(&report, None, std::slice::from_ref(&keys.public_key));
+    assert!(found.is_some() && result.is_err());
+    let (found, result) = check_signature(&report, None, &[]);
+    assert!(found.is_none() && result.is_ok());
 
     // A damaged snapshot is not signed.
     let mut bytes = std::fs::read(&snap).expect("read");
