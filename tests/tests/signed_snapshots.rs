@@ -116,8 +116,24 @@ async fn members_requiring_signatures_restore_only_a_snapshot_signed_by_a_truste
         .await
         .expect("client");
     load::load(&client, 1_000, 5).await.expect("load");
-    let snap = lab.dir().join("signed.db");
-    let snap_rev = scenario::save_snapshot(&lab, &h1, &snap).expect("snapshot save");
+    // `snapshot save --sign-key`: signed at once (by a key the members do not trust).
+    let snap = lab.dir().join("etcd-1.db");
+    let snap_arg = snap.display().to_string();
+    let inventory = lab.dir().join("inventory.toml").display().to_string();
+    let saved = snapshot_cmd(
+        &lab,
+        &[
+            "save",
+            "--inventory",
+            &inventory,
+            "--out",
+            &snap_arg,
+            "--sign-key",
+            &other_key.display().to_string(),
+        ],
+    );
+    assert!(saved.contains(&format!("with key {other_id}")), "{saved}");
+    let snap_rev = scenario::snapshot_revision(&lab, &snap).expect("snapshot status");
     let at_snapshot = faults::cluster_state(&lab)
         .await
         .expect("state at the snapshot");
@@ -126,7 +142,11 @@ async fn members_requiring_signatures_restore_only_a_snapshot_signed_by_a_truste
         .expect("change data after the snapshot");
     let before = faults::cluster_state(&lab).await.expect("state");
 
-    // Unsigned: refused in preflight, naming the member, the keys it trusts and what to do.
+    // Unsigned (its signature moved away): refused in preflight, naming the member, the keys it
+    // trusts and what to do.
+    let sig_file = PathBuf::from(format!("{snap_arg}.sig"));
+    let aside = lab.dir().join("aside.sig");
+    std::fs::rename(&sig_file, &aside).expect("move the signature away");
     let t = refused(&lab, &snap, &[], &before).await;
     assert!(
         t.contains("requires snapshots signed by a trusted key")
@@ -136,12 +156,7 @@ async fn members_requiring_signatures_restore_only_a_snapshot_signed_by_a_truste
     );
 
     // Signed by a key the members do not trust: refused in preflight.
-    let snap_arg = snap.display().to_string();
-    snapshot_cmd(
-        &lab,
-        &["sign", &snap_arg, "--key", &other_key.display().to_string()],
-    );
-    let sig_file = PathBuf::from(format!("{snap_arg}.sig"));
+    std::fs::rename(&aside, &sig_file).expect("put the signature back");
     let t = refused(&lab, &snap, &[], &before).await;
     assert!(
         t.contains(&format!("is signed by key {other_id}")) && t.contains(&trusted_id),
