@@ -49,6 +49,14 @@ pub struct AgentConfig {
     /// Deadlines of the child processes the agent runs (restore tool, systemctl, probes).
     #[serde(default)]
     pub limits: crate::child::Limits,
+    /// Public keys (PEM Ed25519, as `quorate snapshot keygen` writes them) trusted to sign
+    /// snapshots. When any is set, this member stages and restores only a snapshot whose
+    /// signature one of them made; empty: signatures are not required.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_snapshot_keys: Vec<PathBuf>,
+    /// The keys of `trusted_snapshot_keys`, read when the config was loaded.
+    #[serde(skip)]
+    pub trusted_keys: Vec<quorate_proto::signature::PublicKey>,
 }
 
 /// The agent's server certificate and the CA its clients must be signed by.
@@ -440,13 +448,20 @@ impl AgentConfig {
         Self::parse(&text, path)
     }
 
-    /// Parses `text`; `path` is only used in messages.
+    /// Parses `text`; `path` is only used in messages. Reads the trusted snapshot keys.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let config: Self = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let mut config: Self = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
             message: e.to_string(),
         })?;
         config.check(path)?;
+        config.trusted_keys =
+            crate::signing::load_keys(&config.trusted_snapshot_keys).map_err(|message| {
+                ConfigError::Invalid {
+                    path: path.to_owned(),
+                    message,
+                }
+            })?;
         Ok(config)
     }
 
@@ -544,6 +559,9 @@ impl AgentConfig {
                 },
             )
             .map_err(&invalid)?;
+        }
+        for p in &self.trusted_snapshot_keys {
+            absolute.push(("trusted_snapshot_keys", p));
         }
         for (key, p) in absolute {
             if !p.is_absolute() {

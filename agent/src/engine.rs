@@ -37,6 +37,8 @@ pub struct Engine {
     /// Runs child processes under the `[limits]` deadlines (the tool and the runtimes hold
     /// their own copies).
     pub runner: crate::child::Runner,
+    /// The keys trusted to sign snapshots (`trusted_snapshot_keys`); none: not required.
+    pub trust: crate::signing::Trust,
 }
 
 /// A control-plane component stopped and started with the kube-apiserver.

@@ -41,6 +41,9 @@ pub enum AgentError {
     /// A failpoint fired (test builds only).
     #[error("{0}")]
     Injected(String),
+    /// This member requires snapshots signed by a trusted key, and this one is not.
+    #[error("{0}")]
+    Untrusted(String),
     #[error("{what} {}: {source}", path.display())]
     Io {
         what: String,
@@ -72,6 +75,7 @@ impl AgentError {
             AgentError::Aborted(_) => ErrorCode::Aborted,
             AgentError::Injected(_) => ErrorCode::Injected,
             AgentError::Io { .. } => ErrorCode::Io,
+            AgentError::Untrusted(_) => ErrorCode::UntrustedSnapshot,
         }
     }
 
@@ -87,6 +91,7 @@ impl AgentError {
             AgentError::Timeout(_) => tonic::Code::DeadlineExceeded,
             AgentError::Aborted(_) => tonic::Code::Aborted,
             AgentError::Injected(_) => tonic::Code::Internal,
+            AgentError::Untrusted(_) => tonic::Code::PermissionDenied,
         }
     }
 }

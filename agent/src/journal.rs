@@ -239,6 +239,10 @@ pub struct Journal {
     /// The copy PREPARE made and RESTORE has not used (or removed) yet.
     #[serde(default)]
     pub prepared: Option<PreparedCopy>,
+    /// The snapshot signature CLAIM verified, on a member that requires signatures; the push,
+    /// PREPARE and RESTORE check it again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<quorate_proto::signature::SnapshotSignature>,
 }
 
 impl Journal {
@@ -255,6 +259,7 @@ impl Journal {
             staged: None,
             edits: Vec::new(),
             prepared: None,
+            signature: None,
         }
     }
 

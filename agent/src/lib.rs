@@ -7,6 +7,7 @@
 //! - [`runtime`] stops and starts etcd and the kube-apiserver (static pods or systemd units).
 //! - [`settings`] keeps etcd's environment/config file truthful across a restore.
 //! - [`tool`] wraps `etcdutl` / `etcdctl` snapshot restore.
+//! - [`signing`] refuses snapshots not signed by a trusted key, when the config lists any.
 //! - [`health`] probes etcd's `/health` and the apiserver's `/readyz` from this host.
 //! - [`service`] and [`server`] are the gRPC service and its mTLS listener.
 #![forbid(unsafe_code)]
@@ -26,6 +27,7 @@ pub mod runtime;
 pub mod server;
 pub mod service;
 pub mod settings;
+pub mod signing;
 pub mod snapshot;
 pub mod steps;
 pub mod tool;

@@ -139,6 +139,14 @@ fn check_config(path: &Path) -> anyhow::Result<()> {
     );
     quorate_agent::server::tls_config(&config)?;
     println!("tls             ok ({})", config.tls.cert.display());
+    if config.trusted_keys.is_empty() {
+        println!("snapshots       signatures not required (no trusted_snapshot_keys)");
+    } else {
+        println!(
+            "snapshots       only those signed by a trusted key: {}",
+            quorate_proto::signature::key_list(&config.trusted_keys)
+        );
+    }
     let engine = engine_from_config(&config);
     let active = engine.state.active()?;
     let health_config = config.health();

@@ -141,6 +141,7 @@ pub fn engine_from_config(config: &AgentConfig) -> Engine {
         }),
         runner,
         host_name,
+        trust: crate::signing::Trust::new(config.trusted_keys.clone()),
     }
 }
 

@@ -109,6 +109,15 @@ where
         });
     }
     let journal = engine.state.load(id)?;
+    // A member that requires signatures takes only the snapshot its claim's signature is for.
+    if engine.trust.required() {
+        let member = engine
+            .member(None)
+            .map_or_else(|_| "this member".into(), |m| m.name);
+        engine
+            .trust
+            .check_staging(&member, &journal, &header.sha256, Some(header.size))?;
+    }
     let target = engine.state.snapshot_path(id);
     if fsutil::exists(&target) {
         let Some(staged) = journal

@@ -49,6 +49,7 @@ impl Host {
             tool: Box::new(FakeTool::default()),
             host_name: "api-1".into(),
             runner: quorate_agent::child::Runner::default(),
+            trust: Default::default(),
         }
     }
 
@@ -76,6 +77,7 @@ fn request(id: RestoreId, step: Step, name: &str) -> StepRequest {
             mark_compacted: false,
             skip_hash_check: false,
         },
+        signature: None,
     }
 }
 

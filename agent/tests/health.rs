@@ -130,6 +130,7 @@ async fn not_answering_then_no_leader_then_healthy() {
         tool: Box::new(CliTool::default()),
         host_name: String::new(),
         runner: quorate_agent::child::Runner::default(),
+        trust: Default::default(),
     });
     let member = EtcdMember::from_command(
         PodCommand::parse(&yaml(&lonely), Path::new("etcd.yaml")).expect("pod"),

@@ -201,6 +201,7 @@ impl Member {
             }),
             host_name: String::new(),
             runner: quorate_agent::child::Runner::default(),
+            trust: Default::default(),
         };
         Self {
             kubelet: None,

@@ -72,6 +72,7 @@ impl Member {
             }),
             host_name: String::new(),
             runner: quorate_agent::child::Runner::default(),
+            trust: Default::default(),
         };
         let mut m = Self {
             etcd: None,

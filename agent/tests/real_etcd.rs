@@ -186,6 +186,7 @@ async fn static_pod_restore_with_real_etcd() {
         }),
         host_name: String::new(),
         runner: quorate_agent::child::Runner::default(),
+        trust: Default::default(),
     });
     let bytes = std::fs::read(&snap).expect("snapshot");
     let sha = common::sha256(&bytes);

@@ -81,46 +81,9 @@ enum Cmd {
         #[arg(long)]
         force: bool,
     },
-    /// Save a snapshot from a healthy member, or verify a snapshot file.
+    /// Save, verify or sign a snapshot file; make a key to sign snapshots with.
     #[command(subcommand)]
-    Snapshot(SnapshotCmd),
-}
-
-#[derive(Subcommand, Debug)]
-enum SnapshotCmd {
-    /// Stream a snapshot from a healthy member (a caught-up follower if there is one, else the
-    /// leader) into FILE, check its appended sha256, and describe it in FILE.json.
-    Save {
-        /// The cluster: members' client_urls and etcd_tls (TOML; see deploy/inventory.example.toml).
-        #[arg(long)]
-        inventory: PathBuf,
-        /// Where to write the snapshot; refused if it exists, unless --force.
-        #[arg(long, value_name = "FILE")]
-        out: PathBuf,
-        /// Replace an existing FILE.
-        #[arg(long)]
-        force: bool,
-        /// After saving, keep N snapshots of FILE's series in its directory (the new one
-        /// included) and remove the older ones by mtime, each with its .json. A series is the
-        /// file name up to its first digit, plus its extension: etcd-2026-11-25T03.db is in
-        /// series `etcd-` `.db` with etcd-2026-11-24T03.db, but not with etcd-notes.db or
-        /// etcd-2026-11-24T03.log. FILE's name must hold a digit after a prefix.
-        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
-        keep: Option<u32>,
-    },
-    /// Check a snapshot file: its appended sha256, `snapshot status`, and with --test-restore a
-    /// restore into a throwaway etcd that must hold the default and kube-system namespaces.
-    Verify {
-        file: PathBuf,
-        /// Restore it into a temp dir and start a throwaway single-member etcd on free loopback
-        /// ports to count its keys; both are removed afterwards.
-        #[arg(long)]
-        test_restore: bool,
-        /// A dir holding etcd and etcdutl (or etcdctl for etcd 3.4); default: $QUORATE_ETCD_DIR,
-        /// else etcdutl and etcd on PATH.
-        #[arg(long, value_name = "DIR")]
-        etcd_dir: Option<PathBuf>,
-    },
+    Snapshot(quorate::snapshot_cmd::SnapshotCmd),
 }
 
 /// Phase deadlines. A member that does not answer within them is reported as unknown, and the
@@ -195,6 +158,11 @@ struct Target {
     /// with it. Without this flag such a difference refuses the restore.
     #[arg(long)]
     allow_membership_change: bool,
+    /// The snapshot's signature (`quorate snapshot sign`), sent to the members with the claim;
+    /// default: SNAPSHOT.sig when it exists. Members with trusted_snapshot_keys refuse a snapshot
+    /// without a valid signature by one of those keys.
+    #[arg(long, value_name = "FILE")]
+    signature: Option<PathBuf>,
 }
 
 impl Target {
@@ -206,6 +174,7 @@ impl Target {
             skip_hash_check: self.skip_hash_check,
             allow_membership_change: self.allow_membership_change,
             etcd_dir: None,
+            signature: self.signature.clone(),
         }
     }
 }
@@ -337,7 +306,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Snapshot(cmd) => run_snapshot(cmd, format).await,
+        Cmd::Snapshot(cmd) => quorate::snapshot_cmd::run(cmd, format).await,
     }
 }
 
@@ -400,57 +369,6 @@ impl<'a> Run<'a> {
             deadlines: self.deadlines.clone(),
             observer: &self.printer,
             member_times: Default::default(),
-        }
-    }
-}
-
-async fn run_snapshot(cmd: SnapshotCmd, format: Format) -> anyhow::Result<ExitCode> {
-    use quorate::snapshot_save::{SaveOptions, save};
-    use quorate::snapshot_verify::{VerifyOptions, VerifyReport, verify_into};
-    match cmd {
-        SnapshotCmd::Save {
-            inventory,
-            out,
-            force,
-            keep,
-        } => {
-            let inventory = Inventory::load(&inventory)?;
-            let keep = keep.map(|k| usize::try_from(k).expect("u32 fits in usize"));
-            let options = SaveOptions { out, force, keep };
-            let progress = |line: &str| {
-                if format == Format::Human {
-                    eprintln!("{line}");
-                }
-            };
-            let report = save(&inventory, &options, &progress).await?;
-            match format {
-                Format::Human => print!("{}", report.render()),
-                Format::Json => output::emit(&serde_json::json!({"ok": true, "report": report})),
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        SnapshotCmd::Verify {
-            file,
-            test_restore,
-            etcd_dir,
-        } => {
-            let options = VerifyOptions {
-                test_restore,
-                etcd_dir,
-                ..VerifyOptions::default()
-            };
-            let mut report = VerifyReport::default();
-            let result = verify_into(&file, &options, &mut report).await;
-            match (format, result) {
-                (Format::Json, _) => output::emit(&serde_json::to_value(&report)?),
-                (Format::Human, Ok(())) => print!("{}", report.render()),
-                (Format::Human, Err(e)) => eprintln!("snapshot verify failed: {e}"),
-            }
-            Ok(if report.ok {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
         }
     }
 }

@@ -81,6 +81,9 @@ pub struct Plan {
     /// Differences with that membership, let through by `--allow-membership-change`.
     #[serde(default)]
     pub membership_differences: usize,
+    /// The snapshot's signature (sent with the claim) and the agents that require one.
+    #[serde(default)]
+    pub signing: crate::signing::SigningPlan,
 }
 
 /// What preflight learned beyond the agents' own facts.
@@ -101,6 +104,11 @@ pub struct Options {
     pub live_membership: Option<Membership>,
     /// `--allow-membership-change`: differences with the cluster's membership are warnings.
     pub allow_membership_change: bool,
+    /// The snapshot's signature and the file it was read from; `None`: unsigned.
+    pub signature: Option<(
+        std::path::PathBuf,
+        quorate_proto::signature::SnapshotSignature,
+    )>,
 }
 
 /// Everything preflight found wrong.
@@ -265,6 +273,13 @@ pub fn build(
         inventory,
         &members_described,
     ));
+    let agents: Vec<(&str, Option<&Describe>)> = inventory
+        .agents()
+        .iter()
+        .zip(described)
+        .map(|(a, d)| (a.name, d.as_ref().ok()))
+        .collect();
+    let signing = crate::signing::check(options.signature.clone(), &agents, &mut problems);
     if !problems.is_empty() {
         return Err(PreflightError { problems });
     }
@@ -312,6 +327,7 @@ pub fn build(
         apiserver_hosts,
         membership_source,
         membership_differences,
+        signing,
     })
 }
 
@@ -386,6 +402,7 @@ impl Plan {
         if let Some(v) = &self.snapshot_etcd_version {
             let _ = writeln!(out, "  taken on etcd cluster version {v}");
         }
+        let _ = writeln!(out, "  {}", self.signing.render());
         let _ = writeln!(out, "new cluster token {}", self.cluster_token);
         let live = self
             .revision

@@ -23,6 +23,8 @@ pub struct Request {
     /// Where to find etcdutl (or etcdctl) for `snapshot status`; default: `QUORATE_ETCD_DIR`,
     /// else PATH.
     pub etcd_dir: Option<PathBuf>,
+    /// The snapshot's signature file; default: `<snapshot>.sig` when it exists.
+    pub signature: Option<PathBuf>,
 }
 
 /// One client per agent: the members', then the apiserver hosts' ([`Inventory::agents`]).
@@ -65,6 +67,7 @@ pub async fn check<C: AgentClient>(
     let checked = tokio::task::spawn_blocking(move || snapshot::check_with(&path, skip))
         .await
         .map_err(|e| anyhow::anyhow!("checking the snapshot's sha256: {e}"))??;
+    let signature = crate::signing::read(&checked, request.signature.as_deref())?;
     // etcd restores the data format of its own major.minor only.
     let (snapshot_etcd_version, snapshot_version_unread) =
         match snapshot_verify::file_cluster_version(&request.snapshot) {
@@ -96,6 +99,7 @@ pub async fn check<C: AgentClient>(
         snapshot_version_unread,
         live_membership,
         allow_membership_change: request.allow_membership_change,
+        signature,
     };
     let mut plan = plan::build(inventory, &described, checked.clone(), &options)?;
     // The same chain as `quorate snapshot verify` (its sha256 was checked above): `snapshot

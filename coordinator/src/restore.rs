@@ -252,6 +252,10 @@ impl<C: AgentClient, P: ClusterProbe> Restore<'_, C, P> {
                 mark_compacted: self.plan.revision.bump > 0,
                 skip_hash_check: self.plan.skip_hash_check,
             },
+            // Sent with the claim: members that require signatures verify it there.
+            signature: (step == Step::Claim)
+                .then(|| self.plan.signing.signature.clone())
+                .flatten(),
         }
     }
 

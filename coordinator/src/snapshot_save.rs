@@ -548,7 +548,8 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), SaveError> {
     Ok(())
 }
 
-/// Removes the older snapshots of `new`'s series in `dir` beyond `keep`, each with its `.json`.
+/// Removes the older snapshots of `new`'s series in `dir` beyond `keep`, each with its `.json`
+/// and `.sig`.
 fn prune(dir: &Path, new: &str, keep: usize) -> Result<Vec<PathBuf>, SaveError> {
     let io = |what, path: &Path, source| SaveError::Io {
         what,
@@ -573,12 +574,14 @@ fn prune(dir: &Path, new: &str, keep: usize) -> Result<Vec<PathBuf>, SaveError> 
     for name in prune_plan(new, &entries, keep) {
         let path = dir.join(&name);
         std::fs::remove_file(&path).map_err(|e| io("removing", &path, e))?;
-        let meta = dir.join(format!("{name}.json"));
-        match std::fs::remove_file(&meta) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(io("removing", &meta, e));
+        for beside in ["json", "sig"] {
+            let meta = dir.join(format!("{name}.{beside}"));
+            match std::fs::remove_file(&meta) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(io("removing", &meta, e));
+                }
+                _ => {}
             }
-            _ => {}
         }
         pruned.push(path);
     }

@@ -5,6 +5,8 @@
 //! - [`probe`]: a small HTTP(S) GET used for `/health` and `/readyz` probes.
 //! - [`bbolt`] and [`etcd_db`]: read what an etcd db file records (revision, cluster version,
 //!   membership) page by page, without starting etcd.
+//! - [`signature`]: Ed25519 snapshot signatures (`<snapshot>.sig`), made by `quorate snapshot
+//!   sign` and checked by agents that require them.
 //! - [`durable`]: crash-safe writes, renames and new directories (write temp, fsync, rename,
 //!   fsync the directory), used by the agent, the coordinator and the lab.
 #![forbid(unsafe_code)]
@@ -16,6 +18,7 @@ pub mod etcd_db;
 pub mod model;
 pub mod probe;
 pub mod server;
+pub mod signature;
 pub mod tls;
 
 /// Generated code for `quorate/agent/v1/agent.proto`.

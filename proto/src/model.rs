@@ -286,6 +286,8 @@ pub struct StepRequest {
     pub restore_id: RestoreId,
     pub step: Step,
     pub facts: ClusterFacts,
+    /// CLAIM: the snapshot's signature, for agents that require one.
+    pub signature: Option<crate::signature::SnapshotSignature>,
 }
 
 impl TryFrom<pb::StepRequest> for StepRequest {
@@ -302,10 +304,12 @@ impl TryFrom<pb::StepRequest> for StepRequest {
                 facts.member_name
             )));
         }
+        let signature = p.snapshot_signature.map(TryInto::try_into).transpose()?;
         Ok(Self {
             restore_id: p.restore_id.parse()?,
             step,
             facts,
+            signature,
         })
     }
 }
@@ -316,6 +320,7 @@ impl From<StepRequest> for pb::StepRequest {
             restore_id: r.restore_id.to_string(),
             step: pb::Step::from(r.step) as i32,
             facts: Some(r.facts.into()),
+            snapshot_signature: r.signature.map(Into::into),
         }
     }
 }
@@ -388,6 +393,7 @@ mod tests {
             restore_id: "not-a-uuid".into(),
             step: 99,
             facts: None,
+            snapshot_signature: None,
         };
         assert!(StepRequest::try_from(req).is_err());
         // Without peer URLs (an apiserver-only host): fence yes, halt no.
@@ -400,6 +406,7 @@ mod tests {
             restore_id: RestoreId::new().to_string(),
             step: pb::Step::from(step) as i32,
             facts: Some(host.clone()),
+            snapshot_signature: None,
         };
         assert!(StepRequest::try_from(req(Step::Fence)).is_ok());
         let err = StepRequest::try_from(req(Step::Halt)).expect_err("halt without peers");

@@ -155,11 +155,20 @@ pub fn precheck(engine: &Engine, plan: &Plan) -> Result<()> {
                 return Err(AgentError::Precondition(c));
             }
         }
+        (Step::Claim, Op::Run) => {
+            engine.trust.check_claim(
+                &plan.name,
+                &plan.req.facts.snapshot_sha256,
+                plan.req.signature.as_ref(),
+            )?;
+        }
         (Step::Prepare, Op::Run) => {
             snapshot::staged(&engine.state, id)?;
+            check_signed(engine, plan)?;
         }
         (Step::Restore, Op::Run) => {
             snapshot::staged(&engine.state, id)?;
+            check_signed(engine, plan)?;
             if plan.journal.state(Step::Preserve) != Some(StepState::Done) {
                 return Err(AgentError::Precondition(format!(
                     "restore {id} has not preserved the data dir of {}: run the preserve step first",
@@ -178,12 +187,30 @@ pub fn precheck(engine: &Engine, plan: &Plan) -> Result<()> {
     Ok(())
 }
 
+/// On a member that requires signatures, the staged snapshot PREPARE and RESTORE use (checked
+/// against the request's sha256 as they start) must be the one the claim's signature is for.
+fn check_signed(engine: &Engine, plan: &Plan) -> Result<()> {
+    let staged = plan.journal.staged.as_ref().map(|s| s.size);
+    engine.trust.check_staging(
+        &plan.name,
+        &plan.journal,
+        &plan.req.facts.snapshot_sha256,
+        staged,
+    )
+}
+
 /// Performs `op` of the request's step.
 pub fn act(ctx: &mut Ctx<'_>, op: Op) -> Result<Done> {
     let engine = ctx.engine;
     let id = ctx.req.restore_id;
     match (ctx.req.step, op) {
         (Step::Claim, Op::Run) => {
+            // Journaled with the outcome: the push, PREPARE and RESTORE check it again.
+            ctx.journal.signature = engine.trust.check_claim(
+                &ctx.name,
+                &ctx.req.facts.snapshot_sha256,
+                ctx.req.signature.as_ref(),
+            )?;
             engine.state.set_active(id)?;
             Ok(done(format!("{} is claimed by restore {id}", ctx.name)))
         }

@@ -260,6 +260,7 @@ impl Member {
             tool: Box::new(self.tool.clone()),
             host_name: "cp-1-host".into(),
             runner: Runner::default(),
+            trust: Default::default(),
         }
     }
 
@@ -302,6 +303,7 @@ pub fn request(id: RestoreId, step: Step, sha: &str) -> StepRequest {
             mark_compacted: false,
             skip_hash_check: false,
         },
+        signature: None,
     }
 }
 

@@ -33,10 +33,12 @@ pub enum ErrorCode {
     Injected,
     /// A file operation failed.
     Io,
+    /// The member requires snapshots signed by a key it trusts, and this one is not.
+    UntrustedSnapshot,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 10] = [
+    pub const ALL: [ErrorCode; 11] = [
         ErrorCode::InvalidRequest,
         ErrorCode::Locked,
         ErrorCode::Precondition,
@@ -47,6 +49,7 @@ impl ErrorCode {
         ErrorCode::Aborted,
         ErrorCode::Injected,
         ErrorCode::Io,
+        ErrorCode::UntrustedSnapshot,
     ];
 
     /// The code named `name` (as [`Self::name`] writes it).
@@ -69,6 +72,7 @@ impl ErrorCode {
             ErrorCode::Aborted => "aborted",
             ErrorCode::Injected => "injected",
             ErrorCode::Io => "io",
+            ErrorCode::UntrustedSnapshot => "untrusted-snapshot",
         }
     }
 }
@@ -92,6 +96,7 @@ impl From<ErrorCode> for pb::ErrorCode {
             ErrorCode::Aborted => pb::ErrorCode::Aborted,
             ErrorCode::Injected => pb::ErrorCode::Injected,
             ErrorCode::Io => pb::ErrorCode::Io,
+            ErrorCode::UntrustedSnapshot => pb::ErrorCode::UntrustedSnapshot,
         }
     }
 }
@@ -110,6 +115,7 @@ fn error_code(v: i32) -> Result<Option<ErrorCode>, ModelError> {
         Ok(pb::ErrorCode::Aborted) => ErrorCode::Aborted,
         Ok(pb::ErrorCode::Injected) => ErrorCode::Injected,
         Ok(pb::ErrorCode::Io) => ErrorCode::Io,
+        Ok(pb::ErrorCode::UntrustedSnapshot) => ErrorCode::UntrustedSnapshot,
         Err(_) => return Err(ModelError(format!("unknown error code {v}"))),
     }))
 }
