@@ -271,7 +271,9 @@ impl<C: AgentClient, P: ClusterProbe> Restore<'_, C, P> {
                 member_name: name,
                 peer_urls,
                 initial_cluster: self.plan.initial_cluster.clone(),
-                cluster_token: self.plan.cluster_token.clone(),
+                // Always the restore id's own token, whatever a plan file says: agents refuse
+                // any other.
+                cluster_token: self.plan.restore_id.cluster_token(),
                 snapshot_sha256: self.plan.snapshot.sha256.clone(),
                 bump_revision: self.plan.revision.bump,
                 mark_compacted: self.plan.revision.bump > 0,
