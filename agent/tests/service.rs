@@ -178,9 +178,7 @@ async fn bad_step_requests_are_invalid_argument() {
         None,
         "a refused request takes no lock"
     );
-    let cases = cases
-        .into_iter()
-        .chain(hostile.into_iter().map(|(r, _)| r));
+    let cases = cases.into_iter().chain(hostile.into_iter().map(|(r, _)| r));
     for req in cases {
         let status = svc
             .run(tonic::Request::new(req.clone()))

@@ -611,7 +611,7 @@ fn restarted(names: &[String], outcomes: &[Outcome]) -> Vec<(String, String)> {
 /// injects an error; `sleep(ms)` holds the coordinator there (tests kill it to simulate a crash);
 /// `panic` aborts it. Release builds contain none.
 pub fn failpoint(name: &str) -> Result<(), String> {
-    #[cfg(feature = "failpoints")]
+    #[cfg(all(feature = "failpoints", debug_assertions))]
     if let Some(msg) = fail::eval(name, |arg| arg.unwrap_or_default()) {
         return Err(format!("failpoint {name}: {msg}"));
     }
