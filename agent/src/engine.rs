@@ -307,7 +307,7 @@ fn refuse_after_revert(journal: &Journal, name: &str) -> Result<()> {
 /// docs/failpoints.md): `return(msg)` fails the step there; `sleep(ms)` holds the agent there
 /// (tests kill it to simulate a crash). Release builds contain none.
 fn failpoint(name: &str) -> Result<()> {
-    #[cfg(feature = "failpoints")]
+    #[cfg(all(feature = "failpoints", debug_assertions))]
     if let Some(msg) = fail::eval(name, |arg| arg.unwrap_or_default()) {
         return Err(AgentError::Injected(format!("failpoint {name}: {msg}")));
     }

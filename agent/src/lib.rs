@@ -12,6 +12,24 @@
 //! - [`service`] and [`server`] are the gRPC service and its mTLS listener.
 #![forbid(unsafe_code)]
 
+/// Whether this build has failpoints: only a build with the `failpoints` feature AND debug
+/// assertions (a test build). A release build has none, whatever features a workspace build
+/// unifies (the lab turns the feature on): see docs/failpoints.md.
+pub const FAILPOINTS: bool = cfg!(all(feature = "failpoints", debug_assertions));
+
+/// What `--version` prints: the version, and in a build with failpoints, that it is one.
+pub const VERSION: &str = if FAILPOINTS {
+    concat!(
+        env!("CARGO_PKG_VERSION"),
+        " (with failpoints: a test build, not for production)"
+    )
+} else {
+    env!("CARGO_PKG_VERSION")
+};
+
+/// The line a build with failpoints prints on stderr at startup.
+pub const FAILPOINTS_WARNING: &str = "quorate-agent: this build has failpoints (FAILPOINTS in the environment makes it fail on purpose): a test build, not for production";
+
 pub mod child;
 pub mod config;
 pub mod describe;

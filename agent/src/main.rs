@@ -19,7 +19,7 @@ use quorate_agent::service::engine_from_config;
 ///
 /// Example: quorate-agent --config /etc/quorate/agent.toml
 #[derive(Debug, Parser)]
-#[command(version, about, long_about, verbatim_doc_comment)]
+#[command(version = quorate_agent::VERSION, about, long_about, verbatim_doc_comment)]
 struct Cli {
     /// The agent config (TOML), e.g. /etc/quorate/agent.toml.
     #[arg(long, global = true, env = "QUORATE_AGENT_CONFIG", value_name = "PATH")]
@@ -58,7 +58,10 @@ fn init_logs(format: LogFormat) {
 
 fn main() -> ExitCode {
     quorate_proto::tls::install_default_provider();
-    #[cfg(feature = "failpoints")]
+    if quorate_agent::FAILPOINTS {
+        eprintln!("{}", quorate_agent::FAILPOINTS_WARNING);
+    }
+    #[cfg(all(feature = "failpoints", debug_assertions))]
     let _failpoints = fail::FailScenario::setup();
     let cli = Cli::parse();
     init_logs(cli.log_format);

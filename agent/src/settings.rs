@@ -70,18 +70,19 @@ fn rewrite_env(text: &str, values: &[(&str, &str)], path: &Path) -> Result<(Stri
             out.push_str(line);
             continue;
         };
-        if continued || value.contains(['\n', '\\']) {
+        if continued {
             return Err(AgentError::Precondition(format!(
                 "cannot rewrite {key} in {}: its value continues on the next line; edit it by \
                  hand",
                 path.display()
             )));
         }
-        let quoted = match l.quote {
-            Some('\'') if !value.contains('\'') => format!("'{value}'"),
-            None if !value.contains([' ', '\t', '"', '\'', '$', '#']) => (*value).to_owned(),
-            _ => format!("\"{}\"", value.replace('"', "\\\"")),
-        };
+        let quoted = env_value(value, l.quote).ok_or_else(|| {
+            AgentError::InvalidRequest(format!(
+                "cannot write {key} into {}: the value {value:?} holds a control character",
+                path.display()
+            ))
+        })?;
         out.push_str(l.head);
         out.push_str(&quoted);
         out.push_str(end);
@@ -90,6 +91,37 @@ fn rewrite_env(text: &str, values: &[(&str, &str)], path: &Path) -> Result<(Stri
         }
     }
     Ok((out, changed))
+}
+
+/// `value` written so that systemd (`EnvironmentFile=`) and a POSIX shell (`. file`) both read
+/// exactly `value`, in the file's quoting where that can hold it: bare when every character is
+/// plain (letters, digits, `_ . , : / = @ % + -`) and the file had it bare; single quotes when it
+/// had them, or when a bare value would not be plain and holds no `'`; else double quotes with
+/// `"`, `\`, `$` and the backquote escaped (both read those four escapes, and keep any other
+/// backslash as it is). `None` for
+/// a control character (a newline would end the assignment for systemd, not for a shell).
+pub fn env_value(value: &str, quote: Option<char>) -> Option<String> {
+    if value.chars().any(char::is_control) {
+        return None;
+    }
+    let plain = |c: char| c.is_ascii_alphanumeric() || "_.,:/=@%+-".contains(c);
+    let bare = !value.is_empty() && value.chars().all(plain);
+    Some(match quote {
+        None if bare => value.to_owned(),
+        None | Some('\'') if !value.contains('\'') => format!("'{value}'"),
+        _ => {
+            let mut out = String::with_capacity(value.len() + 2);
+            out.push('"');
+            for c in value.chars() {
+                if matches!(c, '"' | '\\' | '$' | '`') {
+                    out.push('\\');
+                }
+                out.push(c);
+            }
+            out.push('"');
+            out
+        }
+    })
 }
 
 fn split_eol(line: &str) -> (&str, &str) {

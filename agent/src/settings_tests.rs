@@ -116,3 +116,93 @@ fn apply_and_revert_restore_the_original_bytes_owner_and_mode() {
     assert_eq!(mode, 0o640);
     assert!(!revert(&edit).expect("revert again"), "nothing to do twice");
 }
+
+/// Values a POSIX shell or systemd would read differently if written bare: each one, written
+/// into a file that had it bare, single- or double-quoted, reads back exactly from `sh -c '.
+/// file'` (dash and bash) and from the agent's reading of systemd's `EnvironmentFile=` rules,
+/// and runs nothing.
+#[test]
+fn env_values_read_back_exactly_from_sh_and_systemd_rules_and_run_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let marker = dir.path().join("ran");
+    let m = marker.display().to_string();
+    let hostile = [
+        "quorate-0b7e2c1a-5f0e-4d7e-9a1b-2c3d4e5f6a7b".to_owned(),
+        CLUSTER.to_owned(),
+        "a=https://[fd00::1]:2380".to_owned(),
+        format!("a;touch {m}"),
+        format!("$(touch {m})"),
+        format!("`touch {m}`"),
+        format!("a'b;touch {m}"),
+        format!("a\"b$(touch {m})\\"),
+        format!("x' ; touch {m} ; '"),
+        "~/x".to_owned(),
+        "a b  c".to_owned(),
+        "#x".to_owned(),
+        "*".to_owned(),
+        "\\n\\".to_owned(),
+        "${HOME}".to_owned(),
+        String::new(),
+        "ł".to_owned(),
+    ];
+    let shells: Vec<&str> = ["/bin/sh", "/usr/bin/dash", "/bin/bash"]
+        .into_iter()
+        .filter(|s| Path::new(s).exists())
+        .collect();
+    assert!(!shells.is_empty(), "no POSIX shell here");
+    let originals = [
+        "ETCD_INITIAL_CLUSTER=old\nexport ETCD_INITIAL_CLUSTER_TOKEN='old'\n",
+        "ETCD_INITIAL_CLUSTER='old'\nETCD_INITIAL_CLUSTER_TOKEN=\"old\"\n",
+        "ETCD_INITIAL_CLUSTER=\"old\"\nETCD_INITIAL_CLUSTER_TOKEN=old\n",
+    ];
+    let file = dir.path().join("etcd.env");
+    for value in &hostile {
+        for original in originals {
+            let (new, keys) = rewrite(
+                original,
+                SettingsFormat::Env,
+                &[(CLUSTER_TOKEN, value), (INITIAL_CLUSTER, value)],
+                &file,
+            )
+            .unwrap_or_else(|e| panic!("{value:?}: {e}"));
+            assert_eq!(keys.len(), 2, "{value:?}");
+            std::fs::write(&file, &new).expect("write");
+            let systemd = crate::runtime::unit::parse_env_file(&new);
+            for key in ["ETCD_INITIAL_CLUSTER", "ETCD_INITIAL_CLUSTER_TOKEN"] {
+                assert!(
+                    systemd.contains(&(key.to_owned(), value.clone())),
+                    "systemd's rules read {systemd:?} from {new:?}, not {value:?}"
+                );
+                for shell in &shells {
+                    let out = std::process::Command::new(shell)
+                        .arg("-c")
+                        .arg(format!(". '{}'; printf %s \"${key}\"", file.display()))
+                        .env("HOME", "/home-of-test")
+                        .output()
+                        .expect("shell");
+                    assert!(out.status.success(), "{shell} on {new:?}: {out:?}");
+                    assert_eq!(
+                        String::from_utf8_lossy(&out.stdout),
+                        *value,
+                        "{shell} {key} from {new:?}"
+                    );
+                }
+            }
+            assert!(!marker.exists(), "sourcing {new:?} ran a command");
+        }
+    }
+    // Bare stays bare where it needs no quotes (kubespray's shape).
+    let (new, _) = rewrite(originals[0], SettingsFormat::Env, &values(), &file).expect("plain");
+    assert_eq!(
+        new,
+        format!("ETCD_INITIAL_CLUSTER={CLUSTER}\nexport ETCD_INITIAL_CLUSTER_TOKEN='{TOKEN}'\n")
+    );
+    let err = rewrite(
+        originals[0],
+        SettingsFormat::Env,
+        &[(INITIAL_CLUSTER, "a\nETCD_X=1")],
+        &file,
+    )
+    .expect_err("a newline");
+    assert!(err.to_string().contains("control character"), "{err}");
+}

@@ -129,6 +129,56 @@ async fn bad_step_requests_are_invalid_argument() {
             ..good.clone()
         },
     ];
+    // Hostile values for each field a step writes somewhere (etcdutl's arguments, the env
+    // file, the journal, logs): refused at the boundary, naming the field.
+    let with = |edit: &dyn Fn(&mut pb::ClusterFacts)| {
+        let mut r = good.clone();
+        edit(r.facts.as_mut().expect("facts"));
+        r
+    };
+    let hostile = [
+        (
+            with(&|f| f.member_name = "cp-1;touch /tmp/x".into()),
+            "member name",
+        ),
+        (
+            with(&|f| f.peer_urls = vec!["https://127.0.0.11:2380/$(id)".into()]),
+            "peer URL",
+        ),
+        (
+            with(&|f| f.initial_cluster.push_str("\nETCD_X=`id`")),
+            "initial cluster",
+        ),
+        (
+            with(&|f| f.cluster_token = RestoreId::new().cluster_token()),
+            "cluster token",
+        ),
+        (
+            with(&|f| f.cluster_token.push_str("'; touch /tmp/x; '")),
+            "cluster token",
+        ),
+        (
+            pb::StepRequest {
+                restore_id: good.restore_id.to_uppercase(),
+                ..good.clone()
+            },
+            "restore id",
+        ),
+    ];
+    for (req, field) in &hostile {
+        let status = svc
+            .run(tonic::Request::new(req.clone()))
+            .await
+            .expect_err("hostile");
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{req:?}");
+        assert!(status.message().contains(field), "{field}: {status}");
+    }
+    assert_eq!(
+        quorate_agent::service::active_restore(&svc),
+        None,
+        "a refused request takes no lock"
+    );
+    let cases = cases.into_iter().chain(hostile.into_iter().map(|(r, _)| r));
     for req in cases {
         let status = svc
             .run(tonic::Request::new(req.clone()))

@@ -3,6 +3,7 @@
 use std::collections::HashSet;
 use std::path::Path;
 
+use quorate_proto::model::names;
 use quorate_proto::tls::TlsFiles;
 use serde::{Deserialize, Serialize};
 
@@ -114,13 +115,11 @@ impl Inventory {
         if self.members.is_empty() {
             return Err(InventoryError::Invalid("no [[member]] entries".into()));
         }
-        let mut names = HashSet::new();
+        let mut seen = HashSet::new();
         let mut peers = HashSet::new();
         for m in &self.members {
-            if m.name.is_empty() {
-                return Err(InventoryError::Invalid("a member has an empty name".into()));
-            }
-            if !names.insert(m.name.as_str()) {
+            names::check_name("member name", &m.name).map_err(invalid)?;
+            if !seen.insert(m.name.as_str()) {
                 return Err(InventoryError::Invalid(format!(
                     "member name {} appears twice: every member needs its own name",
                     m.name
@@ -133,6 +132,7 @@ impl Inventory {
                 )));
             }
             for url in &m.peer_urls {
+                names::check_url("peer URL", &m.name, url).map_err(invalid)?;
                 if !peers.insert(url.as_str()) {
                     return Err(InventoryError::Invalid(format!(
                         "peer URL {url} appears twice (member {}): every member needs its own",
@@ -140,36 +140,26 @@ impl Inventory {
                     )));
                 }
             }
-            if !m.agent.starts_with("https://") {
-                return Err(InventoryError::Invalid(format!(
-                    "member {}: agent {} must be an https:// URL (agents speak mTLS only)",
-                    m.name, m.agent
-                )));
+            for url in &m.client_urls {
+                names::check_url("client URL", &m.name, url).map_err(invalid)?;
             }
+            check_agent("member", &m.name, &m.agent, m.agent_server_name.as_deref())?;
         }
         for h in &self.apiservers {
-            let named = !h.name.is_empty()
-                && h.name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'));
-            if !named {
-                return Err(InventoryError::Invalid(format!(
-                    "apiserver host {:?}: a name is letters, digits, - . _ (its agent's host_name)",
-                    h.name
-                )));
-            }
-            if !names.insert(h.name.as_str()) {
+            names::check_name("[[apiserver]] name (its agent's host_name)", &h.name)
+                .map_err(invalid)?;
+            if !seen.insert(h.name.as_str()) {
                 return Err(InventoryError::Invalid(format!(
                     "name {} appears twice: every [[member]] and [[apiserver]] host needs its own",
                     h.name
                 )));
             }
-            if !h.agent.starts_with("https://") {
-                return Err(InventoryError::Invalid(format!(
-                    "apiserver host {}: agent {} must be an https:// URL (agents speak mTLS only)",
-                    h.name, h.agent
-                )));
-            }
+            check_agent(
+                "apiserver host",
+                &h.name,
+                &h.agent,
+                h.agent_server_name.as_deref(),
+            )?;
         }
         let mut agents = HashSet::new();
         for a in self.agents() {
@@ -187,6 +177,30 @@ impl Inventory {
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("an inventory always serialises to TOML")
     }
+}
+
+fn invalid(e: quorate_proto::model::ModelError) -> InventoryError {
+    InventoryError::Invalid(e.0)
+}
+
+/// An agent endpoint: `https://host:port` (agents speak mTLS only), and the server name its
+/// certificate must carry, when given, a DNS name or an IP address.
+fn check_agent(
+    kind: &str,
+    name: &str,
+    agent: &str,
+    server_name: Option<&str>,
+) -> Result<(), InventoryError> {
+    let parts = names::check_url("agent URL", name, agent).map_err(invalid)?;
+    if !parts.https {
+        return Err(InventoryError::Invalid(format!(
+            "{kind} {name}: agent {agent} must be an https:// URL (agents speak mTLS only)"
+        )));
+    }
+    if let Some(server_name) = server_name {
+        names::check_host("agent_server_name", name, server_name).map_err(invalid)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -265,7 +279,10 @@ agent_server_name = "api-2.example.internal"
                 EXTERNAL.replace("https://10.0.0.22:7443", "https://127.0.0.11:7443"),
                 "agent https://127.0.0.11:7443 appears twice",
             ),
-            (EXTERNAL.replace("\"api-1\"", "\"\""), "apiserver host \"\""),
+            (
+                EXTERNAL.replace("\"api-1\"", "\"\""),
+                "[[apiserver]] name (its agent's host_name) \"\" is refused",
+            ),
             (
                 EXTERNAL.replace("agent_server_name", "server_name"),
                 "server_name",
@@ -316,5 +333,68 @@ agent_server_name = "api-2.example.internal"
                 .to_string()
                 .contains("missing field")
         );
+    }
+
+    /// Each field with values that would carry shell, env-file or URL syntax: refused at load,
+    /// naming the field, the member and the escaped value.
+    #[test]
+    fn hostile_names_hosts_and_urls_are_refused_naming_field_member_and_value() {
+        let hostile = [
+            "cp-2;touch /tmp/x",
+            "cp-2$(id)",
+            "cp-2`id`",
+            "cp-2'x",
+            "cp-2 x",
+            "cp-2\\nETCD_X=1",
+            "cp-2#",
+        ];
+        for bad in hostile {
+            // As TOML basic strings: `\\n` above is a newline in the value.
+            let quoted = format!("\"{}\"", bad.replace('"', "\\\""));
+            let cases = [
+                (
+                    GOOD.replace("\"cp-2\"", &quoted),
+                    "member name \"cp-2".to_owned(),
+                ),
+                (
+                    GOOD.replace(
+                        "\"https://127.0.0.12:2380\"",
+                        &format!("\"https://{}:2380\"", &quoted[1..quoted.len() - 1]),
+                    ),
+                    "peer URL of cp-2 \"https://cp-2".to_owned(),
+                ),
+                (
+                    GOOD.replace(
+                        "\"https://127.0.0.12:2379\"",
+                        &format!(
+                            "\"https://127.0.0.12:2379/{}\"",
+                            &quoted[1..quoted.len() - 1]
+                        ),
+                    ),
+                    "client URL of cp-2 \"https://127.0.0.12:2379/cp-2".to_owned(),
+                ),
+                (
+                    GOOD.replace(
+                        "\"https://127.0.0.12:7443\"",
+                        &format!("\"https://{}:7443\"", &quoted[1..quoted.len() - 1]),
+                    ),
+                    "agent URL of cp-2 \"https://cp-2".to_owned(),
+                ),
+                (
+                    format!("{GOOD}agent_server_name = {quoted}\n"),
+                    "agent_server_name of cp-2 \"cp-2".to_owned(),
+                ),
+                (
+                    format!("{GOOD}{}", EXTERNAL.replace("\"api-1\"", &quoted)),
+                    "[[apiserver]] name (its agent's host_name) \"cp-2".to_owned(),
+                ),
+            ];
+            for (text, says) in cases {
+                let err = load(&text).expect_err(&says).to_string();
+                assert!(err.contains(&says), "{bad:?}: expected {says:?} in {err}");
+                assert!(err.contains("is refused: a"), "{bad:?}: the rule: {err}");
+                assert!(!err.contains('\n'), "{bad:?}: escaped: {err:?}");
+            }
+        }
     }
 }

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use quorate_proto::durable;
-use quorate_proto::model::RestoreId;
+use quorate_proto::model::{RestoreId, names};
 use serde::{Deserialize, Serialize};
 
 use crate::failure::MemberFailure;
@@ -357,6 +357,13 @@ fn read_plan(dir: &Path, id: RestoreId) -> Result<(Plan, Inventory), JournalErro
     let inventory: Inventory =
         toml::from_str(&fs::read_to_string(&inv_path).map_err(io(&inv_path))?)
             .map_err(|e| unreadable(&inv_path, e.to_string()))?;
+    // The files may have been edited since: the same checks as at plan time.
+    inventory
+        .validate()
+        .map_err(|e| unreadable(&inv_path, e.to_string()))?;
+    names::check_token(id, &plan.cluster_token)
+        .and_then(|()| names::check_initial_cluster(&plan.initial_cluster).map(|_| ()))
+        .map_err(|e| unreadable(&plan_path, e.0))?;
     Ok((plan, inventory))
 }
 

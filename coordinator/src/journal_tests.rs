@@ -300,3 +300,34 @@ fn a_missing_restore_says_where_it_looked() {
     let err = Journal::read(dir.path(), id).expect_err("missing");
     assert!(err.to_string().contains("--state-dir"), "{err}");
 }
+
+/// A plan or inventory edited after planning (another token, a hostile name) is not carried to
+/// the agents: resume and rollback refuse it, naming the file.
+#[test]
+fn an_edited_plan_token_or_inventory_name_is_refused_on_resume() {
+    let m = made();
+    let dir = m.dir.path().join(m.id.to_string());
+    let plan_path = dir.join("plan.json");
+    let plan = fs::read_to_string(&plan_path).expect("plan");
+    let token = m.id.cluster_token();
+    assert!(plan.contains(&token), "the plan holds the restore's token");
+    fs::write(&plan_path, plan.replace(&token, "quorate-other")).expect("edit");
+    let err = Journal::open(m.dir.path(), m.id, &Holder::me("resume")).expect_err("edited token");
+    let text = err.to_string();
+    assert!(
+        text.contains("plan.json") && text.contains("cluster token"),
+        "{text}"
+    );
+    fs::write(&plan_path, &plan).expect("put back");
+    Journal::open(m.dir.path(), m.id, &Holder::me("resume")).expect("the original plan");
+
+    let inv_path = dir.join("inventory.toml");
+    let inv = fs::read_to_string(&inv_path).expect("inventory");
+    fs::write(&inv_path, inv.replacen("cp-1", "cp-1;id", 1)).expect("edit");
+    let err = Journal::open(m.dir.path(), m.id, &Holder::me("resume")).expect_err("edited name");
+    let text = err.to_string();
+    assert!(
+        text.contains("inventory.toml") && text.contains("\"cp-1;id\""),
+        "{text}"
+    );
+}

@@ -1,6 +1,24 @@
 //! quorate: restore a multi-member etcd cluster from one snapshot, on every member at once.
 #![forbid(unsafe_code)]
 
+/// Whether this build has failpoints: only a build with the `failpoints` feature AND debug
+/// assertions (a test build). A release build has none, whatever features a workspace build
+/// unifies (the lab turns the feature on): see docs/failpoints.md.
+pub const FAILPOINTS: bool = cfg!(all(feature = "failpoints", debug_assertions));
+
+/// What `--version` prints: the version, and in a build with failpoints, that it is one.
+pub const VERSION: &str = if FAILPOINTS {
+    concat!(
+        env!("CARGO_PKG_VERSION"),
+        " (with failpoints: a test build, not for production)"
+    )
+} else {
+    env!("CARGO_PKG_VERSION")
+};
+
+/// The line a build with failpoints prints on stderr at startup.
+pub const FAILPOINTS_WARNING: &str = "quorate: this build has failpoints (FAILPOINTS in the environment makes it fail on purpose): a test build, not for production";
+
 pub mod agent_client;
 pub mod apiserver_hosts;
 pub mod certs;

@@ -32,7 +32,7 @@ use quorate_proto::model::RestoreId;
 ///   quorate plan    --inventory inventory.toml --snapshot /backup/etcd.db
 ///   quorate restore --inventory inventory.toml --snapshot /backup/etcd.db --yes
 #[derive(Parser, Debug)]
-#[command(name = "quorate", version, verbatim_doc_comment)]
+#[command(name = "quorate", version = quorate::VERSION, verbatim_doc_comment)]
 struct Cli {
     /// Output format: human text, or JSON lines for runbook automation.
     #[arg(long, global = true, value_enum, default_value_t = Format::Human)]
@@ -382,7 +382,10 @@ async fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    #[cfg(feature = "failpoints")]
+    if quorate::FAILPOINTS {
+        eprintln!("{}", quorate::FAILPOINTS_WARNING);
+    }
+    #[cfg(all(feature = "failpoints", debug_assertions))]
     let _failpoints = fail::FailScenario::setup();
     let cli = Cli::parse();
     let format = cli.output;

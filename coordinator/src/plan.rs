@@ -164,6 +164,13 @@ pub fn build(
     snapshot: CheckedSnapshot,
     options: &Options,
 ) -> Result<Plan, PreflightError> {
+    // Names and URLs go into every agent's request: checked here too, whoever built the
+    // inventory (agents refuse what these checks refuse).
+    if let Err(e) = inventory.validate() {
+        return Err(PreflightError {
+            problems: vec![e.to_string()],
+        });
+    }
     let mut problems = Vec::new();
     let mut warnings = Vec::new();
     let n = inventory.members.len();

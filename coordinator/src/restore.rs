@@ -246,7 +246,9 @@ impl<C: AgentClient, P: ClusterProbe> Restore<'_, C, P> {
                 member_name: name,
                 peer_urls,
                 initial_cluster: self.plan.initial_cluster.clone(),
-                cluster_token: self.plan.cluster_token.clone(),
+                // Always the restore id's own token, whatever a plan file says: agents refuse
+                // any other.
+                cluster_token: self.plan.restore_id.cluster_token(),
                 snapshot_sha256: self.plan.snapshot.sha256.clone(),
                 bump_revision: self.plan.revision.bump,
                 mark_compacted: self.plan.revision.bump > 0,
@@ -596,7 +598,7 @@ fn restarted(names: &[String], outcomes: &[Outcome]) -> Vec<(String, String)> {
 /// injects an error; `sleep(ms)` holds the coordinator there (tests kill it to simulate a crash);
 /// `panic` aborts it. Release builds contain none.
 pub fn failpoint(name: &str) -> Result<(), String> {
-    #[cfg(feature = "failpoints")]
+    #[cfg(all(feature = "failpoints", debug_assertions))]
     if let Some(msg) = fail::eval(name, |arg| arg.unwrap_or_default()) {
         return Err(format!("failpoint {name}: {msg}"));
     }

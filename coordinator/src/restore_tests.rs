@@ -174,6 +174,12 @@ impl AgentClient for FakeAgent<'_> {
             request.facts.member_name, self.name,
             "each member gets its own facts"
         );
+        // What a real agent checks first: every request the coordinator sends passes it (names,
+        // URLs, the token exactly quorate-<restore id>).
+        let wire = quorate_proto::pb::StepRequest::from(request.clone());
+        if let Err(e) = StepRequest::try_from(wire) {
+            panic!("the agent's contract check refuses {request:?}: {e}");
+        }
         let step = request.step;
         let n = {
             let mut calls = self.world.calls.lock().expect("lock");

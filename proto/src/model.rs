@@ -39,10 +39,20 @@ impl fmt::Display for RestoreId {
 
 impl std::str::FromStr for RestoreId {
     type Err = ModelError;
+    /// Only the form quorate writes (lowercase, hyphenated): the id names directories and the
+    /// cluster token, so no other spelling of the same UUID is accepted.
     fn from_str(s: &str) -> Result<Self, ModelError> {
         Uuid::parse_str(s)
+            .ok()
+            .filter(|u| u.hyphenated().to_string() == s)
             .map(Self)
-            .map_err(|_| ModelError(format!("restore id {s:?} is not a UUID")))
+            .ok_or_else(|| {
+                ModelError(format!(
+                    "restore id {} is not a UUID in lowercase hyphenated form (like \
+                     0b7e2c1a-5f0e-4d7e-9a1b-2c3d4e5f6a7b)",
+                    names::shown(s)
+                ))
+            })
     }
 }
 
@@ -59,6 +69,7 @@ impl From<ModelError> for tonic::Status {
 
 mod describe;
 mod health;
+pub mod names;
 mod outcome;
 pub use describe::{ActiveRestore, AgentRole, Describe, StepState, active_step_fields};
 pub use health::{
@@ -177,39 +188,6 @@ pub struct ClusterFacts {
     pub skip_hash_check: bool,
 }
 
-fn check_name(name: &str) -> Result<(), ModelError> {
-    let ok = !name.is_empty()
-        && name.len() <= 253
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'));
-    if ok {
-        Ok(())
-    } else {
-        Err(ModelError(format!(
-            "member name {name:?} is not a valid etcd member name (letters, digits, - . _)"
-        )))
-    }
-}
-
-fn check_url(url: &str) -> Result<(), ModelError> {
-    let rest = url
-        .strip_prefix("https://")
-        .or_else(|| url.strip_prefix("http://"))
-        .ok_or_else(|| ModelError(format!("peer URL {url:?} is not http(s)://host:port")))?;
-    let ok = rest
-        .rsplit_once(':')
-        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
-        && !rest.contains(['/', ',', '=', ' ']);
-    if ok {
-        Ok(())
-    } else {
-        Err(ModelError(format!(
-            "peer URL {url:?} is not http(s)://host:port"
-        )))
-    }
-}
-
 pub fn check_sha256(hex: &str) -> Result<(), ModelError> {
     if hex.len() == 64
         && hex
@@ -225,19 +203,14 @@ pub fn check_sha256(hex: &str) -> Result<(), ModelError> {
 impl TryFrom<pb::ClusterFacts> for ClusterFacts {
     type Error = ModelError;
     fn try_from(p: pb::ClusterFacts) -> Result<Self, ModelError> {
-        check_name(&p.member_name)?;
+        names::check_name("member name", &p.member_name)?;
         for url in &p.peer_urls {
-            check_url(url)?;
+            names::check_url("peer URL", &p.member_name, url)?;
         }
-        let mut own_listed = false;
-        for entry in p.initial_cluster.split(',') {
-            let (name, url) = entry.split_once('=').ok_or_else(|| {
-                ModelError(format!("initial cluster entry {entry:?} is not name=url"))
-            })?;
-            check_name(name)?;
-            check_url(url)?;
-            own_listed |= name == p.member_name && p.peer_urls.iter().any(|u| u == url);
-        }
+        let entries = names::check_initial_cluster(&p.initial_cluster)?;
+        let own_listed = entries
+            .iter()
+            .any(|(name, url)| *name == p.member_name && p.peer_urls.iter().any(|u| u == url));
         // No peer URLs: an apiserver-only host, which is not in the initial cluster.
         if !own_listed && !p.peer_urls.is_empty() {
             return Err(ModelError(format!(
@@ -245,12 +218,7 @@ impl TryFrom<pb::ClusterFacts> for ClusterFacts {
                 p.member_name
             )));
         }
-        if !p.cluster_token.starts_with("quorate-") || p.cluster_token.len() > 64 {
-            return Err(ModelError(format!(
-                "cluster token {:?} is not a quorate token",
-                p.cluster_token
-            )));
-        }
+        names::check_token_shape(&p.cluster_token)?;
         check_sha256(&p.snapshot_sha256)?;
         Ok(Self {
             member_name: p.member_name,
@@ -305,8 +273,10 @@ impl TryFrom<pb::StepRequest> for StepRequest {
             )));
         }
         let signature = p.snapshot_signature.map(TryInto::try_into).transpose()?;
+        let restore_id: RestoreId = p.restore_id.parse()?;
+        names::check_token(restore_id, &facts.cluster_token)?;
         Ok(Self {
-            restore_id: p.restore_id.parse()?,
+            restore_id,
             step,
             facts,
             signature,
@@ -329,12 +299,14 @@ impl From<StepRequest> for pb::StepRequest {
 mod tests {
     use super::*;
 
-    fn facts() -> pb::ClusterFacts {
+    pub(super) const ID: &str = "0b7e2c1a-5f0e-4d7e-9a1b-2c3d4e5f6a7b";
+
+    pub(super) fn facts() -> pb::ClusterFacts {
         pb::ClusterFacts {
             member_name: "cp-1".into(),
             peer_urls: vec!["https://127.0.0.11:2380".into()],
             initial_cluster: "cp-1=https://127.0.0.11:2380,cp-2=https://127.0.0.12:2380".into(),
-            cluster_token: "quorate-x".into(),
+            cluster_token: format!("quorate-{ID}"),
             snapshot_sha256: "a".repeat(64),
             bump_revision: 0,
             mark_compacted: false,
@@ -403,7 +375,7 @@ mod tests {
             ..facts()
         };
         let req = |step: Step| pb::StepRequest {
-            restore_id: RestoreId::new().to_string(),
+            restore_id: ID.into(),
             step: pb::Step::from(step) as i32,
             facts: Some(host.clone()),
             snapshot_signature: None,

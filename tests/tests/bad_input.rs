@@ -1,16 +1,21 @@
 //! Bad input is refused before anything is touched: each case names what is wrong, and afterwards
 //! no member changed (same cluster, same data, no restore dirs, no lock).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
+use quorate::agent_client::{AgentClient as _, CallError, GrpcAgent};
 use quorate::certs::{Ca, Usage};
 use quorate_lab::etcd::member_client;
 use quorate_lab::faults::{self, ClusterState};
 use quorate_lab::lab::Lab;
+use quorate_lab::lab::LabRuntime;
 use quorate_lab::testlab;
 use quorate_lab::tools::EtcdVersion;
 use quorate_lab::{load, scenario};
+use quorate_proto::model::{ClusterFacts, ErrorCode, RestoreId, Step, StepRequest, names};
 
 /// Runs `quorate restore --yes` with this inventory and snapshot; returns (success, all output).
 fn restore(lab: &Lab, inventory: &Path, snapshot: &Path) -> (bool, String) {
@@ -259,4 +264,188 @@ async fn a_member_holding_another_restore_is_refused_naming_it_and_the_commands(
         now, before,
         "the stopped restore changed nothing once rolled back"
     );
+}
+
+/// Every file under each host's `etc/` (env files, manifests, unit files, agent configs), byte
+/// for byte, and what the agents' state dirs hold.
+fn host_files(lab: &Lab) -> BTreeMap<PathBuf, Vec<u8>> {
+    fn walk(dir: &Path, out: &mut BTreeMap<PathBuf, Vec<u8>>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            match e.file_type() {
+                Ok(t) if t.is_dir() => walk(&path, out),
+                Ok(t) if t.is_file() => {
+                    out.insert(path.clone(), std::fs::read(&path).expect("read"));
+                }
+                _ => {
+                    out.insert(path, Vec::new());
+                }
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    for host in lab.hosts() {
+        walk(&host.path("etc"), &mut out);
+        walk(&host.path("var/lib/quorate-agent"), &mut out);
+    }
+    out
+}
+
+/// Names and URLs that would carry shell, env-file or URL syntax: a hostile inventory is refused
+/// at load, naming the field, the member and the value, and an agent sent a hostile request
+/// directly (a stolen coordinator certificate) refuses it before it takes its lock; nothing ran,
+/// and every member's data, membership, env file and agent state is as before. On the kubespray
+/// layout (systemd, `/etc/etcd.env`), where the token and initial cluster are written into a
+/// file that scripts source.
+#[tokio::test]
+async fn hostile_names_and_urls_are_refused_by_coordinator_and_agent_before_anything_changes() {
+    let lab = testlab::up_with(3, EtcdVersion::V35, LabRuntime::Systemd).await;
+    let cp1 = lab.hosts()[0].clone();
+    let cp2 = lab.hosts()[1].clone();
+    let client = member_client(&cp1.client_url(), &lab.etcd_tls())
+        .await
+        .expect("client");
+    load::load(&client, 200, 3).await.expect("load");
+    let snapshot = lab.dir().join("snapshot.db");
+    scenario::save_snapshot(&lab, &cp1, &snapshot).expect("snapshot");
+    let before = faults::cluster_state(&lab).await.expect("state");
+    let files = host_files(&lab);
+    assert!(
+        files.keys().any(|p| p.ends_with("etc/etcd.env")),
+        "the systemd lab has /etc/etcd.env files"
+    );
+    let marker = lab.dir().join("pwned");
+    let touch = format!("touch {}", marker.display());
+
+    // Through the inventory: refused at load, before any agent is asked.
+    let hostile_name = format!("{};{touch}", cp2.name);
+    let cases: Vec<(&str, String, String)> = vec![
+        (
+            "member name",
+            format!("\"{}\"", cp2.name),
+            format!("\"{}\"", hostile_name),
+        ),
+        (
+            "peer URL",
+            format!("\"{}\"", cp2.peer_url()),
+            format!("\"{}/$({touch})\"", cp2.peer_url()),
+        ),
+        (
+            "client URL",
+            format!("\"{}\"", cp2.client_url()),
+            format!("\"{}`{touch}`\"", cp2.client_url()),
+        ),
+        (
+            "agent URL",
+            format!("\"{}\"", cp2.agent_url()),
+            format!("\"{}\"", cp2.agent_url().replace("https://", "https://x@")),
+        ),
+    ];
+    for (field, from, to) in &cases {
+        let path = variant(&lab, "hostile.toml", |t| t.replacen(from.as_str(), to, 1));
+        let (ok, text) = restore(&lab, &path, &snapshot);
+        let says = match *field {
+            "member name" => format!("member name \"{hostile_name}\" is refused: a"),
+            _ => format!("{field} of {} \"", cp2.name),
+        };
+        refused(field, (ok, text.clone()), &says);
+        assert!(text.contains("is refused: a"), "{field}: the rule: {text}");
+        assert!(
+            !text.contains("Describe"),
+            "{field}: refused before asking agents: {text}"
+        );
+    }
+
+    // Straight to cp-1's agent, with the coordinator's own certificate.
+    let inventory = lab.inventory();
+    let member = &inventory.members[0];
+    let host = names::check_url("agent URL", &member.name, &member.agent)
+        .expect("the lab's agent URL")
+        .host
+        .to_owned();
+    let agent =
+        GrpcAgent::new(&member.name, &member.agent, &host, &lab.agent_tls()).expect("agent client");
+    let id = RestoreId::new();
+    let good = StepRequest {
+        restore_id: id,
+        step: Step::Claim,
+        facts: ClusterFacts {
+            member_name: member.name.clone(),
+            peer_urls: member.peer_urls.clone(),
+            initial_cluster: inventory
+                .members
+                .iter()
+                .map(|m| format!("{}={}", m.name, m.peer_urls[0]))
+                .collect::<Vec<_>>()
+                .join(","),
+            cluster_token: id.cluster_token(),
+            snapshot_sha256: "a".repeat(64),
+            bump_revision: 0,
+            mark_compacted: false,
+            skip_hash_check: false,
+        },
+        signature: None,
+    };
+    type Edit<'a> = Box<dyn Fn(&mut StepRequest) + 'a>;
+    let requests: Vec<(&str, Edit)> = vec![
+        (
+            "member name",
+            Box::new(|r| r.facts.member_name = format!("{};{touch}", r.facts.member_name)),
+        ),
+        (
+            "peer URL",
+            Box::new(|r| r.facts.peer_urls = vec![format!("https://$({touch}):2380")]),
+        ),
+        (
+            "initial cluster",
+            Box::new(|r| {
+                r.facts.initial_cluster = format!("{}\nETCD_X=`{touch}`", r.facts.initial_cluster)
+            }),
+        ),
+        (
+            "cluster token",
+            Box::new(|r| r.facts.cluster_token = RestoreId::new().cluster_token()),
+        ),
+        (
+            "cluster token",
+            Box::new(|r| r.facts.cluster_token = format!("{}'; {touch}; '", r.facts.cluster_token)),
+        ),
+    ];
+    for step in [Step::Claim, Step::Restore] {
+        for (field, edit) in &requests {
+            let mut req = StepRequest {
+                step,
+                ..good.clone()
+            };
+            edit(&mut req);
+            let err = agent
+                .run(req, Duration::from_secs(10))
+                .await
+                .expect_err(field);
+            let text = err.to_string();
+            assert!(
+                matches!(
+                    &err,
+                    CallError::Agent {
+                        code: ErrorCode::InvalidRequest,
+                        ..
+                    }
+                ) || text.contains("is refused"),
+                "{step} {field}: {err:?}"
+            );
+            assert!(text.contains(field), "{step} {field}: {text}");
+            assert!(!err.is_retryable(), "{step} {field}: {err:?}");
+        }
+    }
+
+    assert!(!marker.exists(), "a hostile value ran a command");
+    assert_eq!(
+        host_files(&lab),
+        files,
+        "env files, units, manifests and agent state are unchanged"
+    );
+    assert_untouched(&lab, &before, "after hostile inventories and requests").await;
 }

@@ -6,7 +6,7 @@
 //! `quorate resume` and `quorate rollback` both end exactly where an uninterrupted run would.
 //!
 //! Needs the failpoints compiled in (the lab crate's default feature `failpoints`).
-#![cfg(feature = "failpoints")]
+#![cfg(all(feature = "failpoints", debug_assertions))]
 #![forbid(unsafe_code)]
 
 use std::time::{Duration, Instant};

@@ -5,7 +5,7 @@
 //! killed holder takes its lock with it.
 //!
 //! Needs the failpoints compiled in (the lab crate's default feature `failpoints`).
-#![cfg(feature = "failpoints")]
+#![cfg(all(feature = "failpoints", debug_assertions))]
 #![forbid(unsafe_code)]
 
 use std::io::Write as _;

@@ -3,7 +3,7 @@
 //! was (rollback) or exactly on the snapshot (resume), never a mix.
 //!
 //! Needs the failpoints compiled in (the lab crate's default feature `failpoints`).
-#![cfg(feature = "failpoints")]
+#![cfg(all(feature = "failpoints", debug_assertions))]
 
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 //! hosts, and apiservers that refuse anonymous requests. Every case checks what an operator
 //! would: the data, cluster and member IDs after a failed restore (rolled back) and after a
 //! good one, and that the layout itself is as it was (a mount point stays a mount point).
-#![cfg(feature = "failpoints")]
+#![cfg(all(feature = "failpoints", debug_assertions))]
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -154,7 +154,7 @@ async fn a_taken_client_port_fails_the_preserve_phase_on_that_member_and_rolls_b
 }
 
 /// The staged copy is checked where it is restored from: in PREPARE, before the fence.
-#[cfg(feature = "failpoints")]
+#[cfg(all(feature = "failpoints", debug_assertions))]
 #[tokio::test]
 async fn a_staged_snapshot_damaged_after_staging_fails_the_prepare_phase_and_rolls_back() {
     let case = "cp-3's staged snapshot damaged after staging";
@@ -195,7 +195,7 @@ async fn a_staged_snapshot_damaged_after_staging_fails_the_prepare_phase_and_rol
 /// staged snapshot); set-aside manifests stay beside the manifests dir. The snapshot is restored
 /// (PREPARE) before anything stops, so a full disk fails the restore while the API still serves;
 /// RESTORE itself only renames.
-#[cfg(feature = "failpoints")]
+#[cfg(all(feature = "failpoints", debug_assertions))]
 #[tokio::test]
 async fn a_disk_that_fills_before_the_prepare_step_fails_it_while_the_api_serves_and_rolls_back() {
     use quorate_lab::realfaults::SmallDiskLab;

@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use super::{ModelError, check_name};
+use super::{ModelError, names};
 use crate::pb;
 
 /// What a member's `/health` endpoint said, as its agent saw it from the member's own host.
@@ -247,7 +247,7 @@ impl From<EndpointHealth> for pb::EndpointHealth {
 impl TryFrom<pb::HealthResponse> for MemberHealth {
     type Error = ModelError;
     fn try_from(p: pb::HealthResponse) -> Result<Self, ModelError> {
-        check_name(&p.member_name)?;
+        names::check_name("member name", &p.member_name)?;
         if p.etcd.is_empty() && p.apiserver.is_none() {
             return Err(ModelError(format!(
                 "health of {} names neither an etcd endpoint nor a kube-apiserver",
