@@ -16,6 +16,7 @@ use quorate_proto::durable;
 use crate::error::{AgentError, Result};
 use crate::fsutil;
 use crate::journal::Staged;
+use crate::push_guard;
 
 /// The staged snapshot of `id`, or a refusal saying how to get it there.
 pub fn staged(state: &crate::journal::StateDir, id: RestoreId) -> Result<PathBuf> {
@@ -34,11 +35,7 @@ pub fn staged(state: &crate::journal::StateDir, id: RestoreId) -> Result<PathBuf
 /// Deletes the staged copy (the operator keeps the original).
 pub fn remove_staged(state: &crate::journal::StateDir, id: RestoreId) -> Result<()> {
     for path in [state.snapshot_path(id), state.partial_path(id)] {
-        match std::fs::remove_file(&path) {
-            Ok(()) => durable::fsync_dir(fsutil::parent(&path)?)?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(AgentError::io("deleting", &path, e)),
-        }
+        remove_if_there(&path)?;
     }
     Ok(())
 }
@@ -78,6 +75,11 @@ pub fn human(bytes: u64) -> String {
 
 /// Receives one PushSnapshot stream. The caller holds the push lock (one transfer at a time);
 /// `step_lock` serialises journal updates with running steps.
+///
+/// Refused before anything is written unless this member is claimed by the push's restore (see
+/// [`push_guard::claimed`]) and the announced size fits (see [`push_guard::room`]). The stream is
+/// cut as soon as more bytes arrive than announced; a stream that ends short, or whose sha256
+/// differs, is refused. Every refusal leaves no partial file and no journal change behind.
 pub async fn receive<S>(
     engine: Arc<Engine>,
     step_lock: Arc<tokio::sync::Mutex<()>>,
@@ -97,25 +99,10 @@ where
     let id: RestoreId = header.restore_id.parse()?;
     check_hex(&header.sha256)?;
     tracing::Span::current().record("restore_id", tracing::field::display(id));
-    if let Some(held) = engine.state.active()?
-        && held != id
-    {
-        let member = engine
-            .member(None)
-            .map_or_else(|_| "this member".into(), |m| m.name);
-        return Err(AgentError::LockedByOther {
-            member,
-            held,
-            wanted: id,
-        });
-    }
-    let journal = engine.state.load(id)?;
+    let journal = blocking(Arc::clone(&engine), move |e| push_guard::claimed(e, id)).await?;
     let target = engine.state.snapshot_path(id);
     if fsutil::exists(&target) {
-        let Some(staged) = journal
-            .staged
-            .filter(|s| fsutil::exists(&target) && s.sha256 == header.sha256)
-        else {
+        let Some(staged) = journal.staged.filter(|s| s.sha256 == header.sha256) else {
             return Err(AgentError::Precondition(format!(
                 "restore {id} already staged a different snapshot at {}: one restore id is one \
                  snapshot; start a new restore for another snapshot",
@@ -132,58 +119,89 @@ where
         });
     }
     let partial = engine.state.partial_path(id);
-    let written = write_partial(&partial, first.data, &mut chunks, header.size).await;
-    let (size, sha256) = match written {
-        Ok(v) => v,
-        Err(e) => {
-            let _gone = tokio::fs::remove_file(&partial).await;
-            return Err(e);
-        }
-    };
-    if size != header.size || sha256 != header.sha256 {
-        let _gone = tokio::fs::remove_file(&partial).await;
-        return Err(AgentError::Corrupt(format!(
-            "the snapshot for restore {id} arrived as {size} bytes with sha256 {sha256}, expected \
-             {} bytes with sha256 {}: nothing was staged; check the snapshot file and push again",
-            header.size, header.sha256
-        )));
-    }
-    let _guard = step_lock.lock().await;
-    let engine2 = Arc::clone(&engine);
-    let (p, t) = (partial.clone(), target.clone());
-    let status = tokio::task::spawn_blocking(move || -> Result<_> {
-        durable::rename_durable(&p, &t)?;
-        let status = engine2.tool.status(&t);
-        if let Err(AgentError::Corrupt(_)) = &status {
-            let _gone = std::fs::remove_file(&t);
-        }
-        let status = status?;
-        let mut journal = engine2.state.load(id)?;
-        journal.staged = Some(Staged {
-            sha256: sha256.clone(),
-            size,
-            revision: status.revision,
-            total_keys: status.total_key,
+    // A partial file left by an agent that died mid-transfer is garbage: it goes before the room
+    // is measured.
+    remove_if_there(&partial)?;
+    push_guard::room(&engine, id, header.size)?;
+    let received = write_partial(&partial, first.data, &mut chunks, header.size)
+        .await
+        .and_then(|(size, sha256)| {
+            if size < header.size {
+                Err(AgentError::Corrupt(format!(
+                    "the snapshot stream for restore {id} ended after {size} of the {} bytes its \
+                     header announced: nothing was staged; check the snapshot file and push again",
+                    header.size
+                )))
+            } else if sha256 != header.sha256 {
+                Err(AgentError::Corrupt(format!(
+                    "the snapshot for restore {id} arrived with sha256 {sha256}, expected {}: \
+                     nothing was staged; check the snapshot file and push again",
+                    header.sha256
+                )))
+            } else {
+                Ok(size)
+            }
         });
-        engine2.state.save(&journal)?;
-        Ok((status, sha256))
+    let size = received.inspect_err(|_| {
+        let _gone = remove_if_there(&partial);
+    })?;
+    // `snapshot status` on the partial file: a damaged snapshot is never renamed into place.
+    let p = partial.clone();
+    let status = blocking(Arc::clone(&engine), move |e| e.tool.status(&p))
+        .await
+        .inspect_err(|_| {
+            let _gone = remove_if_there(&partial);
+        })?;
+    let (revision, total_keys) = (status.revision, status.total_key);
+    let staged = Staged {
+        sha256: header.sha256.clone(),
+        size,
+        revision,
+        total_keys,
+    };
+    let _guard = step_lock.lock().await;
+    let (p, t) = (partial.clone(), target);
+    blocking(Arc::clone(&engine), move |e| {
+        // The claim may have been reverted while the bytes arrived.
+        let mut journal = push_guard::claimed(e, id)?;
+        durable::rename_durable(&p, &t)?;
+        journal.staged = Some(staged);
+        e.state.save(&journal).inspect_err(|_| {
+            let _gone = remove_if_there(&t);
+        })
     })
     .await
-    .map_err(|e| AgentError::Aborted(format!("staging task failed: {e}")))?;
-    let (status, sha256) = status?;
-    tracing::info!(
-        size,
-        revision = status.revision,
-        keys = status.total_key,
-        "snapshot staged"
-    );
+    .inspect_err(|_| {
+        let _gone = remove_if_there(&partial);
+    })?;
+    tracing::info!(size, revision, keys = total_keys, "snapshot staged");
     Ok(SnapshotReceipt {
-        sha256,
+        sha256: header.sha256,
         size,
         already_present: false,
-        revision: status.revision,
-        total_keys: status.total_key,
+        revision,
+        total_keys,
     })
+}
+
+/// Runs `f` on the engine in a blocking task.
+async fn blocking<T, F>(engine: Arc<Engine>, f: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce(&Engine) -> Result<T> + Send + 'static,
+{
+    tokio::task::spawn_blocking(move || f(&engine))
+        .await
+        .map_err(|e| AgentError::Aborted(format!("staging task failed: {e}")))?
+}
+
+/// Removes `path` (durably) if it is there.
+fn remove_if_there(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(durable::fsync_dir(fsutil::parent(path)?)?),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(AgentError::io("deleting", path, e)),
+    }
 }
 
 async fn next<S>(chunks: &mut S) -> Result<Option<SnapshotChunk>>
@@ -211,11 +229,14 @@ async fn write_partial<S>(
 where
     S: Stream<Item = std::result::Result<SnapshotChunk, tonic::Status>> + Unpin,
 {
+    // Every Secret of the cluster is in here: 0600 from its creation, in a 0700 dir.
     let dir = fsutil::parent(partial)?;
-    tokio::fs::create_dir_all(dir)
-        .await
-        .map_err(|e| AgentError::io("creating", dir, e))?;
-    let mut file = tokio::fs::File::create(partial)
+    durable::create_dir_durable(dir, 0o700)?;
+    let mut file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(partial)
         .await
         .map_err(|e| AgentError::io("creating", partial, e))?;
     let mut hasher = Sha256::new();
@@ -225,9 +246,11 @@ where
         if !data.is_empty() {
             size += data.len() as u64;
             if size > limit {
+                // Cut here: not one byte more than announced is written.
                 return Err(AgentError::Corrupt(format!(
-                    "the snapshot is larger than the {limit} bytes its header announced; nothing was \
-                     staged"
+                    "the snapshot stream sent more than the {limit} bytes its header announced: \
+                     the transfer was cut and nothing was staged; check the snapshot file and \
+                     push again"
                 )));
             }
             hasher.update(&data);
