@@ -21,6 +21,7 @@ pub mod health;
 pub mod journal;
 pub mod kubeconfig;
 pub mod manifest;
+pub mod private;
 pub mod push_guard;
 pub mod runtime;
 pub mod server;
