@@ -171,3 +171,98 @@ async fn no_snapshot_or_readable_file_outlives_a_rollback_or_a_restore() {
     assert_restored(&s, &original, case).await;
     assert_nothing_readable_left(lab, case);
 }
+
+/// Owner and mode of `path`.
+fn owner(path: &Path) -> (u32, u32, u32) {
+    use std::os::unix::fs::MetadataExt as _;
+    let m = std::fs::metadata(path).expect("stat");
+    (m.uid(), m.gid(), m.mode() & 0o7777)
+}
+
+/// External etcd under systemd: the `/etc/etcd.env` files RESTORE rewrites (one 0600 and
+/// root-owned, one 0644 of another user and group, one 0640 root:group) keep their owner and
+/// mode through a rollback and through a restore, and the rollback puts their bytes back.
+#[tokio::test]
+async fn rewritten_env_files_keep_their_owner_and_mode() {
+    use quorate_lab::lab::LabRuntime;
+    use quorate_lab::tools::EtcdVersion;
+
+    let lab = quorate_lab::testlab::up_with(3, EtcdVersion::V35, LabRuntime::Systemd).await;
+    let cp1 = lab.hosts()[0].clone();
+    let client = quorate_lab::etcd::member_client(&cp1.client_url(), &lab.etcd_tls())
+        .await
+        .expect("client");
+    quorate_lab::load::load(&client, 500, 7)
+        .await
+        .expect("load");
+    let snapshot = lab.dir().join("snapshot.db");
+    scenario::save_snapshot(&lab, &cp1, &snapshot).expect("etcdctl snapshot save");
+    let wanted = [(0, 0, 0o600), (1234, 5678, 0o644), (0, 5678, 0o640)];
+    let mut originals = Vec::new();
+    for (host, (uid, gid, mode)) in lab.hosts().iter().zip(wanted) {
+        let env = host.etcd_env_file();
+        std::os::unix::fs::chown(&env, Some(uid), Some(gid)).expect("chown");
+        std::fs::set_permissions(&env, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        originals.push(std::fs::read(&env).expect("etcd.env"));
+    }
+    let check = |case: &str| {
+        for (host, want) in lab.hosts().iter().zip(wanted) {
+            assert_eq!(
+                owner(&host.etcd_env_file()),
+                want,
+                "{case}: owner and mode of {}'s etcd.env",
+                host.name
+            );
+        }
+    };
+
+    let case = "rolled back after quorum";
+    let out = faults::spawn_restore(&lab, &snapshot, "coordinator::after-quorum=return(x)")
+        .expect("quorate")
+        .wait_with_output()
+        .expect("quorate output");
+    assert!(
+        !out.status.success(),
+        "{case}: {}",
+        matrix::output_text(&out)
+    );
+    let id = faults::restore_ids(&lab).pop().expect("a restore id");
+    for (host, original) in lab.hosts().iter().zip(&originals) {
+        let journal: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(host.path(&format!("var/lib/quorate-agent/restores/{id}/journal.json")))
+                .expect("agent journal"),
+        )
+        .expect("journal json");
+        assert_eq!(
+            journal["edits"].as_array().map(Vec::len),
+            Some(1),
+            "{case}: RESTORE rewrote etcd.env: {journal}"
+        );
+        assert_eq!(
+            &std::fs::read(host.etcd_env_file()).expect("env file"),
+            original,
+            "{case}: {}'s etcd.env is back byte for byte",
+            host.name
+        );
+    }
+    check(case);
+    assert_nothing_readable_left(&lab, case);
+
+    let case = "restored";
+    let out = scenario::quorate_restore(&lab, &snapshot, &["--yes"]).expect("quorate restore");
+    assert!(
+        out.status.success(),
+        "{case}: {}",
+        matrix::output_text(&out)
+    );
+    for host in lab.hosts() {
+        let text = std::fs::read_to_string(host.etcd_env_file()).expect("env file");
+        assert!(
+            !text.contains("k8s_etcd") && text.contains("quorate-"),
+            "{case}: {}'s etcd.env names the new token: {text}",
+            host.name
+        );
+    }
+    check(case);
+    assert_nothing_readable_left(&lab, case);
+}
