@@ -101,6 +101,11 @@ where
     tracing::Span::current().record("restore_id", tracing::field::display(id));
     let journal = blocking(Arc::clone(&engine), move |e| push_guard::claimed(e, id)).await?;
     let target = engine.state.snapshot_path(id);
+    if fsutil::exists(&target) && journal.staged.is_none() {
+        // Renamed into place by an agent that died before journaling it: never checked as
+        // staged, so it is not used; this push replaces it.
+        remove_if_there(&target)?;
+    }
     if fsutil::exists(&target) {
         let Some(staged) = journal.staged.filter(|s| s.sha256 == header.sha256) else {
             return Err(AgentError::Precondition(format!(

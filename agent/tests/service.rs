@@ -168,3 +168,24 @@ async fn bad_step_requests_are_invalid_argument() {
     let last = events.last().expect("events").as_ref().expect("ok event");
     assert!(matches!(&last.event, Some(pb::step_event::Event::Outcome(o)) if o.ok));
 }
+
+/// A snapshot renamed into place by an agent that died before journaling it is not trusted: the
+/// next push replaces it.
+#[tokio::test]
+async fn an_unjournaled_staged_file_is_replaced_by_the_next_push() {
+    let m = Member::new();
+    let id = RestoreId::new();
+    common::claim(&m.engine(), id);
+    let state = StateDir::new(m.root().join("state"));
+    std::fs::write(state.snapshot_path(id), b"left by a crash").expect("orphan");
+    let data = b"0123456789abcdef-snapshot";
+    let r = push(&m, id, &common::sha256(data), data)
+        .await
+        .expect("staged");
+    assert!(!r.already_present);
+    assert_eq!(
+        std::fs::read(state.snapshot_path(id)).expect("staged"),
+        data
+    );
+    common::assert_private(state.root());
+}
