@@ -33,6 +33,10 @@ pub struct Limits {
     /// Quick probes: `etcdutl version`, `etcd --version`.
     #[serde(default = "default_probe", with = "humantime_serde")]
     pub probe: Duration,
+    /// Room (MiB) a snapshot push must leave free on the state dir's filesystem; default: the
+    /// larger of 512 MiB and 5 % of that filesystem (see [`Limits::stage_reserve`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage_reserve_mib: Option<u64>,
 }
 
 fn default_restore_tool() -> Duration {
@@ -58,6 +62,7 @@ impl Default for Limits {
             restore_tool_mib_per_s: default_rate(),
             systemctl: default_systemctl(),
             probe: default_probe(),
+            stage_reserve_mib: None,
         }
     }
 }
@@ -94,6 +99,15 @@ impl Limits {
             "restore_tool" => self.restore_tool,
             "systemctl" => self.systemctl,
             _ => self.probe,
+        }
+    }
+
+    /// The bytes a snapshot push must leave free on a filesystem of `total` bytes:
+    /// `stage_reserve_mib` when set, else the larger of 512 MiB and 5 % of it.
+    pub fn stage_reserve(&self, total: u64) -> u64 {
+        match self.stage_reserve_mib {
+            Some(mib) => mib.saturating_mul(1 << 20),
+            None => (512u64 << 20).max(total / 20),
         }
     }
 

@@ -184,7 +184,7 @@ fn limits_are_optional_settable_and_checked() {
         Limits::default()
     );
     let set = parse(&format!(
-        "{CONFIG}[limits]\nrestore_tool = \"2m\"\nrestore_tool_mib_per_s = 5\nsystemctl = \"30s\"\nprobe = \"3s\"\n"
+        "{CONFIG}[limits]\nrestore_tool = \"2m\"\nrestore_tool_mib_per_s = 5\nsystemctl = \"30s\"\nprobe = \"3s\"\nstage_reserve_mib = 100\n"
     ))
     .expect("[limits]")
     .limits;
@@ -195,10 +195,15 @@ fn limits_are_optional_settable_and_checked() {
             restore_tool_mib_per_s: 5,
             systemctl: Duration::from_secs(30),
             probe: Duration::from_secs(3),
+            stage_reserve_mib: Some(100),
         }
     );
+    assert_eq!(set.stage_reserve(1 << 40), 100 << 20, "set: exactly that");
     let partial = parse(&format!("{CONFIG}[limits]\nprobe = \"1s\"\n")).expect("partial");
     assert_eq!(partial.limits.systemctl, Duration::from_secs(90));
+    // Default: 512 MiB on a small filesystem, 5 % of a large one.
+    assert_eq!(partial.limits.stage_reserve(10 << 30), 512 << 20);
+    assert_eq!(partial.limits.stage_reserve(100 << 30), 5 << 30);
     for (text, says) in [
         ("systemctll = \"1s\"", "systemctll"),
         ("probe = \"0s\"", "limits.probe"),

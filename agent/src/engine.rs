@@ -283,7 +283,7 @@ impl Engine {
 /// failed) never goes forward again, not even as a replay: two coordinators on one restore (a
 /// rollback in one terminal, a `resume` in another) must not undo each other. A rollback reverts
 /// phases newest first, so it never needs a forward step after a revert.
-fn refuse_after_revert(journal: &Journal, name: &str) -> Result<()> {
+pub(crate) fn refuse_after_revert(journal: &Journal, name: &str) -> Result<()> {
     let reverts = || journal.steps.iter().filter(|(_, r)| r.op == Op::Revert);
     // The latest revert: the step changed last when it is one, else the newest by time.
     let latest = reverts()

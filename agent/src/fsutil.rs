@@ -75,13 +75,23 @@ pub fn tree_size(path: &Path) -> u64 {
 /// Free bytes available to unprivileged users on the filesystem holding `path` (or its nearest
 /// existing ancestor).
 pub fn free_bytes(path: &Path) -> Result<u64> {
+    Ok(space(path)?.0)
+}
+
+/// (free bytes available to unprivileged users, total bytes) of the filesystem holding `path`
+/// (or its nearest existing ancestor).
+pub fn space(path: &Path) -> Result<(u64, u64)> {
     let mut probe = path;
     while !exists(probe) {
         probe = probe.parent().unwrap_or(Path::new("/"));
     }
     let stat = nix::sys::statvfs::statvfs(probe)
         .map_err(|e| AgentError::io("statvfs", probe, std::io::Error::from(e)))?;
-    Ok(stat.blocks_available().saturating_mul(stat.fragment_size()))
+    let size = stat.fragment_size();
+    Ok((
+        stat.blocks_available().saturating_mul(size),
+        stat.blocks().saturating_mul(size),
+    ))
 }
 
 /// One mounted filesystem, from a line of `/proc/self/mountinfo`.

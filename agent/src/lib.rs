@@ -41,6 +41,8 @@ pub mod journal;
 pub mod kubeconfig;
 pub mod manifest;
 pub mod peers;
+pub mod private;
+pub mod push_guard;
 pub mod runtime;
 pub mod server;
 pub mod service;

@@ -85,6 +85,25 @@ fn main() -> ExitCode {
 
 fn run(path: &Path) -> anyhow::Result<()> {
     let config = AgentConfig::load(path)?;
+    // Staged snapshots hold every Secret of the cluster: the state dir is private.
+    let tightened = quorate_agent::private::tighten_state_dir(&config.state_dir)?;
+    for t in &tightened {
+        tracing::warn!(
+            path = %t.path.display(),
+            "narrowed the mode of {} from {:o} to {:o}: the state dir and everything in it is \
+             private to the agent",
+            t.path.display(),
+            t.was,
+            t.now
+        );
+    }
+    if !tightened.is_empty() {
+        tracing::warn!(
+            count = tightened.len(),
+            state_dir = %config.state_dir.display(),
+            "tightened the state dir: its dirs are now 0700 and its files 0600"
+        );
+    }
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
         let engine = engine_from_config(&config);

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use quorate_proto::durable;
 
 use crate::error::{AgentError, Result};
-use crate::fsutil;
+use crate::fsutil::{self, Ownership};
 use crate::runtime::unit::{env_line, etcd_env_of_flag};
 use crate::runtime::{SettingsFile, SettingsFormat};
 
@@ -34,6 +34,20 @@ pub struct FileEdit {
     pub original: PathBuf,
     /// The keys changed, as written in the file.
     pub keys: Vec<String>,
+    /// The file's owner and mode before RESTORE changed it: every rewrite keeps them, and a
+    /// revert that finds the file gone puts it back with them. Absent in older journals.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<Ownership>,
+}
+
+/// Owner and mode of the file at `path` (a symlink followed, as the rewrite follows it).
+pub fn owner_of(path: &Path) -> Result<Ownership> {
+    let meta = fs::metadata(path).map_err(|e| AgentError::io("reading owner of", path, e))?;
+    Ok(Ownership {
+        uid: meta.uid(),
+        gid: meta.gid(),
+        mode: meta.mode() & 0o7777,
+    })
 }
 
 /// `text` with each `(flag, value)` set where an assignment of it already exists; returns the new
@@ -235,9 +249,13 @@ pub fn revert(edit: &FileEdit) -> Result<bool> {
         Ok(now) if now == original => Ok(false),
         Ok(_) => replace_file(&edit.path, &original).map(|()| true),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            // Gone since: put the original back readable as before (root-owned config, 0644).
+            // Gone since: put the original back with the owner and mode it had (older journals
+            // did not record them: a root-owned config, 0644).
             durable::create_dir_durable(fsutil::parent(&edit.path)?, 0o755)?;
-            durable::write_atomic(&edit.path, &original, 0o644)?;
+            let (mode, owner) = edit
+                .owner
+                .map_or((0o644, None), |o| (o.mode, Some((o.uid, o.gid))));
+            durable::write_atomic_owned(&edit.path, &original, mode, owner)?;
             Ok(true)
         }
         Err(e) => Err(AgentError::io("reading", &edit.path, e)),

@@ -109,12 +109,70 @@ fn apply_and_revert_restore_the_original_bytes_owner_and_mode() {
         format: SettingsFormat::Env,
         original: copy,
         keys,
+        owner: Some(owner_of(&path).expect("owner")),
     };
     assert!(revert(&edit).expect("revert"));
     assert_eq!(std::fs::read_to_string(&path).expect("read"), original);
     let mode = std::fs::metadata(&path).expect("meta").permissions().mode() & 0o777;
     assert_eq!(mode, 0o640);
     assert!(!revert(&edit).expect("revert again"), "nothing to do twice");
+}
+
+/// A 0600 root-owned file and a 0644 file of another user and group keep their owner and mode
+/// through the rewrite, the revert, and a revert that finds the file gone; the kept original is
+/// private to the agent.
+#[test]
+fn owner_and_mode_survive_apply_and_revert() {
+    use std::os::unix::fs::MetadataExt as _;
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("SKIPPED: changing a file's owner needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = "ETCD_NAME=etcd1\nETCD_INITIAL_CLUSTER_TOKEN=k8s_etcd\n";
+    let stat = |p: &Path| {
+        let m = std::fs::metadata(p).expect("stat");
+        (m.uid(), m.gid(), m.mode() & 0o7777)
+    };
+    for (name, (uid, gid, mode)) in [
+        ("root.env", (0, 0, 0o600)),
+        ("other.env", (1234, 5678, 0o644)),
+    ] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).expect("write");
+        std::os::unix::fs::chown(&path, Some(uid), Some(gid)).expect("chown");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        let file = SettingsFile {
+            path: path.clone(),
+            format: SettingsFormat::Env,
+        };
+        let copy = original_copy(&dir.path().join("state/restores/x"), 0, &path);
+        keep_original(&file, &copy).expect("keep");
+        let owner = owner_of(&path).expect("owner");
+        let keys = apply(&file, &values()).expect("apply");
+        assert_eq!(keys, ["ETCD_INITIAL_CLUSTER_TOKEN"]);
+        assert_eq!(stat(&path), (uid, gid, mode), "{name} after the rewrite");
+        assert_eq!(stat(&copy).2, 0o600, "the kept original is private");
+        assert_eq!(stat(copy.parent().expect("dir")).2, 0o700);
+        let edit = FileEdit {
+            path: path.clone(),
+            format: SettingsFormat::Env,
+            original: copy,
+            keys,
+            owner: Some(owner),
+        };
+        assert!(revert(&edit).expect("revert"));
+        assert_eq!(std::fs::read_to_string(&path).expect("read"), text);
+        assert_eq!(stat(&path), (uid, gid, mode), "{name} after the revert");
+        std::fs::remove_file(&path).expect("remove");
+        assert!(revert(&edit).expect("revert a removed file"));
+        assert_eq!(std::fs::read_to_string(&path).expect("read"), text);
+        assert_eq!(
+            stat(&path),
+            (uid, gid, mode),
+            "{name} put back after removal"
+        );
+    }
 }
 
 /// Values a POSIX shell or systemd would read differently if written bare: each one, written

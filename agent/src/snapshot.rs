@@ -15,6 +15,7 @@ use quorate_proto::durable;
 use crate::error::{AgentError, Result};
 use crate::fsutil;
 use crate::journal::Staged;
+use crate::push_guard;
 
 /// The staged snapshot of `id`, or a refusal saying how to get it there.
 pub fn staged(state: &crate::journal::StateDir, id: RestoreId) -> Result<PathBuf> {
@@ -33,11 +34,7 @@ pub fn staged(state: &crate::journal::StateDir, id: RestoreId) -> Result<PathBuf
 /// Deletes the staged copy (the operator keeps the original).
 pub fn remove_staged(state: &crate::journal::StateDir, id: RestoreId) -> Result<()> {
     for path in [state.snapshot_path(id), state.partial_path(id)] {
-        match std::fs::remove_file(&path) {
-            Ok(()) => durable::fsync_dir(fsutil::parent(&path)?)?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(AgentError::io("deleting", &path, e)),
-        }
+        remove_if_there(&path)?;
     }
     Ok(())
 }
@@ -77,6 +74,11 @@ pub fn human(bytes: u64) -> String {
 
 /// Receives one PushSnapshot stream. The caller holds the push lock (one transfer at a time);
 /// `step_lock` serialises journal updates with running steps.
+///
+/// Refused before anything is written unless this member is claimed by the push's restore (see
+/// [`push_guard::claimed`]) and the announced size fits (see [`push_guard::room`]). The stream is
+/// cut as soon as more bytes arrive than announced; a stream that ends short, or whose sha256
+/// differs, is refused. Every refusal leaves no partial file and no journal change behind.
 pub async fn receive<S>(
     engine: Arc<Engine>,
     step_lock: Arc<tokio::sync::Mutex<()>>,
@@ -96,19 +98,7 @@ where
     let id: RestoreId = header.restore_id.parse()?;
     check_hex(&header.sha256)?;
     tracing::Span::current().record("restore_id", tracing::field::display(id));
-    if let Some(held) = engine.state.active()?
-        && held != id
-    {
-        let member = engine
-            .member(None)
-            .map_or_else(|_| "this member".into(), |m| m.name);
-        return Err(AgentError::LockedByOther {
-            member,
-            held,
-            wanted: id,
-        });
-    }
-    let journal = engine.state.load(id)?;
+    let journal = blocking(Arc::clone(&engine), move |e| push_guard::claimed(e, id)).await?;
     // A member that requires signatures takes only the snapshot its claim's signature is for.
     if engine.trust.required() {
         let member = engine
@@ -119,11 +109,13 @@ where
             .check_staging(&member, &journal, &header.sha256, Some(header.size))?;
     }
     let target = engine.state.snapshot_path(id);
+    if fsutil::exists(&target) && journal.staged.is_none() {
+        // Renamed into place by an agent that died before journaling it: never checked as
+        // staged, so it is not used; this push replaces it.
+        remove_if_there(&target)?;
+    }
     if fsutil::exists(&target) {
-        let Some(staged) = journal
-            .staged
-            .filter(|s| fsutil::exists(&target) && s.sha256 == header.sha256)
-        else {
+        let Some(staged) = journal.staged.filter(|s| s.sha256 == header.sha256) else {
             return Err(AgentError::Precondition(format!(
                 "restore {id} already staged a different snapshot at {}: one restore id is one \
                  snapshot; start a new restore for another snapshot",
@@ -141,62 +133,96 @@ where
     }
     let partial = engine.state.partial_path(id);
     let receiving = std::time::Instant::now();
-    let written = write_partial(&partial, first.data, &mut chunks, header.size).await;
-    let (size, sha256) = match written {
-        Ok(v) => v,
-        Err(e) => {
-            let _gone = tokio::fs::remove_file(&partial).await;
-            return Err(e);
-        }
-    };
-    if size != header.size || sha256 != header.sha256 {
-        let _gone = tokio::fs::remove_file(&partial).await;
-        return Err(AgentError::Corrupt(format!(
-            "the snapshot for restore {id} arrived as {size} bytes with sha256 {sha256}, expected \
-             {} bytes with sha256 {}: nothing was staged; check the snapshot file and push again",
-            header.size, header.sha256
-        )));
-    }
-    let received = receiving.elapsed();
-    let _guard = step_lock.lock().await;
-    let engine2 = Arc::clone(&engine);
-    let (p, t) = (partial.clone(), target.clone());
-    let status = tokio::task::spawn_blocking(move || -> Result<_> {
-        durable::rename_durable(&p, &t)?;
-        let status = engine2.tool.status(&t);
-        if let Err(AgentError::Corrupt(_)) = &status {
-            let _gone = std::fs::remove_file(&t);
-        }
-        let status = status?;
-        let mut journal = engine2.state.load(id)?;
-        journal.staged = Some(Staged {
-            sha256: sha256.clone(),
-            size,
-            revision: status.revision,
-            total_keys: status.total_key,
+    // A partial file left by an agent that died mid-transfer is garbage: it goes before the room
+    // is measured.
+    remove_if_there(&partial)?;
+    push_guard::room(&engine, id, header.size)?;
+    let received = write_partial(&partial, first.data, &mut chunks, header.size)
+        .await
+        .and_then(|(size, sha256)| {
+            if size < header.size {
+                Err(AgentError::Corrupt(format!(
+                    "the snapshot stream for restore {id} ended after {size} of the {} bytes its \
+                     header announced: nothing was staged; check the snapshot file and push again",
+                    header.size
+                )))
+            } else if sha256 != header.sha256 {
+                Err(AgentError::Corrupt(format!(
+                    "the snapshot for restore {id} arrived with sha256 {sha256}, expected {}: \
+                     nothing was staged; check the snapshot file and push again",
+                    header.sha256
+                )))
+            } else {
+                Ok(size)
+            }
         });
-        engine2.state.save(&journal)?;
-        Ok((status, sha256))
+    let size = received.inspect_err(|_| {
+        let _gone = remove_if_there(&partial);
+    })?;
+    // `snapshot status` on the partial file: a damaged snapshot is never renamed into place.
+    let p = partial.clone();
+    let status = blocking(Arc::clone(&engine), move |e| e.tool.status(&p))
+        .await
+        .inspect_err(|_| {
+            let _gone = remove_if_there(&partial);
+        })?;
+    let (revision, total_keys) = (status.revision, status.total_key);
+    let staged = Staged {
+        sha256: header.sha256.clone(),
+        size,
+        revision,
+        total_keys,
+    };
+    let _guard = step_lock.lock().await;
+    let (p, t) = (partial.clone(), target);
+    blocking(Arc::clone(&engine), move |e| {
+        // The claim may have been reverted while the bytes arrived.
+        let mut journal = push_guard::claimed(e, id)?;
+        durable::rename_durable(&p, &t)?;
+        journal.staged = Some(staged);
+        e.state.save(&journal).inspect_err(|_| {
+            let _gone = remove_if_there(&t);
+        })
     })
     .await
-    .map_err(|e| AgentError::Aborted(format!("staging task failed: {e}")))?;
-    let (status, sha256) = status?;
+    .inspect_err(|_| {
+        let _gone = remove_if_there(&partial);
+    })?;
+    let took = receiving.elapsed().as_secs_f64();
     tracing::info!(
         size,
-        revision = status.revision,
-        keys = status.total_key,
-        "snapshot staged: received, hashed and synced in {:.2}s ({:.0} MB/s), checked in {:.2}s",
-        received.as_secs_f64(),
-        size as f64 / 1e6 / received.as_secs_f64().max(1e-3),
-        receiving.elapsed().saturating_sub(received).as_secs_f64()
+        revision,
+        keys = total_keys,
+        "snapshot staged in {took:.2}s ({:.0} MB/s): received, hashed, synced and checked",
+        size as f64 / 1e6 / took.max(1e-3)
     );
     Ok(SnapshotReceipt {
-        sha256,
+        sha256: header.sha256,
         size,
         already_present: false,
-        revision: status.revision,
-        total_keys: status.total_key,
+        revision,
+        total_keys,
     })
+}
+
+/// Runs `f` on the engine in a blocking task.
+async fn blocking<T, F>(engine: Arc<Engine>, f: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce(&Engine) -> Result<T> + Send + 'static,
+{
+    tokio::task::spawn_blocking(move || f(&engine))
+        .await
+        .map_err(|e| AgentError::Aborted(format!("staging task failed: {e}")))?
+}
+
+/// Removes `path` (durably) if it is there.
+fn remove_if_there(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(durable::fsync_dir(fsutil::parent(path)?)?),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(AgentError::io("deleting", path, e)),
+    }
 }
 
 async fn next<S>(chunks: &mut S) -> Result<Option<SnapshotChunk>>
@@ -228,10 +254,9 @@ async fn write_partial<S>(
 where
     S: Stream<Item = std::result::Result<SnapshotChunk, tonic::Status>> + Unpin,
 {
+    // Every Secret of the cluster is in here: 0600 from its creation, in a 0700 dir.
     let dir = fsutil::parent(partial)?;
-    tokio::fs::create_dir_all(dir)
-        .await
-        .map_err(|e| AgentError::io("creating", dir, e))?;
+    durable::create_dir_durable(dir, 0o700)?;
     let (tx, rx) = tokio::sync::mpsc::channel::<prost::bytes::Bytes>(WRITE_QUEUE);
     let path = partial.to_owned();
     let writer = tokio::task::spawn_blocking(move || write_chunks(&path, rx));
@@ -242,9 +267,11 @@ where
             if !data.is_empty() {
                 size += data.len() as u64;
                 if size > limit {
+                    // Cut here: not one byte more than announced is written.
                     return Err(AgentError::Corrupt(format!(
-                        "the snapshot is larger than the {limit} bytes its header announced; \
-                         nothing was staged"
+                        "the snapshot stream sent more than the {limit} bytes its header \
+                         announced: the transfer was cut and nothing was staged; check the \
+                         snapshot file and push again"
                     )));
                 }
                 if tx.send(data).await.is_err() {
@@ -273,7 +300,13 @@ fn write_chunks(
     mut rx: tokio::sync::mpsc::Receiver<prost::bytes::Bytes>,
 ) -> Result<(u64, String)> {
     use std::io::Write as _;
-    let mut file = std::fs::File::create(path).map_err(|e| AgentError::io("creating", path, e))?;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| AgentError::io("creating", path, e))?;
     let mut hasher = Sha256::new();
     let mut size = 0u64;
     while let Some(data) = rx.blocking_recv() {

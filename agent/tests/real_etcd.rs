@@ -199,6 +199,15 @@ async fn static_pod_restore_with_real_etcd() {
         }),
         data: bytes.into(),
     })];
+    let mut req = common::request(id, Step::Claim, &sha);
+    req.facts.member_name = "q1".into();
+    req.facts.peer_urls = vec![peer.clone()];
+    req.facts.initial_cluster = format!("q1={peer}");
+    req.facts.bump_revision = BUMP;
+    req.facts.mark_compacted = true;
+    // A push is part of a claimed restore: claim first, as the coordinator's STAGE does.
+    let claimed = engine.execute(&req, Op::Run, &|_| {}).expect("claim");
+    assert!(claimed.ok, "{}", claimed.message);
     let lock = Arc::new(tokio::sync::Mutex::new(()));
     let receipt =
         quorate_agent::snapshot::receive(Arc::clone(&engine), lock, tokio_stream::iter(chunks))
@@ -223,12 +232,7 @@ async fn static_pod_restore_with_real_etcd() {
 
     let steps_engine = Arc::clone(&engine);
     tokio::task::spawn_blocking(move || {
-        let mut req = common::request(id, Step::Claim, &sha);
-        req.facts.member_name = "q1".into();
-        req.facts.peer_urls = vec![peer.clone()];
-        req.facts.initial_cluster = format!("q1={peer}");
-        req.facts.bump_revision = BUMP;
-        req.facts.mark_compacted = true;
+        let mut req = req;
         for step in Step::ALL {
             req.step = step;
             let messages = std::sync::Mutex::new(Vec::new());

@@ -50,6 +50,7 @@ async fn push(
 async fn push_stages_and_is_idempotent() {
     let m = Member::new();
     let id = RestoreId::new();
+    common::claim(&m.engine(), id);
     let data = b"0123456789abcdef-snapshot";
     let sha = common::sha256(data);
     let r = push(&m, id, &sha, data).await.expect("staged");
@@ -65,12 +66,19 @@ async fn push_stages_and_is_idempotent() {
     let again = push(&m, id, &sha, data).await.expect("again");
     assert!(again.already_present);
     assert_eq!(again.revision, 42);
+    // Every Secret of the cluster is in the staged copy: nothing in the state dir is readable by
+    // group or others (the dirs 0700, the snapshot, journal and lock 0600).
+    let checked = common::assert_private(state.root());
+    assert!(checked.contains(&state.snapshot_path(id)), "{checked:?}");
+    assert!(checked.contains(&state.journal_path(id)), "{checked:?}");
 }
 
 #[tokio::test]
 async fn push_with_wrong_sha_leaves_nothing() {
     let m = Member::new();
     let id = RestoreId::new();
+    common::claim(&m.engine(), id);
+    let before = common::listing(&m.root().join("state"));
     let data = b"0123456789abcdef-snapshot";
     let err = push(&m, id, &"b".repeat(64), data)
         .await
@@ -79,6 +87,7 @@ async fn push_with_wrong_sha_leaves_nothing() {
     assert!(err.to_string().contains(&"b".repeat(64)), "{err}");
     let state = StateDir::new(m.root().join("state"));
     assert!(!state.snapshot_path(id).exists() && !state.partial_path(id).exists());
+    assert_eq!(common::listing(state.root()), before, "nothing left behind");
     let err = push(&m, id, "not-hex", data).await.expect_err("bad header");
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
 }
@@ -87,9 +96,8 @@ async fn push_with_wrong_sha_leaves_nothing() {
 async fn push_is_refused_while_another_restore_holds_the_lock() {
     let m = Member::new();
     let (first, second) = (RestoreId::new(), RestoreId::new());
-    StateDir::new(m.root().join("state"))
-        .set_active(first)
-        .expect("lock");
+    common::claim(&m.engine(), first);
+    let before = common::listing(&m.root().join("state"));
     let data = b"0123456789";
     let err = push(&m, second, &common::sha256(data), data)
         .await
@@ -99,6 +107,11 @@ async fn push_is_refused_while_another_restore_holds_the_lock() {
     assert!(
         err.to_string().contains(&format!("quorate resume {first}")),
         "{err}"
+    );
+    assert_eq!(
+        common::listing(&m.root().join("state")),
+        before,
+        "no partial file, no journal for the other restore, the first one's journal unchanged"
     );
 }
 
@@ -204,4 +217,25 @@ async fn bad_step_requests_are_invalid_argument() {
     let events: Vec<_> = stream.collect().await;
     let last = events.last().expect("events").as_ref().expect("ok event");
     assert!(matches!(&last.event, Some(pb::step_event::Event::Outcome(o)) if o.ok));
+}
+
+/// A snapshot renamed into place by an agent that died before journaling it is not trusted: the
+/// next push replaces it.
+#[tokio::test]
+async fn an_unjournaled_staged_file_is_replaced_by_the_next_push() {
+    let m = Member::new();
+    let id = RestoreId::new();
+    common::claim(&m.engine(), id);
+    let state = StateDir::new(m.root().join("state"));
+    std::fs::write(state.snapshot_path(id), b"left by a crash").expect("orphan");
+    let data = b"0123456789abcdef-snapshot";
+    let r = push(&m, id, &common::sha256(data), data)
+        .await
+        .expect("staged");
+    assert!(!r.already_present);
+    assert_eq!(
+        std::fs::read(state.snapshot_path(id)).expect("staged"),
+        data
+    );
+    common::assert_private(state.root());
 }

@@ -97,8 +97,12 @@ async fn a_member_requiring_signatures_stages_and_restores_only_the_signed_snaps
         );
         assert_eq!(state.active().expect("lock"), None, "{what}: claimed");
     }
-    // A push without a signed claim is refused before a byte is written.
-    untrusted(push(&engine, id, evil).await, "push without a claim");
+    // A push without a (signed) claim is refused before a byte is written.
+    let e = push(&engine, id, evil)
+        .await
+        .expect_err("push without a claim");
+    assert_eq!(e.error_code(), ErrorCode::Precondition, "{e}");
+    assert!(e.to_string().contains("is not claimed by restore"), "{e}");
     assert!(!state.partial_path(id).exists() && !state.snapshot_path(id).exists());
 
     // The signed snapshot: claimed, and the signature journaled.

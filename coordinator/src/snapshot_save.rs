@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -461,7 +462,14 @@ async fn stream_to(client: &mut Client, member: &str, path: &Path) -> Result<(),
         bytes,
         detail,
     };
-    let mut file = tokio::fs::File::create(path)
+    // The snapshot holds every Secret of the cluster: 0600 from its creation (a stale temp file
+    // would keep its mode, so it goes first).
+    let _stale_or_none = std::fs::remove_file(path);
+    let mut file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
         .await
         .map_err(|e| io("creating", e))?;
     let mut stream = client
@@ -539,7 +547,13 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), SaveError> {
         path: tmp.clone(),
         source,
     };
-    let mut f = File::create(&tmp).map_err(|e| io("creating", e))?;
+    let _stale_or_none = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| io("creating", e))?;
     f.write_all(bytes)
         .and_then(|()| f.sync_all())
         .map_err(|e| io("writing", e))?;

@@ -210,10 +210,11 @@ async fn a_disk_that_fills_before_the_prepare_step_fails_it_while_the_api_serves
     let host = lab.hosts()[victim].clone();
 
     // Enough for the preflight (twice the snapshot plus three 64 MB WAL segments), with some
-    // margin.
+    // margin, and for the push, which leaves the agent's stage reserve (512 MiB by default on a
+    // small filesystem) free.
     let size = std::fs::metadata(&s.snapshot).expect("snapshot").len();
     let var_lib = lab
-        .shrink_var_lib(victim, 2 * size + 3 * (64 << 20) + (48 << 20))
+        .shrink_var_lib(victim, 2 * size + 3 * (64 << 20) + (48 << 20) + (512 << 20))
         .await
         .expect("cp-1's var/lib on a tmpfs");
     let original = changed_original(&lab, &s).await;

@@ -77,6 +77,13 @@ fn verify(lab: &Lab, file: &Path, test_restore: bool) -> (bool, Value) {
     (out.status.success(), report)
 }
 
+/// `path` is 0600: readable by its owner only.
+fn assert_private_file(path: &Path) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(path).expect("stat").permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o600, "mode of {}", path.display());
+}
+
 fn meta(file: &Path) -> Value {
     let path = PathBuf::from(format!("{}.json", file.display()));
     serde_json::from_slice(&std::fs::read(&path).expect("FILE.json")).expect("FILE.json is JSON")
@@ -198,6 +205,10 @@ async fn saved_snapshot_holds_the_live_data_at_its_revision_and_force_and_keep_w
         m["size"].as_u64().expect("size")
     );
 
+    // The snapshot holds every Secret: it and its .json are 0600 whatever the umask.
+    assert_private_file(&first);
+    assert_private_file(&PathBuf::from(format!("{}.json", first.display())));
+
     let (ok, v) = verify(&lab, &first, true);
     assert!(ok, "verify --test-restore: {v}");
     assert_eq!(v["revision"].as_i64(), Some(rev));
@@ -233,6 +244,7 @@ async fn saved_snapshot_holds_the_live_data_at_its_revision_and_force_and_keep_w
     );
     let out = save(&lab, &first, &["--force"]);
     assert!(out.status.success(), "save --force: {out:?}");
+    assert_private_file(&first);
     assert_ne!(meta(&first)["revision"].as_i64(), None);
 
     // --keep 2: two more of the series, the oldest goes with its .json; other files stay.

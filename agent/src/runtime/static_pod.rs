@@ -27,7 +27,8 @@ pub fn move_manifest(from: &Path, to: &Path) -> Result<bool> {
         (false, true) => Ok(false),
         (true, false) => {
             let dir = fsutil::parent(to)?;
-            std::fs::create_dir_all(dir).map_err(|e| AgentError::io("creating", dir, e))?;
+            // Missing dirs (`quorate-aside/<id>`) are the agent's own: 0700.
+            quorate_proto::durable::create_dir_durable(dir, 0o700)?;
             quorate_proto::durable::rename_durable(from, to)?;
             Ok(true)
         }

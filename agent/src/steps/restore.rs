@@ -331,6 +331,7 @@ fn rewrite_settings(ctx: &mut Ctx<'_>) -> Result<Vec<FileEdit>> {
                     format: file.format,
                     original,
                     keys,
+                    owner: Some(settings::owner_of(&file.path)?),
                 };
                 ctx.journal.edits.push(e.clone());
                 ctx.save()?;

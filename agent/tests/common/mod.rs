@@ -328,3 +328,53 @@ pub fn etcd_3516() -> Option<PathBuf> {
     eprintln!("SKIPPED: {why}");
     None
 }
+
+/// Claims this member for restore `id`, as the coordinator's STAGE phase does before a push.
+pub fn claim(engine: &Engine, id: RestoreId) {
+    let outcome = engine
+        .execute(
+            &request(id, Step::Claim, &"a".repeat(64)),
+            quorate_agent::journal::Op::Run,
+            &|_| {},
+        )
+        .expect("claim");
+    assert!(outcome.ok, "claim: {}", outcome.message);
+}
+
+/// Every path under `root` with its content (`None` for a dir), to show that nothing changed.
+pub fn listing(root: &Path) -> std::collections::BTreeMap<PathBuf, Option<Vec<u8>>> {
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        if path.is_dir() {
+            out.insert(path.clone(), None);
+            out.extend(listing(&path));
+        } else {
+            out.insert(path.clone(), Some(std::fs::read(&path).expect("read")));
+        }
+    }
+    out
+}
+
+/// Asserts that `root` and every dir under it is 0700 and every file 0600 (nothing readable by
+/// group or others); returns the paths checked.
+pub fn assert_private(root: &Path) -> Vec<PathBuf> {
+    let mode = |p: &Path| {
+        std::fs::symlink_metadata(p)
+            .expect("stat")
+            .permissions()
+            .mode()
+            & 0o7777
+    };
+    assert_eq!(mode(root), 0o700, "{}", root.display());
+    let mut seen = vec![root.to_owned()];
+    for path in listing(root).into_keys() {
+        let want = if path.is_dir() { 0o700 } else { 0o600 };
+        assert_eq!(mode(&path), want, "mode of {}", path.display());
+        seen.push(path);
+    }
+    seen
+}
