@@ -47,7 +47,12 @@ fn keygen(lab: &Lab, name: &str) -> (PathBuf, String) {
             "json",
         ],
     );
-    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("keygen json");
+    // stdout's JSON line (stderr follows it in `out`: a test build announces its failpoints).
+    let json = out
+        .lines()
+        .find(|l| l.starts_with('{'))
+        .expect("keygen's JSON line");
+    let v: serde_json::Value = serde_json::from_str(json).expect("keygen json");
     let id = v["keys"]["key_id"].as_str().expect("key id").to_owned();
     (key, id)
 }
