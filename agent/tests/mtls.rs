@@ -113,12 +113,16 @@ async fn describe(port: u16, pki: &Pki, identity: Option<&str>) -> Result<String
     Ok(answer.into_inner().member_name)
 }
 
-#[tokio::test]
-async fn only_allowed_clients_of_the_ca_are_served() {
-    quorate_proto::tls::install_default_provider();
-    let pki = Pki::new();
-    let member = Member::new();
-    let config = config(&pki, &member);
+/// The agent of `member` served on 127.0.0.1: its port, the sender that stops it, its task.
+async fn serve(
+    pki: &Pki,
+    member: &Member,
+) -> (
+    u16,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
+    let config = config(pki, member);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -131,6 +135,15 @@ async fn only_allowed_clients_of_the_ca_are_served() {
         })
         .await
     });
+    (port, stop, server)
+}
+
+#[tokio::test]
+async fn only_allowed_clients_of_the_ca_are_served() {
+    quorate_proto::tls::install_default_provider();
+    let pki = Pki::new();
+    let member = Member::new();
+    let (port, stop, server) = serve(&pki, &member).await;
 
     assert_eq!(
         describe(port, &pki, Some("coordinator")).await.as_deref(),
@@ -219,19 +232,7 @@ async fn only_tls_13_with_h2_is_spoken() {
     quorate_proto::tls::install_default_provider();
     let pki = Pki::new();
     let member = Member::new();
-    let config = config(&pki, &member);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let service = AgentService::new(member.engine());
-    let server = tokio::spawn(async move {
-        quorate_agent::server::serve_on(listener, &config, service, async {
-            let _ = stopped.await;
-        })
-        .await
-    });
+    let (port, stop, server) = serve(&pki, &member).await;
     let tls13: &[&'static rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
     let tls12: &[&'static rustls::SupportedProtocolVersion] = &[&rustls::version::TLS12];
 

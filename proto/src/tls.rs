@@ -144,19 +144,9 @@ pub fn server_config(
     let builder = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?;
     let mut config = match client_ca {
-        Some(ca) => {
-            let roots = Arc::new(roots(&read(ca, "CA certificate")?, ca)?);
-            let inner = WebPkiClientVerifier::builder_with_provider(roots, provider())
-                .build()
-                .map_err(|e| TlsError::Verifier(e.to_string()))?;
-            let verifier = AllowedNames {
-                inner,
-                names: allowed_names.to_vec(),
-            };
-            builder
-                .with_client_cert_verifier(Arc::new(verifier))
-                .with_single_cert(chain, key)?
-        }
+        Some(ca) => builder
+            .with_client_cert_verifier(allowed_names_verifier(ca, allowed_names)?)
+            .with_single_cert(chain, key)?,
         None => builder.with_no_client_auth().with_single_cert(chain, key)?,
     };
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
@@ -183,17 +173,9 @@ pub fn agent_server_config(
     }
     let chain = certs(&read(cert, "certificate")?, cert)?;
     let key = key(&read(key_path, "private key")?, key_path)?;
-    let roots = Arc::new(roots(&read(client_ca, "CA certificate")?, client_ca)?);
-    let inner = WebPkiClientVerifier::builder_with_provider(roots, provider())
-        .build()
-        .map_err(|e| TlsError::Verifier(e.to_string()))?;
-    let verifier = AllowedNames {
-        inner,
-        names: allowed_names.to_vec(),
-    };
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_client_cert_verifier(Arc::new(verifier))
+        .with_client_cert_verifier(allowed_names_verifier(client_ca, allowed_names)?)
         .with_single_cert(chain, key)?;
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
     Ok(config)
@@ -230,6 +212,18 @@ pub fn client_config(
         }
         None => builder.with_no_client_auth(),
     })
+}
+
+/// Client certificates from `ca` valid for one of `names` (any name of that CA when empty).
+fn allowed_names_verifier(ca: &Path, names: &[String]) -> Result<Arc<AllowedNames>, TlsError> {
+    let roots = Arc::new(roots(&read(ca, "CA certificate")?, ca)?);
+    let inner = WebPkiClientVerifier::builder_with_provider(roots, provider())
+        .build()
+        .map_err(|e| TlsError::Verifier(e.to_string()))?;
+    Ok(Arc::new(AllowedNames {
+        inner,
+        names: names.to_vec(),
+    }))
 }
 
 /// Checks the client certificate against the CA, then against the allowed names.
