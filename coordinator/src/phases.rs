@@ -57,6 +57,10 @@ pub enum Action {
     Nothing,
     /// The phase's step on every target at once.
     Run,
+    /// The phase's step on every follower at once, and on the leader (as the cluster reports it)
+    /// as soon as every follower's etcd has stopped answering, without waiting for their steps
+    /// to end; on every member at once when no leader is known.
+    RunLeaderLast,
     /// The phase's step on every target at once; each host reports the components it started.
     RunReportingStarted,
     /// The phase's step reverted on every target at once.
@@ -132,10 +136,10 @@ pub const TABLE: [PhaseDef; 10] = [
         step: Some(Step::Halt),
         targets: Targets::Members,
         bound: Bound::Stop,
-        forward: Action::Run,
+        forward: Action::RunLeaderLast,
         backward: Action::QuorumOrderRevert,
         commits: false,
-        plan_text: "stop etcd on every member at once, the leader's agent holding its stop until no follower is left (no leader transfer to a member that is stopping); wait until the processes are gone and ports closed",
+        plan_text: "stop etcd on the followers, then on the leader as soon as no follower answers (no leader transfer to a member that is stopping); wait until the processes are gone and ports closed",
     },
     PhaseDef {
         phase: Phase::Preserve,

@@ -194,6 +194,10 @@ impl<C: AgentClient, P: ClusterProbe> Restore<'_, C, P> {
                 self.call_on(&targets, step()?, deadline, Way::Run).await?;
                 Ok(PhaseFacts::None)
             }
+            Action::RunLeaderLast => {
+                self.run_leader_last(&targets, step()?, deadline).await?;
+                Ok(PhaseFacts::None)
+            }
             Action::RunReportingStarted => {
                 let outcomes = self.call_on(&targets, step()?, deadline, Way::Run).await?;
                 let names: Vec<String> = targets.iter().map(|&i| self.name_of(i)).collect();
@@ -231,6 +235,75 @@ impl<C: AgentClient, P: ClusterProbe> Restore<'_, C, P> {
                 def.name, self.plan.restore_id
             ))]),
         }
+    }
+
+    /// `targets` split into the followers and the leader, as the members report it now; all of
+    /// them followers when no leader is known (the cluster does not answer).
+    async fn followers_and_leader(&self, targets: &[usize]) -> (Vec<usize>, Vec<usize>) {
+        let views = self.probe.observe().await;
+        let leader = views
+            .iter()
+            .find(|v| v.leader != 0 && v.member_id == v.leader)
+            .map(|v| v.name.clone());
+        let (leader, followers): (Vec<usize>, Vec<usize>) = targets
+            .iter()
+            .partition(|&&i| leader.as_deref() == Some(self.name_of(i).as_str()));
+        (followers, leader)
+    }
+
+    /// HALT: the followers first, then the leader as soon as no follower's etcd answers (a
+    /// stopping etcd closes its listeners and its raft streams at once, then lingers ~1 s for
+    /// its peer connections). A leader stopped while a follower is still up hands leadership to
+    /// it; one stopped while a follower is stopping waits etcd's request timeout (~7 s). The
+    /// leader's agent also holds its stop until its etcd reports no active peer.
+    async fn run_leader_last(
+        &self,
+        targets: &[usize],
+        step: Step,
+        deadline: Duration,
+    ) -> Result<(), Failures> {
+        let (followers, leader) = self.followers_and_leader(targets).await;
+        if leader.is_empty() || followers.is_empty() {
+            return self
+                .call_on(targets, step, deadline, Way::Run)
+                .await
+                .map(drop);
+        }
+        let leader_last = async {
+            self.wait_not_answering(&followers, LEADER_WAIT).await;
+            self.call_on(&leader, step, deadline, Way::Run).await
+        };
+        let (followers_done, leader_done) = tokio::join!(
+            self.call_on(&followers, step, deadline, Way::Run),
+            leader_last
+        );
+        match (followers_done, leader_done) {
+            (Ok(_), Ok(_)) => Ok(()),
+            (Err(mut a), Err(b)) => {
+                a.extend(b);
+                Err(a)
+            }
+            (Err(e), _) | (_, Err(e)) => Err(e),
+        }
+    }
+
+    /// Waits until the etcd of every member of `which` gives no answer, as its agent sees it, at
+    /// most `bound` (then the caller goes on anyway).
+    async fn wait_not_answering(&self, which: &[usize], bound: Duration) {
+        let started = Instant::now();
+        while started.elapsed() < bound {
+            let seen = join_all(which.iter().map(|&i| self.agents[i].health(HEALTH_CALL))).await;
+            if seen
+                .iter()
+                .all(|h| matches!(h, Ok(h) if !h.state().answers()))
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tracing::info!(
+            "a follower's etcd still answers after {bound:?}; stopping the leader anyway"
+        );
     }
 
     fn request(&self, i: usize, step: Step) -> StepRequest {
@@ -501,6 +574,9 @@ const CHUNK: usize = 256 * 1024;
 /// Chunks queued per member's stream. A chunk is read once and shared by every stream, so at most
 /// this many chunks are held however many members there are.
 const QUEUED_CHUNKS: usize = 8;
+
+/// How long HALT waits for the followers' etcd to stop answering before it stops the leader.
+const LEADER_WAIT: Duration = Duration::from_secs(5);
 
 /// Reads `path` once, in [`CHUNK`] pieces, and hands each piece to every sender still listening;
 /// closes them all at the end of the file. A sender whose agent stopped listening (it answered,

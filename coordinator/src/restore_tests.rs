@@ -1138,9 +1138,9 @@ async fn a_member_that_already_holds_the_snapshot_is_not_sent_it_again_and_does_
 }
 
 #[tokio::test]
-async fn halt_is_sent_to_every_member_at_once_the_leader_included() {
-    // The leader's own agent holds its stop until its followers are gone (agent/src/peers.rs):
-    // the coordinator does not wait for the followers before it asks the leader.
+async fn halt_reaches_the_leader_without_waiting_for_the_followers_steps() {
+    // The leader is asked as soon as no follower's etcd answers, not when their steps end (each
+    // lingers ~1 s after SIGTERM): every member is halted before any goes on to preserve.
     let world = World {
         leader: Some(1),
         ..World::default()

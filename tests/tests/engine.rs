@@ -17,8 +17,8 @@ use quorate_lab::realfaults;
 
 /// One case of a coordinator killed inside a phase: the agent step the phase runs, the member
 /// held inside it (by `agent::before-<step>=sleep(hold)`), and how long it is held. HALT holds
-/// the leader whatever `held` says: the leader's agent waits for its followers to stop before
-/// it stops, so only the leader can be inside HALT while every other member is done with it.
+/// the leader whatever `held` says: HALT stops the followers first and the leader last, so only
+/// the leader can be inside HALT while every other member is done with it.
 struct MidPhase {
     phase: &'static str,
     step: &'static str,
