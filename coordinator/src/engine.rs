@@ -154,7 +154,7 @@ impl<C: AgentClient, P: ClusterProbe> Restore<'_, C, P> {
             };
             match direction {
                 Direction::Forward => self.observer.phase_started(phase, phase.index() + 1),
-                Direction::Backward => self.observer.note(&format!("rolling back {phase}")),
+                Direction::Backward => self.observer.revert_started(phase),
             }
             failpoint(&format!("coordinator::before-{tag}")).map_err(|e| {
                 self.error(journal, tag.clone(), vec![MemberFailure::coordinator(e)])
@@ -183,6 +183,8 @@ impl<C: AgentClient, P: ClusterProbe> Restore<'_, C, P> {
             let facts = match result {
                 Ok(facts) => facts,
                 Err(failures) => {
+                    self.observer
+                        .phase_failed(phase, direction, started.elapsed(), &failures);
                     return Err(self.failed(journal, progress, direction, phase, tag, failures));
                 }
             };
@@ -203,7 +205,10 @@ impl<C: AgentClient, P: ClusterProbe> Restore<'_, C, P> {
                     }
                     self.observer.phase_done(phase, started.elapsed());
                 }
-                Direction::Backward => progress.reverted.push(phase),
+                Direction::Backward => {
+                    progress.reverted.push(phase);
+                    self.observer.revert_done(phase, started.elapsed());
+                }
             }
             progress.timings.push(PhaseTiming {
                 phase,

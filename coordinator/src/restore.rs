@@ -61,10 +61,49 @@ pub struct RestoreError {
 }
 
 /// Something to tell the operator as the restore goes.
+///
+/// The engine tells it every phase's start and end (forward, and backward in a rollback), and
+/// every member's step as it starts and ends; the stage tells it how far each member's copy
+/// got, the start in quorum order what it waits for. The live view and the event stream are
+/// both made from these calls.
 pub trait Observer: Sync {
     fn phase_started(&self, phase: Phase, index: usize);
     fn phase_done(&self, phase: Phase, elapsed: Duration);
     fn note(&self, text: &str);
+    /// A rollback begins undoing `phase`.
+    fn revert_started(&self, phase: Phase) {
+        self.note(&format!("rolling back {phase}"));
+    }
+    /// `phase` is undone on every agent.
+    fn revert_done(&self, _phase: Phase, _elapsed: Duration) {}
+    /// `phase` (or its undo, `Direction::Backward`) failed on the members of `failures`.
+    fn phase_failed(
+        &self,
+        _phase: Phase,
+        _direction: crate::engine::Direction,
+        _elapsed: Duration,
+        _failures: &Failures,
+    ) {
+    }
+    /// One agent's call of `step` (run or revert) changed state.
+    fn member_step(&self, _member: &str, _step: Step, _way: Way, _state: MemberState<'_>) {}
+    /// `sent` of `total` bytes of the snapshot went to `member`'s stream.
+    fn staging(&self, _member: &str, _sent: u64, _total: u64) {}
+    /// The coordinator waits on `member` for `why` (its etcd to answer, to be healthy).
+    fn waiting(&self, _member: &str, _why: &str) {}
+}
+
+/// Where one agent's call of a step stands.
+#[derive(Debug, Clone, Copy)]
+pub enum MemberState<'a> {
+    Started,
+    /// A retryable error (the agent restarting, a dropped connection): the call is made again.
+    Retrying { error: &'a str },
+    Done { elapsed: Duration },
+    Failed {
+        elapsed: Duration,
+        failure: &'a MemberFailure,
+    },
 }
 
 /// How the coordinator sees etcd itself through its advertised client URLs: the final
@@ -346,11 +385,15 @@ impl<C: AgentClient, P: ClusterProbe> Restore<'_, C, P> {
         let started = Instant::now();
         let calls = which.iter().map(|&i| async move {
             let mut backoff = Duration::from_millis(250);
+            let name = self.name_of(i);
             let _timer = Timer {
                 times: &self.member_times,
-                name: self.name_of(i),
+                name: name.clone(),
                 started: Instant::now(),
             };
+            let begun = Instant::now();
+            self.observer
+                .member_step(&name, step, way, MemberState::Started);
             loop {
                 let left = deadline.saturating_sub(started.elapsed());
                 let request = self.request(i, step);
@@ -359,9 +402,21 @@ impl<C: AgentClient, P: ClusterProbe> Restore<'_, C, P> {
                     Way::Revert => self.agents[i].revert(request, left).await,
                 };
                 match result {
-                    Ok(o) => return Ok(o),
+                    Ok(o) => {
+                        let elapsed = begun.elapsed();
+                        self.observer
+                            .member_step(&name, step, way, MemberState::Done { elapsed });
+                        return Ok(o);
+                    }
                     Err(e) if e.is_retryable() && started.elapsed() + backoff < deadline => {
-                        tracing::warn!(member = %self.name_of(i), %step, ?way, "retrying: {e}");
+                        tracing::warn!(member = %name, %step, ?way, "retrying: {e}");
+                        let error = e.to_string();
+                        self.observer.member_step(
+                            &name,
+                            step,
+                            way,
+                            MemberState::Retrying { error: &error },
+                        );
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(Duration::from_secs(5));
                     }
@@ -370,7 +425,17 @@ impl<C: AgentClient, P: ClusterProbe> Restore<'_, C, P> {
                             Way::Run => format!("step {step}"),
                             Way::Revert => format!("reverting {step}"),
                         };
-                        return Err(MemberFailure::call(self.name_of(i), &what, &e));
+                        let failure = MemberFailure::call(name.clone(), &what, &e);
+                        self.observer.member_step(
+                            &name,
+                            step,
+                            way,
+                            MemberState::Failed {
+                                elapsed: begun.elapsed(),
+                                failure: &failure,
+                            },
+                        );
+                        return Err(failure);
                     }
                 }
             }
@@ -422,17 +487,28 @@ impl<C: AgentClient, P: ClusterProbe> Restore<'_, C, P> {
                 let (tx, rx) = tokio::sync::mpsc::channel::<Chunk>(QUEUED_CHUNKS);
                 senders.push(tx);
                 async move {
-                    self.agents[i]
+                    let name = self.name_of(i);
+                    let receipt = self.agents[i]
                         .push_snapshot(self.plan.restore_id, &self.plan.snapshot, rx, deadline)
                         .await
-                        .map_err(|e| {
-                            MemberFailure::call(self.name_of(i), "staging the snapshot", &e)
-                        })
+                        .map_err(|e| MemberFailure::call(name.clone(), "staging the snapshot", &e));
+                    if receipt.is_ok() {
+                        let size = self.plan.snapshot.size;
+                        self.observer.staging(&name, size, size);
+                    }
+                    receipt
                 }
             })
             .collect();
         let path = self.plan.snapshot.path.clone();
-        let (read, receipts) = tokio::join!(fan_out(&path, senders), join_all(pushes));
+        let names: Vec<String> = members.iter().map(|&i| self.name_of(i)).collect();
+        let progress = StageProgress {
+            observer: self.observer,
+            names: &names,
+            total: self.plan.snapshot.size,
+        };
+        let (read, receipts) =
+            tokio::join!(fan_out(&path, senders, progress), join_all(pushes));
         let receipts = collect(receipts)?;
         read.map_err(|e| {
             vec![MemberFailure::coordinator(format!(
@@ -473,6 +549,7 @@ impl<C: AgentClient, P: ClusterProbe> Restore<'_, C, P> {
         let started = Instant::now();
         let bound = self.deadlines.member_answer;
         let name = self.name_of(i);
+        let mut announced = false;
         loop {
             let left = bound.saturating_sub(started.elapsed());
             let call = HEALTH_CALL.min(left.max(Duration::from_millis(200)));
@@ -484,6 +561,9 @@ impl<C: AgentClient, P: ClusterProbe> Restore<'_, C, P> {
                 }
                 Ok(h) => tracing::debug!(member = %name, "not answering yet: {}", h.summary()),
                 Err(e) => tracing::debug!(member = %name, "its agent did not report health: {e}"),
+            }
+            if !std::mem::replace(&mut announced, true) {
+                self.observer.waiting(&name, "its etcd to answer");
             }
             if started.elapsed() >= bound {
                 self.observer.note(&format!(
@@ -525,6 +605,7 @@ impl<C: AgentClient, P: ClusterProbe> Restore<'_, C, P> {
                 };
                 if last[k] != why {
                     tracing::info!(member = %name, "waiting: {why}");
+                    self.observer.waiting(name, &why);
                     last[k] = why.clone();
                 }
                 waiting.push((name.clone(), why));
@@ -583,13 +664,27 @@ const LEADER_WAIT: Duration = Duration::from_secs(5);
 /// or failed) is dropped; the rest go on at the pace of the slowest.
 async fn fan_out(
     path: &std::path::Path,
-    mut senders: Vec<tokio::sync::mpsc::Sender<Chunk>>,
+    senders: Vec<tokio::sync::mpsc::Sender<Chunk>>,
+    progress: StageProgress<'_>,
 ) -> std::io::Result<()> {
     use tokio::io::AsyncReadExt;
     let mut file = tokio::fs::File::open(path).await?;
+    // Each sender with its member's index in `progress.names`.
+    let mut senders: Vec<(usize, tokio::sync::mpsc::Sender<Chunk>)> =
+        senders.into_iter().enumerate().collect();
+    let mut sent: u64 = 0;
+    let mut told = Instant::now();
     loop {
         if senders.is_empty() {
             return Ok(());
+        }
+        if told.elapsed() >= STAGE_PROGRESS_EVERY {
+            told = Instant::now();
+            for (k, _) in &senders {
+                progress
+                    .observer
+                    .staging(&progress.names[*k], sent, progress.total);
+            }
         }
         let mut buf = vec![0u8; CHUNK];
         let mut filled = 0;
@@ -605,15 +700,26 @@ async fn fan_out(
         }
         buf.truncate(filled);
         let chunk = Chunk::from(buf);
-        let sent = join_all(senders.iter().map(|tx| tx.send(chunk.clone()))).await;
+        let results = join_all(senders.iter().map(|(_, tx)| tx.send(chunk.clone()))).await;
         let mut kept = Vec::with_capacity(senders.len());
-        for (tx, result) in senders.into_iter().zip(sent) {
+        for (sender, result) in senders.into_iter().zip(results) {
             if result.is_ok() {
-                kept.push(tx);
+                kept.push(sender);
             }
         }
         senders = kept;
+        sent += filled as u64;
     }
+}
+
+/// How often the stage tells the observer how far each member's copy got.
+const STAGE_PROGRESS_EVERY: Duration = Duration::from_millis(200);
+
+/// Whom the stage tells how far each member's copy got.
+struct StageProgress<'a> {
+    observer: &'a dyn Observer,
+    names: &'a [String],
+    total: u64,
 }
 
 /// Files one agent's call time when the call ends, however it ends.
