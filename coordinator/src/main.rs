@@ -37,6 +37,9 @@ struct Cli {
     /// Output format: human text, or JSON lines for runbook automation.
     #[arg(long, global = true, value_enum, default_value_t = Format::Human)]
     output: Format,
+    /// Print only the result (the report, or the error): no plan, no progress.
+    #[arg(long, short, global = true)]
+    quiet: bool,
     #[command(flatten)]
     timeouts: Timeouts,
     #[command(subcommand)]
@@ -195,6 +198,7 @@ fn nix_is_root() -> bool {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let format = cli.output;
+    let quiet = cli.quiet;
     let deadlines = cli.timeouts.deadlines();
     match cli.command {
         Cmd::Plan(target) => {
@@ -219,15 +223,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
                 return Ok(ExitCode::from(exit::NOT_CONFIRMED));
             }
-            if format == Format::Human {
+            if format == Format::Human && !quiet {
                 eprint!("{}", plan.render());
             }
             let mut journal =
                 Journal::create(&state_dir, &plan, &inventory, &Holder::me("restore"))?;
             let mut progress = Progress::default();
-            let run = Run::new(format, deadlines, &inventory, &agents, &plan);
+            let run = Run::new(format, quiet, deadlines, &inventory, &agents, &plan);
             let ending =
                 ops::forward(&run.restore(), &mut journal, &mut progress, !no_rollback).await;
+            run.observer.finish();
             output::ending(format, &journal, ending)
         }
         Cmd::Resume {
@@ -245,16 +250,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
             }
             let agents = grpc_agents(&inventory)?;
-            let run = Run::new(format, deadlines, &inventory, &agents, &plan);
+            let run = Run::new(format, quiet, deadlines, &inventory, &agents, &plan);
             let ending =
                 ops::forward(&run.restore(), &mut journal, &mut progress, !no_rollback).await;
+            run.observer.finish();
             output::ending(format, &journal, ending)
         }
         Cmd::Rollback { journaled, force } => {
             let (mut journal, plan, inventory, mut progress) =
                 open(&journaled, "rollback", format)?;
             let agents = grpc_agents(&inventory)?;
-            let run = Run::new(format, deadlines, &inventory, &agents, &plan);
+            let run = Run::new(format, quiet, deadlines, &inventory, &agents, &plan);
             let restore = run.restore();
             match restore.may_roll_back(&progress, force) {
                 Ok(()) => {}
@@ -267,7 +273,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 Err(refused) => return Err(refused.into()),
             }
-            match restore.rollback(&mut journal, &mut progress, force).await {
+            let rolled = restore.rollback(&mut journal, &mut progress, force).await;
+            run.observer.finish();
+            match rolled {
                 Ok(rollback) => {
                     output::rolled_back(format, &journal, &rollback, None)?;
                     Ok(ExitCode::SUCCESS)
@@ -334,7 +342,8 @@ fn open(
 
 /// What one run needs besides its journal.
 struct Run<'a> {
-    printer: Printer,
+    /// What tells the operator how the run goes (see `quorate::view`).
+    observer: Box<dyn Observer>,
     probe: EtcdProbe<'a>,
     deadlines: Deadlines,
     inventory: &'a Inventory,
@@ -345,13 +354,21 @@ struct Run<'a> {
 impl<'a> Run<'a> {
     fn new(
         format: Format,
+        quiet: bool,
         deadlines: Deadlines,
         inventory: &'a Inventory,
         agents: &'a [GrpcAgent],
         plan: &'a Plan,
     ) -> Self {
+        let observer: Box<dyn Observer> = match format {
+            Format::Human => {
+                let names = inventory.agents().iter().map(|a| a.name.to_owned()).collect();
+                quorate::view::human(quiet, names)
+            }
+            Format::Json => Box::new(Printer(format)),
+        };
         Self {
-            printer: Printer(format),
+            observer,
             probe: EtcdProbe { inventory },
             deadlines,
             inventory,
@@ -367,7 +384,7 @@ impl<'a> Run<'a> {
             agents: self.agents,
             probe: &self.probe,
             deadlines: self.deadlines.clone(),
-            observer: &self.printer,
+            observer: self.observer.as_ref(),
             member_times: Default::default(),
         }
     }

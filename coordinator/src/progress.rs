@@ -1,22 +1,22 @@
 //! A restore's persistent state, rebuilt from its journal's entries.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::journal::{Entry, PhaseFacts};
 use crate::phases::Phase;
 use crate::verify::{MemberView, Verified};
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PhaseTiming {
     pub phase: Phase,
     pub seconds: f64,
     /// How long each agent's step of the phase took (its stop, its start, …).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub members: Vec<MemberTiming>,
 }
 
 /// One agent's time in a phase.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MemberTiming {
     pub member: String,
     pub seconds: f64,

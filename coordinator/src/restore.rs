@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use futures::future::join_all;
 use quorate_proto::model::{ClusterFacts, RestoreId, Step, StepRequest};
 use quorate_proto::tls::TlsFiles;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::agent_client::{AgentClient, Chunk, Outcome};
 use crate::failure::{Failures, MemberFailure};
@@ -24,7 +24,7 @@ use crate::verify::{self, Expect, MemberView, Verified};
 const HEALTH_CALL: Duration = Duration::from_secs(5);
 
 /// What the restore did; written as `report.json` in the restore's state dir.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
     pub restore_id: RestoreId,
     pub cluster_token: String,
@@ -91,6 +91,9 @@ pub trait Observer: Sync {
     fn staging(&self, _member: &str, _sent: u64, _total: u64) {}
     /// The coordinator waits on `member` for `why` (its etcd to answer, to be healthy).
     fn waiting(&self, _member: &str, _why: &str) {}
+    /// The run is over (however it ended), before its result is printed: a view draws its last
+    /// state and its summary.
+    fn finish(&self) {}
 }
 
 /// Where one agent's call of a step stands.

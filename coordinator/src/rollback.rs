@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use quorate_proto::model::RestoreId;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::agent_client::AgentClient;
 use crate::progress::{PhaseTiming, Progress};
@@ -13,7 +13,7 @@ use crate::restore::{ClusterProbe, Restore};
 use crate::verify::Verified;
 
 /// What a rollback did; written as `rollback.json` beside the journal.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RollbackReport {
     pub restore_id: RestoreId,
     pub reverted: Vec<PhaseTiming>,
