@@ -36,6 +36,8 @@ pub mod phases;
 pub mod plan;
 pub mod preflight;
 pub mod progress;
+pub mod report_cmd;
+pub mod report_doc;
 pub mod restore;
 pub mod revision;
 pub mod rollback;

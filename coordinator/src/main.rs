@@ -84,6 +84,21 @@ enum Cmd {
         #[arg(long)]
         force: bool,
     },
+    /// A past restore's report (plan, phase times per member, snapshot, cluster and member IDs,
+    /// revisions, what was restarted, where the original data is, what failed), from its state dir.
+    Report {
+        #[command(flatten)]
+        journaled: Journaled,
+        /// Markdown, or plain text.
+        #[arg(long, value_enum, default_value_t)]
+        format: quorate::report_cmd::DocFormat,
+    },
+    /// Past restores under --state-dir, newest first, each with its outcome.
+    List {
+        /// Where the journal and report of each restore are kept.
+        #[arg(long, env = "QUORATE_STATE_DIR", default_value_os_t = default_state_dir())]
+        state_dir: PathBuf,
+    },
     /// Save, verify or sign a snapshot file; make a key to sign snapshots with.
     #[command(subcommand)]
     Snapshot(quorate::snapshot_cmd::SnapshotCmd),
@@ -314,6 +329,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Report { journaled, format: doc } => {
+            quorate::report_cmd::run_report(&journaled.state_dir, journaled.restore_id, doc, format)
+        }
+        Cmd::List { state_dir } => quorate::report_cmd::run_list(&state_dir, format),
         Cmd::Snapshot(cmd) => quorate::snapshot_cmd::run(cmd, format).await,
     }
 }
