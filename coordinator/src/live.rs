@@ -196,6 +196,11 @@ impl LiveView {
         let _ = self.multi.println(text);
     }
 
+    /// The summary's rows so far.
+    pub fn rows(&self) -> Vec<view::Row> {
+        self.timings.rows()
+    }
+
     fn header_text(&self) -> String {
         self.state
             .lock()

@@ -284,6 +284,8 @@ impl MemberLine {
     /// The line, with `name_width` for the name column, at `now`.
     pub fn render(&self, name_width: usize, now: Instant) -> String {
         let step = match self.step {
+            // The copy of the snapshot follows the claim in STAGE.
+            _ if self.staging_from.is_some() => "stage".to_owned(),
             None => String::new(),
             Some((s, Way::Run)) => s.name().to_owned(),
             Some((s, Way::Revert)) => format!("undo {s}"),
