@@ -211,18 +211,17 @@ impl LiveView {
 
 /// Renders the lines (every one, or one) and hands them to their bars. Holds the state's lock
 /// only while rendering: indicatif draws outside it.
-fn redraw(
-    state: &Mutex<State>,
-    header: &ProgressBar,
-    bars: &[ProgressBar],
-    only: Option<usize>,
-) {
+fn redraw(state: &Mutex<State>, header: &ProgressBar, bars: &[ProgressBar], only: Option<usize>) {
     let now = Instant::now();
     let (head, lines) = {
         let Ok(mut s) = state.lock() else { return };
         let head = (
             header_line(&s.header, now),
-            if s.header.busy { Look::Busy } else { Look::Done },
+            if s.header.busy {
+                Look::Busy
+            } else {
+                Look::Done
+            },
         );
         let width = s.name_width;
         let mut lines = Vec::new();

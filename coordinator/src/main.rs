@@ -329,7 +329,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Report { journaled, format: doc } => {
+        Cmd::Report {
+            journaled,
+            format: doc,
+        } => {
             quorate::report_cmd::run_report(&journaled.state_dir, journaled.restore_id, doc, format)
         }
         Cmd::List { state_dir } => quorate::report_cmd::run_list(&state_dir, format),
@@ -381,7 +384,11 @@ impl<'a> Run<'a> {
     ) -> Self {
         let observer: Box<dyn Observer> = match format {
             Format::Human => {
-                let names = inventory.agents().iter().map(|a| a.name.to_owned()).collect();
+                let names = inventory
+                    .agents()
+                    .iter()
+                    .map(|a| a.name.to_owned())
+                    .collect();
                 quorate::view::human(quiet, names)
             }
             Format::Json => Box::new(Printer(format)),

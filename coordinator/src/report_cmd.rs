@@ -31,13 +31,17 @@ pub enum DocFormat {
 pub enum ReportError {
     #[error(transparent)]
     Journal(#[from] JournalError),
-    #[error("restore {id}: {path}: {source}; the journal is not consistent, see `quorate status {id}`")]
+    #[error(
+        "restore {id}: {path}: {source}; the journal is not consistent, see `quorate status {id}`"
+    )]
     Inconsistent {
         id: RestoreId,
         path: PathBuf,
         source: Inconsistent,
     },
-    #[error("restore {id}: {path} is unreadable ({what}): it was written by another quorate, or damaged")]
+    #[error(
+        "restore {id}: {path} is unreadable ({what}): it was written by another quorate, or damaged"
+    )]
     Unreadable {
         id: RestoreId,
         path: PathBuf,
@@ -162,7 +166,12 @@ impl Record {
 
 /// Where a restore stands from its journal, and whether a coordinator holds it now.
 pub fn outcome(p: &Progress, held: bool) -> Outcome {
-    let phase = || p.failed.or(p.begun).map_or("preflight", Phase::name).to_owned();
+    let phase = || {
+        p.failed
+            .or(p.begun)
+            .map_or("preflight", Phase::name)
+            .to_owned()
+    };
     if held {
         Outcome::UnderWay { phase: phase() }
     } else if p.rollback_done {
@@ -274,7 +283,9 @@ fn optional_json<T: for<'de> Deserialize<'de>>(
 }
 
 /// Every restore under `state_dir`, newest first; a dir that cannot be read is listed with why.
-pub fn list(state_dir: &Path) -> Result<Vec<Result<Record, (RestoreId, ReportError)>>, ReportError> {
+pub fn list(
+    state_dir: &Path,
+) -> Result<Vec<Result<Record, (RestoreId, ReportError)>>, ReportError> {
     let entries = match fs::read_dir(state_dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -288,7 +299,12 @@ pub fn list(state_dir: &Path) -> Result<Vec<Result<Record, (RestoreId, ReportErr
     let mut records: Vec<Result<Record, (RestoreId, ReportError)>> = entries
         .filter_map(Result::ok)
         .filter_map(|e| e.file_name().to_str()?.parse::<RestoreId>().ok())
-        .filter(|id| state_dir.join(id.to_string()).join("journal.jsonl").exists())
+        .filter(|id| {
+            state_dir
+                .join(id.to_string())
+                .join("journal.jsonl")
+                .exists()
+        })
         .map(|id| Record::read(state_dir, id).map_err(|e| (id, e)))
         .collect();
     let started = |r: &Result<Record, (RestoreId, ReportError)>| {
@@ -349,15 +365,16 @@ pub fn run_list(state_dir: &Path, format: Format) -> anyhow::Result<ExitCode> {
 pub fn list_line(r: &Result<Record, (RestoreId, ReportError)>) -> String {
     match r {
         Ok(r) => {
-            let name = r
+            let name = r.plan.snapshot.path.file_name().map_or_else(
+                || r.plan.snapshot.path.display().to_string(),
+                |n| n.to_string_lossy().into_owned(),
+            );
+            let sha = r
                 .plan
                 .snapshot
-                .path
-                .file_name()
-                .map_or_else(|| r.plan.snapshot.path.display().to_string(), |n| {
-                    n.to_string_lossy().into_owned()
-                });
-            let sha = r.plan.snapshot.sha256.get(..12).unwrap_or(&r.plan.snapshot.sha256);
+                .sha256
+                .get(..12)
+                .unwrap_or(&r.plan.snapshot.sha256);
             format!(
                 "{}  {}  {name} (sha256 {sha})  {}  {}",
                 r.id,
@@ -372,8 +389,7 @@ pub fn list_line(r: &Result<Record, (RestoreId, ReportError)>) -> String {
 
 /// `2025-05-01T03:12:09Z` (UTC).
 pub fn stamp(ms: u64) -> String {
-    humantime::format_rfc3339_seconds(UNIX_EPOCH + std::time::Duration::from_millis(ms))
-        .to_string()
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + std::time::Duration::from_millis(ms)).to_string()
 }
 
 fn now_ms() -> u64 {

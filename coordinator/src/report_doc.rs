@@ -138,7 +138,10 @@ fn cluster(d: &mut Doc, r: &Record) {
     if let Some(a) = after {
         d.fact(
             "revision after",
-            &format!("{} ({} keys, HashKV {:x} on every member)", a.revision, a.keys, a.hash),
+            &format!(
+                "{} ({} keys, HashKV {:x} on every member)",
+                a.revision, a.keys, a.hash
+            ),
         );
     }
     if let Some(rb) = &r.rollback {
@@ -214,7 +217,10 @@ fn times(d: &mut Doc, r: &Record) {
         .iter()
         .map(|m| m.name.clone())
         .chain(r.plan.apiserver_hosts.iter().map(|h| h.name.clone()))
-        .filter(|n| rows.iter().any(|row| row.members.iter().any(|t| t.member == *n)))
+        .filter(|n| {
+            rows.iter()
+                .any(|row| row.members.iter().any(|t| t.member == *n))
+        })
         .collect();
     let mut headers = vec!["phase", "total"];
     headers.extend(names.iter().map(String::as_str));
@@ -307,7 +313,9 @@ fn failures(d: &mut Doc, r: &Record) {
 fn ending(r: &Record) -> String {
     let id = r.id;
     match &r.outcome {
-        Outcome::Restored => "Every phase done: the cluster runs on the snapshot's data, verified.".into(),
+        Outcome::Restored => {
+            "Every phase done: the cluster runs on the snapshot's data, verified.".into()
+        }
         Outcome::RolledBack => match &r.rollback {
             Some(rb) => format!(
                 "Rolled back in {:.1}s: every member is on its original data (cluster ID {:x}, revision {}, HashKV {:x} on every member).",
@@ -374,7 +382,11 @@ impl Doc {
             DocFormat::Markdown => {
                 let line = |cells: Vec<String>| format!("| {} |", cells.join(" | "));
                 let _ = writeln!(self.out);
-                let _ = writeln!(self.out, "{}", line(headers.iter().map(|h| md(h)).collect()));
+                let _ = writeln!(
+                    self.out,
+                    "{}",
+                    line(headers.iter().map(|h| md(h)).collect())
+                );
                 let _ = writeln!(
                     self.out,
                     "{}",

@@ -132,7 +132,10 @@ pub fn summary_table(rows: &[Row], members: &[String]) -> String {
     let mut columns: Vec<&str> = members
         .iter()
         .map(String::as_str)
-        .filter(|m| rows.iter().any(|r| r.members.iter().any(|t| t.member == *m)))
+        .filter(|m| {
+            rows.iter()
+                .any(|r| r.members.iter().any(|t| t.member == *m))
+        })
         .collect();
     // Members not named up front (none, normally) still get their column.
     for r in rows {

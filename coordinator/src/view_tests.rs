@@ -45,10 +45,7 @@ fn the_first_report_of_a_copy_has_no_rate_yet() {
         total: 10 * MIB,
         rate: None,
     };
-    assert_eq!(
-        staging_text(&s),
-        "staging 3.0 MiB / 10.0 MiB (30%)  ETA -"
-    );
+    assert_eq!(staging_text(&s), "staging 3.0 MiB / 10.0 MiB (30%)  ETA -");
     assert_eq!(rate(Instant::now(), 5, Instant::now(), 5), None);
 }
 
@@ -201,7 +198,11 @@ fn the_live_view_takes_calls_from_many_threads() {
     view.phase_done(Phase::Stage, Duration::from_millis(50));
     let rows = view_rows(&view);
     assert_eq!(rows.len(), 1);
-    assert_eq!(rows[0].members.len(), 5, "every member's time is in the summary");
+    assert_eq!(
+        rows[0].members.len(),
+        5,
+        "every member's time is in the summary"
+    );
     view.finish();
 }
 
