@@ -14,6 +14,8 @@
 #   /usr/sbin/sshd, ssh, scp   Debian's openssh-server and openssh-client: `lab bench` runs an sshd
 #                              in each lab host and the published runbook over SSH (root only;
 #                              the package's own ssh service is not started)
+#   tmux                       Debian's tmux: the live view's test runs quorate in a pane of a
+#                              fixed size and reads it back (root only)
 #
 # The lab finds etcd through QUORATE_ETCD_DIR (3.5.16, default tools/etcd-3.5.16),
 # QUORATE_ETCD351_DIR (3.5.1, default tools/etcd-3.5.1) and QUORATE_ETCD34_DIR (3.4, /usr/bin).
@@ -132,6 +134,7 @@ if [ "$(id -u)" = 0 ]; then
   command -v ip >/dev/null || need+=(iproute2)
   [ -x /usr/sbin/sshd ] || need+=(openssh-server)
   command -v ssh >/dev/null && command -v scp >/dev/null && command -v ssh-keygen >/dev/null || need+=(openssh-client)
+  command -v tmux >/dev/null || need+=(tmux)
   if [ ${#need[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     # Installing openssh-server must not start the machine's own sshd: where no policy says
