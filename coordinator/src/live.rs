@@ -193,7 +193,15 @@ impl LiveView {
     /// The phase under way ended: its line goes above the live lines, which stay as they are.
     fn end(&self, text: String) {
         self.change(None, |s, _| s.header.busy = false);
-        let _ = self.multi.println(text);
+        self.say(&text);
+    }
+
+    /// Prints `text` above the live lines, a line at a time (indicatif pads each printed line to
+    /// the terminal's width: a text of several lines would run together).
+    fn say(&self, text: &str) {
+        for line in text.lines() {
+            let _ = self.multi.println(line);
+        }
     }
 
     /// The summary's rows so far.
@@ -282,7 +290,7 @@ impl Observer for LiveView {
     }
 
     fn note(&self, text: &str) {
-        let _ = self.multi.println(text);
+        self.say(text);
     }
 
     fn revert_started(&self, phase: Phase) {
@@ -363,7 +371,7 @@ impl Observer for LiveView {
             text
         });
         if let Some(text) = last {
-            let _ = self.multi.println(text);
+            self.say(&text);
         }
         self.header.finish_and_clear();
         for bar in &self.bars {

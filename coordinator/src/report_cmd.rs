@@ -282,10 +282,11 @@ fn optional_json<T: for<'de> Deserialize<'de>>(
         })
 }
 
+/// One restore of `list`: its record, or its id and why it could not be read.
+pub type Listed = Result<Record, (RestoreId, ReportError)>;
+
 /// Every restore under `state_dir`, newest first; a dir that cannot be read is listed with why.
-pub fn list(
-    state_dir: &Path,
-) -> Result<Vec<Result<Record, (RestoreId, ReportError)>>, ReportError> {
+pub fn list(state_dir: &Path) -> Result<Vec<Listed>, ReportError> {
     let entries = match fs::read_dir(state_dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -296,7 +297,7 @@ pub fn list(
             });
         }
     };
-    let mut records: Vec<Result<Record, (RestoreId, ReportError)>> = entries
+    let mut records: Vec<Listed> = entries
         .filter_map(Result::ok)
         .filter_map(|e| e.file_name().to_str()?.parse::<RestoreId>().ok())
         .filter(|id| {
@@ -307,9 +308,7 @@ pub fn list(
         })
         .map(|id| Record::read(state_dir, id).map_err(|e| (id, e)))
         .collect();
-    let started = |r: &Result<Record, (RestoreId, ReportError)>| {
-        r.as_ref().ok().and_then(|r| r.started_ms).unwrap_or(0)
-    };
+    let started = |r: &Listed| r.as_ref().ok().and_then(|r| r.started_ms).unwrap_or(0);
     records.sort_by_key(|r| std::cmp::Reverse(started(r)));
     Ok(records)
 }
@@ -362,7 +361,7 @@ pub fn run_list(state_dir: &Path, format: Format) -> anyhow::Result<ExitCode> {
 }
 
 /// `<id>  <started>  <snapshot> (sha256 <12 hex>)  <outcome>  <duration>`.
-pub fn list_line(r: &Result<Record, (RestoreId, ReportError)>) -> String {
+pub fn list_line(r: &Listed) -> String {
     match r {
         Ok(r) => {
             let name = r.plan.snapshot.path.file_name().map_or_else(

@@ -372,16 +372,26 @@ impl Doc {
 
     fn para(&mut self, t: &str) {
         let _ = match self.format {
-            DocFormat::Markdown => writeln!(self.out, "\n{t}"),
+            DocFormat::Markdown => {
+                self.blank();
+                writeln!(self.out, "{t}")
+            }
             DocFormat::Text => writeln!(self.out, "  {t}"),
         };
+    }
+
+    /// One empty line before a block, unless there is one.
+    fn blank(&mut self) {
+        if !self.out.ends_with("\n\n") {
+            self.out.push('\n');
+        }
     }
 
     fn table(&mut self, headers: &[&str], rows: Vec<Vec<String>>) {
         match self.format {
             DocFormat::Markdown => {
                 let line = |cells: Vec<String>| format!("| {} |", cells.join(" | "));
-                let _ = writeln!(self.out);
+                self.blank();
                 let _ = writeln!(
                     self.out,
                     "{}",

@@ -316,11 +316,11 @@ pub fn rate(from: Instant, from_sent: u64, at: Instant, sent: u64) -> Option<f64
 
 /// `staging 48.0 MiB / 100.0 MiB (48%)  12.0 MiB/s  ETA 4s`.
 pub fn staging_text(s: &Staging) -> String {
-    let percent = if s.total == 0 {
-        100
-    } else {
-        s.sent.saturating_mul(100) / s.total
-    };
+    let percent = s
+        .sent
+        .saturating_mul(100)
+        .checked_div(s.total)
+        .unwrap_or(100);
     let mut text = format!(
         "staging {} / {} ({percent}%)",
         mib(s.sent as f64),

@@ -283,7 +283,7 @@ async fn the_live_view_plain_lines_quiet_and_the_reports_of_a_real_restore() {
     let hex = |v: &serde_json::Value| format!("{:x}", v.as_u64().expect("an id"));
     let before = &report["before"][0];
     for needle in [
-        format!("- **outcome:** restored"),
+        "- **outcome:** restored".to_owned(),
         format!("- **cluster ID before:** {}", hex(&before["cluster_id"])),
         format!(
             "- **cluster ID after:** {}",
