@@ -45,15 +45,15 @@ fn restored_id(stdout: &str) -> String {
         .to_owned()
 }
 
-/// A tmux server of this test's own (its own socket), killed when dropped.
+/// A tmux server of this test's own (its socket in the lab's dir), killed when dropped.
 struct Tmux {
-    socket: String,
+    socket: PathBuf,
 }
 
 impl Tmux {
     fn cmd(&self) -> Command {
         let mut c = Command::new("tmux");
-        c.args(["-L", &self.socket, "-f", "/dev/null"]);
+        c.arg("-S").arg(&self.socket).args(["-f", "/dev/null"]);
         c
     }
 
@@ -138,7 +138,7 @@ async fn the_live_view_plain_lines_quiet_and_the_reports_of_a_real_restore() {
 
     // 1. On a terminal: the live view.
     let tmux = Tmux {
-        socket: format!("quorate-live-{}", std::process::id()),
+        socket: lab.dir().join("tmux.sock"),
     };
     let line = restore_args(&lab, &snapshot)
         .iter()
