@@ -495,6 +495,12 @@ impl<C: AgentClient, P: ClusterProbe> Restore<'_, C, P> {
                 senders.push(tx);
                 async move {
                     let name = self.name_of(i);
+                    // The phase's time per member includes its copy, not only its claim.
+                    let _timer = Timer {
+                        times: &self.member_times,
+                        name: name.clone(),
+                        started: Instant::now(),
+                    };
                     let receipt = self.agents[i]
                         .push_snapshot(self.plan.restore_id, &self.plan.snapshot, rx, deadline)
                         .await
