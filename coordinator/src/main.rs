@@ -84,6 +84,9 @@ enum Cmd {
     /// Save, verify or sign a snapshot file; make a key to sign snapshots with.
     #[command(subcommand)]
     Snapshot(quorate::snapshot_cmd::SnapshotCmd),
+    /// Mint, check or rotate the agents' and the coordinator's certificates (a CA for quorate alone).
+    #[command(subcommand)]
+    Certs(quorate::certs_cmd::CertsCmd),
 }
 
 /// Phase deadlines. A member that does not answer within them is reported as unknown, and the
@@ -307,6 +310,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Snapshot(cmd) => quorate::snapshot_cmd::run(cmd, format).await,
+        Cmd::Certs(cmd) => quorate::certs_cmd::run(cmd, format),
     }
 }
 
