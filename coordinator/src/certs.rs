@@ -56,6 +56,16 @@ impl Validity {
             not_after: now + time::Duration::days(i64::from(days)),
         }
     }
+
+    /// From `from` to `to` days from now (negative: in the past), e.g. `(-10, -1)` for a
+    /// certificate that expired yesterday.
+    pub fn relative_days(from: i64, to: i64) -> Self {
+        let now = time::OffsetDateTime::now_utc();
+        Self {
+            not_before: now + time::Duration::days(from),
+            not_after: now + time::Duration::days(to),
+        }
+    }
 }
 
 /// A leaf to issue: its subject, names, purpose and validity.

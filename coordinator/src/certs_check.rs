@@ -180,11 +180,23 @@ pub fn check(subject: &Subject, anchor: &Anchor, now: i64) -> CertReport {
     match &subject.role {
         Role::Ca => ca_checks(&mut report, &cert),
         Role::Server { name, why } => {
-            chain(&mut report, &der, anchor, (not_before, not_after, now), true);
+            chain(
+                &mut report,
+                &der,
+                anchor,
+                (not_before, not_after, now),
+                true,
+            );
             names(&mut report, &der, std::slice::from_ref(name), why);
         }
         Role::Client { allowed } => {
-            chain(&mut report, &der, anchor, (not_before, not_after, now), false);
+            chain(
+                &mut report,
+                &der,
+                anchor,
+                (not_before, not_after, now),
+                false,
+            );
             names(
                 &mut report,
                 &der,
@@ -317,21 +329,25 @@ fn chain(
             Severity::Ok,
             format!("signed by the CA in {} for {eku}", anchor.path.display()),
         ),
-        Err(webpki::Error::UnknownIssuer | webpki::Error::InvalidSignatureForPublicKey) => report.push(
-            Severity::Error,
-            format!(
-                "not signed by the CA in {} (a certificate of another CA): re-issue it with \
+        Err(webpki::Error::UnknownIssuer | webpki::Error::InvalidSignatureForPublicKey) => report
+            .push(
+                Severity::Error,
+                format!(
+                    "not signed by the CA in {} (a certificate of another CA): re-issue it with \
                  `quorate certs rotate`",
-                anchor.path.display()
+                    anchor.path.display()
+                ),
             ),
-        ),
         Err(webpki::Error::RequiredEkuNotFoundContext(_)) => report.push(
             Severity::Error,
             format!("its extended key usage lacks {eku}: TLS refuses it for this use"),
         ),
         Err(e) => report.push(
             Severity::Error,
-            format!("does not verify against the CA in {}: {e}", anchor.path.display()),
+            format!(
+                "does not verify against the CA in {}: {e}",
+                anchor.path.display()
+            ),
         ),
     }
 }
@@ -401,7 +417,8 @@ fn key_checks(report: &mut CertReport, cert: &X509Certificate<'_>, key: &Path) {
         }
     };
     match rcgen::KeyPair::from_pem(&pem) {
-        Ok(pair) if rcgen::PublicKeyData::subject_public_key_info(&pair) == cert.public_key().raw => {}
+        Ok(pair)
+            if rcgen::PublicKeyData::subject_public_key_info(&pair) == cert.public_key().raw => {}
         Ok(_) => report.push(
             Severity::Error,
             format!(

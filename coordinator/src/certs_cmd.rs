@@ -131,7 +131,10 @@ impl Layout {
     }
     pub fn agent(&self, name: &str) -> (PathBuf, PathBuf) {
         let dir = self.agents_dir();
-        (dir.join(format!("{name}.crt")), dir.join(format!("{name}.key")))
+        (
+            dir.join(format!("{name}.crt")),
+            dir.join(format!("{name}.key")),
+        )
     }
 }
 
@@ -274,7 +277,10 @@ pub fn init(
     let validity = Validity::days_from_now(days);
     write_pair(&coordinator_leaf(&ca, validity)?, &layout.coordinator())?;
     for agent in &agents {
-        write_pair(&agent_leaf(&ca, agent, validity)?, &layout.agent(&agent.name))?;
+        write_pair(
+            &agent_leaf(&ca, agent, validity)?,
+            &layout.agent(&agent.name),
+        )?;
     }
     let mut notes = Vec::new();
     if days > ca_days {
@@ -409,7 +415,10 @@ pub fn check(
         for agent in agent_names(inventory) {
             let (cert, key) = layout.agent(&agent.name);
             let why = if agent.server_name == agent.host {
-                format!("the host of its agent URL in the inventory ({})", agent.name)
+                format!(
+                    "the host of its agent URL in the inventory ({})",
+                    agent.name
+                )
             } else {
                 format!("its agent_server_name in the inventory ({})", agent.name)
             };

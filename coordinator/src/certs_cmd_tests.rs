@@ -71,7 +71,12 @@ fn init_writes_a_private_ca_and_leaves_with_the_inventory_names() {
     assert_eq!(written.files.len(), 2 * 5, "CA, coordinator, 3 agents");
     assert_eq!(mode(&dir), 0o700);
     assert_eq!(mode(&dir.join("agents")), 0o700);
-    for key in ["ca.key", "coordinator.key", "agents/cp-1.key", "agents/api-1.key"] {
+    for key in [
+        "ca.key",
+        "coordinator.key",
+        "agents/cp-1.key",
+        "agents/api-1.key",
+    ] {
         assert_eq!(mode(&dir.join(key)), 0o600, "{key}");
     }
     // The CA: its name says what it is, it signs leaves only, and its key signs certificates only.
@@ -124,7 +129,10 @@ fn init_never_overwrites_without_force() {
     for f in ["ca.crt", "ca.key", "coordinator.key", "agents/cp-2.crt"] {
         assert!(text.contains(f), "names {f}: {text}");
     }
-    assert!(text.contains("--force") && text.contains("rotate"), "{text}");
+    assert!(
+        text.contains("--force") && text.contains("rotate"),
+        "{text}"
+    );
     assert_eq!(std::fs::read(dir.join("ca.key")).expect("key"), before);
     // One file is enough to refuse.
     let other = tmp.path().join("other");
@@ -153,7 +161,10 @@ fn rotate_issues_new_leaves_under_the_same_ca_and_keeps_the_old_ones() {
         std::fs::read(dir.join("agents/cp-1.crt.old")).expect("old"),
         first
     );
-    assert_ne!(std::fs::read(dir.join("agents/cp-1.crt")).expect("new"), first);
+    assert_ne!(
+        std::fs::read(dir.join("agents/cp-1.crt")).expect("new"),
+        first
+    );
     assert_eq!(mode(&dir.join("agents/cp-1.key.old")), 0o600);
     assert_eq!(mode(&dir.join("agents/cp-1.key")), 0o600);
     let reports = check(Some(dir), &inv, &[COORDINATOR_NAME.into()], now());
@@ -212,9 +223,25 @@ fn check_finds_expiry_names_usage_keys_and_a_foreign_ca() {
     let agents = dir.join("agents");
     const DAY: i64 = 86_400;
     // cp-1 expired yesterday.
-    reissue(dir, "agents", "cp-1", &["127.0.0.11"], Usage::Server, -10 * DAY, -DAY);
+    reissue(
+        dir,
+        "agents",
+        "cp-1",
+        &["127.0.0.11"],
+        Usage::Server,
+        -10 * DAY,
+        -DAY,
+    );
     // api-1 expires in 10 days: a warning, not an error.
-    reissue(dir, "agents", "api-1", &["fd00::21"], Usage::Server, -DAY, 10 * DAY);
+    reissue(
+        dir,
+        "agents",
+        "api-1",
+        &["fd00::21"],
+        Usage::Server,
+        -DAY,
+        10 * DAY,
+    );
     // The coordinator's certificate is not valid yet.
     reissue(
         dir,
@@ -257,10 +284,21 @@ fn check_finds_expiry_names_usage_keys_and_a_foreign_ca() {
     // A coordinator name the agents do not allow.
     let reports = check(Some(dir), &inv, &["ops-bastion".into()], now());
     let e = errors(findings(&reports, "coordinator"));
-    assert!(e.len() == 1 && e[0].contains("not valid for ops-bastion"), "{e:?}");
+    assert!(
+        e.len() == 1 && e[0].contains("not valid for ops-bastion"),
+        "{e:?}"
+    );
 
     // A client certificate used as an agent's: no serverAuth.
-    reissue(dir, "agents", "cp-1", &["127.0.0.11"], Usage::Client, -DAY, DAY * 50);
+    reissue(
+        dir,
+        "agents",
+        "cp-1",
+        &["127.0.0.11"],
+        Usage::Client,
+        -DAY,
+        DAY * 50,
+    );
     // A leaf of another CA.
     let other = Ca::new_quorate("quorate CA (other)", Validity::days_from_now(10)).expect("ca");
     other
@@ -280,7 +318,10 @@ fn check_finds_expiry_names_usage_keys_and_a_foreign_ca() {
     let e = errors(findings(&reports, "agent cp-1"));
     assert!(e.len() == 1 && e[0].contains("lacks serverAuth"), "{e:?}");
     let e = errors(findings(&reports, "agent api-1"));
-    assert!(e.len() == 1 && e[0].contains("not signed by the CA"), "{e:?}");
+    assert!(
+        e.len() == 1 && e[0].contains("not signed by the CA"),
+        "{e:?}"
+    );
     let e = errors(findings(&reports, "agent cp-2"));
     assert!(
         e.len() == 1 && e[0].contains("belongs to another certificate"),
