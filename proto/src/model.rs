@@ -68,9 +68,11 @@ impl From<ModelError> for tonic::Status {
 }
 
 mod describe;
+mod gc;
 mod health;
 pub mod names;
 mod outcome;
+pub use gc::{Leftover, LeftoverKind, RemoveLeftovers, RestoreEnd, RestoreLeftovers};
 pub use describe::{ActiveRestore, AgentRole, Describe, StepState, active_step_fields};
 pub use health::{
     ApiserverReadiness, EndpointHealth, EtcdHealthState, HealthEndpointKind, MemberHealth,
