@@ -255,7 +255,10 @@ mod tests {
             &PathBuf::from(format!("/var/lib/etcd.quorate-{id}.failed-2")),
             id
         ));
-        assert!(names_restore(&PathBuf::from(format!("/s/restores/{id}")), id));
+        assert!(names_restore(
+            &PathBuf::from(format!("/s/restores/{id}")),
+            id
+        ));
         assert!(!names_restore(&PathBuf::from("/var/lib/etcd"), id));
         let other = RestoreId::new();
         assert!(!names_restore(&data, other));
@@ -282,7 +285,7 @@ mod tests {
         });
         j.set_aside.push(dir.path().to_owned());
         state.save(&j).expect("save");
-        let listed = leftovers(&state, &j, &[live.clone()]);
+        let listed = leftovers(&state, &j, std::slice::from_ref(&live));
         assert_eq!(
             listed.iter().map(|l| l.kind).collect::<Vec<_>>(),
             [LeftoverKind::RestoreState],

@@ -177,10 +177,15 @@ async fn leftovers_of_ended_restores_are_listed_and_removed_and_nothing_else() {
     let done = remove(&mut client, a, &[&state(a), &preserved_a])
         .await
         .expect("answered");
-    assert!(!done[0].1 && done[0].2.contains("remove those first"), "{done:?}");
+    assert!(
+        !done[0].1 && done[0].2.contains("remove those first"),
+        "{done:?}"
+    );
     assert!(done[1].1, "{done:?}");
     assert!(!preserved_a.exists());
-    let done = remove(&mut client, a, &[&state(a)]).await.expect("answered");
+    let done = remove(&mut client, a, &[&state(a)])
+        .await
+        .expect("answered");
     assert!(done[0].1, "{done:?}");
     assert!(!state(a).exists());
     let gone = remove(&mut client, a, &[&state(a)])

@@ -26,6 +26,7 @@ pub mod certs_check;
 pub mod certs_cmd;
 pub mod engine;
 pub mod failure;
+pub mod gc;
 pub mod inventory;
 pub mod journal;
 pub mod member_checks;

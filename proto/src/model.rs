@@ -72,8 +72,8 @@ mod gc;
 mod health;
 pub mod names;
 mod outcome;
-pub use gc::{Leftover, LeftoverKind, RemoveLeftovers, RestoreEnd, RestoreLeftovers};
 pub use describe::{ActiveRestore, AgentRole, Describe, StepState, active_step_fields};
+pub use gc::{Leftover, LeftoverKind, RemoveLeftovers, RestoreEnd, RestoreLeftovers};
 pub use health::{
     ApiserverReadiness, EndpointHealth, EtcdHealthState, HealthEndpointKind, MemberHealth,
 };
