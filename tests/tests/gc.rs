@@ -65,11 +65,12 @@ async fn gc_removes_what_ended_restores_left_and_nothing_of_one_held_midway() {
     let rolled_back = faults::restore_ids(&lab).pop().expect("an id");
     assert_ne!(rolled_back, finished);
     let before = faults::cluster_state(&lab).await.expect("state");
-    // A restore held after staging, its coordinator gone: every member holds its lock.
+    // A restore held before FENCE (staged and prepared), its coordinator gone: every member
+    // holds its lock.
     let mut child =
         faults::spawn_restore(&lab, &snapshot, "coordinator::before-fence=sleep(600000)")
             .expect("quorate");
-    let held = faults::wait_journal(&lab, 2, "stage", "done")
+    let held = faults::wait_journal(&lab, 2, "prepare", "done")
         .await
         .expect("staged");
     child.kill().expect("kill the coordinator");
@@ -98,8 +99,8 @@ async fn gc_removes_what_ended_restores_left_and_nothing_of_one_held_midway() {
     }
     assert_eq!(
         held_before.len(),
-        3,
-        "the held restore's agent dirs: {held_before:?}"
+        6,
+        "the held restore's prepared copies and agent dirs: {held_before:?}"
     );
 
     // Listed, but kept: they ended less than 7 days ago.
