@@ -36,6 +36,7 @@ pub mod describe;
 pub mod engine;
 pub mod error;
 pub mod fsutil;
+pub mod gc;
 pub mod health;
 pub mod journal;
 pub mod kubeconfig;

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use quorate_proto::model::{RestoreId, Step, StepRequest};
+use quorate_proto::model::{RemoveLeftovers, RestoreId, Step, StepRequest};
 use quorate_proto::pb::{self, agent_server::AgentServer, step_event::Event};
 use tokio::sync::{Mutex, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
@@ -22,7 +22,7 @@ use crate::journal::{Op, StateDir};
 use crate::runtime::{Component, Runtime, StaticPod, Systemd};
 use crate::steps::CONTROLLERS;
 use crate::tool::CliTool;
-use crate::{describe, health, peers, snapshot};
+use crate::{describe, gc, health, peers, snapshot};
 
 type EventStream = ReceiverStream<Result<pb::StepEvent, Status>>;
 
@@ -325,6 +325,41 @@ impl pb::agent_server::Agent for AgentService {
     ) -> Result<Response<EventStream>, Status> {
         let req = Self::checked(request.into_inner())?;
         self.do_step(req, Op::Revert).await.map(Response::new)
+    }
+
+    #[tracing::instrument(skip_all, fields(step = "list-leftovers"))]
+    async fn list_leftovers(
+        &self,
+        _request: Request<pb::ListLeftoversRequest>,
+    ) -> Result<Response<pb::ListLeftoversResponse>, Status> {
+        let engine = Arc::clone(&self.engine);
+        let restores = tokio::task::spawn_blocking(move || gc::list(&engine))
+            .await
+            .map_err(join_error)?
+            .inspect_err(|e| tracing::info!("cannot list leftovers: {e}"))?;
+        Ok(Response::new(pb::ListLeftoversResponse {
+            restores: restores.into_iter().map(Into::into).collect(),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(restore_id, step = "remove-leftovers"))]
+    async fn remove_leftovers(
+        &self,
+        request: Request<pb::RemoveLeftoversRequest>,
+    ) -> Result<Response<pb::RemoveLeftoversResponse>, Status> {
+        let req = RemoveLeftovers::try_from(request.into_inner())?;
+        tracing::Span::current().record("restore_id", display(req.restore_id));
+        // No step runs while leftovers go: a step's journal is what says what is left.
+        let guard = Arc::clone(&self.step_lock).lock_owned().await;
+        let engine = Arc::clone(&self.engine);
+        let removals = tokio::task::spawn_blocking(move || {
+            let _guard = guard;
+            gc::remove(&engine, &req)
+        })
+        .await
+        .map_err(join_error)?
+        .inspect_err(|e| tracing::info!("refused: {e}"))?;
+        Ok(Response::new(pb::RemoveLeftoversResponse { removals }))
     }
 }
 

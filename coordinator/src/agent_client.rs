@@ -174,6 +174,16 @@ impl GrpcAgent {
         })
     }
 
+    /// The member (or apiserver host) this agent serves.
+    pub fn member(&self) -> &str {
+        &self.member
+    }
+
+    /// The agent's gRPC client, for calls outside a restore's steps (`quorate gc`).
+    pub fn client(&self) -> pb::agent_client::AgentClient<Channel> {
+        self.client.clone()
+    }
+
     async fn step_stream(
         &self,
         request: StepRequest,

@@ -1,6 +1,8 @@
 //! Certificate minting for clusters that have none, and for the lab (`quorate certs`).
 //!
-//! ECDSA P-256 keys, written PEM with private keys at mode 0600.
+//! ECDSA P-256 keys, written PEM with private keys at mode 0600. [`Ca::new`] and [`Ca::issue`]
+//! serve the lab and tests; `quorate certs` uses [`Ca::new_quorate`] and [`Ca::issue_leaf`],
+//! which set a validity period (see `certs_cmd`).
 
 use std::fmt;
 use std::fs;
@@ -18,6 +20,11 @@ use rcgen::{
 pub enum CertError {
     #[error("minting a certificate for {name}: {source}")]
     Mint { name: String, source: rcgen::Error },
+    #[error("the CA in {path} cannot be used: {reason}")]
+    BadCa {
+        path: std::path::PathBuf,
+        reason: String,
+    },
     #[error("writing {path}: {source}")]
     Write {
         path: std::path::PathBuf,
@@ -31,6 +38,45 @@ pub enum Usage {
     Server,
     Client,
     ServerAndClient,
+}
+
+/// When a certificate is valid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Validity {
+    pub not_before: time::OffsetDateTime,
+    pub not_after: time::OffsetDateTime,
+}
+
+impl Validity {
+    /// From an hour ago (clocks of hosts disagree a little) for `days` days.
+    pub fn days_from_now(days: u32) -> Self {
+        let now = time::OffsetDateTime::now_utc();
+        Self {
+            not_before: now - time::Duration::hours(1),
+            not_after: now + time::Duration::days(i64::from(days)),
+        }
+    }
+
+    /// From `from` to `to` days from now (negative: in the past), e.g. `(-10, -1)` for a
+    /// certificate that expired yesterday.
+    pub fn relative_days(from: i64, to: i64) -> Self {
+        let now = time::OffsetDateTime::now_utc();
+        Self {
+            not_before: now + time::Duration::days(from),
+            not_after: now + time::Duration::days(to),
+        }
+    }
+}
+
+/// A leaf to issue: its subject, names, purpose and validity.
+#[derive(Debug, Clone)]
+pub struct Leaf<'a> {
+    pub common_name: &'a str,
+    pub dns: &'a [&'a str],
+    pub ips: &'a [IpAddr],
+    pub usage: Usage,
+    /// `None`: rcgen's default (valid from 1975 to 4096).
+    pub validity: Option<Validity>,
 }
 
 /// A certificate and its key, PEM. `Debug` never shows the key.
@@ -101,6 +147,32 @@ impl Ca {
         })
     }
 
+    /// quorate's own CA (`quorate certs init`): it signs leaves only (path length 0), its key
+    /// may sign certificates and nothing else, and its name says what it is for.
+    pub fn new_quorate(common_name: &str, validity: Validity) -> Result<Self, CertError> {
+        let mint = |source| CertError::Mint {
+            name: common_name.to_owned(),
+            source,
+        };
+        let key = KeyPair::generate().map_err(mint)?;
+        let mut params = CertificateParams::new(Vec::<String>::new()).map_err(mint)?;
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.distinguished_name = DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+        params.not_before = validity.not_before;
+        params.not_after = validity.not_after;
+        let cert_pem = params.self_signed(&key).map_err(mint)?.pem();
+        let key_pem = key.serialize_pem();
+        Ok(Self {
+            issuer: Issuer::new(params, key),
+            cert_pem,
+            key_pem,
+        })
+    }
+
     /// An existing CA, from its certificate and key (PEM).
     pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, CertError> {
         let mint = |source| CertError::Mint {
@@ -135,6 +207,24 @@ impl Ca {
         ips: &[IpAddr],
         usage: Usage,
     ) -> Result<Pem, CertError> {
+        self.issue_leaf(&Leaf {
+            common_name,
+            dns,
+            ips,
+            usage,
+            validity: None,
+        })
+    }
+
+    /// Issues `leaf`.
+    pub fn issue_leaf(&self, leaf: &Leaf<'_>) -> Result<Pem, CertError> {
+        let Leaf {
+            common_name,
+            dns,
+            ips,
+            usage,
+            validity,
+        } = *leaf;
         let mint = |source| CertError::Mint {
             name: common_name.to_owned(),
             source,
@@ -161,6 +251,10 @@ impl Ca {
                 ExtendedKeyUsagePurpose::ClientAuth,
             ],
         };
+        if let Some(v) = validity {
+            params.not_before = v.not_before;
+            params.not_after = v.not_after;
+        }
         let cert = params.signed_by(&key, &self.issuer).map_err(mint)?;
         Ok(Pem {
             cert: cert.pem(),

@@ -22,8 +22,11 @@ pub const FAILPOINTS_WARNING: &str = "quorate: this build has failpoints (FAILPO
 pub mod agent_client;
 pub mod apiserver_hosts;
 pub mod certs;
+pub mod certs_check;
+pub mod certs_cmd;
 pub mod engine;
 pub mod failure;
+pub mod gc;
 pub mod inventory;
 pub mod journal;
 pub mod lines;

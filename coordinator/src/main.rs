@@ -102,6 +102,18 @@ enum Cmd {
     /// Save, verify or sign a snapshot file; make a key to sign snapshots with.
     #[command(subcommand)]
     Snapshot(quorate::snapshot_cmd::SnapshotCmd),
+    /// Mint, check or rotate the agents' and the coordinator's certificates (a CA for quorate alone).
+    #[command(subcommand)]
+    Certs(quorate::certs_cmd::CertsCmd),
+    /// List, and with --yes remove through the agents, what ended restores left on every host:
+    /// original data dirs, failed copies, the agents' own files. Never of an unfinished restore.
+    Gc {
+        #[command(flatten)]
+        args: quorate::gc::GcArgs,
+        /// Where the journal of each restore is kept: a restore whose journal has not ended is kept.
+        #[arg(long, env = "QUORATE_STATE_DIR", default_value_os_t = default_state_dir())]
+        state_dir: PathBuf,
+    },
 }
 
 /// Phase deadlines. A member that does not answer within them is reported as unknown, and the
@@ -337,6 +349,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Cmd::List { state_dir } => quorate::report_cmd::run_list(&state_dir, format),
         Cmd::Snapshot(cmd) => quorate::snapshot_cmd::run(cmd, format).await,
+        Cmd::Certs(cmd) => quorate::certs_cmd::run(cmd, format),
+        Cmd::Gc { args, state_dir } => {
+            quorate::gc::run(args, &state_dir, format, deadlines.call).await
+        }
     }
 }
 

@@ -68,10 +68,12 @@ impl From<ModelError> for tonic::Status {
 }
 
 mod describe;
+mod gc;
 mod health;
 pub mod names;
 mod outcome;
 pub use describe::{ActiveRestore, AgentRole, Describe, StepState, active_step_fields};
+pub use gc::{Leftover, LeftoverKind, RemoveLeftovers, RestoreEnd, RestoreLeftovers};
 pub use health::{
     ApiserverReadiness, EndpointHealth, EtcdHealthState, HealthEndpointKind, MemberHealth,
 };
