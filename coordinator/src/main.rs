@@ -84,6 +84,9 @@ enum Cmd {
     /// Save, verify or sign a snapshot file; make a key to sign snapshots with.
     #[command(subcommand)]
     Snapshot(quorate::snapshot_cmd::SnapshotCmd),
+    /// Install, check or remove the quorate agents on every host (over SSH; see docs/agents.md).
+    #[command(subcommand)]
+    Agents(quorate::agents::AgentsCmd),
 }
 
 /// Phase deadlines. A member that does not answer within them is reported as unknown, and the
@@ -307,6 +310,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Snapshot(cmd) => quorate::snapshot_cmd::run(cmd, format).await,
+        Cmd::Agents(cmd) => quorate::agents::run(cmd, format).await,
     }
 }
 
