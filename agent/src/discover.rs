@@ -73,6 +73,16 @@ fn find_unit(root: &Path, unit: &str) -> Option<String> {
         .find(|p| under(root, p).is_file())
 }
 
+/// Whether a `*.wants/` dir of `/etc/systemd/system` links `unit` (it starts at boot).
+fn unit_enabled(root: &Path, unit: &str) -> bool {
+    std::fs::read_dir(under(root, "/etc/systemd/system"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".wants"))
+        .any(|e| e.path().join(unit).symlink_metadata().is_ok())
+}
+
 /// The first executable `name` on `path_var`'s dirs, then in [`TOOL_DIRS`].
 fn find_tool(root: &Path, name: &str, path_var: &str) -> Option<String> {
     use std::os::unix::fs::PermissionsExt as _;
@@ -95,13 +105,15 @@ pub fn sections(root: &Path, path_var: &str, etcd_minor: Option<&str>) -> Layout
     let unit = find_unit(root, "etcd.service");
     let mut problems = Vec::new();
     let (runtime, etcd_definition, etcd) = match (static_pod, &unit) {
-        (true, Some(u)) => {
+        // A packaged etcd.service that is not enabled (Debian's etcd-server ships one) is no
+        // second etcd; an enabled one is.
+        (true, Some(u)) if unit_enabled(root, "etcd.service") => {
             problems.push(format!(
-                "both {manifest} and {u} exist: etcd runs one way only; remove the one not in use and run install again"
+                "both {manifest} and an enabled {u} exist: etcd runs one way only; disable the one not in use and run install again"
             ));
             ("static-pod", manifest.clone(), None)
         }
-        (true, None) => (
+        (true, _) => (
             "static-pod",
             manifest.clone(),
             Some(format!(
@@ -385,7 +397,21 @@ mod tests {
             "{:?}",
             no_tool.problems
         );
-        touch(root, "/etc/systemd/system/etcd.service", 0o644);
+        touch(root, "/opt/quorate/bin/etcdutl", 0o755);
+        touch(root, "/usr/lib/systemd/system/etcd.service", 0o644);
+        let packaged = sections(root, "", None);
+        assert!(
+            packaged.problems.is_empty(),
+            "a unit not enabled is no second etcd"
+        );
+        assert_eq!(packaged.runtime, "static-pod");
+        let wants = under(root, "/etc/systemd/system/multi-user.target.wants");
+        std::fs::create_dir_all(&wants).expect("mkdir");
+        std::os::unix::fs::symlink(
+            "/usr/lib/systemd/system/etcd.service",
+            wants.join("etcd.service"),
+        )
+        .expect("link");
         let both = sections(root, "", None);
         assert!(both.problems[0].contains("both"), "{:?}", both.problems);
     }
