@@ -42,6 +42,9 @@ pub struct InstallArgs {
     /// How long to wait for each started agent to answer over mTLS.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub wait: Duration,
+    /// `--output json`: the discovered facts go to stderr, stdout has only JSON lines.
+    #[arg(skip)]
+    pub json: bool,
 }
 
 /// What install wrote on a host: read by uninstall, kept at [`MANIFEST`].
@@ -369,7 +372,11 @@ async fn install_on(
             out.stdout()
         )
     })?;
-    println!("{}: found {}", target.name, found.summary());
+    if args.json {
+        eprintln!("{}: found {}", target.name, found.summary());
+    } else {
+        println!("{}: found {}", target.name, found.summary());
+    }
     if !found.problems.is_empty() {
         return Err(format!("not installed: {}", found.problems.join("; ")));
     }
@@ -483,7 +490,9 @@ pub async fn wait_describe(
     }
 }
 
-pub async fn run(args: &InstallArgs, format: Format) -> anyhow::Result<ExitCode> {
+pub async fn run(args: &mut InstallArgs, format: Format) -> anyhow::Result<ExitCode> {
+    args.json = format == Format::Json;
+    let args = &*args;
     let inventory = Inventory::load(&args.ssh.inventory)?;
     let targets = super::targets(&inventory)?;
     let results =

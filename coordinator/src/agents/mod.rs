@@ -123,7 +123,7 @@ pub fn targets(inventory: &Inventory) -> anyhow::Result<Vec<Target>> {
 
 pub async fn run(cmd: AgentsCmd, format: Format) -> anyhow::Result<ExitCode> {
     match cmd {
-        AgentsCmd::Install(args) => install::run(&args, format).await,
+        AgentsCmd::Install(mut args) => install::run(&mut args, format).await,
         AgentsCmd::Status(args) => status::run(&args, format).await,
         AgentsCmd::Uninstall(args) => uninstall::run(&args, format).await,
     }
