@@ -33,6 +33,7 @@ pub const FAILPOINTS_WARNING: &str = "quorate-agent: this build has failpoints (
 pub mod child;
 pub mod config;
 pub mod describe;
+pub mod discover;
 pub mod engine;
 pub mod error;
 pub mod fsutil;

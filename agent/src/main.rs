@@ -36,6 +36,31 @@ enum Command {
     /// Loads the config, reads etcd's manifest or unit, finds the restore tool and prints what it found;
     /// exits non-zero on any problem. Changes nothing.
     CheckConfig,
+    /// Reads what this host runs (etcd as a static pod or a systemd unit, a kube-apiserver, the
+    /// restore tool) and prints it with the agent.toml that fits, as one JSON object. Changes
+    /// nothing; needs no config. `quorate agents install` runs it on every host.
+    Discover(DiscoverArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct DiscoverArgs {
+    /// The address the agent is to listen on, host:port.
+    #[arg(long)]
+    listen: String,
+    /// A name accepted on the coordinator's client certificate (repeat for more).
+    #[arg(long = "allowed-client", required = true)]
+    allowed_clients: Vec<String>,
+    #[arg(long, default_value = "/etc/quorate/pki/agent.crt")]
+    cert: PathBuf,
+    #[arg(long, default_value = "/etc/quorate/pki/agent.key")]
+    key: PathBuf,
+    #[arg(long, default_value = "/etc/quorate/pki/ca.crt")]
+    client_ca: PathBuf,
+    #[arg(long, default_value = "/var/lib/quorate-agent")]
+    state_dir: PathBuf,
+    /// An apiserver-only host's name in the inventory.
+    #[arg(long)]
+    host_name: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -65,13 +90,34 @@ fn main() -> ExitCode {
     let _failpoints = fail::FailScenario::setup();
     let cli = Cli::parse();
     init_logs(cli.log_format);
+    if let Some(Command::Discover(args)) = &cli.command {
+        let found = quorate_agent::discover::discover(&quorate_agent::discover::Wanted {
+            listen: args.listen.clone(),
+            allowed_clients: args.allowed_clients.clone(),
+            cert: args.cert.clone(),
+            key: args.key.clone(),
+            client_ca: args.client_ca.clone(),
+            state_dir: args.state_dir.clone(),
+            host_name: args.host_name.clone(),
+        });
+        return match serde_json::to_string(&found) {
+            Ok(line) => {
+                println!("{line}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("quorate-agent: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let result = match &cli.config {
         None => Err(anyhow::anyhow!(
             "no config given: pass --config /etc/quorate/agent.toml (see --help)"
         )),
         Some(path) => match cli.command {
             Some(Command::CheckConfig) => check_config(path),
-            None => run(path),
+            Some(Command::Discover(_)) | None => run(path),
         },
     };
     match result {

@@ -20,6 +20,7 @@ pub const VERSION: &str = if FAILPOINTS {
 pub const FAILPOINTS_WARNING: &str = "quorate: this build has failpoints (FAILPOINTS in the environment makes it fail on purpose): a test build, not for production";
 
 pub mod agent_client;
+pub mod agents;
 pub mod apiserver_hosts;
 pub mod certs;
 pub mod certs_check;

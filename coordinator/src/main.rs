@@ -114,6 +114,9 @@ enum Cmd {
         #[arg(long, env = "QUORATE_STATE_DIR", default_value_os_t = default_state_dir())]
         state_dir: PathBuf,
     },
+    /// Install, check or remove the quorate agents on every host (over SSH; see docs/agents.md).
+    #[command(subcommand)]
+    Agents(quorate::agents::AgentsCmd),
 }
 
 /// Phase deadlines. A member that does not answer within them is reported as unknown, and the
@@ -353,6 +356,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Gc { args, state_dir } => {
             quorate::gc::run(args, &state_dir, format, deadlines.call).await
         }
+        Cmd::Agents(cmd) => quorate::agents::run(cmd, format).await,
     }
 }
 

@@ -269,8 +269,16 @@ impl Lab {
         let hosts = self.state.hosts.clone();
         let tools = self.state.tools.clone();
         let all = layout::initial_cluster(&hosts);
+        let agents = opts.agent_bin.is_some();
+        let api_hosts: Vec<Host> = self
+            .state
+            .apiservers
+            .iter()
+            .map(|a| a.host.clone())
+            .collect();
+        pki.write_certs_dir(&dir, &hosts.iter().chain(&api_hosts).collect::<Vec<_>>())?;
         for host in &hosts {
-            pki.write_host(host)?;
+            pki.write_host(host, agents)?;
             fs::create_dir_all(host.data_dir())?;
             fs::create_dir_all(host.path("var/log/pods"))?;
             if let Some(disk) = opts.layout.data_mount {
@@ -301,7 +309,7 @@ impl Lab {
                 }
             }
         }
-        self.start_apiserver_hosts(pki, &tools)?;
+        self.start_apiserver_hosts(pki, &tools, agents)?;
         if let Some(agent_bin) = &opts.agent_bin {
             for host in &hosts {
                 let config = write_agent_config(host, &tools, opts.runtime)?;
@@ -329,11 +337,16 @@ impl Lab {
 
     /// External etcd's control-plane hosts: kubeadm's files, and kube-apiserver (using every
     /// etcd member), kube-controller-manager and kube-scheduler as static pods.
-    fn start_apiserver_hosts(&mut self, pki: &LabPki, tools: &EtcdTools) -> anyhow::Result<()> {
+    fn start_apiserver_hosts(
+        &mut self,
+        pki: &LabPki,
+        tools: &EtcdTools,
+        agents: bool,
+    ) -> anyhow::Result<()> {
         let servers: Vec<String> = self.state.hosts.iter().map(Host::client_url).collect();
         for i in 0..self.state.apiservers.len() {
             let host = self.state.apiservers[i].host.clone();
-            pki.write_host(&host)?;
+            pki.write_host(&host, agents)?;
             fs::create_dir_all(host.path("var/log/pods"))?;
             let apiserver =
                 host.apiserver_command_for(&servers.join(","), self.state.layout.no_anonymous_auth);

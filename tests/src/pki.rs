@@ -9,7 +9,11 @@
 //! HOST/etc/kubernetes/pki/etcd/ca.{crt,key}, server, peer, healthcheck-client
 //! HOST/etc/kubernetes/admin.conf                            kubeadm's admin kubeconfig
 //! DIR/pki/admin.{crt,key}                                  the lab's own admin client certificate
-//! HOST/etc/quorate/pki/ca.crt, agent.{crt,key}              agent server certificate
+//! HOST/etc/quorate/pki/ca.crt, agent.{crt,key}              agent server certificate (labs
+//!                                                          that run agents)
+//! DIR/certs/ca.{crt,key}, agents/<host>.{crt,key}          the same CA and agent certificates
+//!                                                          as `quorate certs init` lays them
+//!                                                          out, for `quorate agents install`
 //! ```
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -88,8 +92,29 @@ impl LabPki {
         ))
     }
 
-    /// Writes one host's certificates in kubeadm's layout.
-    pub fn write_host(&self, host: &Host) -> anyhow::Result<()> {
+    /// An agent's server certificate for `host`.
+    fn agent_cert(&self, host: &Host) -> anyhow::Result<quorate::certs::Pem> {
+        let ips = [IpAddr::V4(host.ip), IpAddr::V4(Ipv4Addr::LOCALHOST)];
+        let names = [host.name.as_str(), "localhost"];
+        Ok(self
+            .quorate_ca
+            .issue(&host.name, &names, &ips, Usage::Server)?)
+    }
+
+    /// `DIR/certs` as `quorate certs init` writes it: the quorate CA and an agent certificate
+    /// per host, for `quorate agents install --certs DIR/certs`.
+    pub fn write_certs_dir(&self, dir: &Path, hosts: &[&Host]) -> anyhow::Result<()> {
+        let certs = dir.join("certs");
+        self.quorate_ca.pem().write(&certs, "ca")?;
+        for host in hosts {
+            self.agent_cert(host)?
+                .write(&certs.join("agents"), &host.name)?;
+        }
+        Ok(())
+    }
+
+    /// Writes one host's certificates in kubeadm's layout, and the agent's when `agent`.
+    pub fn write_host(&self, host: &Host, agent: bool) -> anyhow::Result<()> {
         let ips = [IpAddr::V4(host.ip), IpAddr::V4(Ipv4Addr::LOCALHOST)];
         let names = [host.name.as_str(), "localhost"];
         let pki = host.pki_dir();
@@ -122,12 +147,12 @@ impl LabPki {
             use std::os::unix::fs::PermissionsExt as _;
             std::fs::set_permissions(&conf, std::fs::Permissions::from_mode(0o600))?;
         }
-        let quorate = host.quorate_pki_dir();
-        std::fs::create_dir_all(&quorate)?;
-        std::fs::write(quorate.join("ca.crt"), self.quorate_ca.cert_pem())?;
-        self.quorate_ca
-            .issue(&host.name, &names, &ips, Usage::Server)?
-            .write(&quorate, "agent")?;
+        if agent {
+            let quorate = host.quorate_pki_dir();
+            std::fs::create_dir_all(&quorate)?;
+            std::fs::write(quorate.join("ca.crt"), self.quorate_ca.cert_pem())?;
+            self.agent_cert(host)?.write(&quorate, "agent")?;
+        }
         Ok(())
     }
 }

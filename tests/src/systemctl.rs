@@ -9,7 +9,12 @@
 //!   `HOSTROOT/run/systemd/<unit>.pid`; a running unit is left alone;
 //! - `stop` sends SIGTERM to the process group, SIGKILL after `TimeoutStopSec` (default 90 s),
 //!   waits until the process is gone and removes the pid file;
-//! - `is-active` prints `active` (exit 0) or `inactive` (exit 3); `status` prints a few lines.
+//! - `is-active` prints `active` (exit 0) or `inactive` (exit 3); `status` prints a few lines;
+//! - `restart` stops (if running), then starts;
+//! - `enable` links the unit into `<target>.wants/` for each `[Install]` `WantedBy=` (with
+//!   `--now`, starts it), `disable` removes those links (with `--now`, stops it), `is-enabled`
+//!   prints `enabled` (exit 0) or `disabled` (exit 1); nothing starts units at a boot here;
+//! - `daemon-reload` does nothing (unit files are read at every command).
 //!
 //! A unit without a file is `Unit X not found.` with exit 5, as systemctl says. `--no-block` is
 //! accepted; `start` never blocks and `stop` always waits.
@@ -32,8 +37,13 @@ const SERVICE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
 pub enum Verb {
     Start,
     Stop,
+    Restart,
     IsActive,
     Status,
+    Enable,
+    Disable,
+    IsEnabled,
+    DaemonReload,
 }
 
 #[derive(Debug, clap::Args)]
@@ -47,8 +57,12 @@ pub struct SystemctlArgs {
     /// is-active: print nothing.
     #[arg(long, short)]
     pub quiet: bool,
+    /// enable/disable: also start/stop the unit.
+    #[arg(long)]
+    pub now: bool,
     pub verb: Verb,
-    pub unit: String,
+    /// Every verb but daemon-reload names a unit.
+    pub unit: Option<String>,
 }
 
 /// One service as its unit file describes it.
@@ -267,9 +281,115 @@ impl Service {
     }
 }
 
+/// The `WantedBy=` targets of a unit file's `[Install]` section.
+fn wanted_by(text: &str) -> Vec<String> {
+    let mut section = "";
+    let mut out = Vec::new();
+    for line in text.lines().map(str::trim) {
+        if line.starts_with('[') {
+            section = line;
+        } else if section == "[Install]"
+            && let Some(v) = line.strip_prefix("WantedBy=")
+        {
+            out.extend(v.split_whitespace().map(str::to_owned));
+        }
+    }
+    out
+}
+
+/// The `<target>.wants/<unit>` links of `unit` under `root`.
+fn wants_links(root: &Path, unit: &str) -> Vec<PathBuf> {
+    std::fs::read_dir(root.join("etc/systemd/system"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".wants"))
+        .map(|e| e.path().join(unit))
+        .filter(|p| p.symlink_metadata().is_ok())
+        .collect()
+}
+
+/// enable / disable / is-enabled, as the unit files say.
+fn enablement(args: &SystemctlArgs, unit: &str) -> anyhow::Result<i32> {
+    let path = unit_path(&args.root, unit);
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        match args.verb {
+            Verb::IsEnabled => {
+                eprintln!("Failed to get unit file state for {unit}: No such file or directory")
+            }
+            _ => eprintln!(
+                "Failed to {} unit: Unit file {unit} does not exist.",
+                if args.verb == Verb::Enable {
+                    "enable"
+                } else {
+                    "disable"
+                }
+            ),
+        }
+        return Ok(1);
+    };
+    match args.verb {
+        Verb::Enable => {
+            let targets = wanted_by(&text);
+            if targets.is_empty() {
+                eprintln!(
+                    "The unit files have no installation config (WantedBy=, RequiredBy=, ...)."
+                );
+            }
+            for target in targets {
+                let wants = args.root.join(format!("etc/systemd/system/{target}.wants"));
+                std::fs::create_dir_all(&wants)?;
+                let link = wants.join(unit);
+                if link.symlink_metadata().is_err() {
+                    let to = Path::new("/etc/systemd/system").join(unit);
+                    std::os::unix::fs::symlink(&to, &link)?;
+                    eprintln!("Created symlink {} -> {}.", link.display(), to.display());
+                }
+            }
+            if args.now
+                && let Some(svc) = Service::load(&args.root, unit)?
+            {
+                svc.start(&args.root)?;
+            }
+            Ok(0)
+        }
+        Verb::Disable => {
+            if args.now
+                && let Some(svc) = Service::load(&args.root, unit)?
+            {
+                svc.stop(&args.root)?;
+            }
+            for link in wants_links(&args.root, unit) {
+                std::fs::remove_file(&link)?;
+                eprintln!("Removed {}.", link.display());
+            }
+            Ok(0)
+        }
+        _ => {
+            let enabled = !wants_links(&args.root, unit).is_empty();
+            if !args.quiet {
+                println!("{}", if enabled { "enabled" } else { "disabled" });
+            }
+            Ok(if enabled { 0 } else { 1 })
+        }
+    }
+}
+
 /// Runs one command; returns the exit code systemctl would.
 pub fn run(args: &SystemctlArgs) -> i32 {
-    let unit = unit_name(&args.unit);
+    let Some(unit) = args.unit.as_deref().map(unit_name) else {
+        if args.verb == Verb::DaemonReload {
+            return 0;
+        }
+        eprintln!("Too few arguments.");
+        return 1;
+    };
+    if matches!(args.verb, Verb::Enable | Verb::Disable | Verb::IsEnabled) {
+        return enablement(args, &unit).unwrap_or_else(|e| {
+            eprintln!("Failed to {:?} {unit}: {e:#}", args.verb);
+            1
+        });
+    }
     let svc = match Service::load(&args.root, &unit) {
         Ok(Some(s)) => s,
         Ok(None) if args.verb == Verb::IsActive => {
@@ -290,6 +410,11 @@ pub fn run(args: &SystemctlArgs) -> i32 {
     let result = match args.verb {
         Verb::Start => svc.start(&args.root).map(|_| 0),
         Verb::Stop => svc.stop(&args.root).map(|()| 0),
+        Verb::Restart => svc
+            .stop(&args.root)
+            .and_then(|()| svc.start(&args.root))
+            .map(|_| 0),
+        Verb::DaemonReload | Verb::Enable | Verb::Disable | Verb::IsEnabled => Ok(0),
         Verb::IsActive => {
             let active = svc.main_pid(&args.root).is_some();
             if !args.quiet {
@@ -358,6 +483,47 @@ mod tests {
         assert_eq!(svc.stop_timeout, Duration::from_secs(120));
         assert!(Service::load(root, "y.service").expect("load").is_none());
         assert_eq!(unit_name("etcd"), "etcd.service");
+    }
+
+    #[test]
+    fn enable_now_links_and_starts_disable_now_stops_and_unlinks() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().to_owned();
+        std::fs::create_dir_all(root.join("etc/systemd/system")).expect("mkdir");
+        std::fs::write(
+            unit_path(&root, "e.service"),
+            "[Service]\nExecStart=/bin/sleep 300\nTimeoutStopSec=5\n[Install]\nWantedBy=multi-user.target\n",
+        )
+        .expect("unit");
+        let args = |verb, now| SystemctlArgs {
+            root: root.clone(),
+            no_block: false,
+            quiet: true,
+            now,
+            verb,
+            unit: Some("e.service".into()),
+        };
+        assert_eq!(run(&args(Verb::IsEnabled, false)), 1);
+        assert_eq!(run(&args(Verb::Enable, true)), 0);
+        let link = root.join("etc/systemd/system/multi-user.target.wants/e.service");
+        assert_eq!(
+            std::fs::read_link(&link).expect("link"),
+            Path::new("/etc/systemd/system/e.service")
+        );
+        assert_eq!(run(&args(Verb::IsEnabled, false)), 0);
+        assert_eq!(run(&args(Verb::IsActive, false)), 0);
+        assert_eq!(run(&args(Verb::Restart, false)), 0);
+        assert_eq!(run(&args(Verb::IsActive, false)), 0);
+        assert_eq!(run(&args(Verb::Disable, true)), 0);
+        assert_eq!(run(&args(Verb::IsActive, false)), 3);
+        assert_eq!(run(&args(Verb::IsEnabled, false)), 1);
+        assert!(link.symlink_metadata().is_err());
+        let mut reload = args(Verb::DaemonReload, false);
+        reload.unit = None;
+        assert_eq!(run(&reload), 0);
+        let mut missing = args(Verb::Enable, true);
+        missing.unit = Some("nope.service".into());
+        assert_eq!(run(&missing), 1);
     }
 
     #[test]

@@ -136,6 +136,29 @@ pub async fn up_layout(
     runtime: LabRuntime,
     layout: LabLayout,
 ) -> TestLab {
+    up_inner(members, version, runtime, layout, true).await
+}
+
+/// Brings up bare hosts: etcd as static pods (kubeadm), no quorate agent, no agent certificates
+/// on them; `DIR/certs` holds the CA and agent certificates for `quorate agents install`.
+pub async fn up_bare(members: u8, version: EtcdVersion) -> TestLab {
+    up_inner(
+        members,
+        version,
+        LabRuntime::StaticPod,
+        LabLayout::default(),
+        false,
+    )
+    .await
+}
+
+async fn up_inner(
+    members: u8,
+    version: EtcdVersion,
+    runtime: LabRuntime,
+    layout: LabLayout,
+    agents: bool,
+) -> TestLab {
     let (net, slot) = take_net_slot();
     let dir = tempfile::Builder::new()
         .prefix("quorate-lab-")
@@ -146,7 +169,7 @@ pub async fn up_layout(
         members,
         version,
         net,
-        agent_bin: Some(lab_bin().with_file_name("quorate-agent")),
+        agent_bin: agents.then(|| lab_bin().with_file_name("quorate-agent")),
         lab_bin: lab_bin(),
         patience: PATIENCE,
         runtime,

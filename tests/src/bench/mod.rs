@@ -16,7 +16,7 @@
 mod floor;
 mod quorate;
 mod runbook;
-mod sshd;
+pub mod sshd;
 mod table;
 
 use std::path::{Path, PathBuf};

@@ -160,6 +160,26 @@ impl Sshd {
         Ok(sshd)
     }
 
+    /// The client's private key (authorized for root on every host).
+    pub fn key(&self) -> &Path {
+        &self.key
+    }
+
+    /// The known_hosts file listing every host's key.
+    pub fn known_hosts(&self) -> &Path {
+        &self.known_hosts
+    }
+
+    /// Leaves the sshds running (for `lab up --sshd`: `lab down` ends every process of a host)
+    /// and keeps the keys; returns their PIDs.
+    pub fn detach(mut self) -> Vec<u32> {
+        let pids = self.servers.iter().map(|(_, c)| c.id()).collect();
+        self.servers.clear();
+        self.shadows.clear();
+        self.dir = PathBuf::new();
+        pids
+    }
+
     fn client_options(&self, cmd: &mut Command) {
         cmd.arg("-F")
             .arg("/dev/null")

@@ -57,6 +57,11 @@ enum Cmd {
         /// Do not run a quorate-agent on each host (default: run the one built beside `lab`).
         #[arg(long)]
         no_agents: bool,
+        /// Run an OpenSSH server on each host (port 22 of its address, root by key only), with
+        /// a client key and known_hosts in DIR/ssh: with --no-agents, bare hosts for
+        /// `quorate agents install` (hosts as namespaces only).
+        #[arg(long)]
+        sshd: bool,
         /// How etcd runs: static-pod (kubelet stand-in, stacked etcd with an apiserver) or
         /// systemd (etcd.service through a systemctl stand-in, no apiserver).
         #[arg(long, default_value = "static-pod")]
@@ -279,6 +284,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             net,
             patience,
             no_agents,
+            sshd,
             runtime,
             flat,
             data_mount,
@@ -357,6 +363,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 "  etcdctl:   source {}",
                 lab.dir().join("lab.env").display()
             );
+            if sshd {
+                start_sshd(&lab)?;
+            }
             println!("  stop:      lab down --dir {}", lab.dir().display());
         }
         Cmd::Down { dir } => {
@@ -481,5 +490,32 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Apiserver(args) => apiserver::run(args).await?,
         Cmd::Systemctl(args) => std::process::exit(systemctl::run(&args)),
     }
+    Ok(())
+}
+
+/// `lab up --sshd`: an sshd on every host, left running (`lab down` ends it with the host).
+fn start_sshd(lab: &Lab) -> anyhow::Result<()> {
+    if !lab.hosts().iter().all(|h| h.faithful()) {
+        anyhow::bail!(
+            "--sshd needs hosts as namespaces (root, without --flat): each sshd listens on port 22 of its host's address"
+        );
+    }
+    quorate_lab::bench::sshd::check_installed()?;
+    let dir = lab.dir().join("ssh");
+    let sshd = quorate_lab::bench::sshd::Sshd::start(lab, &dir)?;
+    let (key, known) = (sshd.key().to_owned(), sshd.known_hosts().to_owned());
+    let pids = sshd.detach();
+    println!(
+        "  sshd:      on port 22 of every host (pids {pids:?}); root logs in with {}",
+        key.display()
+    );
+    println!("  known_hosts: {}", known.display());
+    println!(
+        "  install:   quorate agents install --inventory {inv} --ssh-user root --ssh-key {key} --known-hosts {known} --certs {certs}",
+        inv = lab.dir().join("inventory.toml").display(),
+        key = key.display(),
+        known = known.display(),
+        certs = lab.dir().join("certs").display(),
+    );
     Ok(())
 }
