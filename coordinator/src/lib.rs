@@ -22,8 +22,12 @@ pub const FAILPOINTS_WARNING: &str = "quorate: this build has failpoints (FAILPO
 pub mod agent_client;
 pub mod apiserver_hosts;
 pub mod certs;
+pub mod confirm;
 pub mod engine;
+pub mod events;
+mod events_error;
 pub mod failure;
+pub mod interrupt;
 pub mod inventory;
 pub mod journal;
 pub mod member_checks;
