@@ -11,9 +11,7 @@ pub enum NotConfirmed {
         "not confirmed: stdin is not a terminal, so no one can type the cluster's name ({cluster}); nothing was changed. Re-run with --yes to restore without asking: the cluster's API is down from fence to unfence"
     )]
     NoTerminal { cluster: String },
-    #[error(
-        "not confirmed: {typed:?} is not the cluster's name ({cluster}); nothing was changed"
-    )]
+    #[error("not confirmed: {typed:?} is not the cluster's name ({cluster}); nothing was changed")]
     WrongName { cluster: String, typed: String },
     #[error("not confirmed: could not read the answer ({0}); nothing was changed")]
     Read(String),

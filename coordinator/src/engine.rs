@@ -153,8 +153,7 @@ impl<C: AgentClient, P: ClusterProbe> Restore<'_, C, P> {
                 Direction::Backward => (format!("rollback:{}", def.name), def.backward),
             };
             // A signal stops the restore between phases (a rollback goes on: see interrupt.rs).
-            if let (Direction::Forward, Some(signal)) = (direction, crate::interrupt::requested())
-            {
+            if let (Direction::Forward, Some(signal)) = (direction, crate::interrupt::requested()) {
                 let failures = vec![MemberFailure::new(
                     "coordinator",
                     FailureKind::Interrupted,

@@ -210,9 +210,10 @@ impl CommandResult {
     }
 
     pub fn with_result(mut self, result: &impl Serialize) -> Self {
-        self.result = Some(serde_json::to_value(result).unwrap_or_else(|e| {
-            serde_json::json!({"unserialisable": e.to_string()})
-        }));
+        self.result = Some(
+            serde_json::to_value(result)
+                .unwrap_or_else(|e| serde_json::json!({"unserialisable": e.to_string()})),
+        );
         self
     }
 }
@@ -314,6 +315,56 @@ impl JsonObserver {
     }
 }
 
+impl JsonObserver {
+    /// The `member-step` event of one agent call's change of state.
+    pub fn member_event(
+        &self,
+        member: &str,
+        step: Step,
+        way: Way,
+        state: MemberState<'_>,
+    ) -> Event {
+        let phase = self.current();
+        let (state, elapsed_seconds, error) = match state {
+            MemberState::Started => (StepState::Started, None, None),
+            MemberState::Retrying { error } => (
+                StepState::Retrying,
+                None,
+                Some(ErrorInfo::from_failure(
+                    &MemberFailure::new(member, FailureKind::Unreachable, error),
+                    phase.as_deref(),
+                )),
+            ),
+            MemberState::Done { elapsed } => (StepState::Done, Some(seconds(elapsed)), None),
+            MemberState::Failed { elapsed, failure } => (
+                StepState::Failed,
+                Some(seconds(elapsed)),
+                Some(ErrorInfo::from_failure(failure, phase.as_deref())),
+            ),
+        };
+        Event::MemberStep {
+            phase,
+            member: member.to_owned(),
+            step,
+            way: match way {
+                Way::Run => WayName::Run,
+                Way::Revert => WayName::Revert,
+            },
+            state,
+            elapsed_seconds,
+            error,
+        }
+    }
+}
+
+/// How the stream names the engine's direction.
+pub fn direction_name(direction: Direction) -> DirectionName {
+    match direction {
+        Direction::Forward => DirectionName::Forward,
+        Direction::Backward => DirectionName::Backward,
+    }
+}
+
 fn seconds(d: Duration) -> f64 {
     d.as_secs_f64()
 }
@@ -362,13 +413,13 @@ impl Observer for JsonObserver {
         elapsed: Duration,
         failures: &crate::failure::Failures,
     ) {
-        let (direction, tag) = match direction {
-            Direction::Forward => (DirectionName::Forward, phase.name().to_owned()),
-            Direction::Backward => (DirectionName::Backward, format!("rollback:{phase}")),
+        let tag = match direction {
+            Direction::Forward => phase.name().to_owned(),
+            Direction::Backward => format!("rollback:{phase}"),
         };
         emit(&Event::PhaseFailed {
             phase: phase.name().to_owned(),
-            direction,
+            direction: direction_name(direction),
             elapsed_seconds: seconds(elapsed),
             errors: failures
                 .iter()
@@ -378,36 +429,7 @@ impl Observer for JsonObserver {
     }
 
     fn member_step(&self, member: &str, step: Step, way: Way, state: MemberState<'_>) {
-        let phase = self.current();
-        let (state, elapsed_seconds, error) = match state {
-            MemberState::Started => (StepState::Started, None, None),
-            MemberState::Retrying { error } => (
-                StepState::Retrying,
-                None,
-                Some(ErrorInfo::from_failure(
-                    &MemberFailure::new(member, FailureKind::Unreachable, error),
-                    phase.as_deref(),
-                )),
-            ),
-            MemberState::Done { elapsed } => (StepState::Done, Some(seconds(elapsed)), None),
-            MemberState::Failed { elapsed, failure } => (
-                StepState::Failed,
-                Some(seconds(elapsed)),
-                Some(ErrorInfo::from_failure(failure, phase.as_deref())),
-            ),
-        };
-        emit(&Event::MemberStep {
-            phase,
-            member: member.to_owned(),
-            step,
-            way: match way {
-                Way::Run => WayName::Run,
-                Way::Revert => WayName::Revert,
-            },
-            state,
-            elapsed_seconds,
-            error,
-        });
+        emit(&self.member_event(member, step, way, state));
     }
 
     fn staging(&self, member: &str, sent: u64, total: u64) {

@@ -8,10 +8,10 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use quorate::agent_client::GrpcAgent;
 use quorate::engine::RollbackRefused;
+use quorate::events::{self, CommandResult, Event, JsonObserver, Outcome};
 use quorate::inventory::Inventory;
 use quorate::journal::{Holder, Journal};
 use quorate::ops::{self, Ending};
-use quorate::events::{self, CommandResult, Event, JsonObserver, Outcome};
 use quorate::output::{self, Format, Printer, exit};
 use quorate::phases::Deadlines;
 use quorate::plan::Plan;
@@ -374,7 +374,17 @@ async fn checked(
             }
             Ok(checked)
         }
-        Err(e) => Err(output::fail(format, &e, Outcome::Refused, exit::REFUSED)),
+        Err(e) => {
+            if format == Format::Json {
+                events::emit(&Event::PhaseFailed {
+                    phase: "preflight".into(),
+                    direction: events::DirectionName::Forward,
+                    elapsed_seconds: started.elapsed().as_secs_f64(),
+                    errors: vec![events::ErrorInfo::from_anyhow(&e).with_phase("preflight")],
+                });
+            }
+            Err(output::fail(format, &e, Outcome::Refused, exit::REFUSED))
+        }
     }
 }
 
@@ -467,7 +477,9 @@ fn usage(e: &clap::Error) -> ExitCode {
     }
     let args: Vec<String> = std::env::args().collect();
     let json = args.iter().any(|a| a == "--output=json")
-        || args.windows(2).any(|w| w[0] == "--output" && w[1] == "json");
+        || args
+            .windows(2)
+            .any(|w| w[0] == "--output" && w[1] == "json");
     if json {
         let message = e.render().to_string();
         let message = message.trim().trim_start_matches("error: ");

@@ -98,8 +98,12 @@ pub trait Observer: Sync {
 pub enum MemberState<'a> {
     Started,
     /// A retryable error (the agent restarting, a dropped connection): the call is made again.
-    Retrying { error: &'a str },
-    Done { elapsed: Duration },
+    Retrying {
+        error: &'a str,
+    },
+    Done {
+        elapsed: Duration,
+    },
     Failed {
         elapsed: Duration,
         failure: &'a MemberFailure,
@@ -507,8 +511,7 @@ impl<C: AgentClient, P: ClusterProbe> Restore<'_, C, P> {
             names: &names,
             total: self.plan.snapshot.size,
         };
-        let (read, receipts) =
-            tokio::join!(fan_out(&path, senders, progress), join_all(pushes));
+        let (read, receipts) = tokio::join!(fan_out(&path, senders, progress), join_all(pushes));
         let receipts = collect(receipts)?;
         read.map_err(|e| {
             vec![MemberFailure::coordinator(format!(

@@ -5,8 +5,8 @@ use std::process::ExitCode;
 
 use clap::Subcommand;
 
-use crate::inventory::Inventory;
 use crate::events::{self, CommandResult, ErrorInfo, Outcome};
+use crate::inventory::Inventory;
 use crate::output::{Format, exit};
 use crate::snapshot_sign::{self, SignatureReport};
 use crate::snapshot_verify::VerifyOptions;
@@ -190,8 +190,7 @@ pub async fn run(cmd: SnapshotCmd, format: Format) -> anyhow::Result<ExitCode> {
                             CommandResult::failed(
                                 Outcome::Failed,
                                 exit::ERROR,
-                                ErrorInfo::new(code, e.clone())
-                                    .with_advice("use another snapshot"),
+                                ErrorInfo::new(code, e.clone()).with_advice("use another snapshot"),
                             )
                             .with_result(&value)
                         }
