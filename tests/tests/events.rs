@@ -53,7 +53,10 @@ fn valid_stream(out: &Output, case: &str) -> Vec<Value> {
         events.push(v);
     }
     let last = events.last().expect("one event");
-    assert_eq!(last["event"], "result", "{case}: the last line is the result");
+    assert_eq!(
+        last["event"], "result",
+        "{case}: the last line is the result"
+    );
     assert_eq!(
         last["exit_code"].as_i64(),
         out.status.code().map(i64::from),
@@ -176,7 +179,10 @@ async fn event_stream_and_exit_codes() {
     let result = events.last().expect("result");
     assert_eq!(result["outcome"], "not-confirmed");
     assert!(
-        result["error"].as_str().unwrap_or_default().contains("(lab)"),
+        result["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("(lab)"),
         "the refusal names the cluster to type: {result}"
     );
     assert!(
@@ -225,7 +231,11 @@ async fn event_stream_and_exit_codes() {
         "{case}: every line after preflight names the restore"
     );
     matrix::assert_restored(&s, &original, case).await;
-    eprintln!("{case}: {} events in {:.1?}", events.len(), started.elapsed());
+    eprintln!(
+        "{case}: {} events in {:.1?}",
+        events.len(),
+        started.elapsed()
+    );
 
     // Rolled back: RESTORE fails on the coordinator; every phase begun is undone, newest first.
     let case = "rolled back";
@@ -264,7 +274,10 @@ async fn event_stream_and_exit_codes() {
     let events = valid_stream(&out, case);
     assert_eq!(out.status.code(), Some(3), "{}", matrix::output_text(&out));
     assert_eq!(events.last().expect("result")["outcome"], "past-no-return");
-    assert!(of(&events, "revert-started").is_empty(), "{case}: no rollback");
+    assert!(
+        of(&events, "revert-started").is_empty(),
+        "{case}: no rollback"
+    );
     let id = faults::restore_ids(&s.lab).pop().expect("restore id");
     let out = quorate(&s, &["resume", &id, "--output", "json"], "");
     let events = valid_stream(&out, "resume");

@@ -176,8 +176,8 @@ async fn saved_snapshot_holds_the_live_data_at_its_revision_and_force_and_keep_w
 
     let out = save(&lab, &first, &[]);
     assert!(out.status.success(), "save: {out:?}");
-    let report: Value = quorate_lab::realfaults::result_event(&out.stdout)
-        .expect("a result event")["result"]
+    let report: Value = quorate_lab::realfaults::result_event(&out.stdout).expect("a result event")
+        ["result"]
         .clone();
     assert!(report["report"]["reason"].as_str().is_some(), "{report}");
     let m = meta(&first);
