@@ -2,8 +2,10 @@
 //! successful restore, of a rolled-back one and of every other ending validates against
 //! docs/events.schema.json and tells the whole story (each phase started and done, each member's
 //! step started and ended in each phase, the final result); and each exit code comes from a real
-//! scenario: usage (2), not confirmed (8), refused in preflight (4), success (0), rolled back
-//! (5), past the point of no return (3), rollback incomplete (6), interrupted by SIGINT (7).
+//! scenario: usage (2), not confirmed (8: no terminal, or a wrong name typed on one; the right
+//! name restores), refused in preflight (4), success (0), rolled back (5), past the point of no
+//! return (3), rollback incomplete (6), interrupted by SIGINT (7: once, rolled back; twice,
+//! exited at once and rolled back afterwards by `quorate rollback`).
 //!
 //! Needs the failpoints compiled in (the lab crate's default feature `failpoints`).
 #![cfg(all(feature = "failpoints", debug_assertions))]
@@ -118,6 +120,34 @@ fn assert_member_steps(events: &[Value], phase: &str, way: &str, case: &str) {
     }
 }
 
+/// `quorate restore` without --yes on a terminal (a pty from util-linux `script`) where
+/// `typed` is typed; its exit code and everything the terminal showed.
+fn on_terminal(s: &Setup, typed: &str) -> (Option<i32>, String) {
+    use std::io::Write;
+    let command = format!(
+        "{} restore --inventory {} --snapshot {} --state-dir {}",
+        scenario::quorate_bin(&s.lab).display(),
+        s.lab.dir().join("inventory.toml").display(),
+        s.snapshot.display(),
+        faults::state_dir(&s.lab).display()
+    );
+    let mut child = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("script (util-linux)");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(typed.as_bytes())
+        .expect("type");
+    let out = child.wait_with_output().expect("script output");
+    (out.status.code(), matrix::output_text(&out))
+}
+
 fn quorate(s: &Setup, args: &[&str], failpoints: &str) -> Output {
     matrix::spawn_quorate(&s.lab, args, failpoints)
         .expect("quorate")
@@ -195,6 +225,20 @@ async fn event_stream_and_exit_codes() {
             "not confirmed: no agent was claimed"
         );
     }
+
+    // On a terminal: a wrong name refuses, the cluster's name confirms.
+    let case = "confirmed on a terminal";
+    let original = matrix::fresh_original(&s).await;
+    let (code, text) = on_terminal(&s, "prod\n");
+    assert_eq!(code, Some(8), "a wrong name: {text}");
+    assert!(text.contains("is not the cluster's name (lab)"), "{text}");
+    assert!(
+        faults::restore_ids(&s.lab).is_empty(),
+        "a wrong name: nothing journaled"
+    );
+    let (code, text) = on_terminal(&s, "lab\n");
+    assert_eq!(code, Some(0), "the cluster's name: {text}");
+    matrix::assert_restored(&s, &original, case).await;
 
     // Refused in preflight: a snapshot that is not there.
     let mut args = restore_args(&s);
@@ -345,5 +389,41 @@ async fn event_stream_and_exit_codes() {
         2,
         "{case}: PREPARE and STAGE undone"
     );
+    matrix::assert_back_to(&s, &original, case).await;
+
+    // A second SIGINT exits at once, in the middle of HALT; `quorate rollback` finishes from the
+    // journal.
+    let case = "interrupted twice";
+    let known = faults::restore_ids(&s.lab).len();
+    let child = matrix::spawn_quorate(&s.lab, &args, "coordinator::after-halt=sleep(20000)")
+        .expect("quorate");
+    if let Err(e) = faults::wait_journal(&s.lab, known, "halt", "begin").await {
+        matrix::fail_with(child, "HALT began", &e);
+    }
+    let pid = Pid::from_raw(i32::try_from(child.id()).expect("pid"));
+    let signalled = Instant::now();
+    kill(pid, Signal::SIGINT).expect("SIGINT");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    kill(pid, Signal::SIGINT).expect("SIGINT again");
+    let out = child.wait_with_output().expect("quorate output");
+    assert!(
+        signalled.elapsed() < std::time::Duration::from_secs(10),
+        "{case}: exited at once, not after the held phase"
+    );
+    let events = valid_stream(&out, case);
+    assert_eq!(out.status.code(), Some(7), "{}", matrix::output_text(&out));
+    let result = events.last().expect("result");
+    assert_eq!(result["outcome"], "interrupted", "{case}: {result}");
+    let id = faults::restore_ids(&s.lab).pop().expect("restore id");
+    assert!(
+        result["advice"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(&format!("quorate rollback {id}")),
+        "{case}: {result}"
+    );
+    let out = quorate(&s, &["rollback", &id, "--output", "json"], "");
+    valid_stream(&out, "rollback after a second SIGINT");
+    assert_eq!(out.status.code(), Some(0), "{}", matrix::output_text(&out));
     matrix::assert_back_to(&s, &original, case).await;
 }
