@@ -78,6 +78,17 @@ pub enum CertsCmd {
     },
 }
 
+impl CertsCmd {
+    /// The command's name in the event stream.
+    pub fn name(&self) -> &'static str {
+        match self {
+            CertsCmd::Init { .. } => "certs init",
+            CertsCmd::Check { .. } => "certs check",
+            CertsCmd::Rotate { .. } => "certs rotate",
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum CertsError {
     #[error(

@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use crate::agent_client::AgentClient;
-use crate::failure::{Failures, MemberFailure};
+use crate::failure::{FailureKind, Failures, MemberFailure};
 use crate::journal::{Entry, Journal, PhaseFacts};
 use crate::phases::{Action, Phase};
 use crate::progress::{PhaseTiming, Progress};
@@ -152,6 +152,15 @@ impl<C: AgentClient, P: ClusterProbe> Restore<'_, C, P> {
                 Direction::Forward => (def.name.to_owned(), def.forward),
                 Direction::Backward => (format!("rollback:{}", def.name), def.backward),
             };
+            // A signal stops the restore between phases (a rollback goes on: see interrupt.rs).
+            if let (Direction::Forward, Some(signal)) = (direction, crate::interrupt::requested()) {
+                let failures = vec![MemberFailure::new(
+                    "coordinator",
+                    FailureKind::Interrupted,
+                    format!("interrupted by {signal} before phase {phase} began"),
+                )];
+                return Err(self.failed(journal, progress, direction, phase, tag, failures));
+            }
             match direction {
                 Direction::Forward => self.observer.phase_started(phase, phase.index() + 1),
                 Direction::Backward => self.observer.revert_started(phase),

@@ -19,6 +19,8 @@ pub enum FailureKind {
     Unhealthy,
     /// The coordinator itself: its journal, its lock, an injected fault.
     Coordinator,
+    /// A signal (SIGINT, SIGTERM) stopped the restore at a phase boundary.
+    Interrupted,
 }
 
 /// One member's (or the cluster's, or the coordinator's) failure in a phase.

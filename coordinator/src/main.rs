@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use quorate::agent_client::GrpcAgent;
 use quorate::engine::RollbackRefused;
+use quorate::events::{self, CommandResult, Event, JsonObserver, Outcome};
 use quorate::inventory::Inventory;
 use quorate::journal::{Holder, Journal};
 use quorate::ops::{self, Ending};
@@ -32,7 +33,7 @@ use quorate_proto::model::RestoreId;
 ///   quorate plan    --inventory inventory.toml --snapshot /backup/etcd.db
 ///   quorate restore --inventory inventory.toml --snapshot /backup/etcd.db --yes
 #[derive(Parser, Debug)]
-#[command(name = "quorate", version = quorate::VERSION, verbatim_doc_comment)]
+#[command(name = "quorate", version = quorate::VERSION, verbatim_doc_comment, after_help = exit::HELP)]
 struct Cli {
     /// Output format: human text, or JSON lines for runbook automation.
     #[arg(long, global = true, value_enum, default_value_t = Format::Human)]
@@ -232,10 +233,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let deadlines = cli.timeouts.deadlines();
     match cli.command {
         Cmd::Plan(target) => {
-            let (_, _, plan) = preflight(&target.request()).await?;
+            let (_, _, plan) = match checked(format, &target).await {
+                Ok(checked) => checked,
+                Err(refused) => return Ok(refused),
+            };
             match format {
                 Format::Human => print!("{}", plan.render()),
-                Format::Json => println!("{}", serde_json::to_string(&plan)?),
+                Format::Json => return Ok(events::finish(CommandResult::ok(&plan))),
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -245,17 +249,28 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             state_dir,
             no_rollback,
         } => {
-            let (inventory, agents, plan) = preflight(&target.request()).await?;
-            if !yes {
-                print!("{}", plan.render());
-                eprintln!(
-                    "Nothing was changed. Re-run with --yes to restore: the cluster is down from fence to unfence."
-                );
-                return Ok(ExitCode::from(exit::NOT_CONFIRMED));
+            let (inventory, agents, plan) = match checked(format, &target).await {
+                Ok(checked) => checked,
+                Err(refused) => return Ok(refused),
+            };
+            events::set_restore_id(plan.restore_id);
+            match format {
+                Format::Human if !yes => print!("{}", plan.render()),
+                Format::Human if !quiet => eprint!("{}", plan.render()),
+                Format::Human => {}
+                Format::Json => events::emit(&Event::Plan {
+                    plan: serde_json::to_value(&plan)?,
+                }),
             }
-            if format == Format::Human && !quiet {
-                eprint!("{}", plan.render());
+            if !yes && let Err(refused) = quorate::confirm::ask(&inventory.cluster.name) {
+                return Ok(output::fail(
+                    format,
+                    &refused.into(),
+                    Outcome::NotConfirmed,
+                    exit::NOT_CONFIRMED,
+                ));
             }
+            interrupt(format);
             let mut journal =
                 Journal::create(&state_dir, &plan, &inventory, &Holder::me("restore"))?;
             let mut progress = Progress::default();
@@ -271,6 +286,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let (mut journal, plan, inventory, mut progress) = open(&journaled, "resume", format)?;
             let id = journaled.restore_id;
+            interrupt(format);
             if progress.finished() {
                 anyhow::bail!("restore {id} already finished: nothing to resume");
             }
@@ -289,6 +305,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Rollback { journaled, force } => {
             let (mut journal, plan, inventory, mut progress) =
                 open(&journaled, "rollback", format)?;
+            interrupt(format);
             let agents = grpc_agents(&inventory)?;
             let run = Run::new(format, quiet, deadlines, &inventory, &agents, &plan);
             let restore = run.restore();
@@ -298,18 +315,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     refused @ (RollbackRefused::PastNoReturn { .. }
                     | RollbackRefused::ForwardOnly { .. }),
                 ) => {
-                    output::error(format, &refused.into());
-                    return Ok(ExitCode::from(exit::PAST_NO_RETURN));
+                    return Ok(output::fail(
+                        format,
+                        &refused.into(),
+                        Outcome::Refused,
+                        exit::PAST_NO_RETURN,
+                    ));
                 }
                 Err(refused) => return Err(refused.into()),
             }
             let rolled = restore.rollback(&mut journal, &mut progress, force).await;
             run.observer.finish();
             match rolled {
-                Ok(rollback) => {
-                    output::rolled_back(format, &journal, &rollback, None)?;
-                    Ok(ExitCode::SUCCESS)
-                }
+                Ok(rollback) => output::rolled_back(format, &journal, &rollback, None, exit::OK),
                 Err(error) => output::ending(
                     format,
                     &journal,
@@ -321,6 +339,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Cmd::Status(journaled) => {
+            events::set_restore_id(journaled.restore_id);
             let read = Journal::read(&journaled.state_dir, journaled.restore_id)?;
             let progress = Progress::from_entries(&read.entries)?;
             let agents = grpc_agents(&read.inventory)?;
@@ -340,7 +359,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             .await;
             match format {
                 Format::Human => print!("{}", status.render()),
-                Format::Json => output::emit(&serde_json::to_value(&status)?),
+                Format::Json => return Ok(events::finish(CommandResult::ok(&status))),
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -366,6 +385,7 @@ fn open(
     command: &str,
     format: Format,
 ) -> anyhow::Result<(Journal, Plan, Inventory, Progress)> {
+    events::set_restore_id(j.restore_id);
     let opened = Journal::open(&j.state_dir, j.restore_id, &Holder::me(command))?;
     if let Some(line) = opened.truncated {
         Printer(format).note(&format!(
@@ -380,6 +400,50 @@ fn open(
         )
     })?;
     Ok((opened.journal, opened.plan, opened.inventory, progress))
+}
+
+/// Preflight, as events; on a refusal, the refusal reported and its exit code.
+async fn checked(
+    format: Format,
+    target: &Target,
+) -> Result<(Inventory, Vec<GrpcAgent>, Plan), ExitCode> {
+    let started = std::time::Instant::now();
+    if format == Format::Json {
+        events::emit(&Event::PhaseStarted {
+            phase: "preflight".into(),
+            index: 0,
+            total: quorate::phases::Phase::ALL.len(),
+        });
+    }
+    match preflight(&target.request()).await {
+        Ok(checked) => {
+            if format == Format::Json {
+                events::emit(&Event::PhaseDone {
+                    phase: "preflight".into(),
+                    elapsed_seconds: started.elapsed().as_secs_f64(),
+                });
+            }
+            Ok(checked)
+        }
+        Err(e) => {
+            if format == Format::Json {
+                events::emit(&Event::PhaseFailed {
+                    phase: "preflight".into(),
+                    direction: events::DirectionName::Forward,
+                    elapsed_seconds: started.elapsed().as_secs_f64(),
+                    errors: vec![events::ErrorInfo::from_anyhow(&e).with_phase("preflight")],
+                });
+            }
+            Err(output::fail(format, &e, Outcome::Refused, exit::REFUSED))
+        }
+    }
+}
+
+/// SIGINT and SIGTERM stop the run at the next phase boundary (see interrupt.rs).
+fn interrupt(format: Format) {
+    if let Err(e) = quorate::interrupt::install(format) {
+        tracing::warn!("cannot listen for SIGINT/SIGTERM: {e}");
+    }
 }
 
 /// What one run needs besides its journal.
@@ -411,7 +475,7 @@ impl<'a> Run<'a> {
                     .collect();
                 quorate::view::human(quiet, names)
             }
-            Format::Json => Box::new(Printer(format)),
+            Format::Json => Box::new(JsonObserver::default()),
         };
         Self {
             observer,
@@ -450,13 +514,57 @@ async fn main() -> ExitCode {
     }
     #[cfg(all(feature = "failpoints", debug_assertions))]
     let _failpoints = fail::FailScenario::setup();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage(&e),
+    };
     let format = cli.output;
+    events::set_command(cli.command.name());
     match run(cli).await {
         Ok(code) => code,
-        Err(e) => {
-            output::error(format, &e);
-            ExitCode::FAILURE
+        Err(e) => output::error(format, &e),
+    }
+}
+
+/// A command line clap refused (or --help, --version): clap's message, and with
+/// `--output json` a `result` event too.
+fn usage(e: &clap::Error) -> ExitCode {
+    let _ = e.print();
+    if e.exit_code() == 0 {
+        return ExitCode::SUCCESS;
+    }
+    let args: Vec<String> = std::env::args().collect();
+    let json = args.iter().any(|a| a == "--output=json")
+        || args
+            .windows(2)
+            .any(|w| w[0] == "--output" && w[1] == "json");
+    if json {
+        let message = e.render().to_string();
+        let message = message.trim().trim_start_matches("error: ");
+        events::emit(&Event::Result(CommandResult::failed(
+            Outcome::Usage,
+            exit::USAGE,
+            events::ErrorInfo::new("usage", message).with_advice("see `quorate --help`"),
+        )));
+    }
+    ExitCode::from(exit::USAGE)
+}
+
+impl Cmd {
+    /// The command's name in the event stream.
+    fn name(&self) -> &'static str {
+        match self {
+            Cmd::Plan(_) => "plan",
+            Cmd::Restore { .. } => "restore",
+            Cmd::Status(_) => "status",
+            Cmd::Resume { .. } => "resume",
+            Cmd::Rollback { .. } => "rollback",
+            Cmd::Snapshot(cmd) => cmd.name(),
+            Cmd::Agents(cmd) => cmd.name(),
+            Cmd::Certs(cmd) => cmd.name(),
+            Cmd::Gc { .. } => "gc",
+            Cmd::Report { .. } => "report",
+            Cmd::List { .. } => "list",
         }
     }
 }

@@ -5,6 +5,7 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use crate::events::{self, CommandResult, ErrorInfo, Event, JsonObserver, Outcome};
 use crate::journal::Journal;
 use crate::ops::Ending;
 use crate::phases::Phase;
@@ -18,13 +19,48 @@ pub enum Format {
     Json,
 }
 
-/// Exit codes.
+/// Exit codes a runbook can branch on (also in `quorate --help` and docs/events.md).
 pub mod exit {
-    /// A restore that failed after VERIFY (resume completes it), and a rollback refused for that
-    /// reason.
+    /// Success: the command did what it was asked (a restore: every member on the snapshot's
+    /// data, verified, apiservers back).
+    pub const OK: u8 = 0;
+    /// Any other error (journal unreadable or held by another quorate, a snapshot that does not
+    /// verify, an agent unreachable for `status`, ...).
+    pub const ERROR: u8 = 1;
+    /// Bad usage: the command line is wrong (clap's own code).
+    pub const USAGE: u8 = 2;
+    /// Failed after the point of no return (VERIFY passed): nothing was rolled back;
+    /// `quorate resume <id>` completes the restore. Also a rollback refused for that reason.
     pub const PAST_NO_RETURN: u8 = 3;
-    /// `restore` without `--yes`: the plan was shown, nothing was changed.
-    pub const NOT_CONFIRMED: u8 = 2;
+    /// Refused in preflight (inventory, snapshot, agents, membership, disk room): nothing was
+    /// touched.
+    pub const REFUSED: u8 = 4;
+    /// A phase failed and every member was rolled back to its original data, verified.
+    pub const ROLLED_BACK: u8 = 5;
+    /// Stopped before the point of no return and not rolled back: the rollback failed, or
+    /// `--no-rollback` was given. Operator action needed: `quorate status <id>`, then
+    /// `quorate rollback <id>` or `quorate resume <id>`.
+    pub const ROLLBACK_INCOMPLETE: u8 = 6;
+    /// Interrupted by SIGINT or SIGTERM: stopped at a phase boundary (and rolled back when
+    /// before the point of no return), or at once on a second signal. `quorate status <id>`
+    /// says where it stands.
+    pub const INTERRUPTED: u8 = 7;
+    /// `restore` was not confirmed (no --yes, and no terminal or a wrong cluster name): nothing
+    /// was touched.
+    pub const NOT_CONFIRMED: u8 = 8;
+
+    /// The table `quorate --help` prints.
+    pub const HELP: &str = "Exit codes:
+  0  success
+  1  other error (journal unreadable or held, snapshot does not verify, ...)
+  2  bad usage
+  3  failed after the point of no return: `quorate resume <id>` completes it
+  4  refused in preflight: nothing was touched
+  5  failed and rolled back: every member is on its original data
+  6  stopped without a complete rollback: operator action needed (`quorate status <id>`)
+  7  interrupted (SIGINT/SIGTERM): `quorate status <id>`, then resume or rollback
+  8  not confirmed (no --yes, no terminal or wrong cluster name): nothing was touched
+With --output json every line is an event of docs/events.md; the last is `result`, with exit_code.";
 }
 
 /// Prints a run's progress.
@@ -34,71 +70,76 @@ impl Observer for Printer {
     fn phase_started(&self, phase: Phase, index: usize) {
         match self.0 {
             Format::Human => eprintln!("[{index}/{}] {phase} ...", Phase::ALL.len()),
-            Format::Json => {
-                emit(
-                    &serde_json::json!({"event": "phase-started", "phase": phase, "index": index}),
-                );
-            }
+            Format::Json => JsonObserver::default().phase_started(phase, index),
         }
     }
     fn phase_done(&self, phase: Phase, elapsed: Duration) {
         match self.0 {
             Format::Human => eprintln!("      {phase} done in {:.2}s", elapsed.as_secs_f64()),
-            Format::Json => emit(
-                &serde_json::json!({"event": "phase-done", "phase": phase, "seconds": elapsed.as_secs_f64()}),
-            ),
+            Format::Json => JsonObserver::default().phase_done(phase, elapsed),
         }
     }
     fn note(&self, text: &str) {
         match self.0 {
             Format::Human => eprintln!("      {text}"),
-            Format::Json => emit(&serde_json::json!({"event": "note", "text": text})),
+            Format::Json => JsonObserver::default().note(text),
         }
     }
 }
 
-/// One JSON line on stdout.
+/// One command's result as a `result` event (outcome `ok`, exit code 0) with `value` as its
+/// `result`. New code should call [`events::finish`] with a [`CommandResult`].
 pub fn emit(value: &serde_json::Value) {
-    println!("{value}");
+    events::emit(&Event::Result(CommandResult::ok(value)));
 }
 
 /// Reports how a run ended, writes its report beside the journal, and returns the exit code.
 pub fn ending(format: Format, journal: &Journal, ending: Ending) -> anyhow::Result<ExitCode> {
     let id = journal.id();
+    let interrupted = crate::interrupt::requested();
+    // A signal that stopped the run makes the exit code `interrupted`, whatever followed.
+    let code = |normal: u8| interrupted.map_or(normal, |_| exit::INTERRUPTED);
+    if let (Some(signal), Format::Human) = (interrupted, format) {
+        eprintln!("interrupted by {signal}");
+    }
     match ending {
         Ending::Restored(report) => {
             let path = journal.write_json("report.json", &report)?;
             match format {
                 Format::Human => print_report(&report, &path),
-                Format::Json => emit(
-                    &serde_json::json!({"event": "done", "report": report, "report_path": path}),
-                ),
+                Format::Json => {
+                    let mut result =
+                        CommandResult::new(Outcome::Restored, exit::OK).with_result(&report);
+                    result.report_path = Some(path);
+                    events::emit(&Event::Result(result));
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
-        Ending::RolledBack { error, rollback } => {
-            rolled_back(format, journal, &rollback, Some(&error))?;
-            Ok(ExitCode::FAILURE)
-        }
+        Ending::RolledBack { error, rollback } => rolled_back(
+            format,
+            journal,
+            &rollback,
+            Some(&error),
+            code(exit::ROLLED_BACK),
+        ),
         Ending::PastNoReturn { error } => {
             let advice = format!(
                 "The restore passed VERIFY: every member holds the snapshot's data, verified, and it is not rolled back. Fix what failed, then `quorate resume {id}` completes it (`quorate status {id}` shows where every member stands)."
             );
+            let exit_code = code(exit::PAST_NO_RETURN);
             match format {
                 Format::Human => {
                     eprintln!("error: {error}");
                     eprintln!("{advice}");
                 }
-                Format::Json => emit(&serde_json::json!({
-                    "event": "stopped",
-                    "past_point_of_no_return": true,
-                    "phase": error.phase,
-                    "failures": error.failures,
-                    "error": error.to_string(),
-                    "advice": advice,
-                })),
+                Format::Json => {
+                    let mut result = failed_result(Outcome::PastNoReturn, exit_code, &error);
+                    result.advice = Some(advice);
+                    events::emit(&Event::Result(result));
+                }
             }
-            Ok(ExitCode::from(exit::PAST_NO_RETURN))
+            Ok(ExitCode::from(exit_code))
         }
         Ending::Stopped {
             error,
@@ -107,6 +148,7 @@ pub fn ending(format: Format, journal: &Journal, ending: Ending) -> anyhow::Resu
             let advice = format!(
                 "The members were left as they stand; nothing is deleted (original data dirs are kept at <data-dir>.quorate-{id}). See where every member stands: `quorate status {id}`; then `quorate resume {id}` or `quorate rollback {id}`."
             );
+            let exit_code = code(exit::ROLLBACK_INCOMPLETE);
             match format {
                 Format::Human => {
                     eprintln!("error: {error}");
@@ -115,27 +157,41 @@ pub fn ending(format: Format, journal: &Journal, ending: Ending) -> anyhow::Resu
                     }
                     eprintln!("{advice}");
                 }
-                Format::Json => emit(&serde_json::json!({
-                    "event": "stopped",
-                    "phase": error.phase,
-                    "failures": error.failures,
-                    "error": error.to_string(),
-                    "rollback_error": rollback_error,
-                    "advice": advice,
-                })),
+                Format::Json => {
+                    let mut result = failed_result(Outcome::Stopped, exit_code, &error);
+                    result.rollback_error = rollback_error;
+                    result.advice = Some(advice);
+                    events::emit(&Event::Result(result));
+                }
             }
-            Ok(ExitCode::FAILURE)
+            Ok(ExitCode::from(exit_code))
         }
     }
 }
 
-/// Reports a finished rollback and writes `rollback.json` beside the journal.
+/// The `result` of a run that stopped on `error`.
+fn failed_result(outcome: Outcome, exit_code: u8, error: &RestoreError) -> CommandResult {
+    let mut result = CommandResult::new(outcome, exit_code);
+    result.failed_phase = Some(error.phase.clone());
+    result.errors = error
+        .failures
+        .iter()
+        .map(|f| ErrorInfo::from_failure(f, Some(&error.phase)))
+        .collect();
+    result.error = Some(error.to_string());
+    result.interrupted_by = crate::interrupt::requested().map(str::to_owned);
+    result
+}
+
+/// Reports a finished rollback, writes `rollback.json` beside the journal, and returns
+/// `exit_code`.
 pub fn rolled_back(
     format: Format,
     journal: &Journal,
     rollback: &RollbackReport,
     error: Option<&RestoreError>,
-) -> anyhow::Result<()> {
+    exit_code: u8,
+) -> anyhow::Result<ExitCode> {
     let path = journal.write_json("rollback.json", rollback)?;
     match format {
         Format::Human => {
@@ -152,24 +208,41 @@ pub fn rolled_back(
             );
             println!("  report: {}", path.display());
         }
-        Format::Json => emit(&serde_json::json!({
-            "event": "rolled-back",
-            "error": error.map(ToString::to_string),
-            "phase": error.map(|e| e.phase.clone()),
-            "failures": error.map(|e| e.failures.clone()),
-            "rollback": rollback,
-            "report_path": path,
-        })),
+        Format::Json => {
+            let mut result = match error {
+                Some(e) => failed_result(Outcome::RolledBack, exit_code, e),
+                None => CommandResult::new(Outcome::RolledBack, exit_code),
+            };
+            result.result = CommandResult::ok(rollback).result;
+            result.report_path = Some(path);
+            events::emit(&Event::Result(result));
+        }
     }
-    Ok(())
+    Ok(ExitCode::from(exit_code))
 }
 
-/// An error that ended the command before or outside the phases.
-pub fn error(format: Format, e: &anyhow::Error) {
+/// An error that ended the command before or outside the phases; returns `exit_code`.
+pub fn fail(format: Format, e: &anyhow::Error, outcome: Outcome, exit_code: u8) -> ExitCode {
     match format {
         Format::Human => eprintln!("error: {}", render_error(e)),
-        Format::Json => emit(&serde_json::json!({"event": "error", "error": render_error(e)})),
+        Format::Json => {
+            let mut info = ErrorInfo::from_anyhow(e);
+            if outcome == Outcome::Refused && exit_code == exit::REFUSED {
+                info = info
+                    .with_phase("preflight")
+                    .with_advice("nothing was changed: fix what preflight names, then run again");
+            }
+            events::emit(&Event::Result(CommandResult::failed(
+                outcome, exit_code, info,
+            )));
+        }
     }
+    ExitCode::from(exit_code)
+}
+
+/// Any other error that ended the command (exit code 1).
+pub fn error(format: Format, e: &anyhow::Error) -> ExitCode {
+    fail(format, e, Outcome::Failed, exit::ERROR)
 }
 
 /// The error and its causes, each once: messages that already quote their cause are not

@@ -5,8 +5,9 @@ use std::process::ExitCode;
 
 use clap::Subcommand;
 
+use crate::events::{self, CommandResult, ErrorInfo, Outcome};
 use crate::inventory::Inventory;
-use crate::output::{self, Format};
+use crate::output::{Format, exit};
 use crate::snapshot_sign::{self, SignatureReport};
 use crate::snapshot_verify::VerifyOptions;
 
@@ -84,6 +85,18 @@ pub enum SnapshotCmd {
     },
 }
 
+impl SnapshotCmd {
+    /// The command's name in the event stream.
+    pub fn name(&self) -> &'static str {
+        match self {
+            SnapshotCmd::Save { .. } => "snapshot save",
+            SnapshotCmd::Verify { .. } => "snapshot verify",
+            SnapshotCmd::Sign { .. } => "snapshot sign",
+            SnapshotCmd::Keygen { .. } => "snapshot keygen",
+        }
+    }
+}
+
 pub async fn run(cmd: SnapshotCmd, format: Format) -> anyhow::Result<ExitCode> {
     use crate::snapshot_save::{SaveOptions, save};
     use crate::snapshot_verify::{VerifyReport, verify_into};
@@ -102,10 +115,11 @@ pub async fn run(cmd: SnapshotCmd, format: Format) -> anyhow::Result<ExitCode> {
             }
             let keep = keep.map(|k| usize::try_from(k).expect("u32 fits in usize"));
             let options = SaveOptions { out, force, keep };
-            let progress = |line: &str| {
-                if format == Format::Human {
-                    eprintln!("{line}");
-                }
+            let progress = |line: &str| match format {
+                Format::Human => eprintln!("{line}"),
+                Format::Json => events::emit(&events::Event::Note {
+                    text: line.to_owned(),
+                }),
             };
             let report = save(&inventory, &options, &progress).await?;
             let signed = match &sign_key {
@@ -131,9 +145,11 @@ pub async fn run(cmd: SnapshotCmd, format: Format) -> anyhow::Result<ExitCode> {
                         print!("{}", s.render());
                     }
                 }
-                Format::Json => output::emit(
-                    &serde_json::json!({"ok": true, "report": report, "signed": signed}),
-                ),
+                Format::Json => {
+                    return Ok(events::finish(CommandResult::ok(
+                        &serde_json::json!({"report": report, "signed": signed}),
+                    )));
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -167,7 +183,19 @@ pub async fn run(cmd: SnapshotCmd, format: Format) -> anyhow::Result<ExitCode> {
                 (Format::Json, _) => {
                     let mut value = serde_json::to_value(&report)?;
                     value["signature"] = serde_json::to_value(&sig_report)?;
-                    output::emit(&value);
+                    let result = match &result {
+                        Ok(()) => CommandResult::ok(&value),
+                        Err(e) => {
+                            let code = report.error_kind.unwrap_or("snapshot");
+                            CommandResult::failed(
+                                Outcome::Failed,
+                                exit::ERROR,
+                                ErrorInfo::new(code, e.clone()).with_advice("use another snapshot"),
+                            )
+                            .with_result(&value)
+                        }
+                    };
+                    return Ok(events::finish(result));
                 }
                 (Format::Human, Ok(())) => {
                     print!("{}", report.render());
@@ -195,7 +223,11 @@ pub async fn run(cmd: SnapshotCmd, format: Format) -> anyhow::Result<ExitCode> {
             let signed = snapshot_sign::sign(&snapshot, &key, &options).await?;
             match format {
                 Format::Human => print!("{}", signed.render()),
-                Format::Json => output::emit(&serde_json::json!({"ok": true, "signed": signed})),
+                Format::Json => {
+                    return Ok(events::finish(CommandResult::ok(
+                        &serde_json::json!({"signed": signed}),
+                    )));
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -208,7 +240,11 @@ pub async fn run(cmd: SnapshotCmd, format: Format) -> anyhow::Result<ExitCode> {
                     files.private_key.display(),
                     files.public_key.display()
                 ),
-                Format::Json => output::emit(&serde_json::json!({"ok": true, "keys": files})),
+                Format::Json => {
+                    return Ok(events::finish(CommandResult::ok(
+                        &serde_json::json!({"keys": files}),
+                    )));
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

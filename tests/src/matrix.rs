@@ -251,9 +251,10 @@ pub fn member_steps(lab: &Lab, id: &str) -> anyhow::Result<Vec<serde_json::Value
     }
     let status: serde_json::Value = text
         .lines()
-        .find_map(|l| serde_json::from_str(l).ok())
-        .with_context(|| format!("no JSON in quorate status: {text}"))?;
-    let members = status["members"]
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["event"] == "result")
+        .with_context(|| format!("no result event in quorate status: {text}"))?;
+    let members = status["result"]["members"]
         .as_array()
         .with_context(|| format!("no members in quorate status: {text}"))?;
     Ok(members

@@ -102,12 +102,26 @@ impl RestoreRun {
     }
 }
 
-/// The JSON lines `quorate --output json` printed.
+/// The JSON lines `quorate --output json` printed (docs/events.md).
 pub fn json_events(stdout: &[u8]) -> Vec<serde_json::Value> {
     String::from_utf8_lossy(stdout)
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect()
+}
+
+/// The `result` event that ends a `quorate --output json` run, if it printed one.
+pub fn result_event(stdout: &[u8]) -> Option<serde_json::Value> {
+    json_events(stdout)
+        .into_iter()
+        .rev()
+        .find(|e| e["event"] == "result")
+}
+
+/// The run's `result` event if its outcome is `outcome` (`restored`, `rolled-back`,
+/// `past-no-return`, `stopped`, ...).
+pub fn outcome(stdout: &[u8], outcome: &str) -> Option<serde_json::Value> {
+    result_event(stdout).filter(|r| r["outcome"] == outcome)
 }
 
 /// Waits up to `patience` until the coordinator's journal of the newest restore (after `known`

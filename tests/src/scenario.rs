@@ -156,11 +156,8 @@ pub fn restore_report(lab: &Lab, snapshot: &Path) -> serde_json::Value {
         "quorate restore failed:\nstdout:\n{stdout}\nstderr:\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    stdout
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|v| v["event"] == "done")
-        .expect("a done event with the report")["report"]
+    crate::realfaults::outcome(&out.stdout, "restored")
+        .expect("a result event with the report")["result"]
         .clone()
 }
 

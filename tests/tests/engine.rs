@@ -271,14 +271,13 @@ async fn finish_failing_on_one_member_or_interrupted_stops_past_the_point_of_no_
     );
     let events = realfaults::json_events(&out.stdout);
     assert!(
-        !events.iter().any(|e| e["event"] == "rolled-back"),
+        !events.iter().any(|e| e["outcome"] == "rolled-back"),
         "{case}: nothing rolled back: {text}"
     );
     let stopped = events
         .iter()
-        .find(|e| e["event"] == "stopped")
+        .find(|e| e["event"] == "result" && e["outcome"] == "past-no-return")
         .unwrap_or_else(|| panic!("{case}: a stopped event: {text}"));
-    assert_eq!(stopped["past_point_of_no_return"], true, "{case}: {text}");
     let error = stopped["error"].as_str().unwrap_or_default();
     assert!(
         error.contains("finish") && error.contains("cp-2") && !error.contains("member cp-1"),
@@ -379,12 +378,12 @@ async fn an_apiserver_that_will_not_start_after_verify_leaves_the_data_restored_
     );
     let events = realfaults::json_events(&out.stdout);
     assert!(
-        !events.iter().any(|e| e["event"] == "rolled-back"),
+        !events.iter().any(|e| e["outcome"] == "rolled-back"),
         "{case}: nothing rolled back: {text}"
     );
     let stopped = events
         .iter()
-        .find(|e| e["event"] == "stopped")
+        .find(|e| e["event"] == "result" && e["outcome"] == "past-no-return")
         .unwrap_or_else(|| panic!("{case}: a stopped event: {text}"));
     let error = stopped["error"].as_str().unwrap_or_default();
     assert!(

@@ -52,14 +52,14 @@ async fn an_error_at_each_coordinator_boundary_rolls_back_before_verify_and_stop
                 "{case}: {output}"
             );
             assert!(
-                !events.iter().any(|e| e["event"] == "rolled-back"),
+                !events.iter().any(|e| e["outcome"] == "rolled-back"),
                 "{case}: nothing rolled back after VERIFY: {output}"
             );
             let stopped = events
                 .iter()
-                .find(|e| e["event"] == "stopped")
-                .unwrap_or_else(|| panic!("{case}: a stopped event: {output}"));
-            assert_eq!(stopped["past_point_of_no_return"], true, "{case}: {output}");
+                .find(|e| e["event"] == "result")
+                .unwrap_or_else(|| panic!("{case}: a result event: {output}"));
+            assert_eq!(stopped["outcome"], "past-no-return", "{case}: {output}");
             let id = faults::restore_ids(&s.lab).pop().expect("restore id");
             let (ok, text) = faults::quorate_on(&s.lab, "resume", &id).expect("resume");
             assert!(ok, "{case}: resume completes it: {text}");
@@ -67,7 +67,9 @@ async fn an_error_at_each_coordinator_boundary_rolls_back_before_verify_and_stop
             eprintln!("{case}: stopped past the point of no return, resumed to the snapshot");
             continue;
         }
-        let rolled = events.iter().find(|e| e["event"] == "rolled-back");
+        let rolled = events
+            .iter()
+            .find(|e| e["event"] == "result" && e["outcome"] == "rolled-back");
         assert!(
             rolled.is_some(),
             "{case}: rolled back automatically; {output}"
@@ -203,8 +205,8 @@ async fn a_rollback_that_loses_an_agent_for_good_stops_naming_it_and_finishes_on
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stopped = json_events(&out.stdout)
         .into_iter()
-        .find(|e| e["event"] == "stopped")
-        .unwrap_or_else(|| panic!("a stopped event: {stdout}"));
+        .find(|e| e["event"] == "result" && e["outcome"] == "stopped")
+        .unwrap_or_else(|| panic!("a stopped result: {stdout}"));
     let rollback_error = stopped["rollback_error"].as_str().unwrap_or_default();
     assert!(
         rollback_error.contains("member cp-2") && rollback_error.contains("rollback:restore"),
@@ -307,7 +309,7 @@ async fn an_error_on_one_member_rolls_every_member_back() {
         assert!(
             json_events(&out.stdout)
                 .iter()
-                .any(|e| e["event"] == "rolled-back"),
+                .any(|e| e["outcome"] == "rolled-back"),
             "{case}: rolled back; stdout {} stderr {}",
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)

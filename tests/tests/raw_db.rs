@@ -151,9 +151,9 @@ async fn a_raw_db_copy_is_refused_without_skip_hash_check_and_restored_with_it()
     let done: serde_json::Value = stdout
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|v| v["event"] == "done")
+        .find(|v| v["event"] == "result" && v["outcome"] == "restored")
         .expect("a done event with the report");
-    let report = &done["report"];
+    let report = &done["result"];
     assert_eq!(report["skip_hash_check"], true, "{report}");
     assert_eq!(report["snapshot_revision"].as_i64(), Some(copied));
 

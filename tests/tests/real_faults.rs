@@ -69,7 +69,7 @@ fn assert_rolled_back(out: &Output, case: &str, member: &str, phase: &str) -> St
     let events = realfaults::json_events(&out.stdout);
     let rolled = events
         .iter()
-        .find(|e| e["event"] == "rolled-back")
+        .find(|e| e["event"] == "result" && e["outcome"] == "rolled-back")
         .unwrap_or_else(|| {
             panic!("{case}: rolled back automatically; stdout {stdout} stderr {stderr}")
         });

@@ -153,7 +153,7 @@ async fn no_snapshot_or_readable_file_outlives_a_rollback_or_a_restore() {
     assert!(
         json_events(&out.stdout)
             .iter()
-            .any(|e| e["event"] == "rolled-back"),
+            .any(|e| e["outcome"] == "rolled-back"),
         "{case}: {}",
         matrix::output_text(&out)
     );

@@ -53,7 +53,10 @@ fn keygen(lab: &Lab, name: &str) -> (PathBuf, String) {
         .find(|l| l.starts_with('{'))
         .expect("keygen's JSON line");
     let v: serde_json::Value = serde_json::from_str(json).expect("keygen json");
-    let id = v["keys"]["key_id"].as_str().expect("key id").to_owned();
+    let id = v["result"]["keys"]["key_id"]
+        .as_str()
+        .expect("key id")
+        .to_owned();
     (key, id)
 }
 

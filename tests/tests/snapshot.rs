@@ -68,12 +68,14 @@ fn verify(lab: &Lab, file: &Path, test_restore: bool) -> (bool, Value) {
         args.push("--test-restore");
     }
     let out = quorate(lab, &args);
-    let report: Value = serde_json::from_slice(&out.stdout).expect("a JSON report");
+    let result = quorate_lab::realfaults::result_event(&out.stdout).expect("a result event");
+    let report = result["result"].clone();
     assert_eq!(
         report["ok"].as_bool(),
         Some(out.status.success()),
         "{report}"
     );
+    assert_eq!(result["ok"], report["ok"], "{result}");
     (out.status.success(), report)
 }
 
@@ -174,7 +176,9 @@ async fn saved_snapshot_holds_the_live_data_at_its_revision_and_force_and_keep_w
 
     let out = save(&lab, &first, &[]);
     assert!(out.status.success(), "save: {out:?}");
-    let report: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let report: Value = quorate_lab::realfaults::result_event(&out.stdout).expect("a result event")
+        ["result"]
+        .clone();
     assert!(report["report"]["reason"].as_str().is_some(), "{report}");
     let m = meta(&first);
     let rev = m["revision"].as_i64().expect("revision");

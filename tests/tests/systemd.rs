@@ -143,9 +143,9 @@ async fn restore_round_trip(members: u8, version: EtcdVersion, keys: usize) {
     let done: serde_json::Value = stdout
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|v| v["event"] == "done")
-        .expect("a done event with the report");
-    let report = &done["report"];
+        .find(|v| v["event"] == "result" && v["outcome"] == "restored")
+        .expect("a result event with the report");
+    let report = &done["result"];
     eprintln!(
         "restore of {members} systemd members took {:.1?}; phases: {}",
         restore_started.elapsed(),

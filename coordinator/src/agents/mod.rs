@@ -38,6 +38,17 @@ pub enum AgentsCmd {
     Uninstall(uninstall::UninstallArgs),
 }
 
+impl AgentsCmd {
+    /// The command's name in the event stream.
+    pub fn name(&self) -> &'static str {
+        match self {
+            AgentsCmd::Install(_) => "agents install",
+            AgentsCmd::Status(_) => "agents status",
+            AgentsCmd::Uninstall(_) => "agents uninstall",
+        }
+    }
+}
+
 /// How to reach the hosts over SSH (shared by install and uninstall).
 #[derive(clap::Args, Debug, Clone)]
 pub struct SshArgs {

@@ -80,8 +80,8 @@ pub async fn measure(lab: &mut Lab, snapshot: &Path) -> anyhow::Result<QuorateFi
         .stdout
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|v| v["event"] == "done")
-        .and_then(|v| v["report"]["phases"].as_array().cloned())
+        .find(|v| v["event"] == "result" && v["outcome"] == "restored")
+        .and_then(|v| v["result"]["phases"].as_array().cloned())
         .context("quorate printed no report")?
         .iter()
         .map(|p| PhaseSeconds {

@@ -1,0 +1,81 @@
+//! SIGINT and SIGTERM while a restore, resume or rollback runs.
+//!
+//! The first signal asks the engine to stop at the next phase boundary: the calls of the phase
+//! under way end on every member (a half-done phase is the one state no one wants), then no new
+//! phase begins. The engine journals the stop as a failure of the next phase; before the point
+//! of no return the restore is then rolled back (unless `--no-rollback`), after it the restore
+//! stops and `quorate resume <id>` completes it. A rollback under way is not stopped by the first
+//! signal: it is what brings the cluster back. Either way the command exits with
+//! [`exit::INTERRUPTED`].
+//!
+//! The second signal exits at once with the same code. The journal, written before every
+//! transition, and the agents' own journals make `quorate resume <id>` or `quorate rollback <id>`
+//! possible from there, as after a crash.
+
+use std::sync::OnceLock;
+
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::events::{self, CommandResult, ErrorInfo, Event, Outcome};
+use crate::output::{Format, exit};
+
+/// The first signal received, if any.
+static REQUESTED: OnceLock<&'static str> = OnceLock::new();
+
+/// The signal that asked the run to stop (`SIGINT`, `SIGTERM`), if one did.
+pub fn requested() -> Option<&'static str> {
+    REQUESTED.get().copied()
+}
+
+/// Listens for SIGINT and SIGTERM for the rest of the process (call from within the runtime).
+pub fn install(format: Format) -> std::io::Result<()> {
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
+    tokio::spawn(async move {
+        loop {
+            let name = tokio::select! {
+                Some(()) = int.recv() => "SIGINT",
+                Some(()) = term.recv() => "SIGTERM",
+                else => return,
+            };
+            if REQUESTED.set(name).is_ok() {
+                first(format, name);
+            } else {
+                second(format, name);
+            }
+        }
+    });
+    Ok(())
+}
+
+fn first(format: Format, name: &str) {
+    let then = "stopping after the current phase's calls end on every member; before the point of no return every member is then rolled back, after it the restore stops for `quorate resume`. A second signal exits at once (the journal keeps it resumable)";
+    match format {
+        Format::Human => eprintln!("\n{name}: {then}"),
+        Format::Json => events::emit(&Event::Interrupt {
+            signal: name.to_owned(),
+            then: then.to_owned(),
+        }),
+    }
+}
+
+fn second(format: Format, name: &str) -> ! {
+    let id = events::restore_id().unwrap_or_else(|| "<id>".to_owned());
+    let advice = format!(
+        "the restore was left where it stood, in the middle of a phase; `quorate status {id}` shows every member; then `quorate resume {id}` carries it forward or `quorate rollback {id}` puts every member back"
+    );
+    let message = format!("{name} again: exiting at once");
+    match format {
+        Format::Human => eprintln!("\n{message}: {advice}"),
+        Format::Json => {
+            let mut result = CommandResult::failed(
+                Outcome::Interrupted,
+                exit::INTERRUPTED,
+                ErrorInfo::new("interrupted", message).with_advice(advice),
+            );
+            result.interrupted_by = Some(name.to_owned());
+            events::emit(&Event::Result(result));
+        }
+    }
+    std::process::exit(i32::from(exit::INTERRUPTED));
+}
