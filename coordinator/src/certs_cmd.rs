@@ -463,7 +463,7 @@ pub fn run(cmd: CertsCmd, format: Format) -> anyhow::Result<ExitCode> {
             let inv = Inventory::load(&inventory)?;
             let written = init(&dir, &inv, force, days, ca_days)?;
             print_written(format, "init", &written);
-            Ok(ExitCode::SUCCESS)
+            Ok(output::finish_command(format, &written, None))
         }
         CertsCmd::Rotate {
             dir,
@@ -473,7 +473,7 @@ pub fn run(cmd: CertsCmd, format: Format) -> anyhow::Result<ExitCode> {
             let inv = Inventory::load(&inventory)?;
             let written = rotate(&dir, &inv, days)?;
             print_written(format, "rotate", &written);
-            Ok(ExitCode::SUCCESS)
+            Ok(output::finish_command(format, &written, None))
         }
         CertsCmd::Check {
             dir,
@@ -500,27 +500,26 @@ pub fn run(cmd: CertsCmd, format: Format) -> anyhow::Result<ExitCode> {
                         );
                     }
                 }
-                Format::Json => output::emit(&serde_json::json!({
-                    "command": "certs-check",
-                    "result": worst,
-                    "certificates": reports,
-                })),
+                Format::Json => {}
             }
-            Ok(if worst == Severity::Error {
-                ExitCode::FAILURE
-            } else {
-                ExitCode::SUCCESS
-            })
+            let error = (worst == Severity::Error).then(|| {
+                "a certificate is expired, not yet valid, not signed by the CA, without the \
+                 names or usage it needs, or does not match its key (see each one above): \
+                 `quorate certs rotate` issues new ones"
+                    .to_owned()
+            });
+            Ok(output::finish_command(
+                format,
+                &serde_json::json!({ "worst": worst, "certificates": reports }),
+                error,
+            ))
         }
     }
 }
 
 fn print_written(format: Format, command: &str, w: &Written) {
     if format == Format::Json {
-        output::emit(&serde_json::json!({
-            "command": format!("certs-{command}"),
-            "written": w,
-        }));
+        let _ = command;
         return;
     }
     let dir = std::fs::canonicalize(&w.dir).unwrap_or_else(|_| w.dir.clone());

@@ -295,20 +295,18 @@ pub async fn run(
         Vec::new()
     };
     let failed = members.iter().any(|m| m.error.is_some()) || removed.iter().any(|r| !r.removed);
-    match format {
-        Format::Json => output::emit(&serde_json::json!({
-            "command": "gc",
-            "members": members,
-            "verdicts": verdicts.iter().map(|(id, v)| serde_json::json!({"restore_id": id, "decision": v})).collect::<Vec<_>>(),
-            "removed": removed,
-        })),
-        Format::Human => print!("{}", render(&members, &verdicts, &removed, args.yes)),
+    if format == Format::Human {
+        print!("{}", render(&members, &verdicts, &removed, args.yes));
     }
-    Ok(if failed {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
+    let value = serde_json::json!({
+        "members": members,
+        "verdicts": verdicts.iter().map(|(id, v)| serde_json::json!({"restore_id": id, "decision": v})).collect::<Vec<_>>(),
+        "removed": removed,
+    });
+    let error = failed.then(|| {
+        "an agent did not answer or a removal failed (see each member above); nothing of an unfinished restore was touched: fix it and run gc again".to_owned()
+    });
+    Ok(output::finish_command(format, &value, error))
 }
 
 /// The listing per member, then what was (or would be) removed.

@@ -240,6 +240,28 @@ pub fn fail(format: Format, e: &anyhow::Error, outcome: Outcome, exit_code: u8) 
     ExitCode::from(exit_code)
 }
 
+/// Ends a command that is not a restore: JSON gets its one `result` event with `value`, ok, or
+/// failed with `error` (exit code 1); human text was printed as the command went, and `error`
+/// goes to stderr.
+pub fn finish_command(
+    format: Format,
+    value: &impl serde::Serialize,
+    error: Option<String>,
+) -> ExitCode {
+    match (format, error) {
+        (Format::Json, None) => events::finish(CommandResult::ok(value)),
+        (Format::Json, Some(e)) => events::finish(
+            CommandResult::failed(Outcome::Failed, exit::ERROR, ErrorInfo::new("error", e))
+                .with_result(value),
+        ),
+        (Format::Human, None) => ExitCode::SUCCESS,
+        (Format::Human, Some(e)) => {
+            eprintln!("error: {e}");
+            ExitCode::from(exit::ERROR)
+        }
+    }
+}
+
 /// Any other error that ended the command (exit code 1).
 pub fn error(format: Format, e: &anyhow::Error) -> ExitCode {
     fail(format, e, Outcome::Failed, exit::ERROR)

@@ -321,11 +321,10 @@ pub fn run_report(
     format: Format,
 ) -> anyhow::Result<ExitCode> {
     let record = Record::read(state_dir, id)?;
-    match format {
-        Format::Human => print!("{}", crate::report_doc::render(&record, doc)),
-        Format::Json => output::emit(&serde_json::to_value(&record)?),
+    if format == Format::Human {
+        print!("{}", crate::report_doc::render(&record, doc));
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(output::finish_command(format, &record, None))
 }
 
 /// `quorate list`.
@@ -341,6 +340,7 @@ pub fn run_list(state_dir: &Path, format: Format) -> anyhow::Result<ExitCode> {
             }
         }
         Format::Json => {
+            let mut restores = Vec::new();
             for r in &records {
                 let value = match r {
                     Ok(r) => serde_json::json!({
@@ -353,8 +353,13 @@ pub fn run_list(state_dir: &Path, format: Format) -> anyhow::Result<ExitCode> {
                     }),
                     Err((id, e)) => serde_json::json!({"restore_id": id, "error": e.to_string()}),
                 };
-                output::emit(&value);
+                restores.push(value);
             }
+            return Ok(output::finish_command(
+                format,
+                &serde_json::json!({ "restores": restores }),
+                None,
+            ));
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -6,6 +6,7 @@ pub mod apiserver;
 pub mod bench;
 pub mod demo;
 pub mod etcd;
+pub mod event_schema;
 pub mod faults;
 pub mod hostns;
 pub mod kubelet;

@@ -8,6 +8,7 @@ use std::process::Command;
 use std::time::SystemTime;
 
 use quorate_lab::bench::sshd::{self, Sshd};
+use quorate_lab::event_schema;
 use quorate_lab::layout::Host;
 use quorate_lab::testlab;
 use quorate_lab::tools::EtcdVersion;
@@ -27,6 +28,8 @@ const INSTALLED: [&str; 7] = [
 struct Run {
     ok: bool,
     text: String,
+    stdout: String,
+    code: Option<i32>,
 }
 
 fn quorate(bin: &Path, args: &[&str]) -> Run {
@@ -43,6 +46,8 @@ fn quorate(bin: &Path, args: &[&str]) -> Run {
     Run {
         ok: out.status.success(),
         text,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        code: out.status.code(),
     }
 }
 
@@ -205,6 +210,26 @@ async fn install_over_ssh_is_checked_idempotent_and_undone() {
     let status = quorate(&bin, &["agents", "status", "--inventory", &inv]);
     assert!(status.ok, "status: {}", status.text);
     assert_eq!(status.text.matches("healthy").count(), hosts.len());
+    let json = quorate(
+        &bin,
+        &["agents", "status", "--inventory", &inv, "--output", "json"],
+    );
+    let events = event_schema::valid_stream(&json.stdout, json.code, "agents status --output json");
+    let agents = events.last().expect("result")["result"]["agents"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        agents.len(),
+        hosts.len(),
+        "one row per member: {}",
+        json.stdout
+    );
+    assert!(
+        agents.iter().all(|a| a["reachable"] == true),
+        "every agent answers: {}",
+        json.stdout
+    );
     let snapshot = dir.join("snapshot.db");
     scenario::save_snapshot(&lab, &hosts[0], &snapshot).expect("snapshot save");
     let plan = quorate(
@@ -243,7 +268,12 @@ async fn install_over_ssh_is_checked_idempotent_and_undone() {
     );
     assert!(un.ok, "uninstall: {}", un.text);
     nothing_installed(&hosts, "after uninstall");
-    let status = quorate(&bin, &["agents", "status", "--inventory", &inv]);
+    let status = quorate(
+        &bin,
+        &["agents", "status", "--inventory", &inv, "--output", "json"],
+    );
     assert!(!status.ok, "no agent answers after uninstall");
+    let events = event_schema::valid_stream(&status.stdout, status.code, "status after uninstall");
+    assert_eq!(events.last().expect("result")["outcome"], "failed");
     sshd.stop().expect("stopping sshd");
 }

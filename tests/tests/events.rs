@@ -21,8 +21,6 @@ use quorate_lab::realfaults::json_events;
 use quorate_lab::{faults, scenario};
 use serde_json::Value;
 
-const SCHEMA: &str = include_str!("../../docs/events.schema.json");
-
 const PHASES: [&str; 10] = [
     "stage", "prepare", "fence", "halt", "preserve", "restore", "quorum", "verify", "unfence",
     "finish",
@@ -41,35 +39,13 @@ fn step_of(phase: &str) -> Option<&'static str> {
 /// Every line is JSON and valid against the schema; the last one is the `result` with
 /// `exit_code` equal to the process's. Returns the events.
 fn valid_stream(out: &Output, case: &str) -> Vec<Value> {
-    let schema: Value = serde_json::from_str(SCHEMA).expect("schema JSON");
-    let validator = jsonschema::draft202012::new(&schema).expect("schema");
-    let stdout = String::from_utf8_lossy(&out.stdout);
     let text = matrix::output_text(out);
-    assert!(!stdout.trim().is_empty(), "{case}: no events: {text}");
-    let mut events = Vec::new();
-    for line in stdout.lines() {
-        let v: Value = serde_json::from_str(line)
-            .unwrap_or_else(|e| panic!("{case}: a line that is not JSON ({e}): {line}"));
-        let errors: Vec<String> = validator.iter_errors(&v).map(|e| e.to_string()).collect();
-        assert!(errors.is_empty(), "{case}: {line}\ninvalid: {errors:#?}");
-        events.push(v);
-    }
-    let last = events.last().expect("one event");
-    assert_eq!(
-        last["event"], "result",
-        "{case}: the last line is the result"
-    );
-    assert_eq!(
-        last["exit_code"].as_i64(),
-        out.status.code().map(i64::from),
-        "{case}: the result's exit code is the process's: {text}"
-    );
-    assert_eq!(
-        events.iter().filter(|e| e["event"] == "result").count(),
-        1,
-        "{case}: one result"
-    );
-    events
+    eprintln!("{case}:\n{text}");
+    quorate_lab::event_schema::valid_stream(
+        &String::from_utf8_lossy(&out.stdout),
+        out.status.code(),
+        case,
+    )
 }
 
 fn of<'a>(events: &'a [Value], event: &str) -> Vec<&'a Value> {

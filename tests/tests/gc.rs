@@ -146,6 +146,29 @@ async fn gc_removes_what_ended_restores_left_and_nothing_of_one_held_midway() {
         text.contains("12 path(s)") && text.contains("re-run with --yes"),
         "{text}"
     );
+    // The same listing as the event stream: one valid `result` naming every leftover.
+    let inventory = lab.dir().join("inventory.toml");
+    let events = quorate_lab::event_schema::run_json(
+        &lab,
+        &[
+            "gc",
+            "--inventory",
+            inventory.to_str().expect("utf-8 path"),
+            "--older-than",
+            "0s",
+        ],
+        "gc --output json",
+    );
+    let result = &events.last().expect("result")["result"];
+    let listed = result.to_string();
+    for id in [&finished, &rolled_back] {
+        assert!(listed.contains(id.as_str()), "{id} listed: {listed}");
+    }
+    assert_eq!(
+        result["removed"].as_array().map(Vec::len),
+        Some(0),
+        "{listed}"
+    );
     assert!(leftovers.iter().flatten().all(|p| p.exists()));
 
     // --yes removes them, and nothing of the held restore.

@@ -311,6 +311,23 @@ async fn the_live_view_plain_lines_quiet_and_the_reports_of_a_real_restore() {
         "{text}"
     );
 
+    // The same as the event stream: one valid `result` each.
+    let events =
+        quorate_lab::event_schema::run_json(&lab, &["report", &live_id], "report --output json");
+    assert_eq!(
+        events.last().expect("result")["result"]["report"]["after"]["cluster_id"],
+        report["after"]["cluster_id"],
+        "the JSON report is the restore's"
+    );
+    let events = quorate_lab::event_schema::run_json(&lab, &["list"], "list --output json");
+    assert_eq!(
+        events.last().expect("result")["result"]["restores"]
+            .as_array()
+            .map(Vec::len),
+        Some(3),
+        "three restores listed"
+    );
+
     // 5. The list: the three restores, newest first, each restored.
     let list = quorate(&["list"]);
     eprintln!("list:\n{list}");

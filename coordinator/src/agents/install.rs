@@ -502,11 +502,14 @@ pub async fn run(args: &mut InstallArgs, format: Format) -> anyhow::Result<ExitC
         super::report(format, &t.name, r, args.dry_run);
         failed += usize::from(r.is_err());
     }
-    if failed > 0 {
-        anyhow::bail!(
-            "{failed} of {} hosts failed (see above); hosts that succeeded keep what was installed, and a re-run changes only what differs",
-            targets.len()
-        );
-    }
-    Ok(ExitCode::SUCCESS)
+    let error = (failed > 0).then(|| format!(
+        "{failed} of {} hosts failed (see above); hosts that succeeded keep what was installed, and a re-run changes only what differs",
+        targets.len()
+    ));
+    let value = super::host_results(
+        targets.iter().map(|t| t.name.clone()),
+        &results,
+        args.dry_run,
+    );
+    Ok(crate::output::finish_command(format, &value, error))
 }

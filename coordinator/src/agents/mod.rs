@@ -147,13 +147,34 @@ pub fn report(format: Format, host: &str, result: &Result<String, String>, dry_r
             Ok(done) => println!("{host}: {done}"),
             Err(e) => println!("{host}: FAILED: {e}"),
         },
-        Format::Json => crate::output::emit(&serde_json::json!({
-            "host": host,
-            "ok": result.is_ok(),
-            "dry_run": dry_run,
-            "message": match result { Ok(m) | Err(m) => m },
-        })),
+        Format::Json => crate::events::emit(&crate::events::Event::Note {
+            text: match result {
+                Ok(done) => format!("{host}: {done}"),
+                Err(e) => format!("{host}: FAILED: {e}"),
+            },
+        }),
     }
+    let _ = dry_run;
+}
+
+/// One host's outcome, in the `result` of `agents install|uninstall --output json`.
+pub fn host_results(
+    names: impl Iterator<Item = String>,
+    results: &[Result<String, String>],
+    dry_run: bool,
+) -> serde_json::Value {
+    let hosts: Vec<serde_json::Value> = names
+        .zip(results)
+        .map(|(host, r)| {
+            serde_json::json!({
+                "host": host,
+                "ok": r.is_ok(),
+                "dry_run": dry_run,
+                "message": match r { Ok(m) | Err(m) => m },
+            })
+        })
+        .collect();
+    serde_json::json!({ "hosts": hosts })
 }
 
 #[cfg(test)]

@@ -116,17 +116,19 @@ pub fn render(rows: &[Row]) -> String {
 pub async fn run(args: &StatusArgs, format: Format) -> anyhow::Result<ExitCode> {
     let inventory = Inventory::load(&args.inventory)?;
     let rows = rows(&inventory).await?;
-    match format {
-        Format::Human => print!("{}", render(&rows)),
-        Format::Json => {
-            for r in &rows {
-                crate::output::emit(&serde_json::to_value(r)?);
-            }
-        }
+    if format == Format::Human {
+        print!("{}", render(&rows));
     }
-    Ok(if rows.iter().all(|r| r.reachable) {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    let silent = rows.iter().filter(|r| !r.reachable).count();
+    let error = (silent > 0).then(|| {
+        format!(
+            "{silent} of {} agents did not answer: check the unit on each (`systemctl status quorate-agent`), or install it (`quorate agents install`)",
+            rows.len()
+        )
+    });
+    Ok(crate::output::finish_command(
+        format,
+        &serde_json::json!({ "agents": rows }),
+        error,
+    ))
 }

@@ -138,11 +138,12 @@ pub async fn run(args: &UninstallArgs, format: Format) -> anyhow::Result<ExitCod
         super::report(format, &t.name, r, false);
         failed += usize::from(r.is_err());
     }
-    if failed > 0 {
-        anyhow::bail!(
+    let error = (failed > 0).then(|| {
+        format!(
             "{failed} of {} hosts were not uninstalled (see above)",
             targets.len()
-        );
-    }
-    Ok(ExitCode::SUCCESS)
+        )
+    });
+    let value = super::host_results(targets.iter().map(|t| t.name.clone()), &results, false);
+    Ok(crate::output::finish_command(format, &value, error))
 }
