@@ -41,8 +41,6 @@ struct Cli {
     /// Print only the result (the report, or the error): no plan, no progress.
     #[arg(long, short, global = true)]
     quiet: bool,
-    #[command(flatten)]
-    timeouts: Timeouts,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -51,10 +49,13 @@ struct Cli {
 enum Cmd {
     /// Check the inventory, the agents and the snapshot, and print the per-member plan. Read-only.
     Plan(Target),
-    /// Run the restore on every member (requires --yes).
+    /// Run the restore on every member. Shows the plan and asks for the cluster's name first,
+    /// unless --yes; with no terminal and no --yes it refuses (exit code 8).
     Restore {
         #[command(flatten)]
         target: Target,
+        #[command(flatten)]
+        timeouts: Timeouts,
         /// Proceed without asking: the cluster is down from the fence phase until unfence.
         #[arg(long)]
         yes: bool,
@@ -71,6 +72,8 @@ enum Cmd {
     Resume {
         #[command(flatten)]
         journaled: Journaled,
+        #[command(flatten)]
+        timeouts: Timeouts,
         /// On failure, stop where it failed instead of rolling every member back.
         #[arg(long)]
         no_rollback: bool,
@@ -81,6 +84,8 @@ enum Cmd {
     Rollback {
         #[command(flatten)]
         journaled: Journaled,
+        #[command(flatten)]
+        timeouts: Timeouts,
         /// Roll back a restore that passed VERIFY.
         #[arg(long)]
         force: bool,
@@ -114,6 +119,9 @@ enum Cmd {
         /// Where the journal of each restore is kept: a restore whose journal has not ended is kept.
         #[arg(long, env = "QUORATE_STATE_DIR", default_value_os_t = default_state_dir())]
         state_dir: PathBuf,
+        /// Deadline for each agent's answer (listing, then removing).
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        step_timeout: Duration,
     },
     /// Install, check or remove the quorate agents on every host (over SSH; see docs/agents.md).
     #[command(subcommand)]
@@ -125,24 +133,24 @@ enum Cmd {
 #[derive(clap::Args, Debug, Clone)]
 struct Timeouts {
     /// Deadline for a quick step on every member (claim, preserve, finish) and for verify.
-    #[arg(long, global = true, default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     step_timeout: Duration,
     /// Deadline for stopping etcd or an apiserver everywhere (etcd may take ~15 s).
-    #[arg(long, global = true, default_value = "90s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "90s", value_parser = humantime::parse_duration)]
     stop_timeout: Duration,
     /// Deadline for starting etcd or an apiserver everywhere.
-    #[arg(long, global = true, default_value = "120s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
     start_timeout: Duration,
     /// Deadline for every member to be healthy after the last one started.
-    #[arg(long, global = true, default_value = "120s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
     quorum_timeout: Duration,
     /// etcd starts member by member: how long to wait for one member's etcd to answer on its
     /// health endpoint before starting the next one anyway.
-    #[arg(long, global = true, default_value = "15s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
     member_start_wait: Duration,
     /// The slowest rate, in MiB/s, assumed for moving the snapshot: staging and restoring it get
     /// their deadline plus size / rate (staging: size × members, one copy each).
-    #[arg(long, global = true, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
     min_throughput_mib: u64,
 }
 
@@ -230,7 +238,6 @@ fn nix_is_root() -> bool {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let format = cli.output;
     let quiet = cli.quiet;
-    let deadlines = cli.timeouts.deadlines();
     match cli.command {
         Cmd::Plan(target) => {
             let (_, _, plan) = match checked(format, &target).await {
@@ -245,6 +252,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Cmd::Restore {
             target,
+            timeouts,
             yes,
             state_dir,
             no_rollback,
@@ -274,7 +282,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let mut journal =
                 Journal::create(&state_dir, &plan, &inventory, &Holder::me("restore"))?;
             let mut progress = Progress::default();
-            let run = Run::new(format, quiet, deadlines, &inventory, &agents, &plan);
+            let run = Run::new(
+                format,
+                quiet,
+                timeouts.deadlines(),
+                &inventory,
+                &agents,
+                &plan,
+            );
             let ending =
                 ops::forward(&run.restore(), &mut journal, &mut progress, !no_rollback).await;
             run.observer.finish();
@@ -282,6 +297,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Cmd::Resume {
             journaled,
+            timeouts,
             no_rollback,
         } => {
             let (mut journal, plan, inventory, mut progress) = open(&journaled, "resume", format)?;
@@ -296,18 +312,36 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
             }
             let agents = grpc_agents(&inventory)?;
-            let run = Run::new(format, quiet, deadlines, &inventory, &agents, &plan);
+            let run = Run::new(
+                format,
+                quiet,
+                timeouts.deadlines(),
+                &inventory,
+                &agents,
+                &plan,
+            );
             let ending =
                 ops::forward(&run.restore(), &mut journal, &mut progress, !no_rollback).await;
             run.observer.finish();
             output::ending(format, &journal, ending)
         }
-        Cmd::Rollback { journaled, force } => {
+        Cmd::Rollback {
+            journaled,
+            timeouts,
+            force,
+        } => {
             let (mut journal, plan, inventory, mut progress) =
                 open(&journaled, "rollback", format)?;
             interrupt(format);
             let agents = grpc_agents(&inventory)?;
-            let run = Run::new(format, quiet, deadlines, &inventory, &agents, &plan);
+            let run = Run::new(
+                format,
+                quiet,
+                timeouts.deadlines(),
+                &inventory,
+                &agents,
+                &plan,
+            );
             let restore = run.restore();
             match restore.may_roll_back(&progress, force) {
                 Ok(()) => {}
@@ -372,9 +406,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::List { state_dir } => quorate::report_cmd::run_list(&state_dir, format),
         Cmd::Snapshot(cmd) => quorate::snapshot_cmd::run(cmd, format).await,
         Cmd::Certs(cmd) => quorate::certs_cmd::run(cmd, format),
-        Cmd::Gc { args, state_dir } => {
-            quorate::gc::run(args, &state_dir, format, deadlines.call).await
-        }
+        Cmd::Gc {
+            args,
+            state_dir,
+            step_timeout,
+        } => quorate::gc::run(args, &state_dir, format, step_timeout).await,
         Cmd::Agents(cmd) => quorate::agents::run(cmd, format).await,
     }
 }

@@ -319,23 +319,5 @@ fn print_report(report: &Report, path: &Path) {
     for (m, dir) in &report.preserved_dirs {
         println!("  {m}: original data kept at {dir}");
     }
-    let phases: Vec<String> = report
-        .phases
-        .iter()
-        .map(|p| {
-            let slowest = p
-                .members
-                .iter()
-                .max_by(|a, b| a.seconds.total_cmp(&b.seconds));
-            match slowest {
-                Some(m) if p.members.len() > 1 => format!(
-                    "{} {:.2}s (slowest {} {:.2}s)",
-                    p.phase, p.seconds, m.member, m.seconds
-                ),
-                _ => format!("{} {:.2}s", p.phase, p.seconds),
-            }
-        })
-        .collect();
-    println!("  phases: {}", phases.join(", "));
     println!("  report: {}", path.display());
 }
