@@ -551,7 +551,8 @@ fn print_written(format: Format, command: &str, w: &Written) {
             key.display()
         );
         println!(
-            "On each agent host, copy {} and that agent's {}/<name>.crt and .key (keep the key \
+            "`quorate agents install --certs {} ...` puts them on every host for you. By hand: \
+             on each agent host, copy {} and that agent's {}/<name>.crt and .key (keep the key \
              0600, owned by the agent's user), and in its agent.toml:\n\n\
              allowed_clients = [\"{COORDINATOR_NAME}\"]\n[tls]\n\
              cert = \"/etc/quorate/pki/agent.crt\"    # {}/<name>.crt\n\
@@ -559,6 +560,7 @@ fn print_written(format: Format, command: &str, w: &Written) {
              client_ca = \"/etc/quorate/pki/ca.crt\"  # {}\n\n\
              then (re)start quorate-agent, and check with `quorate certs check --dir {} \
              --inventory ...`.",
+            dir.display(),
             ca.display(),
             layout.agents_dir().display(),
             layout.agents_dir().display(),

@@ -81,12 +81,12 @@ pub fn wal_needed() -> u64 {
 pub fn room_text(snapshot_size: u64) -> String {
     format!(
         "room: the snapshot is restored beside each data dir (PREPARE) while the original still \
-         exists and serves, so each data dir's filesystem needs {} MB free (twice the snapshot: \
+         exists and serves, so each data dir's filesystem needs {:.1} MB free (twice the snapshot: \
          the prepared copy and as much again for growth) plus {} MB when the WAL is on it ({} \
          WAL segments of 64 MB: the copy's, the next one the serving original may preallocate, \
          the next one the restored member preallocates); a wal dir on its own filesystem needs \
          the {} MB",
-        data_needed(snapshot_size, false) >> 20,
+        data_needed(snapshot_size, false) as f64 / f64::from(1u32 << 20),
         wal_needed() >> 20,
         WAL_SEGMENTS_NEEDED,
         wal_needed() >> 20
@@ -283,7 +283,7 @@ mod tests {
         .expect("plan");
         let text = plan.render();
         assert!(
-            text.contains("each data dir's filesystem needs 200 MB free (twice the snapshot")
+            text.contains("each data dir's filesystem needs 200.0 MB free (twice the snapshot")
                 && text.contains("plus 192 MB when the WAL is on it"),
             "{text}"
         );
