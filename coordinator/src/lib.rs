@@ -36,6 +36,7 @@ pub mod inventory;
 pub mod journal;
 pub mod lines;
 pub mod live;
+pub mod log_writer;
 pub mod member_checks;
 pub mod membership;
 pub mod ops;

@@ -115,6 +115,7 @@ impl LiveView {
             looks: vec![Look::Idle; members.len()],
             name_width,
         }));
+        crate::log_writer::set_live(Some(multi.clone()));
         let view = Self {
             multi,
             header,
@@ -355,6 +356,7 @@ impl Observer for LiveView {
 
     fn finish(&self) {
         self.stop_ticker();
+        crate::log_writer::set_live(None);
         // The last state stays on screen as plain lines; the bars go.
         let last = self.state.lock().ok().map(|s| {
             let now = Instant::now();

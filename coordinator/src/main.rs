@@ -543,7 +543,7 @@ async fn main() -> ExitCode {
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(quorate::log_writer::LogWriter)
         .init();
     if quorate::FAILPOINTS {
         eprintln!("{}", quorate::FAILPOINTS_WARNING);
