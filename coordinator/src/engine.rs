@@ -2,7 +2,7 @@
 //! phase from the table in `phases.rs`: journal the beginning, act on every member, journal the
 //! end. Each phase ends on every member before the next begins.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::agent_client::AgentClient;
 use crate::failure::{FailureKind, Failures, MemberFailure};
@@ -153,13 +153,25 @@ impl<C: AgentClient, P: ClusterProbe> Restore<'_, C, P> {
                 Direction::Backward => (format!("rollback:{}", def.name), def.backward),
             };
             // A signal stops the restore between phases (a rollback goes on: see interrupt.rs).
-            if let (Direction::Forward, Some(signal)) = (direction, crate::interrupt::requested()) {
+            // Past the point of no return only UNFENCE and FINISH remain, and they are what
+            // brings the API back: the restore carries on.
+            if let (Direction::Forward, Some(signal), false) = (
+                direction,
+                crate::interrupt::requested(),
+                progress.past_no_return(),
+            ) {
                 let failures = vec![MemberFailure::new(
                     "coordinator",
                     FailureKind::Interrupted,
                     format!("interrupted by {signal} before phase {phase} began"),
                 )];
-                return Err(self.failed(journal, progress, direction, phase, tag, failures));
+                return Err(self.failed(
+                    journal,
+                    progress,
+                    (direction, phase, Duration::ZERO),
+                    tag,
+                    failures,
+                ));
             }
             match direction {
                 Direction::Forward => self.observer.phase_started(phase, phase.index() + 1),
@@ -192,9 +204,13 @@ impl<C: AgentClient, P: ClusterProbe> Restore<'_, C, P> {
             let facts = match result {
                 Ok(facts) => facts,
                 Err(failures) => {
-                    self.observer
-                        .phase_failed(phase, direction, started.elapsed(), &failures);
-                    return Err(self.failed(journal, progress, direction, phase, tag, failures));
+                    return Err(self.failed(
+                        journal,
+                        progress,
+                        (direction, phase, started.elapsed()),
+                        tag,
+                        failures,
+                    ));
                 }
             };
             let done = match direction {
@@ -228,16 +244,18 @@ impl<C: AgentClient, P: ClusterProbe> Restore<'_, C, P> {
         Ok(())
     }
 
-    /// Journals a failed phase (best effort: the failure is what matters) and builds its error.
+    /// Tells the observer, journals a failed phase (best effort: the failure is what matters)
+    /// and builds its error. `at`: which way, which phase, how long it ran.
     fn failed(
         &self,
         journal: &mut Journal,
         progress: &mut Progress,
-        direction: Direction,
-        phase: Phase,
+        (direction, phase, elapsed): (Direction, Phase, Duration),
         tag: String,
         failures: Failures,
     ) -> RestoreError {
+        self.observer
+            .phase_failed(phase, direction, elapsed, &failures);
         let entry = match direction {
             Direction::Forward => {
                 progress.failed = Some(phase);

@@ -278,9 +278,25 @@ pub fn line(event: &Event) -> String {
     })
 }
 
-/// Writes one event as one line on stdout.
+/// Whether the command's `result` was written: there is exactly one, whoever comes first (the
+/// command's ending, or a second signal exiting at once).
+static RESULT_WRITTEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Writes one event as one line on stdout. A reader that went away (`| jq` ended, the terminal
+/// hung up) does not stop the command: the line is dropped, the run goes on and its journal
+/// keeps the story.
 pub fn emit(event: &Event) {
-    println!("{}", line(event));
+    use std::io::Write as _;
+    use std::sync::atomic::Ordering;
+    if matches!(event, Event::Result(_)) && RESULT_WRITTEN.swap(true, Ordering::SeqCst) {
+        tracing::debug!("a second result event was dropped: {}", line(event));
+        return;
+    }
+    let text = line(event);
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = writeln!(out, "{text}").and_then(|()| out.flush()) {
+        tracing::debug!("stdout refused an event ({e}): {text}");
+    }
 }
 
 /// Writes the command's `result` event; returns its exit code for `main` to return.

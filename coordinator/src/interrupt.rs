@@ -2,15 +2,20 @@
 //!
 //! The first signal asks the engine to stop at the next phase boundary: the calls of the phase
 //! under way end on every member (a half-done phase is the one state no one wants), then no new
-//! phase begins. The engine journals the stop as a failure of the next phase; before the point
-//! of no return the restore is then rolled back (unless `--no-rollback`), after it the restore
-//! stops and `quorate resume <id>` completes it. A rollback under way is not stopped by the first
-//! signal: it is what brings the cluster back. Either way the command exits with
-//! [`exit::INTERRUPTED`].
+//! phase begins. The engine journals the stop as a failure of the next phase; the restore is
+//! then rolled back (unless `--no-rollback`) and `restore`/`resume` exit with
+//! [`exit::INTERRUPTED`]. Past the point of no return (VERIFY passed) the signal changes nothing:
+//! only UNFENCE and FINISH remain, and they bring the API back, so the restore carries on to its
+//! end. A rollback under way is not stopped by the first signal either: it is what brings the
+//! cluster back (a `rollback` command that completes exits 0).
 //!
 //! The second signal exits at once with the same code. The journal, written before every
 //! transition, and the agents' own journals make `quorate resume <id>` or `quorate rollback <id>`
 //! possible from there, as after a crash.
+//!
+//! SIGHUP (the operator's SSH session dropped) does not stop the run: stdout and stderr that were
+//! the lost terminal are pointed at /dev/null and the run goes on to its end, as under `nohup`;
+//! `quorate list` and `quorate status <id>` tell how it ended.
 
 use std::sync::OnceLock;
 
@@ -31,11 +36,24 @@ pub fn requested() -> Option<&'static str> {
 pub fn install(format: Format) -> std::io::Result<()> {
     let mut int = signal(SignalKind::interrupt())?;
     let mut term = signal(SignalKind::terminate())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    // Which of them is the terminal, asked now: once it hung up, it may not say so any more.
+    let ttys = {
+        use std::io::IsTerminal as _;
+        (
+            std::io::stdout().is_terminal(),
+            std::io::stderr().is_terminal(),
+        )
+    };
     tokio::spawn(async move {
         loop {
             let name = tokio::select! {
                 Some(()) = int.recv() => "SIGINT",
                 Some(()) = term.recv() => "SIGTERM",
+                Some(()) = hup.recv() => {
+                    detach(ttys);
+                    continue;
+                }
                 else => return,
             };
             if REQUESTED.set(name).is_ok() {
@@ -48,8 +66,23 @@ pub fn install(format: Format) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The terminal is gone: whatever of stdout and stderr was that terminal now goes nowhere, so
+/// that no write to it fails (a failed `eprintln!` would end the run mid-phase).
+fn detach((stdout_tty, stderr_tty): (bool, bool)) {
+    tracing::warn!("SIGHUP: the terminal is gone; the run goes on to its end without it");
+    let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") else {
+        return;
+    };
+    if stdout_tty {
+        let _ = nix::unistd::dup2_stdout(&null);
+    }
+    if stderr_tty {
+        let _ = nix::unistd::dup2_stderr(&null);
+    }
+}
+
 fn first(format: Format, name: &str) {
-    let then = "stopping after the current phase's calls end on every member; before the point of no return every member is then rolled back, after it the restore stops for `quorate resume`. A second signal exits at once (the journal keeps it resumable)";
+    let then = "stopping after the current phase's calls end on every member, then rolling every member back; past the point of no return (VERIFY passed), or in a rollback, the run carries on to its end instead: that is what brings the API back. A second signal exits at once (the journal keeps it resumable)";
     match format {
         Format::Human => eprintln!("\n{name}: {then}"),
         Format::Json => events::emit(&Event::Interrupt {

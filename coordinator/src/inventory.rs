@@ -115,6 +115,8 @@ impl Inventory {
         if self.members.is_empty() {
             return Err(InventoryError::Invalid("no [[member]] entries".into()));
         }
+        // `restore` asks for it to be typed: it must be something one can type and tell apart.
+        names::check_name("[cluster] name", &self.cluster.name).map_err(invalid)?;
         let mut seen = HashSet::new();
         let mut peers = HashSet::new();
         for m in &self.members {
@@ -237,6 +239,15 @@ client_urls = ["https://127.0.0.12:2379"]
         let inv = load(GOOD).expect("good");
         assert_eq!(inv.members.len(), 2);
         assert_eq!(load(&inv.to_toml()).expect("round trip"), inv);
+    }
+
+    #[test]
+    fn a_cluster_name_one_cannot_type_is_refused() {
+        for bad in ["", " ", "lab prod", "lab\\n"] {
+            let text = GOOD.replace("name = \"lab\"", &format!("name = \"{bad}\""));
+            let e = load(&text).expect_err(bad).to_string();
+            assert!(e.contains("[cluster] name"), "{bad:?}: {e}");
+        }
     }
 
     const EXTERNAL: &str = r#"

@@ -1,7 +1,7 @@
 //! Everything quorate prints: human text on the terminal, or JSON lines for runbook automation.
 //! Progress goes to stderr (human) or stdout (JSON); results to stdout.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -25,7 +25,8 @@ pub mod exit {
     /// data, verified, apiservers back).
     pub const OK: u8 = 0;
     /// Any other error (journal unreadable or held by another quorate, a snapshot that does not
-    /// verify, an agent unreachable for `status`, ...).
+    /// verify, an agent that does not answer `agents status`, certificates `certs check`
+    /// finds wrong, ...).
     pub const ERROR: u8 = 1;
     /// Bad usage: the command line is wrong (clap's own code).
     pub const USAGE: u8 = 2;
@@ -99,18 +100,20 @@ pub fn ending(format: Format, journal: &Journal, ending: Ending) -> anyhow::Resu
     let interrupted = crate::interrupt::requested();
     // A signal that stopped the run makes the exit code `interrupted`, whatever followed.
     let code = |normal: u8| interrupted.map_or(normal, |_| exit::INTERRUPTED);
-    if let (Some(signal), Format::Human) = (interrupted, format) {
+    if let (Some(signal), Format::Human, false) =
+        (interrupted, format, matches!(ending, Ending::Restored(_)))
+    {
         eprintln!("interrupted by {signal}");
     }
     match ending {
         Ending::Restored(report) => {
-            let path = journal.write_json("report.json", &report)?;
+            let path = written(journal, "report.json", &report);
             match format {
-                Format::Human => print_report(&report, &path),
+                Format::Human => print_report(&report, path.as_deref()),
                 Format::Json => {
                     let mut result =
                         CommandResult::new(Outcome::Restored, exit::OK).with_result(&report);
-                    result.report_path = Some(path);
+                    result.report_path = path;
                     events::emit(&Event::Result(result));
                 }
             }
@@ -169,6 +172,22 @@ pub fn ending(format: Format, journal: &Journal, ending: Ending) -> anyhow::Resu
     }
 }
 
+/// Writes `name` beside the journal; a failure to write it is told, not fatal: the run's ending
+/// (and exit code) is what it is, and the journal holds its story.
+fn written(journal: &Journal, name: &str, value: &impl serde::Serialize) -> Option<PathBuf> {
+    match journal.write_json(name, value) {
+        Ok(path) => Some(path),
+        Err(e) => {
+            tracing::error!(
+                "writing {name} beside {}: {e}; the journal there holds the same story (`quorate report {}`)",
+                journal.path().display(),
+                journal.id()
+            );
+            None
+        }
+    }
+}
+
 /// The `result` of a run that stopped on `error`.
 fn failed_result(outcome: Outcome, exit_code: u8, error: &RestoreError) -> CommandResult {
     let mut result = CommandResult::new(outcome, exit_code);
@@ -192,7 +211,7 @@ pub fn rolled_back(
     error: Option<&RestoreError>,
     exit_code: u8,
 ) -> anyhow::Result<ExitCode> {
-    let path = journal.write_json("rollback.json", rollback)?;
+    let path = written(journal, "rollback.json", rollback);
     match format {
         Format::Human => {
             if let Some(e) = error {
@@ -206,7 +225,9 @@ pub fn rolled_back(
                 rollback.original.revision,
                 rollback.original.hash
             );
-            println!("  report: {}", path.display());
+            if let Some(path) = &path {
+                println!("  report: {}", path.display());
+            }
         }
         Format::Json => {
             let mut result = match error {
@@ -214,7 +235,7 @@ pub fn rolled_back(
                 None => CommandResult::new(Outcome::RolledBack, exit_code),
             };
             result.result = CommandResult::ok(rollback).result;
-            result.report_path = Some(path);
+            result.report_path = path;
             events::emit(&Event::Result(result));
         }
     }
@@ -281,7 +302,7 @@ pub fn render_error(e: &anyhow::Error) -> String {
     text
 }
 
-fn print_report(report: &Report, path: &Path) {
+fn print_report(report: &Report, path: Option<&Path>) {
     println!(
         "restore {} done in {:.1}s",
         report.restore_id, report.total_seconds
@@ -319,5 +340,7 @@ fn print_report(report: &Report, path: &Path) {
     for (m, dir) in &report.preserved_dirs {
         println!("  {m}: original data kept at {dir}");
     }
-    println!("  report: {}", path.display());
+    if let Some(path) = path {
+        println!("  report: {}", path.display());
+    }
 }

@@ -5,7 +5,7 @@
 //! scenario: usage (2), not confirmed (8: no terminal, or a wrong name typed on one; the right
 //! name restores), refused in preflight (4), success (0), rolled back (5), past the point of no
 //! return (3), rollback incomplete (6), interrupted by SIGINT (7: once, rolled back; twice,
-//! exited at once and rolled back afterwards by `quorate rollback`).
+//! exited at once and rolled back afterwards by `quorate rollback`); SIGHUP does not stop a run.
 //!
 //! Needs the failpoints compiled in (the lab crate's default feature `failpoints`).
 #![cfg(all(feature = "failpoints", debug_assertions))]
@@ -402,4 +402,28 @@ async fn event_stream_and_exit_codes() {
     valid_stream(&out, "rollback after a second SIGINT");
     assert_eq!(out.status.code(), Some(0), "{}", matrix::output_text(&out));
     matrix::assert_back_to(&s, &original, case).await;
+
+    // SIGHUP (the operator's session dropped) does not stop the run: it goes on to its end.
+    let case = "hung up";
+    let known = faults::restore_ids(&s.lab).len();
+    let child = matrix::spawn_quorate(&s.lab, &args, "coordinator::after-prepare=sleep(2000)")
+        .expect("quorate");
+    if let Err(e) = faults::wait_journal(&s.lab, known, "prepare", "begin").await {
+        matrix::fail_with(child, "PREPARE began", &e);
+    }
+    let pid = Pid::from_raw(i32::try_from(child.id()).expect("pid"));
+    kill(pid, Signal::SIGHUP).expect("SIGHUP");
+    let out = child.wait_with_output().expect("quorate output");
+    let events = valid_stream(&out, case);
+    assert_eq!(out.status.code(), Some(0), "{}", matrix::output_text(&out));
+    assert_eq!(
+        of(&events, "interrupt").len(),
+        0,
+        "{case}: not an interrupt"
+    );
+    assert_eq!(
+        events.last().expect("result")["outcome"],
+        "restored",
+        "{case}"
+    );
 }

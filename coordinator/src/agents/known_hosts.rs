@@ -106,9 +106,9 @@ pub fn check(text: &str, host: &str, port: u16, key_type: &str, key_b64: &str) -
             Some("revoked") if same_key => return Verdict::Revoked { line: i + 1 },
             Some(_) => {}
             None if same_key => verdict = Verdict::Known,
-            None if kind == key_type && verdict == Verdict::Unknown => {
-                verdict = Verdict::Changed { line: i + 1 }
-            }
+            // Another key, of this type or another: a host known by one key that now offers
+            // a key of another type is a change too (an attacker picks the type it offers).
+            None if verdict == Verdict::Unknown => verdict = Verdict::Changed { line: i + 1 },
             None => {}
         }
     }
@@ -208,7 +208,7 @@ mod tests {
     }
 
     #[test]
-    fn another_key_of_the_same_type_is_a_change_another_type_is_unknown() {
+    fn another_key_of_any_type_is_a_change() {
         let text = format!(
             "10.0.0.1,cp-1 ssh-ed25519 {OTHER}\n{} ssh-ed25519 {OTHER}\n",
             hashed("[h]:2022", b"s")
@@ -223,7 +223,7 @@ mod tests {
         );
         assert_eq!(
             check(&text, "cp-1", 22, "ecdsa-sha2-nistp256", ED),
-            Verdict::Unknown
+            Verdict::Changed { line: 1 }
         );
         // A second line with the right key makes it known (as OpenSSH reads every line).
         let both = format!("{text}cp-1 ssh-ed25519 {ED}\n");
