@@ -141,7 +141,24 @@ pub fn list(engine: &Engine) -> Result<Vec<RestoreLeftovers>> {
     let live = live_dirs(engine)?;
     let mut out = Vec::new();
     for id in restore_ids(state)? {
-        let journal = state.load(id)?;
+        // One journal this agent cannot read keeps that restore (never a guess that it ended),
+        // not every other one.
+        let journal = match state.load(id) {
+            Ok(journal) => journal,
+            Err(e) => {
+                out.push(RestoreLeftovers {
+                    restore_id: id,
+                    end: RestoreEnd::Unfinished,
+                    ended_at: 0,
+                    why: format!(
+                        "its journal on this host is unreadable ({e}): kept; look at {} on this host",
+                        state.restore_dir(id).display()
+                    ),
+                    leftovers: Vec::new(),
+                });
+                continue;
+            }
+        };
         let (end, ended_at, why) = end_of(&journal, active);
         let leftovers = match end {
             RestoreEnd::Unfinished => Vec::new(),

@@ -230,3 +230,28 @@ async fn a_preserved_dir_etcd_was_pointed_at_is_never_a_leftover() {
     assert!(!answer[0].1, "{answer:?}");
     assert_eq!(db(&preserved), "original");
 }
+
+#[tokio::test]
+async fn an_unreadable_journal_keeps_its_restore_and_no_other() {
+    let m = Member::new();
+    let engine = m.engine();
+    let (done, broken) = (RestoreId::new(), RestoreId::new());
+    let sha = m.stage(done, b"A:");
+    for s in Step::ALL {
+        step(&engine, done, s, &sha, Op::Run);
+    }
+    let dir = engine.state.restore_dir(broken);
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    std::fs::write(engine.state.journal_path(broken), b"{ not a journal").expect("write");
+
+    let mut client = serve(m.engine()).await;
+    let restores = list(&mut client).await;
+    let kept = of(&restores, broken);
+    assert_eq!(kept.end, RestoreEnd::Unfinished, "{kept:?}");
+    assert!(kept.why.contains("unreadable"), "{kept:?}");
+    assert!(kept.leftovers.is_empty(), "{kept:?}");
+    let ended = of(&restores, done);
+    assert_eq!(ended.end, RestoreEnd::Finished, "{ended:?}");
+    assert!(!ended.leftovers.is_empty(), "the finished one is still listed: {ended:?}");
+    assert!(dir.exists(), "the unreadable restore's dir is kept");
+}
