@@ -252,6 +252,9 @@ async fn an_unreadable_journal_keeps_its_restore_and_no_other() {
     assert!(kept.leftovers.is_empty(), "{kept:?}");
     let ended = of(&restores, done);
     assert_eq!(ended.end, RestoreEnd::Finished, "{ended:?}");
-    assert!(!ended.leftovers.is_empty(), "the finished one is still listed: {ended:?}");
+    assert!(
+        !ended.leftovers.is_empty(),
+        "the finished one is still listed: {ended:?}"
+    );
     assert!(dir.exists(), "the unreadable restore's dir is kept");
 }

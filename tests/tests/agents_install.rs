@@ -12,7 +12,7 @@ use quorate_lab::event_schema;
 use quorate_lab::layout::Host;
 use quorate_lab::testlab;
 use quorate_lab::tools::EtcdVersion;
-use quorate_lab::{hostns, scenario};
+use quorate_lab::{faults, hostns, scenario};
 
 /// What install writes on a host (as the host sees it, without the leading `/`).
 const INSTALLED: [&str; 7] = [
@@ -249,6 +249,68 @@ async fn install_over_ssh_is_checked_idempotent_and_undone() {
         again.text
     );
     assert_eq!(mtimes(&hosts), before, "a re-run rewrites no file");
+
+    // While a restore holds the members (its coordinator gone after PREPARE), install and
+    // uninstall leave every agent alone; `quorate rollback` then releases them.
+    let mut child =
+        faults::spawn_restore(&lab, &snapshot, "coordinator::before-fence=sleep(600000)")
+            .expect("quorate restore");
+    let held = faults::wait_journal(&lab, 0, "prepare", "done")
+        .await
+        .expect("a restore held after PREPARE");
+    child.kill().expect("kill the coordinator");
+    let _ = child.wait();
+    let busy = install(&learned, &[]);
+    assert!(
+        !busy.ok,
+        "install while a restore holds the members: {}",
+        busy.text
+    );
+    assert_eq!(
+        busy.text
+            .matches("not installed: the agent holds unfinished restore")
+            .count(),
+        hosts.len(),
+        "{}",
+        busy.text
+    );
+    assert!(busy.text.contains(&held), "{}", busy.text);
+    assert_eq!(
+        mtimes(&hosts),
+        before,
+        "nothing rewritten while a restore holds the members"
+    );
+    let learned_str = p(&learned);
+    let ssh_args = [
+        "--inventory",
+        inv.as_str(),
+        "--ssh-user",
+        "root",
+        "--ssh-key",
+        key.as_str(),
+        "--known-hosts",
+        learned_str.as_str(),
+    ];
+    let mut un_args = vec!["agents", "uninstall"];
+    un_args.extend_from_slice(&ssh_args);
+    let refused = quorate(&bin, &un_args);
+    assert!(!refused.ok, "uninstall while a restore holds the members");
+    assert_eq!(
+        refused
+            .text
+            .matches("refused: the agent holds unfinished restore")
+            .count(),
+        hosts.len(),
+        "{}",
+        refused.text
+    );
+    assert_eq!(
+        mtimes(&hosts),
+        before,
+        "a refused uninstall removes nothing"
+    );
+    let (ok, text) = faults::quorate_on(&lab, "rollback", &held).expect("rollback");
+    assert!(ok, "rollback of the held restore: {text}");
 
     // Uninstall leaves nothing of what install wrote, and the agents are gone.
     let un = quorate(

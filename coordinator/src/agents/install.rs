@@ -39,6 +39,10 @@ pub struct InstallArgs {
     /// Show what would be done on every host (after discovering it) and change nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Take over agent files already on a host that an earlier install did not write (an agent
+    /// set up by hand): they are replaced, and removed by uninstall.
+    #[arg(long)]
+    pub force: bool,
     /// How long to wait for each started agent to answer over mTLS.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub wait: Duration,
@@ -102,20 +106,32 @@ async fn remote_state(
         .collect())
 }
 
-fn differs(state: &[(String, String, String)], w: &Wanted) -> bool {
+pub(super) fn differs(state: &[(String, String, String)], w: &Wanted) -> bool {
     !state.iter().any(|(sha, mode, path)| {
         *path == w.path && *sha == w.sha() && *mode == format!("{:o}", w.mode)
     })
 }
 
-/// Writes `w` atomically (temp file beside it, chmod, rename).
-async fn put(s: &Session, w: &Wanted) -> Result<(), String> {
+/// The agent.toml on the host now, if any.
+async fn existing_config(s: &Session) -> Option<String> {
+    match s
+        .run(&format!("cat {CONFIG}"), b"", Duration::from_secs(30))
+        .await
+    {
+        Ok(o) if o.status == 0 => Some(o.stdout().to_owned()),
+        _ => None,
+    }
+}
+
+/// Writes `w` atomically (temp file beside it, chmod, rename). Missing dirs are made 0755 (they
+/// may be /usr/local/bin or /etc/systemd/system); the file is private until its mode is set.
+pub(super) async fn put(s: &Session, w: &Wanted) -> Result<(), String> {
     let dir = Path::new(&w.path)
         .parent()
         .map_or("/".into(), |d| d.display().to_string());
     let tmp = format!("{}.quorate-tmp", w.path);
     let script = format!(
-        "umask 077 && mkdir -p {d} && cat > {t} && chmod {m:o} {t} && mv -f {t} {p}",
+        "umask 022 && mkdir -p {d} && umask 077 && cat > {t} && chmod {m:o} {t} && mv -f {t} {p}",
         d = quote(&dir),
         t = quote(&tmp),
         m = w.mode,
@@ -125,41 +141,6 @@ async fn put(s: &Session, w: &Wanted) -> Result<(), String> {
         .await
         .map(|_| ())
         .map_err(|e| e.to_string())
-}
-
-/// The discovered facts as `quorate-agent discover` prints them.
-#[derive(Debug, Clone, Deserialize)]
-struct Discovery {
-    runtime: String,
-    etcd_definition: String,
-    apiserver: Option<String>,
-    member: Option<String>,
-    etcd_version: String,
-    restore_tool: Option<String>,
-    config: String,
-    problems: Vec<String>,
-}
-
-impl Discovery {
-    fn summary(&self) -> String {
-        let mut parts = vec![format!("runtime {}", self.runtime)];
-        if !self.etcd_definition.is_empty() {
-            parts.push(format!("etcd from {}", self.etcd_definition));
-        }
-        if let Some(m) = &self.member {
-            parts.push(format!("member {m}"));
-        }
-        if !self.etcd_version.is_empty() {
-            parts.push(format!("etcd {}", self.etcd_version));
-        }
-        if let Some(t) = &self.restore_tool {
-            parts.push(format!("restore tool {t}"));
-        }
-        if let Some(a) = &self.apiserver {
-            parts.push(format!("kube-apiserver from {a}"));
-        }
-        parts.join("; ")
-    }
 }
 
 /// Everything one host gets, read locally before any host is touched.
@@ -266,12 +247,14 @@ async fn install_on(
     s: &Session,
 ) -> Result<String, String> {
     let dry = args.dry_run;
+    // An agent in the middle of a restore is left alone: a new config or a restart would cut a
+    // step short, and discovery would see a host with its apiserver fenced and etcd stopped.
+    super::uninstall::holds_no_restore(inventory, target).await?;
     let mut paths: Vec<&str> = vec![BINARY, CONFIG, UNIT_FILE, MANIFEST];
     paths.extend(files.certs.iter().map(|w| w.path.as_str()));
     let state = remote_state(s, &paths).await?;
     let mut done = Vec::new();
     let mut changed = Vec::new();
-    // The manifest first: whatever happens next, uninstall knows what may be there.
     let mut manifest = match s
         .run(
             &format!("cat {MANIFEST} 2>/dev/null"),
@@ -283,6 +266,32 @@ async fn install_on(
         Ok(o) if o.status == 0 => serde_json::from_slice::<Manifest>(&o.stdout).unwrap_or_default(),
         _ => Manifest::default(),
     };
+    if manifest.files.is_empty() && !args.force {
+        // Files of an agent set up by hand: install would replace them, uninstall remove them.
+        let foreign: Vec<&str> = state
+            .iter()
+            .map(|(_, _, path)| path.as_str())
+            .filter(|p| *p != MANIFEST)
+            .collect();
+        if !foreign.is_empty() {
+            return Err(format!(
+                "not installed: {} already on {}, not written by `quorate agents install` (there is no {MANIFEST}); install would replace them and uninstall would remove them: move them away, or re-run with --force to take them over (an existing agent.toml's trusted_snapshot_keys are kept)",
+                foreign.join(", "),
+                target.host
+            ));
+        }
+    }
+    // Discovery first, with a temporary copy of the binary when it differs: nothing is written
+    // before what the host runs is known and fits the inventory.
+    let found = super::discovery::discover(args, target, &files.binary, &state, s).await?;
+    if args.json {
+        eprintln!("{}: found {}", target.name, found.summary());
+    } else {
+        println!("{}: found {}", target.name, found.summary());
+    }
+    found.fits(target)?;
+    let config = super::discovery::keep_trusted_keys(&found.config, &existing_config(s).await)?;
+    // The manifest, then the files: whatever happens next, uninstall knows what may be there.
     if manifest.files.is_empty() {
         let script = DIRS
             .iter()
@@ -306,93 +315,17 @@ async fn install_on(
     if differs(&state, &manifest_file) && !dry {
         put(s, &manifest_file).await?;
     }
-    // The binary, then discovery with it (from a temporary copy on a dry run).
-    let binary_new = differs(&state, &files.binary);
-    let mut discover_bin = BINARY.to_owned();
-    let mut temp = None;
-    if binary_new {
+    if differs(&state, &files.binary) {
         changed.push("binary");
-        if dry {
-            let tmp = s
-                .check("making a temp dir", "mktemp -d", b"")
-                .await
-                .map_err(|e| e.to_string())?
-                .stdout()
-                .trim()
-                .to_owned();
-            let w = Wanted {
-                path: format!("{tmp}/quorate-agent"),
-                ..files.binary.clone()
-            };
-            put(s, &w).await?;
-            discover_bin = w.path.clone();
-            temp = Some(tmp);
-        } else {
+        if !dry {
             put(s, &files.binary).await?;
         }
-    }
-    let listen = if target.host.parse::<std::net::IpAddr>().is_ok() {
-        format!(
-            "{}:{}",
-            if target.host.contains(':') {
-                format!("[{}]", target.host)
-            } else {
-                target.host.clone()
-            },
-            target.port
-        )
-    } else {
-        format!("0.0.0.0:{}", target.port)
-    };
-    let mut cmd = format!(
-        "{} discover --listen {}",
-        quote(&discover_bin),
-        quote(&listen)
-    );
-    for c in &args.allowed_clients {
-        cmd.push_str(&format!(" --allowed-client {}", quote(c)));
-    }
-    if target.apiserver_only {
-        cmd.push_str(&format!(" --host-name {}", quote(&target.name)));
-    }
-    let out = s.check("running quorate-agent discover", &cmd, b"").await;
-    if let Some(tmp) = temp {
-        let _ = s
-            .run(
-                &format!("rm -rf {}", quote(&tmp)),
-                b"",
-                Duration::from_secs(30),
-            )
-            .await;
-    }
-    let out = out.map_err(|e| e.to_string())?;
-    let found: Discovery = serde_json::from_slice(&out.stdout).map_err(|e| {
-        format!(
-            "quorate-agent discover printed something unreadable ({e}): {}",
-            out.stdout()
-        )
-    })?;
-    if args.json {
-        eprintln!("{}: found {}", target.name, found.summary());
-    } else {
-        println!("{}: found {}", target.name, found.summary());
-    }
-    if !found.problems.is_empty() {
-        return Err(format!("not installed: {}", found.problems.join("; ")));
-    }
-    if let Some(m) = &found.member
-        && *m != target.name
-    {
-        return Err(format!(
-            "not installed: etcd on {} is member {m}, but the inventory names it {}: fix the inventory",
-            target.host, target.name
-        ));
     }
     let mut wanted: Vec<Wanted> = files.certs.clone();
     wanted.push(Wanted {
         path: CONFIG.into(),
         mode: 0o644,
-        bytes: found.config.into_bytes(),
+        bytes: config.into_bytes(),
         what: "agent.toml",
     });
     wanted.push(Wanted {

@@ -1,6 +1,7 @@
 //! `quorate agents install | status | uninstall`: the agents put on every host over SSH, checked
 //! over mTLS, and taken off again.
 
+pub mod discovery;
 pub mod install;
 pub mod known_hosts;
 pub mod ssh;

@@ -24,6 +24,14 @@ pub struct UninstallArgs {
 
 /// Refuses while the agent holds a restore; an agent that does not answer is refused too
 /// unless `force`.
+/// For install: an agent that answers must hold no unfinished restore (one that does not
+/// answer is not installed yet, or not running: nothing of a restore can be under way there).
+pub async fn holds_no_restore(inventory: &Inventory, t: &Target) -> Result<(), String> {
+    may_remove(inventory, t, true)
+        .await
+        .map_err(|e| e.replacen("refused", "not installed", 1))
+}
+
 async fn may_remove(inventory: &Inventory, t: &Target, force: bool) -> Result<(), String> {
     let agent = GrpcAgent::new(&t.name, &t.url, &t.server_name, &inventory.agent_tls)
         .map_err(|e| format!("{e:#}"))?;
