@@ -40,7 +40,8 @@ pub enum CertsCmd {
         #[arg(long)]
         inventory: PathBuf,
         /// Replace existing files, the CA included: every agent then needs the new CA and its
-        /// new certificate.
+        /// new certificate. The replaced files are kept as *.old; a CA `certs init` did not
+        /// make is never replaced.
         #[arg(long)]
         force: bool,
         /// How many days the agents' and the coordinator's certificates are valid.
@@ -278,6 +279,18 @@ pub fn init(
             });
         }
     }
+    if force {
+        // Only quorate's own CA is ever replaced, and what is replaced is kept as *.old.
+        let (ca_crt, _) = layout.ca();
+        if let Ok(pem) = std::fs::read_to_string(&ca_crt) {
+            quorate_ca(&pem, None, &ca_crt)?;
+        }
+        for path in pairs.iter().flat_map(|(c, k)| [c, k]) {
+            if path.symlink_metadata().is_ok() {
+                durable::rename_durable(path, &with_suffix(path, ".old"))?;
+            }
+        }
+    }
     private_dir(dir)?;
     private_dir(&layout.agents_dir())?;
     let ca = Ca::new_quorate(
@@ -310,6 +323,53 @@ pub fn init(
     })
 }
 
+/// Refuses a CA that `certs init` did not make (a cluster's own CA in the wrong dir: quorate
+/// never signs with it nor replaces it), or whose key is another one.
+fn quorate_ca(cert_pem: &str, key_pem: Option<&str>, path: &Path) -> Result<(), CertsError> {
+    let bad = |reason: String| {
+        CertsError::Cert(crate::certs::CertError::BadCa {
+            path: path.to_owned(),
+            reason,
+        })
+    };
+    let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes())
+        .map_err(|e| bad(format!("not a PEM certificate ({e})")))?;
+    let cert = pem
+        .parse_x509()
+        .map_err(|e| bad(format!("not an X.509 certificate ({e})")))?;
+    let cn = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|c| c.as_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let pathlen_0 = cert
+        .basic_constraints()
+        .ok()
+        .flatten()
+        .is_some_and(|b| b.value.ca && b.value.path_len_constraint == Some(0));
+    if !cn.starts_with("quorate CA") || !pathlen_0 {
+        return Err(bad(format!(
+            "it is \"{cn}\", not a CA made by `quorate certs init` (a CA for quorate alone, path \
+             length 0): quorate neither signs with another CA nor replaces it; give --dir the \
+             directory `certs init` wrote"
+        )));
+    }
+    if let Some(key_pem) = key_pem {
+        let key = rcgen::KeyPair::from_pem(key_pem)
+            .map_err(|e| bad(format!("its key cannot be read ({e})")))?;
+        if rcgen::PublicKeyData::subject_public_key_info(&key) != cert.public_key().raw {
+            return Err(bad(
+                "its key file holds another key: restore the CA's own key, or start over with \
+                 `certs init --force`"
+                    .into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// `certs rotate`: new leaves under the CA in `dir`; each previous file becomes `<file>.old`.
 pub fn rotate(dir: &Path, inventory: &Inventory, days: u32) -> Result<Written, CertsError> {
     let layout = Layout::new(dir);
@@ -330,7 +390,9 @@ pub fn rotate(dir: &Path, inventory: &Inventory, days: u32) -> Result<Written, C
         })
     };
     let ca_pem = read(&ca_crt)?;
-    let ca = Ca::from_pem(&ca_pem, &read(&ca_key)?)?;
+    let ca_key_pem = read(&ca_key)?;
+    quorate_ca(&ca_pem, Some(&ca_key_pem), &ca_crt)?;
+    let ca = Ca::from_pem(&ca_pem, &ca_key_pem)?;
     private_dir(&layout.agents_dir())?;
     let agents = agent_names(inventory);
     let validity = Validity::days_from_now(days);

@@ -141,9 +141,48 @@ fn init_never_overwrites_without_force() {
     let err = init(&other, &inv, false, 30, 60).expect_err("refused");
     assert!(err.to_string().contains("coordinator.crt"), "{err}");
     assert!(!other.join("ca.key").exists(), "nothing written");
-    // --force replaces everything, the CA too.
+    // --force replaces everything, the CA too, and keeps what it replaced.
     init(dir, &inv, true, 30, 60).expect("forced");
     assert_ne!(std::fs::read(dir.join("ca.key")).expect("key"), before);
+    assert_eq!(
+        std::fs::read(dir.join("ca.key.old")).expect("old key"),
+        before
+    );
+}
+
+/// A CA `certs init` did not make (the cluster's own, in the wrong dir) is never signed with nor
+/// replaced; nor is a CA whose key file holds another key used.
+#[test]
+fn a_ca_that_is_not_quorates_is_never_used_or_replaced() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let inv = inventory(INVENTORY);
+    let foreign = tmp.path().join("kubernetes-pki");
+    std::fs::create_dir(&foreign).expect("dir");
+    let k8s = Ca::new("kubernetes").expect("a foreign CA");
+    std::fs::write(foreign.join("ca.crt"), k8s.cert_pem()).expect("write");
+    std::fs::write(foreign.join("ca.key"), k8s.pem().key).expect("write");
+    let before = std::fs::read(foreign.join("ca.key")).expect("key");
+    let e = rotate(&foreign, &inv, 30)
+        .expect_err("rotate refuses")
+        .to_string();
+    assert!(
+        e.contains("\"kubernetes\"") && e.contains("certs init"),
+        "{e}"
+    );
+    let e = init(&foreign, &inv, true, 30, 60)
+        .expect_err("init --force refuses")
+        .to_string();
+    assert!(e.contains("\"kubernetes\""), "{e}");
+    assert_eq!(std::fs::read(foreign.join("ca.key")).expect("key"), before);
+    assert!(!foreign.join("agents").exists(), "nothing written");
+
+    let ours = tmp.path().join("quorate-pki");
+    init(&ours, &inv, false, 30, 60).expect("init");
+    std::fs::write(ours.join("ca.key"), k8s.pem().key).expect("another key");
+    let e = rotate(&ours, &inv, 30)
+        .expect_err("another key")
+        .to_string();
+    assert!(e.contains("another key"), "{e}");
 }
 
 #[test]
