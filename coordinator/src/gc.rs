@@ -150,7 +150,7 @@ pub fn decide(
         .map(|(id, on)| {
             let verdict = if !silent.is_empty() {
                 Verdict::Keep(format!(
-                    "{} did not answer: it may hold this restore unfinished",
+                    "no list from {} (see its error): it may hold this restore unfinished",
                     silent.join(", ")
                 ))
             } else if let Some((member, r)) =
@@ -238,7 +238,9 @@ pub async fn remove_all<A: LeftoverAgent>(
                     restore_id: r.restore_id,
                     path: String::new(),
                     removed: false,
-                    message: format!("nothing removed: {e}"),
+                    message: format!(
+                        "the agent's answer did not come ({e}): what it removed is unknown (it may go on removing); run gc again to see what is left"
+                    ),
                     bytes: 0,
                 }),
             }
@@ -304,7 +306,7 @@ pub async fn run(
         "removed": removed,
     });
     let error = failed.then(|| {
-        "an agent did not answer or a removal failed (see each member above); nothing of an unfinished restore was touched: fix it and run gc again".to_owned()
+        "an agent gave no list or a removal failed (see each member above); nothing of an unfinished restore was touched: fix it and run gc again".to_owned()
     });
     Ok(output::finish_command(format, &value, error))
 }
@@ -322,7 +324,7 @@ pub fn render(
     for m in members {
         out.push_str(&format!("{}\n", m.member));
         if let Some(e) = &m.error {
-            out.push_str(&format!("  did not answer: {e}\n"));
+            out.push_str(&format!("  no list from its agent: {e}\n"));
             continue;
         }
         if m.restores.is_empty() {
@@ -337,7 +339,13 @@ pub fn render(
             } else {
                 String::new()
             };
+            let failed_here = removed
+                .iter()
+                .any(|x| !x.removed && x.member == m.member && x.restore_id == r.restore_id);
             let verdict = match verdicts.get(&r.restore_id) {
+                Some(Verdict::Remove) if yes && failed_here => {
+                    "removal incomplete here (see below)".to_owned()
+                }
                 Some(Verdict::Remove) if yes => "removed".to_owned(),
                 Some(Verdict::Remove) => "removable".to_owned(),
                 Some(Verdict::Keep(why)) => format!("kept: {why}"),

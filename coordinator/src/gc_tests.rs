@@ -109,7 +109,7 @@ fn only_restores_ended_everywhere_long_enough_ago_go() {
     });
     let v = decide(&silent, &journal, NOW, Duration::ZERO);
     assert!(
-        v.values().all(|v| keep(v).contains("cp-3 did not answer")),
+        v.values().all(|v| keep(v).contains("no list from cp-3")),
         "{v:?}"
     );
 }
