@@ -56,5 +56,6 @@ pub mod snapshot_cmd;
 pub mod snapshot_save;
 pub mod snapshot_sign;
 pub mod snapshot_verify;
+mod stage;
 pub mod verify;
 pub mod view;
