@@ -140,6 +140,9 @@ impl Observer for LineView {
     }
 
     fn staging(&self, member: &str, sent: u64, total: u64) {
+        if sent >= total {
+            self.timings.member_staged(member);
+        }
         let now = Instant::now();
         let Ok(mut seen) = self.staging.lock() else {
             return;

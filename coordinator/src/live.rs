@@ -339,6 +339,9 @@ impl Observer for LiveView {
     }
 
     fn staging(&self, member: &str, sent: u64, total: u64) {
+        if sent >= total {
+            self.timings.member_staged(member);
+        }
         self.change(Some(member), |s, now| {
             if let Some(line) = s.lines.iter_mut().find(|l| l.name == member) {
                 line.staging(sent, total, now);

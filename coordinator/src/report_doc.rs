@@ -200,6 +200,7 @@ pub fn rows(r: &Record) -> Vec<Row> {
                 seconds: j.seconds,
                 failed: j.failed,
                 members,
+                began: None,
             }
         })
         .collect()

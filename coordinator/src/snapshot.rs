@@ -25,6 +25,13 @@ pub enum SnapshotError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("snapshot {path}: no such file{}", near(.path))]
+    Missing { path: PathBuf },
+    #[error(
+        "snapshot {path} is a directory, not a snapshot file: give the file itself{}",
+        near(&.path.join("x"))
+    )]
+    NotAFile { path: PathBuf },
     #[error("snapshot {path} is empty")]
     Empty { path: PathBuf },
     #[error(
@@ -43,6 +50,35 @@ pub enum SnapshotError {
         stored: String,
         actual: String,
     },
+}
+
+/// What to pick instead of `path`: the newest snapshot files in its directory.
+fn near(path: &Path) -> String {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    let mut found: Vec<(std::time::SystemTime, String)> = std::fs::read_dir(&dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let meta = e.metadata().ok()?;
+            let modified = meta.modified().ok()?;
+            (meta.is_file() && name.ends_with(".db")).then_some((modified, name))
+        })
+        .collect();
+    if found.is_empty() {
+        return format!("; {} holds no .db file", dir.display());
+    }
+    found.sort_by_key(|f| std::cmp::Reverse(f.0));
+    let names: Vec<String> = found.into_iter().take(5).map(|(_, n)| n).collect();
+    format!(
+        "; the newest .db files in {}: {}",
+        dir.display(),
+        names.join(", ")
+    )
 }
 
 /// A snapshot that passed the integrity checks.
@@ -76,6 +112,19 @@ pub fn check_with(path: &Path, skip_hash_check: bool) -> Result<CheckedSnapshot,
         path: path.to_owned(),
         source,
     };
+    match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(SnapshotError::Missing {
+                path: path.to_owned(),
+            });
+        }
+        Ok(m) if m.is_dir() => {
+            return Err(SnapshotError::NotAFile {
+                path: path.to_owned(),
+            });
+        }
+        _ => {}
+    }
     let mut file = File::open(path).map_err(err)?;
     let size = file.metadata().map_err(err)?.len();
     if size == 0 {
@@ -153,6 +202,28 @@ mod tests {
         let digest = Sha256::digest(&body);
         body.extend_from_slice(&digest);
         body
+    }
+
+    #[test]
+    fn a_missing_path_or_a_directory_is_named_with_the_snapshots_beside_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("etcd-2026-11-30T01.db"), b"x").expect("write");
+        std::fs::write(dir.path().join("notes.txt"), b"x").expect("write");
+        let e = check(&dir.path().join("etcd-2026-12-01T02.db"))
+            .expect_err("missing")
+            .to_string();
+        assert!(
+            e.contains("no such file")
+                && e.contains("etcd-2026-11-30T01.db")
+                && !e.contains("notes"),
+            "{e}"
+        );
+        let e = check(dir.path()).expect_err("a directory").to_string();
+        assert!(
+            e.contains("is a directory") && e.contains("etcd-2026-11-30T01.db"),
+            "{e}"
+        );
+        assert!(!e.contains("--skip-hash-check"), "{e}");
     }
 
     fn write(bytes: &[u8]) -> tempfile::NamedTempFile {

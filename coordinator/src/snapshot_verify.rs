@@ -136,7 +136,11 @@ impl VerifyError {
                 | SnapshotError::NotDb { .. }
                 | SnapshotError::Empty { .. },
             ) => "truncated",
-            Self::Integrity(SnapshotError::Read { .. }) => "unreadable",
+            Self::Integrity(
+                SnapshotError::Read { .. }
+                | SnapshotError::Missing { .. }
+                | SnapshotError::NotAFile { .. },
+            ) => "unreadable",
             Self::Tools(_) => "tools",
             Self::Status { .. } => "status",
             Self::Restore { .. } => "restore",

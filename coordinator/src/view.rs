@@ -47,6 +47,8 @@ pub struct Row {
     pub seconds: Option<f64>,
     pub failed: bool,
     pub members: Vec<MemberTiming>,
+    /// When the phase began (a member's copy of the snapshot is timed from it).
+    pub began: Option<std::time::Instant>,
 }
 
 impl Row {
@@ -56,6 +58,7 @@ impl Row {
             seconds: Some(t.seconds),
             failed: false,
             members: t.members.clone(),
+            began: None,
         }
     }
 }
@@ -72,6 +75,7 @@ impl Timings {
                 seconds: None,
                 failed: false,
                 members: Vec::new(),
+                began: Some(std::time::Instant::now()),
             });
         });
     }
@@ -95,6 +99,24 @@ impl Timings {
                 None => row.members.push(MemberTiming {
                     member: member.to_owned(),
                     seconds: elapsed.as_secs_f64(),
+                }),
+            }
+        });
+    }
+
+    /// A member's copy of the snapshot is complete: its time in the phase is at least the time
+    /// since the phase began (its claim, then its copy), as the report counts it.
+    pub fn member_staged(&self, member: &str) {
+        self.with(|rows| {
+            let Some(row) = rows.last_mut() else { return };
+            let Some(since) = row.began.map(|b| b.elapsed().as_secs_f64()) else {
+                return;
+            };
+            match row.members.iter_mut().find(|m| m.member == member) {
+                Some(m) => m.seconds = m.seconds.max(since),
+                None => row.members.push(MemberTiming {
+                    member: member.to_owned(),
+                    seconds: since,
                 }),
             }
         });

@@ -100,18 +100,21 @@ fn the_summary_has_a_row_per_phase_a_column_per_member_and_the_total() {
             seconds: Some(1.5),
             failed: false,
             members: vec![timing("cp-1", 1.25), timing("cp-2", 1.5)],
+            began: None,
         },
         Row {
             label: "halt".into(),
             seconds: Some(2.0),
             failed: true,
             members: vec![timing("cp-2", 2.0)],
+            began: None,
         },
         Row {
             label: undo_label(Phase::Halt),
             seconds: None,
             failed: false,
             members: vec![],
+            began: None,
         },
     ];
     let members = vec!["cp-1".to_owned(), "cp-2".to_owned(), "cp-3".to_owned()];
@@ -147,6 +150,25 @@ fn timings_add_up_each_members_calls_in_the_phase_under_way() {
     assert_eq!(rows[0].seconds, Some(1.0));
     let cp1 = rows[0].members.iter().find(|m| m.member == "cp-1");
     assert_eq!(cp1.map(|m| m.seconds), Some(0.75));
+}
+
+/// A member's STAGE time counts its copy, not only its claim, as the report does.
+#[test]
+fn a_members_stage_time_runs_until_its_copy_is_complete() {
+    let t = Timings::default();
+    t.phase_started("stage".into());
+    t.member_step(
+        "cp-1",
+        &MemberState::Done {
+            elapsed: Duration::from_millis(10),
+        },
+    );
+    std::thread::sleep(Duration::from_millis(60));
+    t.member_staged("cp-1");
+    t.phase_ended(Duration::from_millis(70), false);
+    let rows = t.rows();
+    let cp1 = rows[0].members.iter().find(|m| m.member == "cp-1");
+    assert!(cp1.is_some_and(|m| m.seconds >= 0.06), "{rows:?}");
 }
 
 #[test]

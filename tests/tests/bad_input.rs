@@ -176,7 +176,12 @@ async fn bad_inventories_snapshots_and_agents_are_refused_before_anything_change
     refused(
         "missing snapshot",
         restore(&lab, &good, &missing),
-        "cannot read it",
+        "no such file; the newest .db files in",
+    );
+    refused(
+        "a directory for a snapshot",
+        restore(&lab, &good, lab.dir()),
+        "is a directory, not a snapshot file",
     );
     let empty = lab.dir().join("empty.db");
     std::fs::write(&empty, b"").expect("write");

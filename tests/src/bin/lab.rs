@@ -372,7 +372,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let mut lab = Lab::open(&dir)?;
             lab.down()?;
             println!(
-                "lab down: nothing of the lab in {} is running",
+                "lab down: stopped everything the lab in {} started; nothing of it runs now",
                 dir.display()
             );
         }
