@@ -80,6 +80,9 @@ pub struct VerifyReport {
     pub test_restore: Option<TestRestore>,
     pub error: Option<String>,
     pub error_kind: Option<&'static str>,
+    /// What passed but deserves a look (a test restore with an older etcd than the snapshot's).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -183,6 +186,9 @@ impl VerifyReport {
                 r.seconds
             ));
         }
+        for w in &self.warnings {
+            out.push_str(&format!("  warning: {w}\n"));
+        }
         out
     }
 }
@@ -253,10 +259,29 @@ async fn chain(
     report.total_keys = Some(field("totalKey")?);
     report.total_size = Some(field("totalSize")?);
     if options.test_restore {
-        report.test_restore =
-            Some(test_restore(file, &tools, revision, options.start_timeout).await?);
+        let restored = test_restore(file, &tools, revision, options.start_timeout).await?;
+        if let Ok(Some(taken)) = file_cluster_version(file)
+            && let Some(w) = older_tool(&taken, &restored.etcd_version, &tools.source)
+        {
+            report.warnings.push(w);
+        }
+        report.test_restore = Some(restored);
     }
     Ok(())
+}
+
+/// A warning when the etcd that test-restored is older (major.minor) than the cluster the
+/// snapshot was taken on: it proves little about a restore on the members' etcd.
+fn older_tool(taken: &str, used: &str, source: &str) -> Option<String> {
+    let minor = |v: &str| -> Option<(u32, u32)> {
+        let mut it = v.trim_start_matches('v').split('.');
+        Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+    };
+    (minor(used)? < minor(taken)?).then(|| {
+        format!(
+            "the test restore used etcd {used} (from {source}), older than the cluster the snapshot was taken on ({taken}): restore-test it with the members' etcd version (--etcd-dir DIR, or that version first on PATH)"
+        )
+    })
 }
 
 /// etcd tools from `etcd_dir`, else `QUORATE_ETCD_DIR`, else PATH: etcdutl (else etcdctl) for
@@ -556,4 +581,18 @@ pub fn file_revision(path: &Path) -> Result<i64, String> {
 /// etcd 3.5's `snapshot status` does not report it.
 pub fn file_cluster_version(path: &Path) -> Result<Option<String>, String> {
     quorate_proto::etcd_db::cluster_version(path).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::older_tool;
+
+    #[test]
+    fn a_test_restore_with_an_older_etcd_than_the_snapshots_is_a_warning() {
+        let w = older_tool("3.5.0", "3.4.23", "PATH").expect("older");
+        assert!(w.contains("etcd 3.4.23 (from PATH)") && w.contains("3.5.0"), "{w}");
+        assert!(older_tool("3.5.0", "3.5.16", "PATH").is_none());
+        assert!(older_tool("3.4.0", "3.5.16", "PATH").is_none());
+        assert!(older_tool("3.5.0", "unknown", "PATH").is_none());
+    }
 }
