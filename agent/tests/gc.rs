@@ -6,29 +6,12 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{Member, request};
-use quorate_agent::AgentService;
+use common::{Member, request, serve};
 use quorate_agent::engine::Engine;
 use quorate_agent::journal::Op;
 use quorate_proto::model::{LeftoverKind, RestoreEnd, RestoreId, RestoreLeftovers, Step};
 use quorate_proto::pb::{self, agent_client::AgentClient};
 use tonic::transport::Channel;
-
-async fn serve(engine: Engine) -> AgentClient<Channel> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(AgentService::new(engine).into_server())
-            .serve_with_incoming(incoming),
-    );
-    AgentClient::connect(format!("http://{addr}"))
-        .await
-        .expect("connect")
-}
 
 fn step(engine: &Engine, id: RestoreId, step: Step, sha: &str, op: Op) {
     let o = engine

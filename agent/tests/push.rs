@@ -7,9 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::Member;
-use quorate_agent::AgentService;
-use quorate_agent::engine::Engine;
+use common::{Member, serve};
 use quorate_agent::journal::{Op, StateDir};
 use quorate_proto::model::{ErrorCode, RestoreId, Step};
 use quorate_proto::pb::{self, agent_client::AgentClient};
@@ -17,23 +15,6 @@ use tokio_stream::StreamExt as _;
 use tonic::transport::Channel;
 
 const DATA: &[u8] = b"0123456789abcdef-snapshot-bytes";
-
-/// Serves `engine` on a free loopback port; the server stops when the test ends.
-async fn serve(engine: Engine) -> AgentClient<Channel> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(AgentService::new(engine).into_server())
-            .serve_with_incoming(incoming),
-    );
-    AgentClient::connect(format!("http://{addr}"))
-        .await
-        .expect("connect")
-}
 
 fn header(id: RestoreId, sha: &str, size: u64, data: &[u8]) -> pb::SnapshotChunk {
     pb::SnapshotChunk {

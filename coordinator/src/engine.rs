@@ -168,7 +168,7 @@ impl<C: AgentClient, P: ClusterProbe> Restore<'_, C, P> {
                 return Err(self.failed(
                     journal,
                     progress,
-                    (direction, phase, Duration::ZERO),
+                    (direction, phase, None),
                     tag,
                     failures,
                 ));
@@ -207,7 +207,7 @@ impl<C: AgentClient, P: ClusterProbe> Restore<'_, C, P> {
                     return Err(self.failed(
                         journal,
                         progress,
-                        (direction, phase, started.elapsed()),
+                        (direction, phase, Some(started.elapsed())),
                         tag,
                         failures,
                     ));
@@ -244,18 +244,21 @@ impl<C: AgentClient, P: ClusterProbe> Restore<'_, C, P> {
         Ok(())
     }
 
-    /// Tells the observer, journals a failed phase (best effort: the failure is what matters)
-    /// and builds its error. `at`: which way, which phase, how long it ran.
+    /// Tells the observer (when the phase began: a signal stops the run before the next one
+    /// does), journals a failed phase (best effort: the failure is what matters) and builds its
+    /// error. Which way, which phase, and how long it ran if it began.
     fn failed(
         &self,
         journal: &mut Journal,
         progress: &mut Progress,
-        (direction, phase, elapsed): (Direction, Phase, Duration),
+        (direction, phase, elapsed): (Direction, Phase, Option<Duration>),
         tag: String,
         failures: Failures,
     ) -> RestoreError {
-        self.observer
-            .phase_failed(phase, direction, elapsed, &failures);
+        if let Some(elapsed) = elapsed {
+            self.observer
+                .phase_failed(phase, direction, elapsed, &failures);
+        }
         let entry = match direction {
             Direction::Forward => {
                 progress.failed = Some(phase);

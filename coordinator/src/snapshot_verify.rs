@@ -590,7 +590,10 @@ mod tests {
     #[test]
     fn a_test_restore_with_an_older_etcd_than_the_snapshots_is_a_warning() {
         let w = older_tool("3.5.0", "3.4.23", "PATH").expect("older");
-        assert!(w.contains("etcd 3.4.23 (from PATH)") && w.contains("3.5.0"), "{w}");
+        assert!(
+            w.contains("etcd 3.4.23 (from PATH)") && w.contains("3.5.0"),
+            "{w}"
+        );
         assert!(older_tool("3.5.0", "3.5.16", "PATH").is_none());
         assert!(older_tool("3.4.0", "3.5.16", "PATH").is_none());
         assert!(older_tool("3.5.0", "unknown", "PATH").is_none());

@@ -378,3 +378,23 @@ pub fn assert_private(root: &Path) -> Vec<PathBuf> {
     }
     seen
 }
+
+/// Serves `engine`'s gRPC service (plain HTTP/2) on a free loopback port; the server stops when
+/// the test ends.
+pub async fn serve(
+    engine: Engine,
+) -> quorate_proto::pb::agent_client::AgentClient<tonic::transport::Channel> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(quorate_agent::AgentService::new(engine).into_server())
+            .serve_with_incoming(incoming),
+    );
+    quorate_proto::pb::agent_client::AgentClient::connect(format!("http://{addr}"))
+        .await
+        .expect("connect")
+}
