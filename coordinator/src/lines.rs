@@ -119,14 +119,7 @@ impl Observer for LineView {
         failures: &Failures,
     ) {
         self.timings.phase_ended(elapsed, true);
-        let what = match direction {
-            Direction::Forward => format!("{phase} FAILED after {}", view::secs(elapsed)),
-            Direction::Backward => format!(
-                "rollback: undoing {phase} FAILED after {}",
-                view::secs(elapsed)
-            ),
-        };
-        self.say(&what);
+        self.say(&view::failed_text(phase, direction, elapsed));
         for f in failures {
             self.say(&format!("  {f}"));
         }

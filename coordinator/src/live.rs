@@ -315,14 +315,7 @@ impl Observer for LiveView {
         failures: &Failures,
     ) {
         self.timings.phase_ended(elapsed, true);
-        let what = match direction {
-            Direction::Forward => format!("✗ {phase} FAILED after {}", view::secs(elapsed)),
-            Direction::Backward => format!(
-                "✗ rollback: undoing {phase} FAILED after {}",
-                view::secs(elapsed)
-            ),
-        };
-        let mut text = what;
+        let mut text = format!("✗ {}", view::failed_text(phase, direction, elapsed));
         for f in failures {
             text.push_str(&format!("\n    {f}"));
         }

@@ -12,7 +12,7 @@ use quorate::events::{self, CommandResult, Event, JsonObserver, Outcome};
 use quorate::inventory::Inventory;
 use quorate::journal::{Holder, Journal};
 use quorate::ops::{self, Ending};
-use quorate::output::{self, Format, Printer, exit};
+use quorate::output::{self, Format, exit};
 use quorate::phases::Deadlines;
 use quorate::plan::Plan;
 use quorate::preflight::{Request, grpc_agents, preflight};
@@ -290,10 +290,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 &agents,
                 &plan,
             );
-            let ending =
-                ops::forward(&run.restore(), &mut journal, &mut progress, !no_rollback).await;
-            run.observer.finish();
-            output::ending(format, &journal, ending)
+            run.forward(&mut journal, &mut progress, !no_rollback).await
         }
         Cmd::Resume {
             journaled,
@@ -320,10 +317,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 &agents,
                 &plan,
             );
-            let ending =
-                ops::forward(&run.restore(), &mut journal, &mut progress, !no_rollback).await;
-            run.observer.finish();
-            output::ending(format, &journal, ending)
+            run.forward(&mut journal, &mut progress, !no_rollback).await
         }
         Cmd::Rollback {
             journaled,
@@ -424,9 +418,12 @@ fn open(
     events::set_restore_id(j.restore_id);
     let opened = Journal::open(&j.state_dir, j.restore_id, &Holder::me(command))?;
     if let Some(line) = opened.truncated {
-        Printer(format).note(&format!(
-            "the journal's last line ({line}) was cut short by a crash and was dropped; its step is run again (every step is idempotent)"
-        ));
+        output::note(
+            format,
+            &format!(
+                "the journal's last line ({line}) was cut short by a crash and was dropped; its step is run again (every step is idempotent)"
+            ),
+        );
     }
     let progress = Progress::from_entries(&opened.entries).map_err(|e| {
         anyhow::anyhow!(
@@ -484,6 +481,7 @@ fn interrupt(format: Format) {
 
 /// What one run needs besides its journal.
 struct Run<'a> {
+    format: Format,
     /// What tells the operator how the run goes (see `quorate::view`).
     observer: Box<dyn Observer>,
     probe: EtcdProbe<'a>,
@@ -514,6 +512,7 @@ impl<'a> Run<'a> {
             Format::Json => Box::new(JsonObserver::default()),
         };
         Self {
+            format,
             observer,
             probe: EtcdProbe { inventory },
             deadlines,
@@ -521,6 +520,18 @@ impl<'a> Run<'a> {
             agents,
             plan,
         }
+    }
+
+    /// Carries the restore forward (restore, resume), then reports how it ended.
+    async fn forward(
+        &self,
+        journal: &mut Journal,
+        progress: &mut Progress,
+        auto_rollback: bool,
+    ) -> anyhow::Result<ExitCode> {
+        let ending = ops::forward(&self.restore(), journal, progress, auto_rollback).await;
+        self.observer.finish();
+        output::ending(self.format, journal, ending)
     }
 
     fn restore(&self) -> Restore<'_, GrpcAgent, EtcdProbe<'a>> {

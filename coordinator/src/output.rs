@@ -3,13 +3,11 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
 
-use crate::events::{self, CommandResult, ErrorInfo, Event, JsonObserver, Outcome};
+use crate::events::{self, CommandResult, ErrorInfo, Event, Outcome};
 use crate::journal::Journal;
 use crate::ops::Ending;
-use crate::phases::Phase;
-use crate::restore::{Observer, Report, RestoreError};
+use crate::restore::{Report, RestoreError};
 use crate::rollback::RollbackReport;
 
 /// How quorate talks.
@@ -64,34 +62,14 @@ pub mod exit {
 With --output json every line is an event of docs/events.md; the last is `result`, with exit_code.";
 }
 
-/// Prints a run's progress.
-pub struct Printer(pub Format);
-
-impl Observer for Printer {
-    fn phase_started(&self, phase: Phase, index: usize) {
-        match self.0 {
-            Format::Human => eprintln!("[{index}/{}] {phase} ...", Phase::ALL.len()),
-            Format::Json => JsonObserver::default().phase_started(phase, index),
-        }
+/// A word to the operator outside a run's phases: on stderr, or as a `note` event.
+pub fn note(format: Format, text: &str) {
+    match format {
+        Format::Human => eprintln!("{text}"),
+        Format::Json => events::emit(&Event::Note {
+            text: text.to_owned(),
+        }),
     }
-    fn phase_done(&self, phase: Phase, elapsed: Duration) {
-        match self.0 {
-            Format::Human => eprintln!("      {phase} done in {:.2}s", elapsed.as_secs_f64()),
-            Format::Json => JsonObserver::default().phase_done(phase, elapsed),
-        }
-    }
-    fn note(&self, text: &str) {
-        match self.0 {
-            Format::Human => eprintln!("      {text}"),
-            Format::Json => JsonObserver::default().note(text),
-        }
-    }
-}
-
-/// One command's result as a `result` event (outcome `ok`, exit code 0) with `value` as its
-/// `result`. New code should call [`events::finish`] with a [`CommandResult`].
-pub fn emit(value: &serde_json::Value) {
-    events::emit(&Event::Result(CommandResult::ok(value)));
 }
 
 /// Reports how a run ended, writes its report beside the journal, and returns the exit code.

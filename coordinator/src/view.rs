@@ -17,6 +17,16 @@ use crate::phases::Phase;
 use crate::progress::{MemberTiming, PhaseTiming};
 use crate::restore::{MemberState, Observer, Way};
 
+/// The line of a phase (or its undo) that failed after `elapsed`.
+pub fn failed_text(phase: Phase, direction: crate::engine::Direction, elapsed: Duration) -> String {
+    match direction {
+        crate::engine::Direction::Forward => format!("{phase} FAILED after {}", secs(elapsed)),
+        crate::engine::Direction::Backward => {
+            format!("rollback: undoing {phase} FAILED after {}", secs(elapsed))
+        }
+    }
+}
+
 /// The view for human output: live on a terminal, plain lines elsewhere, nothing with `quiet`.
 /// `members` are the agents' names in inventory order (members, then apiserver hosts).
 pub fn human(quiet: bool, members: Vec<String>) -> Box<dyn Observer> {

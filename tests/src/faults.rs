@@ -225,3 +225,20 @@ pub async fn wait_agent_step(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// The dirs a restore left beside `host`'s data dir (`etcd.quorate-*`: preserved, prepared or
+/// failed copies).
+pub fn restore_dirs(host: &crate::layout::Host) -> Vec<String> {
+    let parent = host.data_dir().parent().expect("parent").to_owned();
+    std::fs::read_dir(&parent)
+        .expect("var/lib")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("etcd.quorate-"))
+        .collect()
+}
+
+/// Whether `host`'s agent holds a restore's lock (it is claimed).
+pub fn holds_restore_lock(host: &crate::layout::Host) -> bool {
+    host.path("var/lib/quorate-agent/active").exists()
+}

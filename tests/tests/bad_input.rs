@@ -49,16 +49,10 @@ async fn assert_untouched(lab: &Lab, before: &ClusterState, case: &str) {
         .unwrap_or_else(|e| panic!("{case}: {e:#}"));
     assert_eq!(&now, before, "{case}: the cluster changed");
     for host in lab.hosts() {
-        let parent = host.data_dir().parent().expect("parent").to_owned();
-        let extra: Vec<String> = std::fs::read_dir(&parent)
-            .expect("var/lib")
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.starts_with("etcd.quorate-"))
-            .collect();
+        let extra = faults::restore_dirs(host);
         assert!(extra.is_empty(), "{case}: {} has {extra:?}", host.name);
         assert!(
-            !host.path("var/lib/quorate-agent/active").exists(),
+            !faults::holds_restore_lock(host),
             "{case}: {} holds a restore lock",
             host.name
         );

@@ -27,13 +27,7 @@ fn text(out: &Output) -> String {
 
 fn no_restore_dirs(lab: &Lab) {
     for host in lab.hosts() {
-        let parent = host.data_dir().parent().expect("parent").to_owned();
-        let extra: Vec<String> = std::fs::read_dir(&parent)
-            .expect("var/lib")
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.starts_with("etcd.quorate-"))
-            .collect();
+        let extra = faults::restore_dirs(host);
         assert!(extra.is_empty(), "{} has {extra:?}", host.name);
     }
 }

@@ -78,16 +78,10 @@ async fn require_signatures(lab: &mut Lab, public: &Path) {
 
 fn no_restore_left(lab: &Lab) {
     for host in lab.hosts() {
-        let parent = host.data_dir().parent().expect("parent").to_owned();
-        let extra: Vec<String> = std::fs::read_dir(&parent)
-            .expect("var/lib")
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.starts_with("etcd.quorate-"))
-            .collect();
+        let extra = faults::restore_dirs(host);
         assert!(extra.is_empty(), "{} has {extra:?}", host.name);
         assert!(
-            !host.path("var/lib/quorate-agent/active").exists(),
+            !faults::holds_restore_lock(host),
             "{} is still claimed",
             host.name
         );
